@@ -1,0 +1,18 @@
+// What this build of the library holds.
+#pragma once
+
+#include <string>
+
+namespace torchplastic {
+
+struct BuildInfo {
+  bool with_cuda;             // CUDA kernels compiled in
+  std::string version;        // torchplastic version
+  std::string torch_version;  // the torch this library was built against
+  std::string cuda_version;   // CUDA toolkit of the build ("" without CUDA)
+  std::string cuda_archs;     // CUDA architectures compiled ("" without CUDA)
+};
+
+BuildInfo build_info();
+
+}  // namespace torchplastic

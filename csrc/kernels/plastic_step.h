@@ -1,0 +1,198 @@
+// Per-element math of one plastic_scan step (SPEC §2), shared by the CPU and CUDA kernels.
+//
+// Torch-free: plain scalars, host and device functions, and a parameter struct of raw
+// pointers, so the same lines compile with g++ and nvcc.
+//
+// One step for sequence b, postsynaptic o, presynaptic i (p = x_t or h_{t-1}):
+//   a[o]    = z[o] + Σ_i (α[o,i] H[o,i] + W[o,i]) p[i] − θ[o]
+//   y[o]    = φ(a[o])
+//   m[o]    = external | s | s·f[o] + g[o],   s = tanh(Σ_o y[o] v[o] + c)
+//   C[o,i]  = hebb:        (1 − η) H + η y[o] p[i]
+//             oja:         H + η y[o] (p[i] − y[o] H)
+//             modulated:   H + m[o] y[o] p[i]
+//             retroactive: H + m[o] E[o,i];   E' = (1 − η) E + η y[o] p[i]
+//   H'[o,i] = clamp(C, −c, c)                        (clipping, optional)
+//   H'[o,:] ← H'[o,:] κ / ‖H'[o,:]‖  if ‖H'[o,:]‖ > κ  (synaptic scaling, optional)
+//   θ'[o]   = θ[o] + ρ (y[o] − y*)                     (adaptive threshold, optional)
+//
+// The backward of a step, given G = dL/dH' (after scaling) and dL/dE':
+//   scaling (row norm n > κ, s = κ/n):  dL/dH'_clipped = s G − κ (G·H'_clipped) H'_clipped / n³
+//   clipping:                           dL/dC = dL/dH'_clipped · [−c ≤ C ≤ c]
+//   then trace_step_backward below for the rule, and the activation via φ'(a) written in y.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define TP_HD __host__ __device__ __forceinline__
+#else
+#define TP_HD inline
+#endif
+
+namespace torchplastic {
+namespace kernels {
+
+enum class Rule : int { Hebb = 0, Oja = 1, Modulated = 2, Retroactive = 3 };
+enum class Activation : int { Tanh = 0, Relu = 1, Sigmoid = 2, Identity = 3 };
+// Where m_t comes from (rules modulated and retroactive only).
+enum class ModSource : int { None = 0, External = 1, Internal = 2, Fanout = 3 };
+
+// Raw view of every tensor of one plastic_scan call. All tensors are contiguous;
+// α and η are already broadcast to [O, I]; external modulation to [T, B, O].
+template <typename scalar_t>
+struct ScanParams {
+  int64_t T = 0, B = 0, O = 0, I = 0;
+  int64_t checkpoint_every = 1;  // K: the state before step t is saved when t % K == 0
+  Rule rule = Rule::Hebb;
+  Activation activation = Activation::Tanh;
+  ModSource mod_source = ModSource::None;
+  bool recurrent = false;
+  bool has_clip = false, has_scaling = false, has_threshold = false;
+  scalar_t clip = 0, scaling = 0, threshold_rate = 0, target_activity = 0;
+
+  // Inputs.
+  const scalar_t* z = nullptr;          // [T, B, O]
+  const scalar_t* x = nullptr;          // [T, B, I]  feedforward only
+  const scalar_t* alpha = nullptr;      // [O, I]
+  const scalar_t* eta = nullptr;        // [O, I]     unused by rule modulated
+  const scalar_t* weight = nullptr;     // [O, I]     recurrent only
+  const scalar_t* hidden0 = nullptr;    // [B, O]     recurrent only
+  const scalar_t* trace0 = nullptr;     // [B, O, I]
+  const scalar_t* elig0 = nullptr;      // [B, O, I]  retroactive only
+  const scalar_t* theta0 = nullptr;     // [B, O]     adaptive threshold only
+  const scalar_t* modulation = nullptr; // [T, B, O]  external modulation only
+  const scalar_t* mod_weight = nullptr; // [O]        internal / fanout
+  const scalar_t* mod_bias = nullptr;   // [1]
+  const scalar_t* fanout_weight = nullptr;  // [O]    fanout only
+  const scalar_t* fanout_bias = nullptr;    // [O]
+
+  // Outputs of the forward.
+  scalar_t* y = nullptr;            // [T, B, O]
+  scalar_t* trace = nullptr;        // [B, O, I]  H_T
+  scalar_t* elig = nullptr;         // [B, O, I]  E_T
+  scalar_t* theta = nullptr;        // [B, O]     θ_T
+  scalar_t* trace_ckpt = nullptr;   // [S, B, O, I]  H before steps 0, K, 2K, ... (nullptr: not saved)
+  scalar_t* elig_ckpt = nullptr;    // [S, B, O, I]
+  scalar_t* theta_ckpt = nullptr;   // [S, B, O]
+
+  TP_HD bool internal_modulation() const {
+    return mod_source == ModSource::Internal || mod_source == ModSource::Fanout;
+  }
+  TP_HD int64_t num_checkpoints() const {
+    return (T + checkpoint_every - 1) / checkpoint_every;
+  }
+  // Presynaptic activity of step t for sequence b: x_t, h_0 or y_{t-1}.
+  TP_HD const scalar_t* presynaptic(int64_t t, int64_t b) const {
+    if (!recurrent) return x + (t * B + b) * I;
+    if (t == 0) return hidden0 + b * O;
+    return y + ((t - 1) * B + b) * O;
+  }
+};
+
+// Gradients the backward writes, besides the carried state gradients.
+template <typename scalar_t>
+struct ScanGradParams {
+  const scalar_t* grad_y = nullptr;       // [T, B, O]
+  const scalar_t* grad_hidden = nullptr;  // [B, O]     recurrent only
+  const scalar_t* grad_trace = nullptr;   // [B, O, I]
+  const scalar_t* grad_elig = nullptr;    // [B, O, I]  retroactive only
+  const scalar_t* grad_theta = nullptr;   // [B, O]     adaptive threshold only
+
+  scalar_t* grad_z = nullptr;        // [T, B, O]  = dL/da_t; also feeds the GEMMs for W and z's inputs
+  scalar_t* grad_x = nullptr;        // [T, B, I]  feedforward only
+  scalar_t* grad_mod = nullptr;      // [T, B, O]  dL/dm_t (modulated rules)
+  scalar_t* grad_mod_pre = nullptr;  // [T, B]     dL/d(y·v + c) (internal modulation)
+  scalar_t* mod_signal = nullptr;    // [T, B]     s_t (internal modulation), for the fan-out gradients
+  scalar_t* grad_hidden0 = nullptr;  // [B, O]
+  scalar_t* grad_trace0 = nullptr;   // [B, O, I]
+  scalar_t* grad_elig0 = nullptr;    // [B, O, I]
+  scalar_t* grad_theta0 = nullptr;   // [B, O]
+  // dL/dα and dL/dη over [O, I], one slab per worker, summed by the caller.
+  scalar_t* grad_alpha = nullptr;    // [workers, O, I]
+  scalar_t* grad_eta = nullptr;      // [workers, O, I]
+};
+
+template <typename T>
+TP_HD T activate(Activation act, T a) {
+  switch (act) {
+    case Activation::Tanh: return tanh(a);
+    case Activation::Relu: return a > T(0) ? a : T(0);
+    case Activation::Sigmoid: return T(1) / (T(1) + exp(-a));
+    default: return a;
+  }
+}
+
+// φ'(a) written in terms of y = φ(a), so the backward needs no stored pre-activations.
+// relu: 0 at a = 0, as autograd's threshold_backward gives.
+template <typename T>
+TP_HD T activation_grad(Activation act, T y) {
+  switch (act) {
+    case Activation::Tanh: return T(1) - y * y;
+    case Activation::Relu: return y > T(0) ? T(1) : T(0);
+    case Activation::Sigmoid: return y * (T(1) - y);
+    default: return T(1);
+  }
+}
+
+// The trace before clipping and scaling, C[o,i] (see the header).
+template <typename T>
+TP_HD T trace_candidate(Rule rule, T H, T E, T y, T p, T m, T eta) {
+  switch (rule) {
+    case Rule::Hebb: return (T(1) - eta) * H + eta * y * p;
+    case Rule::Oja: return H + eta * y * (p - y * H);
+    case Rule::Modulated: return H + m * y * p;
+    default: return H + m * E;
+  }
+}
+
+template <typename T>
+TP_HD T eligibility_next(T E, T y, T p, T eta) {
+  return (T(1) - eta) * E + eta * y * p;
+}
+
+template <typename T>
+TP_HD T clip_value(T v, T c) {
+  return v < -c ? -c : (v > c ? c : v);
+}
+
+// torch.clamp passes the gradient where −c ≤ v ≤ c, bounds included.
+template <typename T>
+TP_HD T clip_grad_mask(T v, T c) {
+  return (v >= -c && v <= c) ? T(1) : T(0);
+}
+
+// Backward of the rule for one element. gC = dL/dC, gE_next = dL/dE' (retroactive).
+// Returns dL/dH through the rule (the α·p path of the next activation is added by the
+// caller), writes dL/dE into gE_prev and accumulates into gy, gp, gm and geta.
+template <typename T>
+TP_HD T trace_step_backward(Rule rule, T gC, T gE_next, T H, T E, T y, T p, T m, T eta,
+                            T& gE_prev, T& gy, T& gp, T& gm, T& geta) {
+  switch (rule) {
+    case Rule::Hebb:
+      geta += gC * (y * p - H);
+      gy += gC * eta * p;
+      gp += gC * eta * y;
+      return gC * (T(1) - eta);
+    case Rule::Oja:
+      geta += gC * y * (p - y * H);
+      gy += gC * eta * (p - T(2) * y * H);
+      gp += gC * eta * y;
+      return gC * (T(1) - eta * y * y);
+    case Rule::Modulated:
+      gm += gC * y * p;
+      gy += gC * m * p;
+      gp += gC * m * y;
+      return gC;
+    default:  // retroactive
+      gm += gC * E;
+      gE_prev = gC * m + (T(1) - eta) * gE_next;
+      geta += gE_next * (y * p - E);
+      gy += gE_next * eta * p;
+      gp += gE_next * eta * y;
+      return gC;
+  }
+}
+
+}  // namespace kernels
+}  // namespace torchplastic

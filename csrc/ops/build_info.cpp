@@ -1,0 +1,21 @@
+#include "torchplastic/version.h"
+
+#include <torch/version.h>
+
+namespace torchplastic {
+
+BuildInfo build_info() {
+  BuildInfo info;
+#ifdef TORCHPLASTIC_WITH_CUDA
+  info.with_cuda = true;
+  info.cuda_version = TORCHPLASTIC_CUDA_VERSION;
+  info.cuda_archs = TORCHPLASTIC_CUDA_ARCHS;
+#else
+  info.with_cuda = false;
+#endif
+  info.version = TORCHPLASTIC_VERSION;
+  info.torch_version = TORCH_VERSION;
+  return info;
+}
+
+}  // namespace torchplastic

@@ -1,0 +1,137 @@
+"""The specification of ``plastic_scan`` in plain PyTorch, one time step at a time.
+
+This is the executable form of SPEC §2: every fused kernel in the library is
+tested against it, in values and in gradients. It is written to be read, not to
+be fast: autograd keeps every intermediate trace, so memory grows as T·B·O·I.
+
+One step, in this exact order (p is the presynaptic activity)::
+
+    p_t = x_t                      (feedforward)   or h_{t-1} (recurrent)
+    a_t = z_t + (α ⊙ H_{t-1}) p_t [+ W p_t] [− θ_{t-1}]
+    y_t = φ(a_t)                   (recurrent: h_t = y_t)
+    m_t = external | tanh(y_t·v + c) | tanh(y_t·v + c)·f + g
+    H_t = rule(H_{t-1}, E_{t-1}, y_t, p_t, m_t, η)
+    H_t = clamp(H_t, −c, c)                          (clipping)
+    H_t = H_t · κ / ‖H_t[b, o, :]‖  where that norm > κ  (synaptic scaling)
+    θ_t = θ_{t-1} + ρ (y_t − y*)                      (adaptive threshold)
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from .state import PlasticState
+
+RULES = ("hebb", "oja", "modulated", "retroactive")
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
+
+
+def _activation(name: str, a: torch.Tensor) -> torch.Tensor:
+    if name == "tanh":
+        return torch.tanh(a)
+    if name == "relu":
+        return torch.relu(a)
+    if name == "sigmoid":
+        return torch.sigmoid(a)
+    if name == "identity":
+        return a
+    raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {name!r}")
+
+
+def plastic_scan(
+    z: torch.Tensor,
+    alpha: torch.Tensor,
+    eta: Optional[torch.Tensor],
+    trace: Optional[torch.Tensor],
+    *,
+    x: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+    hidden: Optional[torch.Tensor] = None,
+    rule: str = "hebb",
+    activation: str = "tanh",
+    clip: Optional[float] = None,
+    modulation: Optional[torch.Tensor] = None,
+    mod_weight: Optional[torch.Tensor] = None,
+    mod_bias: Optional[torch.Tensor] = None,
+    mod_fanout_weight: Optional[torch.Tensor] = None,
+    mod_fanout_bias: Optional[torch.Tensor] = None,
+    eligibility: Optional[torch.Tensor] = None,
+    synaptic_scaling: Optional[float] = None,
+    adaptive_threshold: Optional[float] = None,
+    target_activity: float = 0.0,
+    threshold: Optional[torch.Tensor] = None,
+    checkpoint_every: Optional[int] = None,
+) -> Tuple[torch.Tensor, PlasticState]:
+    """Reference ``plastic_scan`` (SPEC §2, §4). ``checkpoint_every`` is accepted and ignored.
+
+    Feedforward mode when ``x`` ([T, B, I]) is given, recurrent mode otherwise
+    (``weight`` [O, O] required, ``hidden`` [B, O] optional).
+    Returns ``y`` [T, B, O] and the final :class:`PlasticState`.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
+    T, B, O = z.shape
+    recurrent = x is None
+    I = O if recurrent else x.shape[-1]
+    modulated = rule in ("modulated", "retroactive")
+
+    H = z.new_zeros(B, O, I) if trace is None else trace
+    E = None
+    if rule == "retroactive":
+        E = z.new_zeros(B, O, I) if eligibility is None else eligibility
+    theta = None
+    if adaptive_threshold is not None:
+        theta = z.new_zeros(B, O) if threshold is None else threshold
+    h = None
+    if recurrent:
+        h = z.new_zeros(B, O) if hidden is None else hidden
+
+    ys = []
+    for t in range(T):
+        p = h if recurrent else x[t]                                     # [B, I]
+        a = z[t] + torch.einsum("boi,bi->bo", alpha * H, p)
+        if recurrent:
+            a = a + p @ weight.t()
+        if theta is not None:
+            a = a - theta
+        y = _activation(activation, a)                                    # [B, O]
+        ys.append(y)
+
+        m = None
+        if modulated:
+            if modulation is not None:
+                m = modulation[t]
+                m = m.unsqueeze(-1).expand(B, O) if m.dim() == 1 else m   # [B, O]
+            else:
+                s = torch.tanh(y @ mod_weight + mod_bias)                 # [B]
+                if mod_fanout_weight is not None:
+                    m = s.unsqueeze(-1) * mod_fanout_weight + mod_fanout_bias
+                else:
+                    m = s.unsqueeze(-1).expand(B, O)
+
+        outer = y.unsqueeze(-1) * p.unsqueeze(-2)                         # [B, O, I]
+        if rule == "hebb":
+            H = (1 - eta) * H + eta * outer
+        elif rule == "oja":
+            H = H + eta * y.unsqueeze(-1) * (p.unsqueeze(-2) - y.unsqueeze(-1) * H)
+        elif rule == "modulated":
+            H = H + m.unsqueeze(-1) * outer
+        else:  # retroactive: the trace takes the eligibility of the previous step
+            H = H + m.unsqueeze(-1) * E
+            E = (1 - eta) * E + eta * outer
+
+        if clip is not None:
+            H = torch.clamp(H, -clip, clip)
+        if synaptic_scaling is not None:
+            norm = torch.linalg.vector_norm(H, dim=-1, keepdim=True)     # [B, O, 1]
+            # Rows at or under κ are untouched, with no gradient through the scale.
+            scaled_norm = torch.where(norm > synaptic_scaling, norm,
+                                      torch.full_like(norm, synaptic_scaling))
+            H = H * (synaptic_scaling / scaled_norm)
+        if theta is not None:
+            theta = theta + adaptive_threshold * (y - target_activity)
+        if recurrent:
+            h = y
+
+    y_all = torch.stack(ys) if ys else z.new_zeros(0, B, O)
+    return y_all, PlasticState(h, H, E, theta)

@@ -1,0 +1,26 @@
+"""The state a plastic layer carries from one call to the next."""
+
+from typing import NamedTuple, Optional
+
+import torch
+
+
+class PlasticState(NamedTuple):
+    """State of a plastic layer after the last step (SPEC §2).
+
+    Fields that the configuration does not use are ``None``:
+
+    * ``hidden``      ``[B, O]`` last output ``h_T`` (recurrent mode only)
+    * ``trace``       ``[B, O, I]`` Hebbian trace ``H_T``
+    * ``eligibility`` ``[B, O, I]`` eligibility trace ``E_T`` (rule ``retroactive`` only)
+    * ``threshold``   ``[B, O]`` adaptive threshold ``θ_T`` (adaptive threshold only)
+    """
+
+    hidden: Optional[torch.Tensor] = None
+    trace: Optional[torch.Tensor] = None
+    eligibility: Optional[torch.Tensor] = None
+    threshold: Optional[torch.Tensor] = None
+
+    def detach(self) -> "PlasticState":
+        """The same state cut from the graph, for truncated backpropagation through time."""
+        return PlasticState(*(None if t is None else t.detach() for t in self))
