@@ -24,8 +24,14 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
  public:
   static variable_list forward(AutogradContext* ctx, TORCHPLASTIC_SCAN_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const auto args = detail::make_scan_args(TORCHPLASTIC_SCAN_ARGS);
-    const int64_t K = detail::check_scan_args(args).K;
+    // Under torch.compile the tensors may carry symbolic sizes: read T through sym_size (a
+    // guard specialises it) and leave every other check to the kernels, which see real tensors.
+    TORCH_CHECK_VALUE(z.dim() == 3, "plastic_scan: z: expected a 3-D tensor [T, B, O], got ",
+                      z.dim(), " dimensions");
+    const int64_t T = z.sym_size(0).guard_int(__FILE__, __LINE__);
+    const int64_t K = checkpoint_every ? std::min<int64_t>(*checkpoint_every, std::max<int64_t>(T, 1))
+                                       : detail::default_checkpoint_every(T);
+    TORCH_CHECK_VALUE(K >= 1, "plastic_scan: checkpoint_every: expected an integer >= 1, got ", K);
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("torchplastic::plastic_scan_forward", "")
                          .typed<ForwardOutputs(TORCHPLASTIC_SCAN_PARAMS)>();

@@ -484,13 +484,13 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_y, const at::Tensor
   grads[1] = grad_alpha_slabs.sum(0).sum_to_size(a.alpha.sizes()).to(a.alpha.scalar_type());
   if (a.eta)
     grads[2] = c.rule == Rule::Modulated
-                   ? at::zeros_like(*a.eta)
+                   ? at::zeros(a.eta->sizes(), a.eta->options())
                    : grad_eta_slabs.sum(0).sum_to_size(a.eta->sizes()).to(a.eta->scalar_type());
   grads[3] = like(a.trace, grad_trace0);
   if (!c.recurrent) grads[4] = like(a.x, grad_x);
   if (c.recurrent) {
     // dL/dW = Σ_t dL/da_tᵀ h_{t-1}: one GEMM over the stored per-step vectors.
-    const at::Tensor h_prev = at::cat({p.hidden0.unsqueeze(0), y_c.slice(0, 0, std::max<int64_t>(T - 1, 0))});
+    const at::Tensor h_prev = at::cat({p.hidden0.unsqueeze(0), y_c}).slice(0, 0, T);
     grads[5] = like(a.weight, grad_z.reshape({T * B, O}).t().mm(h_prev.reshape({T * B, O})));
     grads[6] = like(a.hidden, grad_hidden0);
   }

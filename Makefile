@@ -1,0 +1,61 @@
+# torchplastic developer entry points. `make test` on a fresh clone sets everything up.
+#
+#   make test        system packages (apt-get, if missing) → .venv with torch==2.11.0 → CMake build
+#                    (library, _C, C++ tests) → editable install → ctest → pytest
+#   make test-cpp    GoogleTest only          make test-python   pytest only
+#   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
+#   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmark; logs under $$OUT
+#   make clean       remove the build (keeps .venv)
+
+PYTHON3 ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+BUILD   ?= build
+CMAKE_ARGS ?=
+
+.PHONY: all test test-cpp test-python build deps system-deps bench gpu-check clean
+
+all: build
+
+# Debian packages the build needs; installed only where missing (CI machines start bare).
+system-deps:
+	@bash scripts/system_deps.sh
+
+$(VENV)/.deps: requirements-dev.txt
+	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements-dev.txt
+	@touch $@
+
+deps: system-deps $(VENV)/.deps
+
+$(BUILD)/build.ninja: | deps
+	cmake -S . -B $(BUILD) -G Ninja -DBUILD_TESTING=ON -DPython3_EXECUTABLE=$(abspath $(PY)) \
+	    -DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)') \
+	    $(CMAKE_ARGS)
+
+# The editable install points .venv at python/, where CMake puts _C and libtorchplastic.
+$(VENV)/.installed: setup.py pyproject.toml | $(BUILD)/build.ninja
+	TORCHPLASTIC_BUILD_DIR=$(BUILD) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD)
+	@$(MAKE) --no-print-directory $(VENV)/.installed
+
+test-cpp: build
+	ctest --test-dir $(BUILD) --output-on-failure
+
+test-python: build
+	$(PY) -m pytest -q tests/python
+
+test: test-cpp test-python
+
+bench: build
+	$(PY) benchmarks/bench_cpu.py
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf $(BUILD) python/torchplastic/*.so $(VENV)/.installed

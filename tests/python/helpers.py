@@ -1,0 +1,124 @@
+"""Random configurations of plastic_scan, shared by the test files."""
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+
+RULES = ("hebb", "oja", "modulated", "retroactive")
+MOD_SOURCES = ("external", "external_per_neuron", "internal", "fanout")
+
+
+@dataclass
+class Config:
+    rule: str = "hebb"
+    recurrent: bool = True
+    source: Optional[str] = None  # modulation source for the modulated rules
+    activation: str = "tanh"
+    alpha: str = "connection"     # granularity of α: connection | neuron | scalar
+    eta: str = "scalar"
+    clip: Optional[float] = None
+    scaling: Optional[float] = None
+    threshold: Optional[float] = None
+    target_activity: float = 0.0
+    T: int = 5
+    B: int = 3
+    O: int = 4
+    I: int = 6
+    checkpoint_every: Optional[int] = None
+    initial_state: bool = True
+
+    def id(self) -> str:
+        parts = [self.rule, "rec" if self.recurrent else "ff"]
+        if self.source:
+            parts.append(self.source)
+        for name in ("activation", "alpha", "eta", "clip", "scaling", "threshold"):
+            value = getattr(self, name)
+            if value not in (None, "tanh", "connection", "scalar"):
+                parts.append(f"{name}={value}")
+        return "-".join(parts)
+
+
+def _granular(kind: str, O: int, I: int, gen, dtype, device, scale: float, offset: float = 0.0):
+    shape = {"connection": (O, I), "neuron": (O, 1), "scalar": (1, 1)}[kind]
+    return offset + scale * torch.rand(shape, generator=gen, dtype=dtype).to(device)
+
+
+def make_inputs(cfg: Config, dtype=torch.float64, device="cpu", seed: int = 0,
+                requires_grad: bool = True) -> Dict[str, torch.Tensor]:
+    """Keyword arguments of plastic_scan for cfg; every tensor a leaf that requires grad."""
+    gen = torch.Generator().manual_seed(seed)
+    T, B, O = cfg.T, cfg.B, cfg.O
+    I = O if cfg.recurrent else cfg.I
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(shape, generator=gen, dtype=dtype)).to(device)
+
+    kw: Dict[str, object] = dict(rule=cfg.rule, activation=cfg.activation, clip=cfg.clip,
+                                 synaptic_scaling=cfg.scaling, adaptive_threshold=cfg.threshold,
+                                 target_activity=cfg.target_activity,
+                                 checkpoint_every=cfg.checkpoint_every)
+    kw["z"] = randn(T, B, O)
+    kw["alpha"] = _granular(cfg.alpha, O, I, gen, dtype, device, 1.0, -0.5)
+    kw["eta"] = None if cfg.rule == "modulated" else _granular(cfg.eta, O, I, gen, dtype, device, 0.4, 0.05)
+    kw["trace"] = randn(B, O, I, scale=0.3) if cfg.initial_state else None
+    if cfg.recurrent:
+        kw["weight"] = randn(O, O, scale=0.5)
+        kw["hidden"] = randn(B, O, scale=0.5) if cfg.initial_state else None
+    else:
+        kw["x"] = randn(T, B, I)
+    if cfg.rule in ("modulated", "retroactive"):
+        source = cfg.source or "internal"
+        if source == "external":
+            kw["modulation"] = randn(T, B)
+        elif source == "external_per_neuron":
+            kw["modulation"] = randn(T, B, O)
+        else:
+            kw["mod_weight"] = randn(O)
+            kw["mod_bias"] = randn(1)
+            if source == "fanout":
+                kw["mod_fanout_weight"] = randn(O)
+                kw["mod_fanout_bias"] = randn(O)
+    if cfg.rule == "retroactive" and cfg.initial_state:
+        kw["eligibility"] = randn(B, O, I, scale=0.3)
+    if cfg.threshold is not None and cfg.initial_state:
+        kw["threshold"] = randn(B, O, scale=0.1)
+    if requires_grad:
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor):
+                v.requires_grad_(True)
+    return kw
+
+
+def tensor_inputs(kw) -> Dict[str, torch.Tensor]:
+    return {k: v for k, v in kw.items() if isinstance(v, torch.Tensor)}
+
+
+def call(fn, kw):
+    """fn is tp.functional.plastic_scan or tp.reference.plastic_scan."""
+    kw = dict(kw)
+    z, alpha, eta, trace = kw.pop("z"), kw.pop("alpha"), kw.pop("eta"), kw.pop("trace")
+    return fn(z, alpha, eta, trace, **kw)
+
+
+def loss_of(y, state, seed: int = 1):
+    """A scalar touching every output with fixed random weights."""
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for t in (y, *state):
+        if t is not None and t.numel() > 0:
+            w = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
+            total = total + (t * w).sum()
+    return total
+
+
+def all_rule_mode_sources():
+    """Every rule × mode × modulation source."""
+    out = []
+    for rule, recurrent in itertools.product(RULES, (False, True)):
+        sources = MOD_SOURCES if rule in ("modulated", "retroactive") else (None,)
+        for source in sources:
+            clip = 1.0 if rule in ("modulated", "retroactive") else None
+            out.append(Config(rule=rule, recurrent=recurrent, source=source, clip=clip))
+    return out

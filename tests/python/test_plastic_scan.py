@@ -1,0 +1,217 @@
+"""plastic_scan on the CPU against torchplastic.reference, in values and gradients."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import torchplastic as tp
+from helpers import Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
+
+VALUE_TOL = dict(rtol=1e-10, atol=1e-12)
+GRAD_TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+def assert_matches_reference(cfg: Config, seed: int = 0):
+    kw = make_inputs(cfg, seed=seed)
+    leaves = tensor_inputs(kw)
+    y, state = call(tp.functional.plastic_scan, kw)
+    y_ref, state_ref = call(tp.reference.plastic_scan, kw)
+    torch.testing.assert_close(y, y_ref, **VALUE_TOL)
+    for name in state._fields:
+        got, want = getattr(state, name), getattr(state_ref, name)
+        assert (got is None) == (want is None), name
+        if want is not None:
+            torch.testing.assert_close(got, want, **VALUE_TOL, msg=lambda m: f"{name}: {m}")
+    names = list(leaves)
+    grads = torch.autograd.grad(loss_of(y, state), list(leaves.values()), allow_unused=True)
+    grads_ref = torch.autograd.grad(loss_of(y_ref, state_ref), list(leaves.values()), allow_unused=True)
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        if g_ref is None:
+            assert g is None or torch.count_nonzero(g) == 0, f"{name}: gradient where none flows"
+            continue
+        assert g is not None, f"{name}: no gradient"
+        torch.testing.assert_close(g, g_ref, **GRAD_TOL, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("cfg", all_rule_mode_sources(), ids=Config.id)
+def test_rule_mode_modulation_matches_reference(cfg):
+    assert_matches_reference(cfg)
+
+
+OPTION_CASES = [
+    Config(rule="hebb", clip=0.2),
+    Config(rule="oja", recurrent=False, clip=0.3),
+    Config(rule="hebb", scaling=0.5),
+    Config(rule="retroactive", source="internal", clip=0.5, scaling=0.4),
+    Config(rule="modulated", recurrent=False, source="fanout", scaling=0.3),
+    Config(rule="hebb", threshold=0.3, target_activity=0.1),
+    Config(rule="retroactive", source="external", threshold=0.2, clip=1.0),
+    *[Config(rule="hebb", activation=a) for a in ("tanh", "relu", "sigmoid", "identity")],
+    *[Config(rule="modulated", source="internal", activation=a, clip=1.0) for a in ("relu", "sigmoid", "identity")],
+    *[Config(rule=r, alpha=ga, eta=ge) for r in ("hebb", "oja") for ga in ("connection", "neuron", "scalar")
+      for ge in ("connection", "neuron", "scalar")],
+    Config(rule="retroactive", source="internal", alpha="neuron", eta="connection", clip=1.0),
+    Config(rule="hebb", initial_state=False),
+    Config(rule="retroactive", recurrent=False, source="fanout", initial_state=False, threshold=0.1),
+    Config(rule="hebb", B=1, O=1, I=1, T=3),
+]
+
+
+@pytest.mark.parametrize("cfg", OPTION_CASES, ids=Config.id)
+def test_options_match_reference(cfg):
+    assert_matches_reference(cfg)
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja", "modulated", "retroactive"])
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_gradcheck(rule, recurrent):
+    cfg = Config(rule=rule, recurrent=recurrent, source="fanout" if rule == "retroactive" else None,
+                 T=3, B=2, O=3, I=2, clip=2.0 if rule in ("modulated", "retroactive") else None,
+                 threshold=0.2 if rule == "hebb" else None, scaling=1.5 if rule == "oja" else None,
+                 checkpoint_every=2)
+    kw = make_inputs(cfg)
+    leaves = tensor_inputs(kw)
+    names = list(leaves)
+
+    def fn(*tensors):
+        args = dict(kw, **dict(zip(names, tensors)))
+        y, state = call(tp.functional.plastic_scan, args)
+        return (y, *[t for t in state if t is not None])
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 7, 12])
+def test_checkpoint_interval_gives_identical_results(T):
+    results = []
+    for K in sorted({1, 2, 5, T, T + 3}):
+        cfg = Config(rule="retroactive", source="internal", clip=1.0, T=T, checkpoint_every=K)
+        kw = make_inputs(cfg)
+        y, state = call(tp.functional.plastic_scan, kw)
+        grads = torch.autograd.grad(loss_of(y, state), list(tensor_inputs(kw).values()))
+        results.append((K, y, grads))
+    _, y0, g0 = results[0]
+    for K, y, grads in results[1:]:
+        assert torch.equal(y, y0), f"K={K}"
+        for a, b in zip(grads, g0):
+            assert torch.equal(a, b), f"K={K}"
+
+
+def test_zero_steps_returns_state_unchanged():
+    cfg = Config(rule="retroactive", source="internal", threshold=0.1, T=0)
+    kw = make_inputs(cfg)
+    y, state = call(tp.functional.plastic_scan, kw)
+    assert y.shape == (0, cfg.B, cfg.O)
+    torch.testing.assert_close(state.trace, kw["trace"], rtol=0, atol=0)
+    torch.testing.assert_close(state.eligibility, kw["eligibility"], rtol=0, atol=0)
+    torch.testing.assert_close(state.threshold, kw["threshold"], rtol=0, atol=0)
+    torch.testing.assert_close(state.hidden, kw["hidden"], rtol=0, atol=0)
+    assert state.trace.data_ptr() != kw["trace"].data_ptr(), "outputs must not alias inputs"
+    loss = loss_of(y, state)
+    grads = torch.autograd.grad(loss, [kw["trace"], kw["hidden"]])
+    assert grads[0].shape == kw["trace"].shape
+
+
+def test_float32_matches_float64_reference():
+    cfg = Config(rule="hebb", T=20, B=4, O=16)
+    kw64 = make_inputs(cfg, requires_grad=False)
+    kw32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in kw64.items()}
+    y32, _ = call(tp.functional.plastic_scan, kw32)
+    y64, _ = call(tp.reference.plastic_scan, kw64)
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-5, atol=1e-5)
+
+
+def test_state_unused_fields_are_none():
+    kw = make_inputs(Config(rule="hebb", recurrent=False))
+    _, state = call(tp.functional.plastic_scan, kw)
+    assert state.hidden is None and state.eligibility is None and state.threshold is None
+    assert state.detach().trace.requires_grad is False
+
+
+# ---------------------------------------------------------------- memory contract (SPEC §3)
+
+def saved_bytes(fn):
+    """Bytes of every distinct tensor autograd saves for the backward while fn() runs."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = (
+            t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+@pytest.mark.parametrize("K", [None, 4, 16])
+def test_memory_saved_for_backward_is_checkpoints_not_every_trace(K):
+    T, B, O = 64, 4, 16
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=T, B=B, O=O, checkpoint_every=K)
+    kw = make_inputs(cfg)
+    fused, _ = saved_bytes(lambda: call(tp.functional.plastic_scan, kw))
+    reference, _ = saved_bytes(lambda: call(tp.reference.plastic_scan, kw))
+    Kv = K or math.ceil(math.sqrt(T))
+    trace_bytes = B * O * O * 8
+    step_vectors = 16 * T * B * O * 8  # y, z, x, modulation: per-step vectors, not traces
+    inputs = sum(t.numel() * t.element_size() for t in tensor_inputs(kw).values())
+    # Checkpoints of H and E (retroactive) plus the inputs, never T traces.
+    bound = 2 * math.ceil(T / Kv) * trace_bytes + inputs + step_vectors
+    assert fused <= bound, (fused, bound)
+    assert fused < 2 * T * trace_bytes / 3
+    assert reference > T * trace_bytes  # the reference keeps every trace
+
+
+# ---------------------------------------------------------------- registration
+
+def opcheck_args(cfg):
+    kw = make_inputs(cfg)
+    return (kw["z"], kw["alpha"], kw["eta"], kw["trace"], kw.get("x"), kw.get("weight"),
+            kw.get("hidden"), kw.get("eligibility"), kw.get("threshold"), kw.get("modulation"),
+            kw.get("mod_weight"), kw.get("mod_bias"), kw.get("mod_fanout_weight"),
+            kw.get("mod_fanout_bias"), cfg.rule, cfg.activation, cfg.clip, cfg.scaling,
+            cfg.threshold, cfg.target_activity, cfg.checkpoint_every)
+
+
+@pytest.mark.parametrize("cfg", [Config(rule="hebb"),
+                                 Config(rule="retroactive", recurrent=False, source="fanout", clip=1.0,
+                                        threshold=0.1),
+                                 Config(rule="modulated", source="external", clip=1.0)], ids=Config.id)
+def test_opcheck(cfg):
+    torch.library.opcheck(torch.ops.torchplastic.plastic_scan.default, opcheck_args(cfg))
+
+
+def test_opcheck_forward_op():
+    args = opcheck_args(Config(rule="retroactive", source="internal", clip=1.0, checkpoint_every=2))
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(torch.ops.torchplastic.plastic_scan_forward.default, args)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    cfg = Config(rule="retroactive", source="fanout", clip=1.0, threshold=0.1, T=6)
+    kw = make_inputs(cfg)
+    u = torch.randn(cfg.T, cfg.B, 5, dtype=torch.float64, requires_grad=True)
+    w_in = torch.randn(cfg.O, 5, dtype=torch.float64, requires_grad=True)
+
+    def model(u, w_in):
+        args = dict(kw, z=u @ w_in.t())
+        y, state = call(tp.functional.plastic_scan, args)
+        return y.square().sum() + state.trace.sum()
+
+    compiled = torch.compile(model, fullgraph=True)
+    eager_loss = model(u, w_in)
+    compiled_loss = compiled(u, w_in)
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    g_eager = torch.autograd.grad(eager_loss, (u, w_in, kw["alpha"], kw["eta"]))
+    g_compiled = torch.autograd.grad(compiled_loss, (u, w_in, kw["alpha"], kw["eta"]))
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_build_info():
+    info = tp.build_info()
+    assert info["torch_version"] == torch.__version__.split("+")[0]
+    assert isinstance(info["with_cuda"], bool)
