@@ -1,26 +1,34 @@
-// CPU kernels of plastic_scan: forward and backward of one sequence at a time.
+// CPU kernels of plastic_scan: forward and backward of a range of sequences.
 //
 // Equations: csrc/kernels/plastic_step.h. Every sequence is independent, so the caller runs
 // sequences in parallel and each one keeps its trace, α and W in cache for all T steps.
-// One pass over each row o computes the row's matrix-vector product, its activation and its
-// trace update while the row is in L1; only internal modulation, whose m_t depends on all of
-// y_t, needs a second pass over the rows.
+// Per step and row o: one pass computes the row's matrix-vector product, a second (over the
+// row now in L1) its trace update; only internal modulation, whose m_t depends on all of y_t,
+// defers the updates until every row's y is known.
 //
 // The backward walks segments of K steps in reverse: it recomputes the segment's traces from
 // the checkpoint saved by the forward (using the stored outputs y_t, so no matrix-vector product
 // is repeated), then sweeps the segment backward. Gradients of the loop-invariant weights
 // (W, z's producers) are left to GEMMs over the stored per-step vectors after the loop.
+//
+// This header is compiled once per instruction set (plastic_scan_isa.cpp), inside the
+// namespace TORCHPLASTIC_CPU_ISA, and uses no out-of-line template of the standard library, so
+// no AVX-512 copy of anything can be linked into the generic path.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <vector>
 
+#include "cpu/workspace.h"
 #include "kernels/plastic_step.h"
+
+#ifndef TORCHPLASTIC_CPU_ISA
+#define TORCHPLASTIC_CPU_ISA generic
+#endif
 
 namespace torchplastic {
 namespace cpu {
+namespace TORCHPLASTIC_CPU_ISA {
 
 using kernels::Activation;
 using kernels::ModSource;
@@ -49,21 +57,26 @@ template <Rule R, typename T>
 void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T* H_src,
                 T* H_dst, const T* E_src, T* E_dst) {
   const int64_t I = P.I;
-  const T* eta = P.eta + o * I;
-  T sumsq = 0;
+  const T* eta = P.eta_row(o);
+  const T eta_o = eta[0];
+  const bool per_connection = P.eta_per_connection;
+#pragma omp simd
   for (int64_t i = 0; i < I; ++i) {
     const T E = R == Rule::Retroactive ? E_src[i] : T(0);
-    const T eta_i = R == Rule::Modulated ? T(0) : eta[i];
+    const T eta_i = R == Rule::Modulated ? T(0) : (per_connection ? eta[i] : eta_o);
     T C = kernels::trace_candidate(R, H_src[i], E, y, p[i], m, eta_i);
     if (R == Rule::Retroactive) E_dst[i] = kernels::eligibility_next(E, y, p[i], eta_i);
     if (P.has_clip) C = kernels::clip_value(C, P.clip);
     H_dst[i] = C;
-    sumsq += C * C;
   }
   if (P.has_scaling) {
+    T sumsq = 0;
+#pragma omp simd reduction(+ : sumsq)
+    for (int64_t i = 0; i < I; ++i) sumsq += H_dst[i] * H_dst[i];
     const T norm = std::sqrt(sumsq);
     if (norm > P.scaling) {
       const T scale = P.scaling / norm;
+#pragma omp simd
       for (int64_t i = 0; i < I; ++i) H_dst[i] *= scale;
     }
   }
@@ -71,21 +84,24 @@ void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T
 
 // a_t[o] = z_t[o] + Σ_i (α H + W)[o, i] p[i] − θ[o]
 template <typename T>
-T preactivation_row(const ScanParams<T>& P, int64_t o, T z, const T* H_row, const T* p, const T* theta) {
+T preactivation_row(const ScanParams<T>& P, int64_t o, T z, const T* H_row, const T* p,
+                    const T* theta) {
   const int64_t I = P.I;
   const T* alpha = P.alpha + o * I;
   T acc = 0;
   if (P.recurrent) {
     const T* W = P.weight + o * I;
+#pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < I; ++i) acc += (alpha[i] * H_row[i] + W[i]) * p[i];
   } else {
+#pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < I; ++i) acc += alpha[i] * H_row[i] * p[i];
   }
   return z + acc - (theta ? theta[o] : T(0));
 }
 
 template <Rule R, typename T>
-void forward_sequence(const ScanParams<T>& P, int64_t b, std::vector<T>& m) {
+void forward_sequence(const ScanParams<T>& P, int64_t b, T* m) {
   const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
   T* H = P.trace + b * OI;
   std::memcpy(H, P.trace0 + b * OI, sizeof(T) * OI);
@@ -121,7 +137,7 @@ void forward_sequence(const ScanParams<T>& P, int64_t b, std::vector<T>& m) {
       }
     }
     if (!row_local) {
-      if (modulated) modulation_of_step(P, t, b, y, m.data());
+      if (modulated) modulation_of_step(P, t, b, y, m);
       for (int64_t o = 0; o < O; ++o) {
         T* E_row = E ? E + o * I : nullptr;
         update_row<R>(P, o, y[o], modulated ? m[o] : T(0), p, H + o * I, H + o * I, E_row, E_row);
@@ -132,52 +148,39 @@ void forward_sequence(const ScanParams<T>& P, int64_t b, std::vector<T>& m) {
   }
 }
 
-// Scratch of one worker for the backward, sized once per chunk of sequences.
-template <typename T>
-struct BackwardScratch {
-  std::vector<T> seg_H, seg_E;  // [K, O, I] traces before each step of the segment
-  std::vector<T> gH, gE;        // [O, I]  dL/dH_t, dL/dE_t, carried backward
-  std::vector<T> gtheta, gh;    // [O]     dL/dθ_t, dL/dh_t
-  std::vector<T> gy, m, gm;     // [O]
-  std::vector<T> gp, cand;      // [I]     dL/dp_t, one row of candidates
-  BackwardScratch(int64_t K, int64_t O, int64_t I, bool retro)
-      : seg_H(K * O * I), seg_E(retro ? K * O * I : 0), gH(O * I), gE(retro ? O * I : 0),
-        gtheta(O), gh(O), gy(O), m(O), gm(O), gp(I), cand(I) {}
-};
-
 template <Rule R, typename T>
 void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
-                       BackwardScratch<T>& S) {
+                       const BackwardWorkspace<T>& S) {
   const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
   const bool retro = R == Rule::Retroactive;
   const bool modulated = R == Rule::Modulated || retro;
   const bool row_local = !P.internal_modulation();
+  const bool eta_per_connection = P.eta_per_connection;
   T* grad_alpha = G.grad_alpha + b * OI;
-  T* grad_eta = G.grad_eta ? G.grad_eta + b * OI : nullptr;
+  T* grad_eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
 
-  std::memcpy(S.gH.data(), G.grad_trace + b * OI, sizeof(T) * OI);
-  if (retro) std::memcpy(S.gE.data(), G.grad_elig + b * OI, sizeof(T) * OI);
-  if (P.has_threshold) std::memcpy(S.gtheta.data(), G.grad_theta + b * O, sizeof(T) * O);
-  if (P.recurrent) std::memcpy(S.gh.data(), G.grad_hidden + b * O, sizeof(T) * O);
+  std::memcpy(S.gH, G.grad_trace + b * OI, sizeof(T) * OI);
+  if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
+  if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
+  if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
 
   const int64_t num_segments = P.num_checkpoints();
   for (int64_t seg = num_segments - 1; seg >= 0; --seg) {
-    const int64_t t0 = seg * K, len = std::min(K, T_ - t0);
+    const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
 
     // Recompute H_{t-1} (and E_{t-1}) for every step of the segment from its checkpoint.
-    std::memcpy(S.seg_H.data(), P.trace_ckpt + (seg * B + b) * OI, sizeof(T) * OI);
-    if (retro) std::memcpy(S.seg_E.data(), P.elig_ckpt + (seg * B + b) * OI, sizeof(T) * OI);
+    std::memcpy(S.seg_H, P.trace_ckpt + (seg * B + b) * OI, sizeof(T) * OI);
+    if (retro) std::memcpy(S.seg_E, P.elig_ckpt + (seg * B + b) * OI, sizeof(T) * OI);
     for (int64_t j = 0; j + 1 < len; ++j) {
       const int64_t t = t0 + j;
       const T* p = P.presynaptic(t, b);
       const T* y = P.y + (t * B + b) * O;
-      if (modulated) modulation_of_step(P, t, b, y, S.m.data());
+      if (modulated) modulation_of_step(P, t, b, y, S.m);
       for (int64_t o = 0; o < O; ++o) {
         const int64_t r = o * I;
-        update_row<R>(P, o, y[o], modulated ? S.m[o] : T(0), p, S.seg_H.data() + j * OI + r,
-                      S.seg_H.data() + (j + 1) * OI + r,
-                      retro ? S.seg_E.data() + j * OI + r : nullptr,
-                      retro ? S.seg_E.data() + (j + 1) * OI + r : nullptr);
+        update_row<R>(P, o, y[o], modulated ? S.m[o] : T(0), p, S.seg_H + j * OI + r,
+                      S.seg_H + (j + 1) * OI + r, retro ? S.seg_E + j * OI + r : nullptr,
+                      retro ? S.seg_E + (j + 1) * OI + r : nullptr);
       }
     }
 
@@ -186,10 +189,10 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       const int64_t t = t0 + j;
       const T* p = P.presynaptic(t, b);
       const T* y = P.y + (t * B + b) * O;
-      const T* H_prev = S.seg_H.data() + j * OI;
-      const T* E_prev = retro ? S.seg_E.data() + j * OI : nullptr;
+      const T* H_prev = S.seg_H + j * OI;
+      const T* E_prev = retro ? S.seg_E + j * OI : nullptr;
       T s = 0;
-      if (modulated) s = modulation_of_step(P, t, b, y, S.m.data());
+      if (modulated) s = modulation_of_step(P, t, b, y, S.m);
 
       const T* grad_y = G.grad_y + (t * B + b) * O;
       for (int64_t o = 0; o < O; ++o) {
@@ -198,7 +201,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
         S.gy[o] = g;
       }
-      std::fill(S.gp.begin(), S.gp.end(), T(0));
+      for (int64_t i = 0; i < I; ++i) S.gp[i] = 0;
       T* grad_z = G.grad_z + (t * B + b) * O;
 
       // The activation's part for row o, once gy[o] is complete: dL/da, then α, H_{t-1}, p.
@@ -208,17 +211,19 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         if (P.has_threshold) S.gtheta[o] -= ga;
         const T* alpha = P.alpha + o * I;
         const T* Hr = H_prev + o * I;
-        T* gHr = S.gH.data() + o * I;
+        T* gHr = S.gH + o * I;
         T* gar = grad_alpha + o * I;
-        T* gp = S.gp.data();
+        T* gp = S.gp;
         if (P.recurrent) {
           const T* W = P.weight + o * I;
+#pragma omp simd
           for (int64_t i = 0; i < I; ++i) {
             gHr[i] += ga * alpha[i] * p[i];
             gar[i] += ga * Hr[i] * p[i];
             gp[i] += ga * (alpha[i] * Hr[i] + W[i]);
           }
         } else {
+#pragma omp simd
           for (int64_t i = 0; i < I; ++i) {
             gHr[i] += ga * alpha[i] * p[i];
             gar[i] += ga * Hr[i] * p[i];
@@ -231,51 +236,55 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         const int64_t r = o * I;
         const T yo = y[o];
         const T mo = modulated ? S.m[o] : T(0);
-        const T* eta = P.eta + r;
+        const T* eta = P.eta_row(o);
+        const T eta_o = eta[0];
         const T* Hr = H_prev + r;
         const T* Er = retro ? E_prev + r : nullptr;
-        T* gHr = S.gH.data() + r;
-        T* gEr = retro ? S.gE.data() + r : nullptr;
-        T* cand = S.cand.data();
-        T* gp = S.gp.data();
+        T* gHr = S.gH + r;
+        T* gEr = retro ? S.gE + r : nullptr;
+        T* gp = S.gp;
 
-        // Candidates of the row, and what scaling needs: its norm and G·H'.
-        T sumsq = 0, dot = 0;
-        for (int64_t i = 0; i < I; ++i) {
-          const T eta_i = R == Rule::Modulated ? T(0) : eta[i];
-          const T C = kernels::trace_candidate(R, Hr[i], retro ? Er[i] : T(0), yo, p[i], mo, eta_i);
-          cand[i] = C;
-          const T Hc = P.has_clip ? kernels::clip_value(C, P.clip) : C;
-          sumsq += Hc * Hc;
-          dot += gHr[i] * Hc;
-        }
+        // Synaptic scaling needs ‖H'‖ and G·H' of the row before any element's gradient.
         T scale = 1, scale_grad = 0;
         if (P.has_scaling) {
+          T sumsq = 0, dot = 0;
+#pragma omp simd reduction(+ : sumsq, dot)
+          for (int64_t i = 0; i < I; ++i) {
+            const T eta_i = R == Rule::Modulated ? T(0) : (eta_per_connection ? eta[i] : eta_o);
+            T C = kernels::trace_candidate(R, Hr[i], retro ? Er[i] : T(0), yo, p[i], mo, eta_i);
+            if (P.has_clip) C = kernels::clip_value(C, P.clip);
+            sumsq += C * C;
+            dot += gHr[i] * C;
+          }
           const T norm = std::sqrt(sumsq);
           if (norm > P.scaling) {
             scale = P.scaling / norm;
             scale_grad = P.scaling * dot / (norm * norm * norm);
           }
         }
-        T gy_row = 0, gm_row = 0;
+        T gy_row = 0, gm_row = 0, geta_row = 0;
+        T* geta_conn = grad_eta && eta_per_connection ? grad_eta + r : nullptr;
+#pragma omp simd reduction(+ : gy_row, gm_row, geta_row)
         for (int64_t i = 0; i < I; ++i) {
-          const T C = cand[i];
+          const T eta_i = R == Rule::Modulated ? T(0) : (eta_per_connection ? eta[i] : eta_o);
+          const T C = kernels::trace_candidate(R, Hr[i], retro ? Er[i] : T(0), yo, p[i], mo, eta_i);
           const T Hc = P.has_clip ? kernels::clip_value(C, P.clip) : C;
           T gC = scale * gHr[i] - scale_grad * Hc;
           if (P.has_clip) gC *= kernels::clip_grad_mask(C, P.clip);
-          const T eta_i = R == Rule::Modulated ? T(0) : eta[i];
           T gE_prev = 0, geta = 0;
           gHr[i] = kernels::trace_step_backward(R, gC, retro ? gEr[i] : T(0), Hr[i],
                                                 retro ? Er[i] : T(0), yo, p[i], mo, eta_i,
                                                 gE_prev, gy_row, gp[i], gm_row, geta);
           if (retro) gEr[i] = gE_prev;
-          if (grad_eta) grad_eta[r + i] += geta;
+          if (geta_conn) geta_conn[i] += geta;
+          geta_row += geta;
         }
+        if (grad_eta && !eta_per_connection) grad_eta[o] += geta_row;
         S.gy[o] += gy_row;
         S.gm[o] = gm_row;
         if (row_local) finish_row(o);
       }
-      if (modulated) std::memcpy(G.grad_mod + (t * B + b) * O, S.gm.data(), sizeof(T) * O);
+      if (modulated) std::memcpy(G.grad_mod + (t * B + b) * O, S.gm, sizeof(T) * O);
       if (!row_local) {
         // m = s (· f + g) with s = tanh(y·v + c): dL/ds, then back into every y[o].
         T gs = 0;
@@ -287,16 +296,17 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         for (int64_t o = 0; o < O; ++o) S.gy[o] += gpre * P.mod_weight[o];
         for (int64_t o = 0; o < O; ++o) finish_row(o);
       }
-      if (P.recurrent) std::memcpy(S.gh.data(), S.gp.data(), sizeof(T) * O);
-      else std::memcpy(G.grad_x + (t * B + b) * I, S.gp.data(), sizeof(T) * I);
+      if (P.recurrent) std::memcpy(S.gh, S.gp, sizeof(T) * O);
+      else std::memcpy(G.grad_x + (t * B + b) * I, S.gp, sizeof(T) * I);
     }
   }
 
-  std::memcpy(G.grad_trace0 + b * OI, S.gH.data(), sizeof(T) * OI);
-  if (retro) std::memcpy(G.grad_elig0 + b * OI, S.gE.data(), sizeof(T) * OI);
-  if (P.has_threshold) std::memcpy(G.grad_theta0 + b * O, S.gtheta.data(), sizeof(T) * O);
-  if (P.recurrent) std::memcpy(G.grad_hidden0 + b * O, S.gh.data(), sizeof(T) * O);
+  std::memcpy(G.grad_trace0 + b * OI, S.gH, sizeof(T) * OI);
+  if (retro) std::memcpy(G.grad_elig0 + b * OI, S.gE, sizeof(T) * OI);
+  if (P.has_threshold) std::memcpy(G.grad_theta0 + b * O, S.gtheta, sizeof(T) * O);
+  if (P.recurrent) std::memcpy(G.grad_hidden0 + b * O, S.gh, sizeof(T) * O);
 }
 
+}  // namespace TORCHPLASTIC_CPU_ISA
 }  // namespace cpu
 }  // namespace torchplastic

@@ -27,7 +27,9 @@
 #if defined(__CUDACC__)
 #define TP_HD __host__ __device__ __forceinline__
 #else
-#define TP_HD inline
+// Always inlined: the CPU kernel is compiled once per instruction set (csrc/cpu/), and an
+// out-of-line copy built for AVX-512 must never be what the generic build links to.
+#define TP_HD inline __attribute__((always_inline))
 #endif
 
 namespace torchplastic {
@@ -55,7 +57,10 @@ struct ScanParams {
   const scalar_t* z = nullptr;          // [T, B, O]
   const scalar_t* x = nullptr;          // [T, B, I]  feedforward only
   const scalar_t* alpha = nullptr;      // [O, I]
-  const scalar_t* eta = nullptr;        // [O, I]     unused by rule modulated
+  // η as given: [O, I], [O, 1] or [1, 1] (zeros [1, 1] for rule modulated, which has none).
+  const scalar_t* eta = nullptr;
+  int64_t eta_row_stride = 0;           // I, 1 or 0
+  bool eta_per_connection = false;      // eta[o * eta_row_stride + i] if true, else eta[o * eta_row_stride]
   const scalar_t* weight = nullptr;     // [O, I]     recurrent only
   const scalar_t* hidden0 = nullptr;    // [B, O]     recurrent only
   const scalar_t* trace0 = nullptr;     // [B, O, I]
@@ -79,6 +84,7 @@ struct ScanParams {
   TP_HD bool internal_modulation() const {
     return mod_source == ModSource::Internal || mod_source == ModSource::Fanout;
   }
+  TP_HD const scalar_t* eta_row(int64_t o) const { return eta + o * eta_row_stride; }
   TP_HD int64_t num_checkpoints() const {
     return (T + checkpoint_every - 1) / checkpoint_every;
   }
@@ -108,9 +114,9 @@ struct ScanGradParams {
   scalar_t* grad_trace0 = nullptr;   // [B, O, I]
   scalar_t* grad_elig0 = nullptr;    // [B, O, I]
   scalar_t* grad_theta0 = nullptr;   // [B, O]
-  // dL/dα and dL/dη over [O, I], one slab per worker, summed by the caller.
-  scalar_t* grad_alpha = nullptr;    // [workers, O, I]
-  scalar_t* grad_eta = nullptr;      // [workers, O, I]
+  // dL/dα and dL/dη, one slab per sequence, summed over the batch by the caller.
+  scalar_t* grad_alpha = nullptr;    // [B, O, I]
+  scalar_t* grad_eta = nullptr;      // [B, O, I] per-connection η, else [B, O, 1]
 };
 
 template <typename T>

@@ -1,0 +1,62 @@
+"""Shared pieces of the benchmarks: the workload and the measurements."""
+
+import time
+
+import torch
+
+import torchplastic as tp
+
+
+def recurrent_hebb_inputs(T, B, N, dtype=torch.float32, device="cpu", requires_grad=True, seed=0):
+    """The benchmark workload of the issues: a recurrent hebb layer, α per connection, scalar η."""
+    g = torch.Generator().manual_seed(seed)
+    def t(*shape, scale=1.0, offset=0.0):
+        x = (offset + scale * torch.randn(shape, generator=g)).to(device=device, dtype=dtype)
+        return x.requires_grad_(requires_grad)
+    return dict(z=t(T, B, N), alpha=t(N, N, scale=0.01), eta=t(1, 1, scale=0.0, offset=0.05),
+                trace=None, weight=t(N, N, scale=N ** -0.5))
+
+
+def run(fn, kw):
+    kw = dict(kw)
+    z, alpha, eta, trace = kw.pop("z"), kw.pop("alpha"), kw.pop("eta"), kw.pop("trace")
+    return fn(z, alpha, eta, trace, **kw)
+
+
+def forward_backward(fn, kw):
+    y, state = run(fn, kw)
+    (y.sum() + state.trace.sum()).backward()
+
+
+def timeit(f, repeats, warmup=1, sync=None):
+    """Median wall time of f() in seconds."""
+    for _ in range(warmup):
+        f()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        f()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def bytes_saved_for_backward(fn, kw):
+    """Bytes of the distinct tensors autograd keeps for the backward of one forward.
+
+    The pack hook counts each tensor and drops it, so even the reference's T traces never
+    have to be held at once to be measured."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = (
+            t.numel() * t.element_size())
+        return None
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
+        run(fn, kw)
+    return sum(seen.values())

@@ -1,0 +1,25 @@
+// The CPU time loops, compiled once per instruction set (plastic_scan_isa.cpp) and chosen at
+// run time by plastic_scan.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/workspace.h"
+#include "kernels/plastic_step.h"
+
+#define TORCHPLASTIC_DECLARE_CPU_ISA(isa)                                                     \
+  namespace torchplastic {                                                                    \
+  namespace cpu {                                                                             \
+  namespace isa {                                                                             \
+  template <typename T>                                                                       \
+  void forward_range(const kernels::ScanParams<T>& P, int64_t begin, int64_t end, T* m);      \
+  template <typename T>                                                                       \
+  void backward_range(const kernels::ScanParams<T>& P, const kernels::ScanGradParams<T>& G,   \
+                      int64_t begin, int64_t end, const BackwardWorkspace<T>& W);             \
+  }                                                                                           \
+  }                                                                                           \
+  }
+
+TORCHPLASTIC_DECLARE_CPU_ISA(generic)
+TORCHPLASTIC_DECLARE_CPU_ISA(avx2)
+TORCHPLASTIC_DECLARE_CPU_ISA(avx512)

@@ -1,0 +1,48 @@
+// Scratch of one CPU worker for the backward: plain pointers into memory the caller owns, so
+// the per-instruction-set kernels allocate nothing themselves.
+#pragma once
+
+#include <cstdint>
+
+namespace torchplastic {
+namespace cpu {
+
+template <typename T>
+struct BackwardWorkspace {
+  T* seg_H;   // [K, O, I]  traces before each step of the segment
+  T* seg_E;   // [K, O, I]  eligibility traces (rule retroactive)
+  T* gH;      // [O, I]     dL/dH_t, carried backward
+  T* gE;      // [O, I]     dL/dE_t
+  T* gtheta;  // [O]        dL/dθ_t
+  T* gh;      // [O]        dL/dh_t
+  T* gy;      // [O]
+  T* m;       // [O]        m_t
+  T* gm;      // [O]        dL/dm_t
+  T* gp;      // [I]        dL/dp_t
+
+  // Floats needed for one worker.
+  static int64_t size(int64_t K, int64_t O, int64_t I, bool retro) {
+    return (retro ? 2 : 1) * (K + 1) * O * I + 5 * O + I;
+  }
+  static BackwardWorkspace carve(T* base, int64_t K, int64_t O, int64_t I, bool retro) {
+    BackwardWorkspace w{};
+    T* at = base;
+    auto take = [&](int64_t n) { T* p = at; at += n; return p; };
+    w.seg_H = take(K * O * I);
+    w.gH = take(O * I);
+    if (retro) {
+      w.seg_E = take(K * O * I);
+      w.gE = take(O * I);
+    }
+    w.gtheta = take(O);
+    w.gh = take(O);
+    w.gy = take(O);
+    w.m = take(O);
+    w.gm = take(O);
+    w.gp = take(I);
+    return w;
+  }
+};
+
+}  // namespace cpu
+}  // namespace torchplastic
