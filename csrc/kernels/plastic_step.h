@@ -46,6 +46,7 @@ template <typename scalar_t>
 struct ScanParams {
   int64_t T = 0, B = 0, O = 0, I = 0;
   int64_t checkpoint_every = 1;  // K: the state before step t is saved when t % K == 0
+  int device = -1;               // CUDA device index of the tensors (-1: CPU)
   Rule rule = Rule::Hebb;
   Activation activation = Activation::Tanh;
   ModSource mod_source = ModSource::None;

@@ -313,6 +313,7 @@ kernels::ScanParams<T> make_params(const ScanArgs& a, const ScanConfig& c, const
   P.O = c.O;
   P.I = c.I;
   P.checkpoint_every = c.K;
+  P.device = a.z.is_cuda() ? a.z.device().index() : -1;
   P.rule = c.rule;
   P.activation = c.activation;
   P.mod_source = c.mod_source;

@@ -38,6 +38,56 @@ def _activation(name: str, a: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {name!r}")
 
 
+def step(z_t, x_t, h, H, E, theta, alpha, eta, weight, m_t, mod_weight, mod_bias,
+         mod_fanout_weight, mod_fanout_bias, *, rule, activation, clip, synaptic_scaling,
+         adaptive_threshold, target_activity):
+    """One time step of SPEC §2. Returns (y_t, h_t, H_t, E_t, θ_t); h is None in feedforward
+    mode (x_t given), E and θ are None when the configuration has none."""
+    recurrent = x_t is None
+    p = h if recurrent else x_t                                           # [B, I]
+    B, O = z_t.shape
+    a = z_t + torch.einsum("boi,bi->bo", alpha * H, p)
+    if recurrent:
+        a = a + p @ weight.t()
+    if theta is not None:
+        a = a - theta
+    y = _activation(activation, a)                                        # [B, O]
+
+    m = None
+    if rule in ("modulated", "retroactive"):
+        if m_t is not None:
+            m = m_t.unsqueeze(-1).expand(B, O) if m_t.dim() == 1 else m_t  # [B, O]
+        else:
+            s = torch.tanh(y @ mod_weight + mod_bias)                     # [B]
+            if mod_fanout_weight is not None:
+                m = s.unsqueeze(-1) * mod_fanout_weight + mod_fanout_bias
+            else:
+                m = s.unsqueeze(-1).expand(B, O)
+
+    outer = y.unsqueeze(-1) * p.unsqueeze(-2)                             # [B, O, I]
+    if rule == "hebb":
+        H = (1 - eta) * H + eta * outer
+    elif rule == "oja":
+        H = H + eta * y.unsqueeze(-1) * (p.unsqueeze(-2) - y.unsqueeze(-1) * H)
+    elif rule == "modulated":
+        H = H + m.unsqueeze(-1) * outer
+    else:  # retroactive: the trace takes the eligibility of the previous step
+        H = H + m.unsqueeze(-1) * E
+        E = (1 - eta) * E + eta * outer
+
+    if clip is not None:
+        H = torch.clamp(H, -clip, clip)
+    if synaptic_scaling is not None:
+        norm = torch.linalg.vector_norm(H, dim=-1, keepdim=True)         # [B, O, 1]
+        # Rows at or under κ are untouched, with no gradient through the scale.
+        scaled_norm = torch.where(norm > synaptic_scaling, norm,
+                                  torch.full_like(norm, synaptic_scaling))
+        H = H * (synaptic_scaling / scaled_norm)
+    if theta is not None:
+        theta = theta + adaptive_threshold * (y - target_activity)
+    return y, (y if recurrent else None), H, E, theta
+
+
 def plastic_scan(
     z: torch.Tensor,
     alpha: torch.Tensor,
@@ -73,7 +123,6 @@ def plastic_scan(
     T, B, O = z.shape
     recurrent = x is None
     I = O if recurrent else x.shape[-1]
-    modulated = rule in ("modulated", "retroactive")
 
     H = z.new_zeros(B, O, I) if trace is None else trace
     E = None
@@ -88,50 +137,13 @@ def plastic_scan(
 
     ys = []
     for t in range(T):
-        p = h if recurrent else x[t]                                     # [B, I]
-        a = z[t] + torch.einsum("boi,bi->bo", alpha * H, p)
-        if recurrent:
-            a = a + p @ weight.t()
-        if theta is not None:
-            a = a - theta
-        y = _activation(activation, a)                                    # [B, O]
+        m_t = None if modulation is None else modulation[t]
+        y, h, H, E, theta = step(
+            z[t], None if recurrent else x[t], h, H, E, theta, alpha, eta, weight, m_t,
+            mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias, rule=rule,
+            activation=activation, clip=clip, synaptic_scaling=synaptic_scaling,
+            adaptive_threshold=adaptive_threshold, target_activity=target_activity)
         ys.append(y)
-
-        m = None
-        if modulated:
-            if modulation is not None:
-                m = modulation[t]
-                m = m.unsqueeze(-1).expand(B, O) if m.dim() == 1 else m   # [B, O]
-            else:
-                s = torch.tanh(y @ mod_weight + mod_bias)                 # [B]
-                if mod_fanout_weight is not None:
-                    m = s.unsqueeze(-1) * mod_fanout_weight + mod_fanout_bias
-                else:
-                    m = s.unsqueeze(-1).expand(B, O)
-
-        outer = y.unsqueeze(-1) * p.unsqueeze(-2)                         # [B, O, I]
-        if rule == "hebb":
-            H = (1 - eta) * H + eta * outer
-        elif rule == "oja":
-            H = H + eta * y.unsqueeze(-1) * (p.unsqueeze(-2) - y.unsqueeze(-1) * H)
-        elif rule == "modulated":
-            H = H + m.unsqueeze(-1) * outer
-        else:  # retroactive: the trace takes the eligibility of the previous step
-            H = H + m.unsqueeze(-1) * E
-            E = (1 - eta) * E + eta * outer
-
-        if clip is not None:
-            H = torch.clamp(H, -clip, clip)
-        if synaptic_scaling is not None:
-            norm = torch.linalg.vector_norm(H, dim=-1, keepdim=True)     # [B, O, 1]
-            # Rows at or under κ are untouched, with no gradient through the scale.
-            scaled_norm = torch.where(norm > synaptic_scaling, norm,
-                                      torch.full_like(norm, synaptic_scaling))
-            H = H * (synaptic_scaling / scaled_norm)
-        if theta is not None:
-            theta = theta + adaptive_threshold * (y - target_activity)
-        if recurrent:
-            h = y
 
     y_all = torch.stack(ys) if ys else z.new_zeros(0, B, O)
     return y_all, PlasticState(h, H, E, theta)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""GPU benchmark: the fused CUDA plastic_scan against the reference, eager and compiled.
+
+Workload (issue #4): recurrent hebb, float32, B=32, N=256, T=256. Times are medians of CUDA
+event timings after warm-up, in µs per time step; memory is the peak allocated during one
+forward+backward beyond the inputs. The compiled reference is the reference's own step
+function under torch.compile (fullgraph), driven by a Python loop over T, since compiling
+the T-step loop unrolled would take minutes.
+"""
+
+import argparse
+import json
+
+import torch
+
+import torchplastic as tp
+from common import recurrent_hebb_inputs
+
+
+def scan_with_step(step_fn, kw):
+    """The reference scan, recurrent hebb, with the given step function."""
+    z, alpha, eta, W = kw["z"], kw["alpha"], kw["eta"], kw["weight"]
+    T, B, N = z.shape
+    h = z.new_zeros(B, N)
+    H = z.new_zeros(B, N, N)
+    ys = []
+    for t in range(T):
+        y, h, H, _, _ = step_fn(z[t], None, h, H, None, None, alpha, eta, W, None, None, None, None, None,
+                                rule="hebb", activation="tanh", clip=None, synaptic_scaling=None,
+                                adaptive_threshold=None, target_activity=0.0)
+        ys.append(y)
+    return torch.stack(ys), H
+
+
+def fused(kw):
+    y, state = tp.functional.plastic_scan(kw["z"], kw["alpha"], kw["eta"], None, weight=kw["weight"])
+    return y, state.trace
+
+
+def cuda_time(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)  # µs
+    times.sort()
+    return times[len(times) // 2]
+
+
+def peak_bytes(fn):
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", "-B", type=int, default=32)
+    ap.add_argument("--hidden", "-N", type=int, default=256)
+    ap.add_argument("--steps", "-T", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=20, help="timed repeats of the fused op")
+    ap.add_argument("--reference-repeats", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "bench_gpu.py needs a CUDA device"
+
+    T, B, N = args.steps, args.batch, args.hidden
+    kw = recurrent_hebb_inputs(T, B, N, device="cuda")
+    compiled_step = torch.compile(tp.reference.step, fullgraph=True, dynamic=False)
+    variants = {
+        "fused": lambda: fused(kw),
+        "reference eager": lambda: scan_with_step(tp.reference.step, kw),
+    }
+    if not args.no_compile:
+        variants["reference compiled"] = lambda: scan_with_step(compiled_step, kw)
+
+    def fwd_bwd(f):
+        def run():
+            y, H = f()
+            (y.sum() + H.sum()).backward()
+        return run
+
+    res = dict(device=torch.cuda.get_device_name(), B=B, N=N, T=T, torch=torch.__version__)
+    for name, f in variants.items():
+        reps = args.repeats if name == "fused" else args.reference_repeats
+        with torch.no_grad():
+            fwd = cuda_time(f, reps)
+        fb = cuda_time(fwd_bwd(f), reps)
+        mem = peak_bytes(fwd_bwd(f))
+        res[name] = dict(forward_us_per_step=fwd / T, fwd_bwd_us_per_step=fb / T, peak_mb=mem / 2**20)
+
+    print(f"plastic_scan GPU benchmark on {res['device']}: recurrent hebb, float32, B={B}, N={N}, T={T}")
+    print(f"{'':22}{'fwd µs/step':>13}{'fwd+bwd µs/step':>17}{'peak MB':>10}{'fwd+bwd speed-up':>18}{'memory':>9}")
+    ref = res["fused"]
+    for name in variants:
+        r = res[name]
+        speed = r["fwd_bwd_us_per_step"] / ref["fwd_bwd_us_per_step"]
+        memr = r["peak_mb"] / max(ref["peak_mb"], 1e-9)
+        print(f"{name:22}{r['forward_us_per_step']:13.2f}{r['fwd_bwd_us_per_step']:17.2f}{r['peak_mb']:10.1f}"
+              f"{speed:17.1f}x{memr:8.1f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

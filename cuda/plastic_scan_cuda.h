@@ -1,0 +1,50 @@
+// Launchers of the CUDA plastic_scan kernels (cuda/plastic_scan.cu). Torch-free, so the .cu
+// file compiles without torch headers; cuda/plastic_scan_cuda.cpp calls these with memory
+// from the caching allocator and the current stream.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/plastic_step.h"
+
+namespace torchplastic {
+namespace cuda {
+
+// How one launch is laid out: a cluster of `cluster` thread blocks per sequence, each owning
+// `rows` postsynaptic rows, and which [rows, I] matrices live in shared memory ("on chip")
+// rather than global memory. Chosen by plan_forward / plan_backward from the sizes and the
+// device; every layout computes the same result.
+struct Plan {
+  int cluster = 1;
+  int rows = 0;
+  bool trace = false, elig = false, alpha = false, weight = false;     // H, E, α, W
+  bool grad_trace = false, grad_elig = false, grad_alpha = false;      // backward accumulators
+  bool partials = false;   // per-warp partial sums of dL/dp (backward)
+  size_t smem_bytes = 0;
+  std::string describe() const;
+};
+
+template <typename T>
+Plan plan_forward(const kernels::ScanParams<T>& P, int device);
+template <typename T>
+Plan plan_backward(const kernels::ScanParams<T>& P, int device);
+
+// Elements of type T of global scratch the backward needs: the recomputed segment traces
+// [B, K, O, I] (twice for rule retroactive) plus any matrix the plan keeps off chip.
+template <typename T>
+int64_t backward_scratch_elems(const kernels::ScanParams<T>& P, const Plan& plan);
+
+// Forward: writes P.y, P.trace, P.elig, P.theta and, when P.trace_ckpt is set, the checkpoints.
+template <typename T>
+void launch_forward(const kernels::ScanParams<T>& P, const Plan& plan, cudaStream_t stream);
+
+// Backward: G.grad_alpha and G.grad_eta must be zeroed; scratch holds backward_scratch_elems.
+template <typename T>
+void launch_backward(const kernels::ScanParams<T>& P, const kernels::ScanGradParams<T>& G,
+                     const Plan& plan, T* scratch, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace torchplastic

@@ -1,0 +1,161 @@
+"""plastic_scan on CUDA against the CPU kernel and the reference. Skipped without a GPU.
+
+Tolerances against float64 on the CPU: float64 1e-10; float32 about 1e-5 relative (after T
+steps of a recurrence, 1e-4 absolute); float16 and bfloat16 inputs run with float32 traces and
+accumulation, so only the input and output roundings differ: 1e-2 (float16) and 5e-2
+(bfloat16), relative and absolute.
+"""
+
+import pytest
+import torch
+
+import torchplastic as tp
+from helpers import Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
+from test_plastic_scan import OPTION_CASES, opcheck_args
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and tp.build_info()["with_cuda"]),
+    reason="needs a CUDA device and a build with CUDA")
+
+CUDA_LAYOUTS = [
+    {},                                      # what the planner picks
+    {"TORCHPLASTIC_CUDA_CLUSTER": "1"},      # one block per sequence
+    {"TORCHPLASTIC_CUDA_CLUSTER": "4"},      # four blocks exchanging y through DSMEM
+    {"TORCHPLASTIC_CUDA_OFF_CHIP": "1", "TORCHPLASTIC_CUDA_CLUSTER": "2"},  # streaming
+]
+
+
+def to_device(kw, device, dtype=None):
+    out = {}
+    for k, v in kw.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().to(device=device, dtype=dtype or v.dtype).requires_grad_(v.requires_grad)
+        out[k] = v
+    return out
+
+
+def compare_cuda_with_cpu(cfg, dtype=torch.float64, rtol=1e-10, atol=1e-10, grads=True, seed=0):
+    kw_cpu = make_inputs(cfg, seed=seed)
+    kw_gpu = to_device(kw_cpu, "cuda", dtype)
+    y_c, s_c = call(tp.functional.plastic_scan, kw_cpu)
+    y_g, s_g = call(tp.functional.plastic_scan, kw_gpu)
+    torch.testing.assert_close(y_g.double().cpu(), y_c, rtol=rtol, atol=atol)
+    for name in s_c._fields:
+        a, b = getattr(s_g, name), getattr(s_c, name)
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a.double().cpu(), b, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{name}: {m}")
+    if not grads:
+        return
+    leaves_c = list(tensor_inputs(kw_cpu).values())
+    leaves_g = list(tensor_inputs(kw_gpu).values())
+    g_c = torch.autograd.grad(loss_of(y_c, s_c), leaves_c)
+    g_g = torch.autograd.grad(loss_of(y_g.double(), type(s_g)(*[None if t is None else t.double() for t in s_g])), leaves_g)
+    for name, a, b in zip(tensor_inputs(kw_cpu), g_g, g_c):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=rtol * 10, atol=atol * 10,
+                                   msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.fixture(params=range(len(CUDA_LAYOUTS)), ids=["auto", "cluster1", "cluster4", "off_chip"])
+def layout(request, monkeypatch):
+    for k, v in CUDA_LAYOUTS[request.param].items():
+        monkeypatch.setenv(k, v)
+    return request.param
+
+
+@pytest.mark.parametrize("cfg", all_rule_mode_sources(), ids=Config.id)
+def test_cuda_float64_matches_cpu(cfg, layout):
+    compare_cuda_with_cpu(cfg)
+
+
+@pytest.mark.parametrize("cfg", OPTION_CASES, ids=Config.id)
+def test_cuda_options_match_cpu(cfg):
+    compare_cuda_with_cpu(cfg)
+
+
+@pytest.mark.parametrize("size", [dict(B=1, O=1, I=1, T=3), dict(B=2, O=5, I=300, T=9),
+                                  dict(B=3, O=130, I=7, T=4), dict(B=2, O=256, I=256, T=6),
+                                  dict(B=40, O=64, I=64, T=5), dict(B=2, O=1024, I=1024, T=3)],
+                         ids=lambda s: "B{B}-O{O}-I{I}-T{T}".format(**s))
+@pytest.mark.parametrize("rule", ["hebb", "retroactive"])
+def test_cuda_sizes_including_off_chip(size, rule):
+    for recurrent in (False, True):
+        cfg = Config(rule=rule, recurrent=recurrent, source="internal" if rule == "retroactive" else None,
+                     clip=1.0 if rule == "retroactive" else None, scaling=2.0, **size)
+        compare_cuda_with_cpu(cfg, grads=size["O"] * size["I"] <= 70000)
+
+
+def test_cuda_float32_matches_float64():
+    cfg = Config(rule="retroactive", source="fanout", clip=1.0, T=32, B=8, O=64, I=64, threshold=0.05)
+    kw = make_inputs(cfg)
+    y64, _ = call(tp.functional.plastic_scan, kw)
+    y32, _ = call(tp.functional.plastic_scan, to_device(kw, "cuda", torch.float32))
+    torch.testing.assert_close(y32.double().cpu(), y64.detach(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_cuda_half_precision_inputs(dtype, tol):
+    cfg = Config(rule="hebb", T=16, B=4, O=32, I=32)
+    kw = make_inputs(cfg)
+    kw_half = to_device(kw, "cuda", dtype)
+    y, state = call(tp.functional.plastic_scan, kw_half)
+    assert y.dtype == dtype and state.trace.dtype == torch.float32
+    kw_round = {k: (v.detach().to(dtype).double() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    y_ref, _ = call(tp.reference.plastic_scan, kw_round)
+    torch.testing.assert_close(y.double().cpu(), y_ref, rtol=tol, atol=tol)
+    loss = loss_of(y.float(), state)
+    grads = torch.autograd.grad(loss, [kw_half["z"], kw_half["alpha"]])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja", "modulated", "retroactive"])
+def test_cuda_gradcheck(rule):
+    cfg = Config(rule=rule, recurrent=rule != "oja", source="fanout" if rule == "retroactive" else None,
+                 T=3, B=2, O=3, I=2, clip=2.0 if rule in ("modulated", "retroactive") else None,
+                 threshold=0.2 if rule == "hebb" else None, checkpoint_every=2)
+    kw = to_device(make_inputs(cfg), "cuda")
+    leaves = tensor_inputs(kw)
+    names = list(leaves)
+
+    def fn(*tensors):
+        y, state = call(tp.functional.plastic_scan, dict(kw, **dict(zip(names, tensors))))
+        return (y, *[t for t in state if t is not None])
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), atol=1e-8, rtol=1e-6)
+
+
+def test_cuda_opcheck():
+    args = opcheck_args(Config(rule="retroactive", source="fanout", clip=1.0, threshold=0.1))
+    args = tuple(a.cuda().detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+                 for a in args)
+    torch.library.opcheck(torch.ops.torchplastic.plastic_scan.default, args)
+
+
+def test_cuda_torch_compile():
+    torch._dynamo.reset()
+    cfg = Config(rule="hebb", T=6, B=4, O=16)
+    kw = to_device(make_inputs(cfg, dtype=torch.float32), "cuda")
+
+    def model(z):
+        y, state = call(tp.functional.plastic_scan, dict(kw, z=z))
+        return y.square().sum() + state.trace.sum()
+
+    z = kw["z"].detach().requires_grad_(True)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(z), model(z))
+    g1, = torch.autograd.grad(compiled(z), z)
+    g2, = torch.autograd.grad(model(z), z)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_cuda_does_not_synchronize():
+    cfg = Config(rule="hebb", T=8, B=4, O=32)
+    kw = to_device(make_inputs(cfg, dtype=torch.float32), "cuda")
+    call(tp.functional.plastic_scan, kw)  # warm up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y, state = call(tp.functional.plastic_scan, kw)
+        (y.sum() + state.trace.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
