@@ -536,6 +536,44 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------------------------------ planning
 
+cudaLaunchConfig_t launch_config(const Plan& L, int64_t B, cudaStream_t stream,
+                                 cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(B * L.cluster));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = L.smem_bytes;
+  cfg.stream = stream;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(L.cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = L.cluster > 1 ? 1 : 0;
+  return cfg;
+}
+
+// Whether at least one cluster of this plan can be resident at once (the driver refuses a
+// launch otherwise). Rules share block size and shared memory, so the hebb kernel stands in.
+template <typename T>
+bool plan_runs(const Plan& L, bool backward) {
+  if (L.cluster <= 1) return true;
+  const void* kernel = backward ? reinterpret_cast<const void*>(plastic_scan_backward_kernel<T, Rule::Hebb>)
+                                : reinterpret_cast<const void*>(plastic_scan_forward_kernel<T, Rule::Hebb>);
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(L.smem_bytes)) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = launch_config(L, L.cluster, nullptr, attr);
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return clusters > 0;
+}
+
 struct Device {
   int sms = 1, major = 0;
   size_t smem_optin = 48 << 10;
@@ -643,6 +681,7 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
   while (best.cluster < max_cluster && P.B * best.cluster * 2 <= d.sms &&
          best.cluster * 2 <= P.O)
     best = plan_for(best.cluster * 2);
+  while (best.cluster > 1 && !plan_runs<T>(best, backward)) best = plan_for(best.cluster / 2);
   return best;
 }
 
@@ -652,18 +691,8 @@ void launch(Kernel kernel, const Plan& L, int64_t B, cudaStream_t stream, const 
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(L.smem_bytes)),
              "cudaFuncSetAttribute");
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(B * L.cluster));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = L.smem_bytes;
-  cfg.stream = stream;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(L.cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = L.cluster > 1 ? 1 : 0;
+  cudaLaunchConfig_t cfg = launch_config(L, B, stream, attr);
   check_cuda(cudaLaunchKernelEx(&cfg, kernel, args...), what);
 }
 

@@ -31,8 +31,11 @@ timeout 300 $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py -rfE 
   2>&1 | tee "$OUT/pytest_cuda.log" | tail -60
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+step "smoke: the benchmark's sizes, step by step"
+TORCHPLASTIC_CUDA_VERBOSE=1 timeout 60 $PY -X faulthandler scripts/cuda_smoke.py || status=1
+
 step "GPU benchmark"
-TORCHPLASTIC_CUDA_VERBOSE=1 timeout 180 $PY benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" || status=1
+timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" || status=1
 
 step "done: status $status"
 exit $status

@@ -87,11 +87,16 @@ def test_cuda_sizes_including_off_chip(size, rule):
 
 
 def test_cuda_float32_matches_float64():
-    cfg = Config(rule="retroactive", source="fanout", clip=1.0, T=32, B=8, O=64, I=64, threshold=0.05)
-    kw = make_inputs(cfg)
+    # Weights scaled down so that the recurrence contracts: with the default random weights it
+    # is chaotic, and float32 and float64 (on the CPU as well) part ways after ~20 steps.
+    cfg = Config(rule="retroactive", source="fanout", clip=1.0, T=64, B=8, O=64, I=64, threshold=0.05)
+    kw = make_inputs(cfg, requires_grad=False)
+    kw["weight"], kw["alpha"] = 0.2 * kw["weight"], 0.2 * kw["alpha"]
     y64, _ = call(tp.functional.plastic_scan, kw)
-    y32, _ = call(tp.functional.plastic_scan, to_device(kw, "cuda", torch.float32))
-    torch.testing.assert_close(y32.double().cpu(), y64.detach(), rtol=1e-5, atol=1e-4)
+    y32_cuda, _ = call(tp.functional.plastic_scan, to_device(kw, "cuda", torch.float32))
+    y32_cpu, _ = call(tp.functional.plastic_scan, to_device(kw, "cpu", torch.float32))
+    torch.testing.assert_close(y32_cuda.double().cpu(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y32_cuda.cpu(), y32_cpu, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
