@@ -149,7 +149,7 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
 // Shared memory of a block, in elements of T, carved in this order.
 template <typename T>
 struct ForwardSmem {
-  T *ybuf, *pbuf, *red, *H, *E, *alpha, *weight;
+  T *ybuf, *pbuf, *zbuf, *mbuf, *theta, *red, *H, *E, *alpha, *weight;
   int64_t total;
   __host__ __device__ ForwardSmem(T* base, const ScanParams<T>& P, const Plan& L) {
     const int64_t O = P.O, I = P.I, mat = static_cast<int64_t>(L.rows) * I;
@@ -161,6 +161,9 @@ struct ForwardSmem {
     };
     ybuf = take(3 * O, true);  // y of steps t-1, t, t+1 (triple buffer)
     pbuf = take(I, true);      // x_t (feedforward)
+    zbuf = take(O, true);      // z_t, staged once per step (this block's rows)
+    mbuf = take(O, true);      // external m_t, likewise
+    theta = take(O, true);     // θ of this block's rows, for all T steps
     red = take(32, true);
     H = take(mat, L.trace);
     E = take(mat, L.elig);
@@ -172,7 +175,8 @@ struct ForwardSmem {
 
 template <typename T>
 struct BackwardSmem {
-  T *gy, *gm, *gh, *gtheta, *red, *gp_part, *gs_part, *partials, *gH, *gE, *galpha, *alpha, *weight;
+  T *gy, *gm, *gh, *gtheta, *ybuf, *pbuf, *red, *gp_part, *gs_part, *partials, *gH, *gE, *galpha,
+      *alpha, *weight;
   int64_t total;
   __host__ __device__ BackwardSmem(T* base, const ScanParams<T>& P, const Plan& L) {
     const int64_t O = P.O, I = P.I, mat = static_cast<int64_t>(L.rows) * I;
@@ -186,6 +190,8 @@ struct BackwardSmem {
     gm = take(O, true);
     gh = take(O, true);
     gtheta = take(O, true);
+    ybuf = take(O, true);  // y_t, staged once per step
+    pbuf = take(I, true);  // p_t
     red = take(32, true);
     gp_part = take(2 * I, true);          // this block's dL/dp, double-buffered by step parity
     gs_part = take(2 * kMaxCluster, true);  // dL/ds partials of the cluster's blocks
@@ -230,8 +236,18 @@ __global__ void __launch_bounds__(kThreads)
     if (L.alpha) S.alpha[k] = P.alpha[r0 * I + k];
     if (P.recurrent && L.weight) S.weight[k] = P.weight[r0 * I + k];
   }
-  if (P.has_threshold)
-    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.theta[b * O + o] = P.theta0[b * O + o];
+  // Per-step inputs of this block's rows are staged in shared memory one step ahead, so no
+  // warp waits on a global load in the middle of its row.
+  auto stage = [&](int64_t t) {
+    if (t >= T_) return;
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+      S.zbuf[o] = P.z[(t * B + b) * O + o];
+      if (P.mod_source == ModSource::External) S.mbuf[o] = P.modulation[(t * B + b) * O + o];
+    }
+  };
+  stage(0);
+  for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
+    S.theta[o] = P.has_threshold ? P.theta0[b * O + o] : T(0);
   if (P.recurrent)
     for (int64_t o = threadIdx.x; o < O; o += kThreads) S.ybuf[2 * O + o] = P.hidden0[b * O + o];
   __syncthreads();
@@ -254,7 +270,6 @@ __global__ void __launch_bounds__(kThreads)
       p = S.pbuf;
     }
     T* y_now = S.ybuf + (t % 3) * O;
-    const T* z = P.z + (t * B + b) * O;
 
     for (int64_t o = r0 + warp; o < r1; o += kWarps) {
       T* H_row = H + (o - r0) * I;
@@ -267,12 +282,11 @@ __global__ void __launch_bounds__(kThreads)
         for (int64_t i = lane; i < I; i += 32) acc += A_row[i] * H_row[i] * p[i];
       }
       acc = warp_sum(acc);
-      const T theta = P.has_threshold ? P.theta[b * O + o] : T(0);
-      const T y = kernels::activate(P.activation, z[o] + acc - theta);
+      const T y = kernels::activate(P.activation, S.zbuf[o] + acc - S.theta[o]);
       if (lane == 0) P.y[(t * B + b) * O + o] = y;
       if (lane < C) peer(y_now, lane, C)[o] = y;
       if (row_local) {
-        const T m = modulated ? modulation_of_row(P, t, b, o, T(0)) : T(0);
+        const T m = modulated ? S.mbuf[o] : T(0);
         T* E_row = retro ? E + (o - r0) * I : nullptr;
         update_row_warp<R>(P, o, y, m, p, H_row, H_row, E_row, E_row, lane);
       }
@@ -290,9 +304,12 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (P.has_threshold)
       for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
-        P.theta[b * O + o] += P.threshold_rate * (y_now[o] - P.target_activity);
+        S.theta[o] += P.threshold_rate * (y_now[o] - P.target_activity);
+    stage(t + 1);  // this step's reads of zbuf and mbuf all came before the cluster barrier
     __syncthreads();
   }
+  if (P.has_threshold)
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.theta[b * O + o] = S.theta[o];
 
   if (L.trace || (retro && L.elig)) {
     for (int64_t k = threadIdx.x; k < n; k += kThreads) {
@@ -351,6 +368,14 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
+  // y_t and p_t of a step into shared memory, read there by every row.
+  auto stage_step = [&](int64_t t) {
+    const T* p_src = P.presynaptic(t, b);
+    const T* y_src = P.y + (t * B + b) * O;
+    for (int64_t i = threadIdx.x; i < I; i += kThreads) S.pbuf[i] = p_src[i];
+    for (int64_t o = threadIdx.x; o < O; o += kThreads) S.ybuf[o] = y_src[o];
+  };
+
   int parity = 0;
   for (int64_t seg = P.num_checkpoints() - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = min(K, T_ - t0);
@@ -363,8 +388,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     for (int64_t j = 0; j + 1 < len; ++j) {
       const int64_t t = t0 + j;
-      const T* p = P.presynaptic(t, b);
-      const T* y = P.y + (t * B + b) * O;
+      stage_step(t);
+      __syncthreads();
+      const T* p = S.pbuf;
+      const T* y = S.ybuf;
       const T s = P.internal_modulation() ? modulation_signal(P, y, S.red) : T(0);
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
         const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
@@ -373,17 +400,17 @@ __global__ void __launch_bounds__(kThreads)
                            retro ? seg_E + j * OI + row : nullptr,
                            retro ? seg_E + (j + 1) * OI + row : nullptr, lane);
       }
+      __syncthreads();  // before the next step's staging overwrites y and p
     }
-    __syncthreads();
 
     // Sweep the segment backward.
     for (int64_t j = len - 1; j >= 0; --j, parity ^= 1) {
       const int64_t t = t0 + j;
-      const T* p = P.presynaptic(t, b);
-      const T* y = P.y + (t * B + b) * O;
+      stage_step(t);
+      const T* p = S.pbuf;
+      const T* y = S.ybuf;
       const T* H_prev = seg_H + j * OI;
       const T* E_prev = retro ? seg_E + j * OI : nullptr;
-      const T s = P.internal_modulation() ? modulation_signal(P, y, S.red) : T(0);
 
       for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
         T g = G.grad_y[(t * B + b) * O + o];
@@ -393,6 +420,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       for (int64_t i = lane; i < I; i += 32) my_partials[i] = T(0);
       __syncthreads();
+      const T s = P.internal_modulation() ? modulation_signal(P, y, S.red) : T(0);
 
       // dL/da of row o, then its α, H_{t-1} and p terms.
       auto finish_row = [&](int64_t o, T gy_total) {
@@ -697,28 +725,6 @@ void launch(Kernel kernel, const Plan& L, int64_t B, cudaStream_t stream, const 
 }
 
 }  // namespace
-
-std::string Plan::describe() const {
-  std::ostringstream s;
-  s << "cluster=" << cluster << " rows=" << rows << " smem=" << smem_bytes << "B on_chip=[";
-  const char* sep = "";
-  auto add = [&](bool f, const char* name) {
-    if (f) {
-      s << sep << name;
-      sep = ",";
-    }
-  };
-  add(trace, "H");
-  add(elig, "E");
-  add(alpha, "alpha");
-  add(weight, "W");
-  add(grad_trace, "dH");
-  add(grad_elig, "dE");
-  add(grad_alpha, "dalpha");
-  add(partials, "dp_partials");
-  s << "]";
-  return s.str();
-}
 
 template <typename T>
 Plan plan_forward(const ScanParams<T>& P, int device) {

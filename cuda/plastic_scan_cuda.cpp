@@ -22,6 +22,33 @@ namespace {
 using kernels::ScanGradParams;
 using kernels::ScanParams;
 
+}  // namespace
+
+// Defined here, not in the .cu file: no std::string crosses between nvcc's and g++'s objects.
+std::string Plan::describe() const {
+  std::ostringstream s;
+  s << "cluster=" << cluster << " rows=" << rows << " smem=" << smem_bytes << "B on_chip=[";
+  const char* sep = "";
+  auto add = [&](bool f, const char* name) {
+    if (f) {
+      s << sep << name;
+      sep = ",";
+    }
+  };
+  add(trace, "H");
+  add(elig, "E");
+  add(alpha, "alpha");
+  add(weight, "W");
+  add(grad_trace, "dH");
+  add(grad_elig, "dE");
+  add(grad_alpha, "dalpha");
+  add(partials, "dp_partials");
+  s << "]";
+  return s.str();
+}
+
+namespace {
+
 // TORCHPLASTIC_CUDA_VERBOSE=1 prints each distinct launch plan to stderr, once.
 void report(const char* what, const Plan& plan, int64_t B, int64_t O, int64_t I) {
   static const bool verbose = [] {
