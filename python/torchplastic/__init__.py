@@ -4,13 +4,16 @@ Hebbian traces with learned plasticity coefficients, neuromodulation and homeost
 fused C++/CUDA kernels that keep one trace per sequence and recompute the rest in the backward.
 
     import torchplastic as tp
-    y, state = tp.functional.plastic_scan(z, alpha, eta, None, weight=W)
+    rnn = tp.PlasticRNN(input_size=10, hidden_size=64, rule="retroactive")
+    out, state = rnn(u)                # u [T, B, 10] → out [T, B, 64]
+    out, state = rnn(u2, state)        # carry the plastic state on
 """
 
 import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # loads libtorchplastic, whose static initialisers register the ops
 from . import functional, reference
+from .nn import PlasticLinear, PlasticRNN, PlasticRNNCell
 from .state import PlasticState
 
 __version__ = _C.build_info()["version"]
@@ -22,4 +25,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["PlasticState", "functional", "reference", "build_info", "__version__"]
+__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticState", "functional",
+           "reference", "build_info", "__version__"]

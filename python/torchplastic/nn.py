@@ -1,0 +1,297 @@
+"""Plastic layers as ``torch.nn`` modules: PlasticLinear, PlasticRNN, PlasticRNNCell (SPEC §4).
+
+The modules own parameters and state only; every step of the math runs in the fused op
+(:func:`torchplastic.functional.plastic_scan`). They take ``[T, B, I]`` sequences (``[B, T, I]``
+with ``batch_first=True``) or unbatched ``[T, I]`` ones, like ``torch.nn.RNN``, and return the
+output and a :class:`~torchplastic.PlasticState` to pass to the next call.
+"""
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import functional
+from .state import PlasticState
+
+__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
+
+_RULES = ("hebb", "oja", "modulated", "retroactive")
+_ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
+_GRANULARITIES = ("connection", "neuron", "scalar")
+_MODULATIONS = ("internal", "fanout", "external")
+
+
+def _check_choice(owner: str, name: str, value, choices):
+    if value not in choices:
+        raise ValueError(f"{owner}: {name}: expected one of {choices}, got {value!r}")
+
+
+def _check_positive(owner: str, name: str, value):
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {name}: expected a finite number > 0 or None, got {value!r}")
+
+
+class _PlasticBase(nn.Module):
+    """Parameters and options shared by the three modules; subclasses define the drive z."""
+
+    recurrent: bool = False
+
+    def __init__(self, in_features: int, out_features: int, *, rule: str = "hebb",
+                 alpha: str = "connection", eta: str = "scalar", activation: str = "tanh",
+                 clip: Union[str, float, None] = "auto", modulation: str = "internal",
+                 synaptic_scaling: Optional[float] = None, adaptive_threshold: Optional[float] = None,
+                 target_activity: float = 0.0, alpha_init: float = 0.01, eta_init: float = 0.01,
+                 checkpoint_every: Optional[int] = None, batch_first: bool = False,
+                 device=None, dtype=None):
+        super().__init__()
+        owner = type(self).__name__
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{owner}: {name}: expected a positive int, got {value!r}")
+        _check_choice(owner, "rule", rule, _RULES)
+        _check_choice(owner, "alpha", alpha, _GRANULARITIES)
+        _check_choice(owner, "eta", eta, _GRANULARITIES)
+        _check_choice(owner, "activation", activation, _ACTIVATIONS)
+        _check_choice(owner, "modulation", modulation, _MODULATIONS)
+        if clip == "auto":
+            clip = 1.0 if rule in ("modulated", "retroactive") else None
+        _check_positive(owner, "clip", clip)
+        _check_positive(owner, "synaptic_scaling", synaptic_scaling)
+        _check_positive(owner, "adaptive_threshold", adaptive_threshold)
+        if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+            raise ValueError(f"{owner}: checkpoint_every: expected an int >= 1 or None, got {checkpoint_every!r}")
+
+        self.in_features, self.out_features = in_features, out_features
+        self.rule, self.activation, self.clip = rule, activation, clip
+        self.alpha_granularity, self.eta_granularity = alpha, eta
+        self.modulation = modulation if rule in ("modulated", "retroactive") else None
+        self.synaptic_scaling, self.adaptive_threshold = synaptic_scaling, adaptive_threshold
+        self.target_activity = float(target_activity)
+        self.alpha_init, self.eta_init = float(alpha_init), float(eta_init)
+        self.checkpoint_every, self.batch_first = checkpoint_every, batch_first
+
+        kw = dict(device=device, dtype=dtype)
+        O, I = out_features, self._presynaptic_size()
+        shape = {"connection": (O, I), "neuron": (O, 1), "scalar": (1, 1)}
+        self.alpha = nn.Parameter(torch.empty(shape[alpha], **kw))
+        # Rule modulated does not use η: a parameter without gradient would break DDP.
+        self.eta = nn.Parameter(torch.empty(shape[eta], **kw)) if rule != "modulated" else None
+        if self.modulation in ("internal", "fanout"):
+            self.mod_weight = nn.Parameter(torch.empty(O, **kw))
+            self.mod_bias = nn.Parameter(torch.empty(1, **kw))
+        if self.modulation == "fanout":
+            self.mod_fanout_weight = nn.Parameter(torch.empty(O, **kw))
+            self.mod_fanout_bias = nn.Parameter(torch.empty(O, **kw))
+
+    def _presynaptic_size(self) -> int:
+        return self.out_features if self.recurrent else self.in_features
+
+    def reset_parameters(self) -> None:
+        """α ~ alpha_init · U(0, 1) (Miconi et al. 2018), η = eta_init, the modulation head
+        U(−1/√O, 1/√O) and its fan-out U(−1, 1) (a Linear(1, O), as in Backpropamine)."""
+        with torch.no_grad():
+            self.alpha.uniform_(0.0, 1.0).mul_(self.alpha_init)
+            if self.eta is not None:
+                self.eta.fill_(self.eta_init)
+            if self.modulation in ("internal", "fanout"):
+                bound = 1.0 / math.sqrt(self.out_features)
+                self.mod_weight.uniform_(-bound, bound)
+                self.mod_bias.uniform_(-bound, bound)
+            if self.modulation == "fanout":
+                self.mod_fanout_weight.uniform_(-1.0, 1.0)
+                self.mod_fanout_bias.uniform_(-1.0, 1.0)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_features}, {self.out_features}, rule={self.rule!r}"
+        if self.modulation is not None:
+            s += f", modulation={self.modulation!r}"
+        s += f", alpha={self.alpha_granularity!r}, eta={self.eta_granularity!r}"
+        if self.activation != "tanh":
+            s += f", activation={self.activation!r}"
+        for name in ("clip", "synaptic_scaling", "adaptive_threshold", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                s += f", {name}={getattr(self, name)}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s
+
+    # ------------------------------------------------------------------ the call
+
+    def _scan(self, z: Tensor, x: Optional[Tensor], state: Optional[PlasticState],
+              modulation: Optional[Tensor], unbatched: bool) -> Tuple[Tensor, PlasticState]:
+        owner = type(self).__name__
+        if state is None:
+            state = PlasticState()
+        elif not isinstance(state, PlasticState):
+            if isinstance(state, tuple) and len(state) == 4:
+                state = PlasticState(*state)
+            else:
+                raise TypeError(f"{owner}: state: expected a PlasticState or None, got {type(state).__name__}")
+        if unbatched:
+            state = PlasticState(*(None if t is None else t.unsqueeze(0) for t in state))
+            if modulation is not None:
+                modulation = modulation.unsqueeze(1)
+        B = z.shape[1]
+        for name, t in zip(state._fields, state):
+            if t is not None and (t.dim() < 2 or t.shape[0] != B):
+                raise ValueError(f"{owner}: state: expected {name} for batch size {B} (from the "
+                                 f"input), got shape {list(t.shape)}")
+        if self.modulation == "external" and modulation is None:
+            raise ValueError(f"{owner}: modulation: expected a tensor [T, B] or [T, B, O] "
+                             f"(modulation='external'), got None")
+        if self.modulation != "external" and modulation is not None:
+            raise ValueError(f"{owner}: modulation: this module computes its own "
+                             f"(rule={self.rule!r}, modulation={self.modulation!r}), got a tensor")
+        y, new_state = functional.plastic_scan(
+            z, self.alpha, self.eta, state.trace, x=x,
+            weight=self.weight_hh if self.recurrent else None,
+            hidden=state.hidden if self.recurrent else None,
+            rule=self.rule, activation=self.activation, clip=self.clip, modulation=modulation,
+            mod_weight=getattr(self, "mod_weight", None), mod_bias=getattr(self, "mod_bias", None),
+            mod_fanout_weight=getattr(self, "mod_fanout_weight", None),
+            mod_fanout_bias=getattr(self, "mod_fanout_bias", None),
+            eligibility=state.eligibility, synaptic_scaling=self.synaptic_scaling,
+            adaptive_threshold=self.adaptive_threshold, target_activity=self.target_activity,
+            threshold=state.threshold, checkpoint_every=self.checkpoint_every)
+        if unbatched:
+            y = y.squeeze(1)
+            new_state = PlasticState(*(None if t is None else t.squeeze(0) for t in new_state))
+        return y, new_state
+
+    def _sequence_input(self, x: Tensor, name: str, size: int) -> Tuple[Tensor, bool]:
+        """[T, B, F] (or [B, T, F] if batch_first, or unbatched [T, F]) → [T, B, F]."""
+        owner = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{owner}: {name}: expected a Tensor, got {type(x).__name__}")
+        if x.dim() not in (2, 3):
+            raise ValueError(f"{owner}: {name}: expected a 3-D tensor "
+                             f"{'[B, T, F]' if self.batch_first else '[T, B, F]'} or an unbatched 2-D "
+                             f"[T, F], got shape {list(x.shape)}")
+        if x.shape[-1] != size:
+            raise ValueError(f"{owner}: {name}: expected last dimension {size} (in_features), "
+                             f"got shape {list(x.shape)}")
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        return x, unbatched
+
+    def _output(self, y: Tensor, unbatched: bool) -> Tensor:
+        return y.transpose(0, 1) if (self.batch_first and not unbatched) else y
+
+
+class PlasticLinear(_PlasticBase):
+    r"""A feedforward plastic layer: ``y_t = φ(x_t Wᵀ + b + (α ⊙ H_{t-1}) x_t)``, with the
+    Hebbian trace H updated after each step by ``rule`` (SPEC §2).
+
+    Args:
+        in_features, out_features: sizes I and O.
+        bias: learn the bias b.
+        rule: ``"hebb"``, ``"oja"``, ``"modulated"`` or ``"retroactive"``.
+        alpha, eta: granularity of α and η: ``"connection"``, ``"neuron"`` or ``"scalar"``.
+        activation: ``"tanh"``, ``"relu"``, ``"sigmoid"`` or ``"identity"``.
+        clip: trace bound; ``"auto"`` is 1.0 for the modulated rules, none otherwise.
+        modulation: ``"internal"``, ``"fanout"`` or ``"external"`` (modulated rules only).
+        synaptic_scaling, adaptive_threshold, target_activity: homeostasis (SPEC §2 steps 7, 8).
+        alpha_init, eta_init: α ~ alpha_init · U(0, 1); η = eta_init.
+        checkpoint_every: K of the memory contract (default ⌈√T⌉).
+        batch_first: inputs and outputs are ``[B, T, F]``.
+
+    Shape: ``x [T, B, I]`` → ``y [T, B, O]``, and the state with ``trace [B, O, I]``.
+    """
+
+    recurrent = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
+        super().__init__(in_features, out_features, **kwargs)
+        kw = dict(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """W and b as ``torch.nn.Linear`` initialises them; α, η and the modulation head as
+        :meth:`_PlasticBase.reset_parameters`."""
+        super().reset_parameters()
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor, state: Optional[PlasticState] = None,
+                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+        x, unbatched = self._sequence_input(x, "x", self.in_features)
+        z = nn.functional.linear(x, self.weight, self.bias)
+        y, state = self._scan(z, x, state, modulation, unbatched)
+        return self._output(y, unbatched), state
+
+
+class PlasticRNN(_PlasticBase):
+    r"""A recurrent plastic layer (Miconi et al. 2018; Backpropamine 2019):
+    ``h_t = φ(u_t W_ihᵀ + b + (W_hh + α ⊙ H_{t-1}) h_{t-1})``, the trace H of the recurrent
+    connections updated after each step by ``rule``. Keywords as :class:`PlasticLinear`.
+
+    Shape: ``u [T, B, input_size]`` → ``out [T, B, hidden_size]``; the state holds
+    ``hidden [B, H]`` and ``trace [B, H, H]``.
+    """
+
+    recurrent = True
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **kwargs):
+        super().__init__(input_size, hidden_size, **kwargs)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        kw = dict(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **kw))
+        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **kw))
+        self.bias = nn.Parameter(torch.empty(hidden_size, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """W_ih, W_hh and b ~ U(−1/√H, 1/√H), as ``torch.nn.RNN``; α, η and the modulation head
+        as :meth:`_PlasticBase.reset_parameters`."""
+        super().reset_parameters()
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for w in (self.weight_ih, self.weight_hh, self.bias):
+            if w is not None:
+                nn.init.uniform_(w, -bound, bound)
+
+    def forward(self, u: Tensor, state: Optional[PlasticState] = None,
+                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+        u, unbatched = self._sequence_input(u, "input", self.input_size)
+        z = nn.functional.linear(u, self.weight_ih, self.bias)
+        y, state = self._scan(z, None, state, modulation, unbatched)
+        return self._output(y, unbatched), state
+
+
+class PlasticRNNCell(PlasticRNN):
+    r"""One step of :class:`PlasticRNN`: ``u_t [B, input_size]`` (or unbatched
+    ``[input_size]``) → ``h [B, hidden_size]`` and the new state. External modulation is
+    ``[B]`` or ``[B, H]``. Same parameters and keywords as :class:`PlasticRNN`."""
+
+    def forward(self, u: Tensor, state: Optional[PlasticState] = None,
+                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+        owner = type(self).__name__
+        if not isinstance(u, Tensor):
+            raise TypeError(f"{owner}: input: expected a Tensor, got {type(u).__name__}")
+        if u.dim() not in (1, 2) or u.shape[-1] != self.input_size:
+            raise ValueError(f"{owner}: input: expected shape [B, {self.input_size}] or "
+                             f"[{self.input_size}], got {list(u.shape)}")
+        unbatched = u.dim() == 1
+        u = u.unsqueeze(0) if unbatched else u
+        if unbatched and state is not None:
+            state = PlasticState(*(None if t is None else t.unsqueeze(0) for t in state))
+        if unbatched and modulation is not None:
+            modulation = modulation.unsqueeze(0)
+        z = nn.functional.linear(u, self.weight_ih, self.bias).unsqueeze(0)
+        m = None if modulation is None else modulation.unsqueeze(0)
+        y, state = self._scan(z, None, state, m, False)
+        h = y[0]
+        if unbatched:
+            h = h.squeeze(0)
+            state = PlasticState(*(None if t is None else t.squeeze(0) for t in state))
+        return h, state

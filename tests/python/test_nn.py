@@ -1,0 +1,172 @@
+"""The Python modules: against the reference, parameters, state, layouts, compile."""
+
+import itertools
+
+import pytest
+import torch
+
+import torchplastic as tp
+
+KW_CASES = [
+    dict(rule="hebb"),
+    dict(rule="oja", alpha="neuron", eta="connection"),
+    dict(rule="modulated", modulation="internal"),
+    dict(rule="retroactive", modulation="fanout", synaptic_scaling=2.0),
+    dict(rule="retroactive", modulation="external", adaptive_threshold=0.1, target_activity=0.1),
+    dict(rule="hebb", activation="relu", alpha="scalar", clip=0.5),
+]
+MODULES = [tp.PlasticLinear, tp.PlasticRNN]
+
+
+def make(cls, kw, I=5, O=4, seed=0):
+    torch.manual_seed(seed)
+    m = cls(I, O, dtype=torch.float64, **kw)
+    with torch.no_grad():  # larger α and η than the defaults, so plasticity matters in the check
+        m.alpha.uniform_(-0.5, 0.5)
+        if m.eta is not None:
+            m.eta.uniform_(0.1, 0.4)
+    return m
+
+
+def reference_of(m, x, state, modulation):
+    recurrent = isinstance(m, tp.PlasticRNN)
+    w = m.weight_ih if recurrent else m.weight
+    z = torch.nn.functional.linear(x, w, m.bias)
+    state = state or tp.PlasticState()
+    return tp.reference.plastic_scan(
+        z, m.alpha, m.eta, state.trace, x=None if recurrent else x,
+        weight=m.weight_hh if recurrent else None, hidden=state.hidden, rule=m.rule,
+        activation=m.activation, clip=m.clip, modulation=modulation,
+        mod_weight=getattr(m, "mod_weight", None), mod_bias=getattr(m, "mod_bias", None),
+        mod_fanout_weight=getattr(m, "mod_fanout_weight", None),
+        mod_fanout_bias=getattr(m, "mod_fanout_bias", None), eligibility=state.eligibility,
+        synaptic_scaling=m.synaptic_scaling, adaptive_threshold=m.adaptive_threshold,
+        target_activity=m.target_activity, threshold=state.threshold)
+
+
+def inputs(m, T=6, B=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, m.in_features, generator=g, dtype=torch.float64)
+    mod = torch.randn(T, B, generator=g, dtype=torch.float64) if m.modulation == "external" else None
+    return x, mod
+
+
+def total(y, state):
+    return y.square().sum() + sum(t.sum() for t in state if t is not None)
+
+
+@pytest.mark.parametrize("cls,kw", list(itertools.product(MODULES, KW_CASES)),
+                         ids=lambda v: v.__name__ if isinstance(v, type) else "-".join(f"{k}={w}" for k, w in v.items()))
+def test_module_matches_reference(cls, kw):
+    m = make(cls, kw)
+    x, mod = inputs(m)
+    y, state = m(x, modulation=mod)
+    y_ref, state_ref = reference_of(m, x, None, mod)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    params = list(m.parameters())
+    g = torch.autograd.grad(total(y, state), params)
+    g_ref = torch.autograd.grad(total(y_ref, state_ref), params)
+    for (name, _), a, b in zip(m.named_parameters(), g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda s: f"{name}: {s}")
+
+
+def test_parameter_names_and_shapes():
+    lin = tp.PlasticLinear(5, 4)
+    assert {k: tuple(v.shape) for k, v in lin.named_parameters()} == {
+        "alpha": (4, 5), "eta": (1, 1), "weight": (4, 5), "bias": (4,)}
+    rnn = tp.PlasticRNN(5, 4, rule="retroactive", modulation="fanout", alpha="neuron", eta="connection")
+    assert {k: tuple(v.shape) for k, v in rnn.named_parameters()} == {
+        "alpha": (4, 1), "eta": (4, 4), "mod_weight": (4,), "mod_bias": (1,),
+        "mod_fanout_weight": (4,), "mod_fanout_bias": (4,), "weight_ih": (4, 5),
+        "weight_hh": (4, 4), "bias": (4,)}
+    mod = tp.PlasticRNN(5, 4, rule="modulated", modulation="external", bias=False)
+    assert set(dict(mod.named_parameters())) == {"alpha", "weight_ih", "weight_hh"}
+    assert mod.clip == 1.0 and tp.PlasticRNN(5, 4).clip is None  # clip="auto"
+    assert torch.all(rnn.eta == 0.01) and 0 <= rnn.alpha.min() and rnn.alpha.max() <= 0.01
+    assert "rule='retroactive'" in repr(rnn) and "modulation='fanout'" in repr(rnn)
+
+
+@pytest.mark.parametrize("cls", MODULES)
+def test_state_carried_across_two_halves_equals_one_pass(cls):
+    m = make(cls, dict(rule="retroactive", modulation="internal", adaptive_threshold=0.1))
+    x, _ = inputs(m, T=8)
+    y, state = m(x)
+    y1, s1 = m(x[:4])
+    y2, s2 = m(x[4:], s1)
+    torch.testing.assert_close(torch.cat([y1, y2]), y, rtol=1e-12, atol=1e-12)
+    for a, b in zip(s2, state):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    detached = s1.detach()
+    assert all(t is None or not t.requires_grad for t in detached)
+
+
+@pytest.mark.parametrize("cls", MODULES)
+def test_batch_first_and_unbatched(cls):
+    m = make(cls, dict(rule="hebb"))
+    x, _ = inputs(m)
+    y, state = m(x)
+    m.batch_first = True
+    y_bf, state_bf = m(x.transpose(0, 1))
+    torch.testing.assert_close(y_bf, y.transpose(0, 1))
+    torch.testing.assert_close(state_bf.trace, state.trace)
+    y_u, state_u = m(x[:, 1])  # unbatched [T, I]: batch_first does not apply
+    torch.testing.assert_close(y_u, y[:, 1])
+    torch.testing.assert_close(state_u.trace, state.trace[1])
+
+
+def test_cell_equals_one_step_of_the_sequence_module():
+    rnn = make(tp.PlasticRNN, dict(rule="modulated", modulation="fanout"))
+    cell = tp.PlasticRNNCell(5, 4, rule="modulated", modulation="fanout", dtype=torch.float64)
+    cell.load_state_dict(rnn.state_dict())
+    x, _ = inputs(rnn, T=5)
+    y, state = rnn(x)
+    s = None
+    for t in range(5):
+        h, s = cell(x[t], s)
+        torch.testing.assert_close(h, y[t])
+    torch.testing.assert_close(s.trace, state.trace)
+    h_u, s_u = cell(x[0, 0])  # unbatched
+    assert h_u.shape == (4,) and s_u.trace.shape == (4, 4)
+
+
+def test_state_dict_round_trip():
+    a = tp.PlasticRNN(5, 4, rule="retroactive", modulation="fanout")
+    b = tp.PlasticRNN(5, 4, rule="retroactive", modulation="fanout")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 2, 5)
+    torch.testing.assert_close(a(x)[0], b(x)[0])
+
+
+def test_external_modulation_is_required_and_checked():
+    m = tp.PlasticRNN(5, 4, rule="modulated", modulation="external")
+    with pytest.raises(ValueError, match="modulation"):
+        m(torch.randn(3, 2, 5))
+    with pytest.raises(ValueError, match="modulation"):
+        tp.PlasticRNN(5, 4)(torch.randn(3, 2, 5), modulation=torch.randn(3, 2))
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match=r"input: expected last dimension 5"):
+        tp.PlasticRNN(5, 4)(torch.randn(3, 2, 7))
+    with pytest.raises(ValueError, match="rule"):
+        tp.PlasticRNN(5, 4, rule="hebbian")
+    with pytest.raises(ValueError, match="clip"):
+        tp.PlasticLinear(5, 4, clip=-1.0)
+    rnn = tp.PlasticRNN(5, 4)
+    _, state = rnn(torch.randn(3, 2, 5))
+    with pytest.raises(ValueError, match="state: expected hidden for batch size 5"):
+        rnn(torch.randn(3, 5, 5), state)  # state from another batch size
+
+
+def test_torch_compile_module_fullgraph():
+    torch._dynamo.reset()
+    model = tp.PlasticRNN(5, 8, rule="retroactive", modulation="fanout")
+    x = torch.randn(6, 3, 5)
+    compiled = torch.compile(model, fullgraph=True)
+    y_c, s_c = compiled(x)
+    y_e, s_e = model(x)
+    torch.testing.assert_close(y_c, y_e)
+    g_c = torch.autograd.grad(total(y_c, s_c), list(model.parameters()))
+    g_e = torch.autograd.grad(total(y_e, s_e), list(model.parameters()))
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b)
