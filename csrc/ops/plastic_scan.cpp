@@ -48,6 +48,35 @@ std::string to_string(Granularity granularity) {
   TORCH_CHECK_VALUE(false, "granularity: unknown enum value ", static_cast<int>(granularity));
 }
 
+namespace {
+template <typename Enum>
+Enum from_string(const std::string& name, const char* argument,
+                 std::initializer_list<Enum> values) {
+  std::string choices;
+  for (Enum v : values) {
+    if (to_string(v) == name) return v;
+    choices += (choices.empty() ? "'" : ", '") + to_string(v) + "'";
+  }
+  TORCH_CHECK_VALUE(false, argument, ": expected one of ", choices, ", got '", name, "'");
+}
+}  // namespace
+
+Rule rule_from_string(const std::string& name, const char* argument) {
+  return from_string(name, argument, {Rule::Hebb, Rule::Oja, Rule::Modulated, Rule::Retroactive});
+}
+Activation activation_from_string(const std::string& name, const char* argument) {
+  return from_string(name, argument, {Activation::Tanh, Activation::Relu, Activation::Sigmoid,
+                                      Activation::Identity});
+}
+Modulation modulation_from_string(const std::string& name, const char* argument) {
+  return from_string(name, argument,
+                     {Modulation::Internal, Modulation::Fanout, Modulation::External});
+}
+Granularity granularity_from_string(const std::string& name, const char* argument) {
+  return from_string(name, argument,
+                     {Granularity::Connection, Granularity::Neuron, Granularity::Scalar});
+}
+
 PlasticState PlasticState::detach() const {
   auto cut = [](const at::Tensor& t) { return t.defined() ? t.detach() : t; };
   return {cut(hidden), cut(trace), cut(eligibility), cut(threshold)};

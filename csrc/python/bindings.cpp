@@ -1,16 +1,111 @@
 // torchplastic._C: the only C++ that sees Python. Loading it loads libtorchplastic, whose
-// static registrations put the ops into the dispatcher.
+// static registrations put the ops into the dispatcher. It also exposes the C++ modules as
+// torchplastic.cpp.PlasticLinear / PlasticRNN / PlasticRNNCell (torch::python::bind_module),
+// taking the same keywords as the Python modules and returning torchplastic.PlasticState.
 #include <torch/extension.h>
+#include <torch/python.h>
+
+#include <limits>
 
 #include "torchplastic/torchplastic.h"
 
+namespace py = pybind11;
+using torchplastic::PlasticState;
+
+namespace {
+
+py::object to_python(const PlasticState& s) {
+  static py::object cls = py::module_::import("torchplastic.state").attr("PlasticState");
+  auto opt = [](const at::Tensor& t) -> py::object { return t.defined() ? py::cast(t) : py::none(); };
+  return cls(opt(s.hidden), opt(s.trace), opt(s.eligibility), opt(s.threshold));
+}
+
+PlasticState from_python(const py::object& o) {
+  PlasticState s;
+  if (o.is_none()) return s;
+  auto get = [&](const char* name) {
+    py::object v = o.attr(name);
+    return v.is_none() ? at::Tensor() : v.cast<at::Tensor>();
+  };
+  s.hidden = get("hidden");
+  s.trace = get("trace");
+  s.eligibility = get("eligibility");
+  s.threshold = get("threshold");
+  return s;
+}
+
+c10::optional<double> optional_double(py::handle v) {
+  return v.is_none() ? c10::nullopt : c10::optional<double>(v.cast<double>());
+}
+
+// The Python keywords of SPEC §4 onto the C++ options.
+template <typename Options>
+void apply_keywords(Options& o, const py::kwargs& kw, const char* owner) {
+  using namespace torchplastic;
+  for (auto item : kw) {
+    const std::string key = py::str(item.first);
+    py::handle v = item.second;
+    if (key == "rule") o.rule(rule_from_string(v.cast<std::string>()));
+    else if (key == "alpha") o.alpha(granularity_from_string(v.cast<std::string>(), "alpha"));
+    else if (key == "eta") o.eta(granularity_from_string(v.cast<std::string>(), "eta"));
+    else if (key == "activation") o.activation(activation_from_string(v.cast<std::string>()));
+    else if (key == "modulation") o.modulation(modulation_from_string(v.cast<std::string>()));
+    else if (key == "clip") {
+      if (v.is_none()) o.clip(std::numeric_limits<double>::infinity());
+      else if (py::isinstance<py::str>(v)) {
+        TORCH_CHECK_VALUE(v.cast<std::string>() == "auto", owner,
+                          ": clip: expected 'auto', None or a number, got '", v.cast<std::string>(), "'");
+        o.clip(c10::nullopt);
+      } else o.clip(v.cast<double>());
+    } else if (key == "synaptic_scaling") o.synaptic_scaling(optional_double(v));
+    else if (key == "adaptive_threshold") o.adaptive_threshold(optional_double(v));
+    else if (key == "target_activity") o.target_activity(v.cast<double>());
+    else if (key == "alpha_init") o.alpha_init(v.cast<double>());
+    else if (key == "eta_init") o.eta_init(v.cast<double>());
+    else if (key == "checkpoint_every")
+      o.checkpoint_every(v.is_none() ? c10::nullopt : c10::optional<int64_t>(v.cast<int64_t>()));
+    else if (key == "batch_first") o.batch_first(v.cast<bool>());
+    else throw py::type_error(std::string(owner) + ": unexpected keyword argument '" + key + "'");
+  }
+}
+
+template <typename Impl, typename Options>
+void bind_plastic_module(py::module_& m, const char* name, const char* first, const char* second) {
+  torch::python::bind_module<Impl, /*force_enable=*/true>(m, name)
+      .def(py::init([name](int64_t a, int64_t b, bool bias, const py::kwargs& kw) {
+             Options o(a, b);
+             o.bias(bias);
+             apply_keywords(o, kw, name);
+             return std::make_shared<Impl>(o);
+           }),
+           py::arg(first), py::arg(second), py::arg("bias") = true)
+      .def("forward",
+           [](Impl& self, const at::Tensor& x, const py::object& state,
+              const c10::optional<at::Tensor>& modulation) {
+             auto [y, s] = self.forward(x, from_python(state), modulation.value_or(at::Tensor()));
+             return py::make_tuple(y, to_python(s));
+           },
+           py::arg("input"), py::arg("state") = py::none(), py::arg("modulation") = py::none())
+      .def("__call__",
+           [](Impl& self, const at::Tensor& x, const py::object& state,
+              const c10::optional<at::Tensor>& modulation) {
+             auto [y, s] = self.forward(x, from_python(state), modulation.value_or(at::Tensor()));
+             return py::make_tuple(y, to_python(s));
+           },
+           py::arg("input"), py::arg("state") = py::none(), py::arg("modulation") = py::none())
+      .def("reset_parameters", &Impl::reset_parameters);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "torchplastic native extension: build information (the ops live in torch.ops.torchplastic)";
+  m.doc() = "torchplastic native extension: build information and the C++ modules "
+            "(the ops live in torch.ops.torchplastic)";
   m.def(
       "build_info",
       [] {
         const auto info = torchplastic::build_info();
-        pybind11::dict d;
+        py::dict d;
         d["version"] = info.version;
         d["with_cuda"] = info.with_cuda;
         d["torch_version"] = info.torch_version;
@@ -19,4 +114,12 @@ PYBIND11_MODULE(_C, m) {
         return d;
       },
       "What this build holds: version, with_cuda, torch_version, cuda_version, cuda_archs.");
+
+  py::module_ cpp = m.def_submodule("cpp", "The C++ modules of torchplastic (torchplastic/nn.h)");
+  bind_plastic_module<torchplastic::PlasticLinearImpl, torchplastic::PlasticLinearOptions>(
+      cpp, "PlasticLinear", "in_features", "out_features");
+  bind_plastic_module<torchplastic::PlasticRNNImpl, torchplastic::PlasticRNNOptions>(
+      cpp, "PlasticRNN", "input_size", "hidden_size");
+  bind_plastic_module<torchplastic::PlasticRNNCellImpl, torchplastic::PlasticRNNCellOptions>(
+      cpp, "PlasticRNNCell", "input_size", "hidden_size");
 }

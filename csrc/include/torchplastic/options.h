@@ -20,4 +20,10 @@ std::string to_string(Activation activation);
 std::string to_string(Modulation modulation);
 std::string to_string(Granularity granularity);
 
+// The inverse: "hebb" → Rule::Hebb, ...; c10::Error naming `argument` for anything else.
+Rule rule_from_string(const std::string& name, const char* argument = "rule");
+Activation activation_from_string(const std::string& name, const char* argument = "activation");
+Modulation modulation_from_string(const std::string& name, const char* argument = "modulation");
+Granularity granularity_from_string(const std::string& name, const char* argument);
+
 }  // namespace torchplastic

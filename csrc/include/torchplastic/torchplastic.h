@@ -3,4 +3,5 @@
 
 #include "torchplastic/options.h"
 #include "torchplastic/ops.h"
+#include "torchplastic/nn.h"
 #include "torchplastic/version.h"

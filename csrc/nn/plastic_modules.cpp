@@ -1,0 +1,330 @@
+// C++ modules: parameters, options and input layouts; the math is the op's (ops.h).
+// Mirrors python/torchplastic/nn.py: same parameter names, registration order and
+// initialisation, so one seed gives the same weights in both languages.
+#include "torchplastic/nn.h"
+
+#include <torch/nn/functional/linear.h>
+#include <torch/nn/init.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+
+namespace torchplastic {
+namespace detail {
+
+namespace {
+
+bool is_modulated(Rule rule) { return rule == Rule::Modulated || rule == Rule::Retroactive; }
+
+std::vector<int64_t> shape_of(Granularity g, int64_t O, int64_t I) {
+  switch (g) {
+    case Granularity::Connection: return {O, I};
+    case Granularity::Neuron: return {O, 1};
+    default: return {1, 1};
+  }
+}
+
+void check_positive(const std::string& owner, const char* name, const c10::optional<double>& v) {
+  if (!v) return;
+  TORCH_CHECK_VALUE(std::isfinite(*v) && *v > 0, owner, ": ", name,
+                    ": expected a finite value > 0 or unset, got ", *v);
+}
+
+// [T, B, F] (or [B, T, F] if batch_first, or unbatched [T, F]) → [T, B, F].
+std::pair<at::Tensor, bool> sequence_input(const std::string& owner, const at::Tensor& x,
+                                           const char* name, int64_t size, bool batch_first) {
+  TORCH_CHECK_VALUE(x.defined(), owner, ": ", name, ": expected a tensor, got undefined");
+  TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, owner, ": ", name, ": expected a 3-D tensor ",
+                    batch_first ? "[B, T, F]" : "[T, B, F]", " or an unbatched 2-D [T, F], got shape ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(x.size(-1) == size, owner, ": ", name, ": expected last dimension ", size,
+                    " (in_features), got shape ", x.sizes());
+  if (x.dim() == 2) return {x.unsqueeze(1), true};
+  return {batch_first ? x.transpose(0, 1) : x, false};
+}
+
+PlasticState map_state(const PlasticState& s, at::Tensor (*f)(const at::Tensor&)) {
+  auto g = [&](const at::Tensor& t) { return t.defined() ? f(t) : t; };
+  return {g(s.hidden), g(s.trace), g(s.eligibility), g(s.threshold)};
+}
+at::Tensor add_batch(const at::Tensor& t) { return t.unsqueeze(0); }
+at::Tensor drop_batch(const at::Tensor& t) { return t.squeeze(0); }
+
+}  // namespace
+
+PlasticLinearOptions as_linear_options(const PlasticRNNOptions& o) {
+  PlasticLinearOptions l(o.input_size(), o.hidden_size());
+  l.bias(o.bias())
+      .rule(o.rule())
+      .alpha(o.alpha())
+      .eta(o.eta())
+      .activation(o.activation())
+      .clip(o.clip())
+      .modulation(o.modulation())
+      .synaptic_scaling(o.synaptic_scaling())
+      .adaptive_threshold(o.adaptive_threshold())
+      .target_activity(o.target_activity())
+      .alpha_init(o.alpha_init())
+      .eta_init(o.eta_init())
+      .checkpoint_every(o.checkpoint_every())
+      .batch_first(o.batch_first());
+  return l;
+}
+
+void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64_t in_features,
+                        int64_t out_features, int64_t presynaptic, bool is_recurrent,
+                        const PlasticLinearOptions& o) {
+  owner = owner_name;
+  options = o;
+  recurrent = is_recurrent;
+  TORCH_CHECK_VALUE(in_features > 0 && out_features > 0, owner,
+                    ": sizes: expected positive sizes, got ", in_features, " and ", out_features);
+  const bool modulated = is_modulated(o.rule());
+  if (!o.clip()) clip = modulated ? c10::optional<double>(1.0) : c10::nullopt;  // "auto"
+  else if (std::isinf(*o.clip()) && *o.clip() > 0) clip = c10::nullopt;           // none
+  else clip = o.clip();
+  check_positive(owner, "clip", clip);
+  check_positive(owner, "synaptic_scaling", o.synaptic_scaling());
+  check_positive(owner, "adaptive_threshold", o.adaptive_threshold());
+  if (o.checkpoint_every())
+    TORCH_CHECK_VALUE(*o.checkpoint_every() >= 1, owner,
+                      ": checkpoint_every: expected an integer >= 1 or unset, got ",
+                      *o.checkpoint_every());
+
+  const int64_t O = out_features, I = presynaptic;
+  alpha = module.register_parameter("alpha", torch::empty(shape_of(o.alpha(), O, I)));
+  // Rule modulated does not use η: a parameter without gradient would break DDP.
+  eta = o.rule() != Rule::Modulated
+            ? module.register_parameter("eta", torch::empty(shape_of(o.eta(), O, I)))
+            : at::Tensor();
+  const bool head = modulated && o.modulation() != Modulation::External;
+  if (head) {
+    mod_weight = module.register_parameter("mod_weight", torch::empty({O}));
+    mod_bias = module.register_parameter("mod_bias", torch::empty({1}));
+  }
+  if (modulated && o.modulation() == Modulation::Fanout) {
+    mod_fanout_weight = module.register_parameter("mod_fanout_weight", torch::empty({O}));
+    mod_fanout_bias = module.register_parameter("mod_fanout_bias", torch::empty({O}));
+  }
+}
+
+void PlasticCore::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  alpha.uniform_(0.0, 1.0).mul_(options.alpha_init());
+  if (eta.defined()) eta.fill_(options.eta_init());
+  if (mod_weight.defined()) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(mod_weight.size(0)));
+    mod_weight.uniform_(-bound, bound);
+    mod_bias.uniform_(-bound, bound);
+  }
+  if (mod_fanout_weight.defined()) {
+    mod_fanout_weight.uniform_(-1.0, 1.0);
+    mod_fanout_bias.uniform_(-1.0, 1.0);
+  }
+}
+
+std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, const at::Tensor& x,
+                                                       const at::Tensor& weight_hh,
+                                                       PlasticState state, at::Tensor modulation,
+                                                       bool unbatched) const {
+  if (unbatched) {
+    state = map_state(state, add_batch);
+    if (modulation.defined()) modulation = modulation.unsqueeze(1);
+  }
+  const int64_t B = z.size(1);
+  for (const auto& [name, t] : {std::pair<const char*, at::Tensor>{"hidden", state.hidden},
+                                {"trace", state.trace},
+                                {"eligibility", state.eligibility},
+                                {"threshold", state.threshold}}) {
+    TORCH_CHECK_VALUE(!t.defined() || (t.dim() >= 2 && t.size(0) == B), owner,
+                      ": state: expected ", name, " for batch size ", B,
+                      " (from the input), got shape ", t.defined() ? t.sizes() : at::IntArrayRef{});
+  }
+  const bool external = is_modulated(options.rule()) && options.modulation() == Modulation::External;
+  TORCH_CHECK_VALUE(!external || modulation.defined(), owner,
+                    ": modulation: expected a tensor [T, B] or [T, B, O] (modulation external), "
+                    "got undefined");
+  TORCH_CHECK_VALUE(external || !modulation.defined(), owner,
+                    ": modulation: this module computes its own (rule ", to_string(options.rule()),
+                    "), got a tensor");
+  ScanOptions so;
+  so.x(recurrent ? at::Tensor() : x)
+      .weight(recurrent ? weight_hh : at::Tensor())
+      .hidden(recurrent ? state.hidden : at::Tensor())
+      .rule(options.rule())
+      .activation(options.activation())
+      .clip(clip)
+      .modulation(modulation)
+      .mod_weight(mod_weight)
+      .mod_bias(mod_bias)
+      .mod_fanout_weight(mod_fanout_weight)
+      .mod_fanout_bias(mod_fanout_bias)
+      .eligibility(state.eligibility)
+      .synaptic_scaling(options.synaptic_scaling())
+      .adaptive_threshold(options.adaptive_threshold())
+      .target_activity(options.target_activity())
+      .threshold(state.threshold)
+      .checkpoint_every(options.checkpoint_every());
+  auto [y, out] = plastic_scan(z, alpha, eta, state.trace, so);
+  if (unbatched) {
+    y = y.squeeze(1);
+    out = map_state(out, drop_batch);
+  }
+  return {y, out};
+}
+
+void PlasticCore::print(std::ostream& s) const {
+  s << ", rule=" << to_string(options.rule());
+  if (is_modulated(options.rule())) s << ", modulation=" << to_string(options.modulation());
+  s << ", alpha=" << to_string(options.alpha()) << ", eta=" << to_string(options.eta());
+  if (options.activation() != Activation::Tanh) s << ", activation=" << to_string(options.activation());
+  if (clip) s << ", clip=" << *clip;
+  if (options.synaptic_scaling()) s << ", synaptic_scaling=" << *options.synaptic_scaling();
+  if (options.adaptive_threshold()) s << ", adaptive_threshold=" << *options.adaptive_threshold();
+  if (options.checkpoint_every()) s << ", checkpoint_every=" << *options.checkpoint_every();
+  if (options.batch_first()) s << ", batch_first=true";
+}
+
+}  // namespace detail
+
+// ------------------------------------------------------------------ PlasticLinear
+
+PlasticLinearImpl::PlasticLinearImpl(PlasticLinearOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void PlasticLinearImpl::reset() {
+  core.build(*this, "PlasticLinear", options.in_features(), options.out_features(),
+             options.in_features(), /*recurrent=*/false, options);
+  weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+  bias = options.bias() ? register_parameter("bias", torch::empty({options.out_features()}))
+                        : at::Tensor();
+  reset_parameters();
+}
+
+void PlasticLinearImpl::reset_parameters() {
+  core.reset_parameters();
+  torch::NoGradGuard no_grad;
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (bias.defined()) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(options.in_features()));
+    bias.uniform_(-bound, bound);
+  }
+}
+
+void PlasticLinearImpl::pretty_print(std::ostream& s) const {
+  s << "torchplastic::PlasticLinear(" << options.in_features() << ", " << options.out_features();
+  core.print(s);
+  s << ")";
+}
+
+std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor& x,
+                                                                const PlasticState& state,
+                                                                const at::Tensor& modulation) {
+  auto [xs, unbatched] = detail::sequence_input(core.owner, x, "x", options.in_features(),
+                                                options.batch_first());
+  const at::Tensor z = torch::nn::functional::linear(xs, weight, bias);
+  auto [y, out] = core.scan(z, xs, {}, state, modulation, unbatched);
+  if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
+  return {y, out};
+}
+
+// ------------------------------------------------------------------ PlasticRNN
+
+namespace {
+
+void register_rnn_weights(torch::nn::Module& m, const PlasticRNNOptions& o, at::Tensor& weight_ih,
+                          at::Tensor& weight_hh, at::Tensor& bias) {
+  weight_ih = m.register_parameter("weight_ih", torch::empty({o.hidden_size(), o.input_size()}));
+  weight_hh = m.register_parameter("weight_hh", torch::empty({o.hidden_size(), o.hidden_size()}));
+  bias = o.bias() ? m.register_parameter("bias", torch::empty({o.hidden_size()})) : at::Tensor();
+}
+
+void reset_rnn_weights(const PlasticRNNOptions& o, at::Tensor& weight_ih, at::Tensor& weight_hh,
+                       at::Tensor& bias) {
+  torch::NoGradGuard no_grad;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(o.hidden_size()));
+  for (at::Tensor* w : {&weight_ih, &weight_hh, &bias})
+    if (w->defined()) w->uniform_(-bound, bound);
+}
+
+void print_rnn(std::ostream& s, const char* name, const PlasticRNNOptions& o,
+               const detail::PlasticCore& core) {
+  s << "torchplastic::" << name << "(" << o.input_size() << ", " << o.hidden_size();
+  core.print(s);
+  s << ")";
+}
+
+}  // namespace
+
+PlasticRNNImpl::PlasticRNNImpl(PlasticRNNOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void PlasticRNNImpl::reset() {
+  core.build(*this, "PlasticRNN", options.input_size(), options.hidden_size(),
+             options.hidden_size(), /*recurrent=*/true, detail::as_linear_options(options));
+  register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
+  reset_parameters();
+}
+
+void PlasticRNNImpl::reset_parameters() {
+  core.reset_parameters();
+  reset_rnn_weights(options, weight_ih, weight_hh, bias);
+}
+
+void PlasticRNNImpl::pretty_print(std::ostream& s) const { print_rnn(s, "PlasticRNN", options, core); }
+
+std::tuple<at::Tensor, PlasticState> PlasticRNNImpl::forward(const at::Tensor& u,
+                                                             const PlasticState& state,
+                                                             const at::Tensor& modulation) {
+  auto [us, unbatched] = detail::sequence_input(core.owner, u, "input", options.input_size(),
+                                                options.batch_first());
+  const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
+  auto [y, out] = core.scan(z, {}, weight_hh, state, modulation, unbatched);
+  if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
+  return {y, out};
+}
+
+// ------------------------------------------------------------------ PlasticRNNCell
+
+PlasticRNNCellImpl::PlasticRNNCellImpl(PlasticRNNCellOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void PlasticRNNCellImpl::reset() {
+  core.build(*this, "PlasticRNNCell", options.input_size(), options.hidden_size(),
+             options.hidden_size(), /*recurrent=*/true, detail::as_linear_options(options));
+  register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
+  reset_parameters();
+}
+
+void PlasticRNNCellImpl::reset_parameters() {
+  core.reset_parameters();
+  reset_rnn_weights(options, weight_ih, weight_hh, bias);
+}
+
+void PlasticRNNCellImpl::pretty_print(std::ostream& s) const {
+  print_rnn(s, "PlasticRNNCell", options, core);
+}
+
+std::tuple<at::Tensor, PlasticState> PlasticRNNCellImpl::forward(const at::Tensor& u,
+                                                                 const PlasticState& state,
+                                                                 const at::Tensor& modulation) {
+  TORCH_CHECK_VALUE(u.defined() && (u.dim() == 1 || u.dim() == 2) &&
+                        u.size(-1) == options.input_size(),
+                    "PlasticRNNCell: input: expected shape [B, ", options.input_size(), "] or [",
+                    options.input_size(), "], got ", u.defined() ? u.sizes() : at::IntArrayRef{});
+  const bool unbatched = u.dim() == 1;
+  const at::Tensor ub = unbatched ? u.unsqueeze(0) : u;
+  const at::Tensor z = torch::nn::functional::linear(ub, weight_ih, bias).unsqueeze(0);
+  const at::Tensor m = modulation.defined() ? modulation.unsqueeze(0) : modulation;
+  // core.scan takes z [T = 1, B, H]; for an unbatched input B = 1 and the state and the
+  // modulation carry no batch dimension.
+  auto [y, out] = core.scan(z, {}, weight_hh, state, m, unbatched);
+  return {y[0], out};
+}
+
+}  // namespace torchplastic
