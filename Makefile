@@ -13,7 +13,7 @@ PY      := $(VENV)/bin/python
 BUILD   ?= build
 CMAKE_ARGS ?=
 
-.PHONY: all test test-cpp test-python build deps system-deps bench gpu-check clean
+.PHONY: all test test-cpp test-python test-install build deps system-deps bench gpu-check clean
 
 all: build
 
@@ -49,7 +49,17 @@ test-cpp: build
 test-python: build
 	$(PY) -m pytest -q tests/python
 
-test: test-cpp test-python
+# The installed library used the way a C++ user uses it: cmake --install into a scratch prefix,
+# then examples/cpp built against it with find_package(TorchPlastic) and run for a few steps.
+test-install: build
+	rm -rf $(BUILD)/prefix $(BUILD)/example
+	cmake --install $(BUILD) --prefix $(BUILD)/prefix > /dev/null
+	cmake -S examples/cpp -B $(BUILD)/example -G Ninja \
+	    -DCMAKE_PREFIX_PATH="$(abspath $(BUILD)/prefix);$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" > /dev/null
+	cmake --build $(BUILD)/example
+	$(BUILD)/example/train_pattern --steps 3 --batch 4
+
+test: test-cpp test-python test-install
 
 bench: build
 	$(PY) benchmarks/bench_cpu.py
