@@ -2,6 +2,7 @@
 #
 #   make test        system packages (apt-get, if missing) → .venv with torch==2.11.0 → CMake build
 #                    (library, _C, C++ tests) → editable install → ctest → pytest
+#   make demo        set up as above, then train the pattern-memorization demo (~3 min)
 #   make test-cpp    GoogleTest only          make test-python   pytest only
 #   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
 #   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmark; logs under $$OUT
@@ -13,7 +14,7 @@ PY      := $(VENV)/bin/python
 BUILD   ?= build
 CMAKE_ARGS ?=
 
-.PHONY: all test test-cpp test-python test-install build deps system-deps bench gpu-check clean
+.PHONY: all demo test test-cpp test-python test-install build deps system-deps bench gpu-check clean
 
 all: build
 
@@ -60,6 +61,11 @@ test-install: build
 	$(BUILD)/example/train_pattern --steps 3 --batch 4
 
 test: test-cpp test-python test-install
+
+# The README's first command: set up as `make test` does, then train the pattern-memorization
+# task of Miconi et al. 2018 (plastic vs non-plastic RNN), about 3 minutes on 2 cores.
+demo: build
+	$(PY) examples/pattern.py --out out/pattern
 
 bench: build
 	$(PY) benchmarks/bench_cpu.py

@@ -1,0 +1,27 @@
+"""Smoke tests: every example runs a few steps, writes its plots and checkpoint, resumes."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *args],
+                          check=True, capture_output=True, text=True, timeout=300).stdout
+
+
+def test_pattern_example_runs_and_resumes(tmp_path):
+    out = run("pattern.py", "--episodes", "3", "--batch", "4", "--eval-batches", "1",
+              "--out", str(tmp_path), "--no-progress")
+    assert out.strip().startswith("pattern memorization: plastic error")
+    for f in ("errors.png", "trace.png", "checkpoint.pt"):
+        assert (tmp_path / f).exists(), f
+    out = run("pattern.py", "--episodes", "5", "--batch", "4", "--eval-batches", "1",
+              "--out", str(tmp_path), "--no-progress", "--resume")
+    assert "(5 episodes" in out
+
+
+def test_examples_have_help():
+    assert "--seed" in run("pattern.py", "--help")
