@@ -3,6 +3,7 @@
 #   make test        system packages (apt-get, if missing) → .venv with torch==2.11.0 → CMake build
 #                    (library, _C, C++ tests) → editable install → ctest → pytest
 #   make demo        set up as above, then train the pattern-memorization demo (~3 min)
+#   make test-asan   GoogleTest under AddressSanitizer and UndefinedBehaviorSanitizer
 #   make test-cpp    GoogleTest only          make test-python   pytest only
 #   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
 #   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmark; logs under $$OUT
@@ -14,7 +15,7 @@ PY      := $(VENV)/bin/python
 BUILD   ?= build
 CMAKE_ARGS ?=
 
-.PHONY: all demo test test-cpp test-python test-install build deps system-deps bench gpu-check clean
+.PHONY: all demo test test-asan test-cpp test-python test-install build deps system-deps bench gpu-check clean
 
 all: build
 
@@ -66,6 +67,18 @@ test: test-cpp test-python test-install
 # task of Miconi et al. 2018 (plastic vs non-plastic RNN), about 3 minutes on 2 cores.
 demo: build
 	$(PY) examples/pattern.py --out out/pattern
+
+# GoogleTest under AddressSanitizer + UndefinedBehaviorSanitizer (CPU build; torch itself is
+# not instrumented, so leak checking, which would report torch's globals, is off).
+ASAN_BUILD ?= build-asan
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DBUILD_TESTING=ON -DWITH_CUDA=OFF -DTORCHPLASTIC_PYTHON=OFF \
+	    -DTORCHPLASTIC_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)') \
+	    -DTORCHPLASTIC_PYTHON_OUTPUT_DIR=$(abspath $(ASAN_BUILD))/lib > /dev/null
+	cmake --build $(ASAN_BUILD)
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    ctest --test-dir $(ASAN_BUILD) --output-on-failure
 
 bench: build
 	$(PY) benchmarks/bench_cpu.py

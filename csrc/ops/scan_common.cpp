@@ -187,8 +187,8 @@ ScanConfig check_scan_args(const ScanArgs& a) {
   const bool internal = a.mod_weight.has_value() || a.mod_bias.has_value();
   const bool fanout = a.mod_fanout_weight.has_value() || a.mod_fanout_bias.has_value();
   if (!needs_mod) {
-    TORCH_CHECK_VALUE(!external && !internal && !fanout, "plastic_scan: modulation: rule '",
-                      a.rule, "' takes no neuromodulation, got ",
+    TORCH_CHECK_VALUE(!external && !internal && !fanout, "plastic_scan: modulation: expected none "
+                      "for rule '", a.rule, "', which takes no neuromodulation, got ",
                       external ? "modulation" : (internal ? "mod_weight/mod_bias"
                                                           : "mod_fanout_weight/mod_fanout_bias"));
     c.mod_source = ModSource::None;

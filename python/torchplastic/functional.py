@@ -100,6 +100,17 @@ def _state_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
 
 
+def _check_devices(z, *tensors):
+    # Under the dispatcher a meta tensor among CPU ones selects these fake kernels, which must
+    # refuse the mix as the real kernels do.
+    names = ("alpha", "eta", "trace", "x", "weight", "hidden", "eligibility", "threshold",
+             "modulation", "mod_weight", "mod_bias", "mod_fanout_weight", "mod_fanout_bias")
+    for name, t in zip(names, tensors):
+        if t is not None and t.device != z.device:
+            raise ValueError(f"plastic_scan: {name}: expected a tensor on {z.device} (the device "
+                             f"of z), got {t.device}")
+
+
 def _fake_states(z, alpha, x, rule, adaptive_threshold):
     T, B, O = z.shape
     I = O if x is None else x.shape[-1]
@@ -117,6 +128,8 @@ def _plastic_scan_fake(z, alpha, eta, trace, x, weight, hidden, eligibility, thr
                        modulation, mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias,
                        rule, activation, clip, synaptic_scaling, adaptive_threshold,
                        target_activity, checkpoint_every):
+    _check_devices(z, alpha, eta, trace, x, weight, hidden, eligibility, threshold, modulation,
+                   mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias)
     return _fake_states(z, alpha, x, rule, adaptive_threshold)
 
 
@@ -125,6 +138,8 @@ def _plastic_scan_forward_fake(z, alpha, eta, trace, x, weight, hidden, eligibil
                                modulation, mod_weight, mod_bias, mod_fanout_weight,
                                mod_fanout_bias, rule, activation, clip, synaptic_scaling,
                                adaptive_threshold, target_activity, checkpoint_every):
+    _check_devices(z, alpha, eta, trace, x, weight, hidden, eligibility, threshold, modulation,
+                   mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias)
     y, h, H, E, theta = _fake_states(z, alpha, x, rule, adaptive_threshold)
     T, B, O = z.shape
     I = H.shape[-1]

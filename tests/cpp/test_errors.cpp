@@ -1,0 +1,93 @@
+// Bad input through the C++ API fails with a c10::Error naming the argument, the expected and
+// the received value: one test per class of bad input.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <functional>
+#include <limits>
+
+#include "torchplastic/torchplastic.h"
+
+using namespace torchplastic;
+
+namespace {
+
+// Runs f, which must throw c10::Error whose message holds every fragment.
+void expect_error(const std::function<void()>& f, std::vector<std::string> fragments) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    for (const auto& frag : fragments) EXPECT_NE(msg.find(frag), std::string::npos) << msg;
+    EXPECT_NE(msg.find("expected"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("got"), std::string::npos) << msg;
+    return;
+  }
+  ADD_FAILURE() << "no c10::Error thrown";
+}
+
+struct Inputs {
+  at::Tensor z = torch::randn({5, 3, 4}, torch::kFloat64);
+  at::Tensor alpha = torch::randn({4, 4}, torch::kFloat64);
+  at::Tensor eta = torch::full({1, 1}, 0.1, torch::kFloat64);
+  at::Tensor W = torch::randn({4, 4}, torch::kFloat64);
+  ScanOptions options() const { return ScanOptions().weight(W); }
+};
+
+}  // namespace
+
+TEST(Errors, Shapes) {
+  Inputs in;
+  expect_error([&] { plastic_scan(torch::randn({5, 3}, torch::kFloat64), in.alpha, in.eta, {}, in.options()); },
+               {"z", "3-D"});
+  expect_error([&] { plastic_scan(in.z, torch::randn({3, 4}, torch::kFloat64), in.eta, {}, in.options()); },
+               {"alpha", "[4, 4]", "[3, 4]"});
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, torch::zeros({2, 4, 4}, torch::kFloat64), in.options()); },
+               {"trace", "[3, 4, 4]", "[2, 4, 4]"});
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, in.options().hidden(torch::zeros({2, 4}, torch::kFloat64))); },
+               {"hidden", "[3, 4]"});
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, ScanOptions()); }, {"weight", "recurrent"});
+}
+
+TEST(Errors, Dtypes) {
+  Inputs in;
+  expect_error([&] { plastic_scan(in.z.to(torch::kLong), in.alpha, in.eta, {}, in.options()); }, {"z", "dtype"});
+  expect_error([&] { plastic_scan(in.z, in.alpha.to(torch::kFloat), in.eta, {}, in.options()); }, {"alpha", "dtype"});
+}
+
+TEST(Errors, OptionValuesAndRanges) {
+  Inputs in;
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, in.options().clip(-1.0)); }, {"clip", "> 0"});
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, in.options().synaptic_scaling(0.0)); },
+               {"synaptic_scaling"});
+  expect_error([&] {
+    plastic_scan(in.z, in.alpha, in.eta, {},
+                 in.options().adaptive_threshold(std::numeric_limits<double>::quiet_NaN()));
+  }, {"adaptive_threshold"});
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, in.options().checkpoint_every(0)); },
+               {"checkpoint_every", ">= 1"});
+  expect_error([&] { rule_from_string("stdp"); }, {"rule", "'stdp'"});
+}
+
+TEST(Errors, Modulation) {
+  Inputs in;
+  auto mod = torch::randn({5, 3}, torch::kFloat64);
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, in.options().modulation(mod)); },
+               {"modulation", "hebb"});
+  expect_error([&] { plastic_scan(in.z, in.alpha, {}, {}, in.options().rule(Rule::Modulated)); },
+               {"modulation", "needs neuromodulation"});
+  expect_error([&] {
+    plastic_scan(in.z, in.alpha, {}, {},
+                 in.options().rule(Rule::Modulated).modulation(torch::randn({5, 2}, torch::kFloat64)));
+  }, {"modulation", "[5, 3]"});
+}
+
+TEST(Errors, Modules) {
+  PlasticRNN rnn(5, 4);
+  expect_error([&] { rnn->forward(torch::randn({3, 2, 7})); }, {"input", "last dimension 5"});
+  auto [y, state] = rnn->forward(torch::randn({3, 2, 5}));
+  expect_error([&] { rnn->forward(torch::randn({3, 6, 5}), state); }, {"state", "batch size 6"});
+  expect_error([&] { PlasticRNN(PlasticRNNOptions(5, 4).clip(-2.0)); }, {"clip"});
+  PlasticRNN external(PlasticRNNOptions(5, 4).rule(Rule::Modulated).modulation(Modulation::External));
+  expect_error([&] { external->forward(torch::randn({3, 2, 5})); }, {"modulation"});
+}
