@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""The Backpropamine maze (Miconi et al., ICLR 2019), trained with A2C, batched.
+
+A grid maze with walls around and pillars inside; an invisible reward location, new in each
+episode; finding it gives +10 and teleports the agent to a random free cell, so the agent
+profits from remembering where the reward was. Hitting a wall costs 0.1. The agent sees its
+3×3 neighbourhood, a bias, the time, its previous reward and its previous action.
+
+Compares four networks of the same hidden size: simple neuromodulation (rule ``modulated``),
+retroactive neuromodulation (rule ``retroactive``), non-modulated plasticity (rule ``hebb``),
+and a plain RNN with its hidden size raised to match their parameter count. Plots the mean
+reward per episode (mean and spread over seeds) to --out/rewards.png.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torchplastic as tp  # noqa: E402
+from _common import add_common_args, load_checkpoint, progress, save_checkpoint, setup  # noqa: E402
+
+ACTIONS = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]])  # up, down, left, right
+INPUTS = 9 + 1 + 1 + 1 + len(ACTIONS)  # neighbourhood, bias, time, previous reward, previous action
+REWARD, WALL_PENALTY = 10.0, 0.1
+VARIANTS = ("modulated", "retroactive", "hebb", "rnn")
+
+
+class Maze:
+    """B mazes stepped together, on torch tensors."""
+
+    def __init__(self, size, batch, generator, device):
+        lab = torch.ones(size, size)
+        lab[1:-1, 1:-1] = 0
+        for r in range(2, size - 1, 2):
+            for c in range(2, size - 1, 2):
+                lab[r, c] = 1  # pillars
+        centre = size // 2
+        lab[centre, centre] = 0
+        self.lab, self.size, self.batch, self.gen, self.device = lab.to(device), size, batch, generator, device
+        self.free = (lab == 0).nonzero().to(device)  # [F, 2]
+        self.offsets = torch.stack(torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij"), -1).reshape(9, 2).to(device)
+        self.actions = ACTIONS.to(device)
+
+    def random_free(self, n):
+        return self.free[torch.randint(len(self.free), (n,), generator=self.gen).to(self.device)]
+
+    def reset(self):
+        centre = self.size // 2
+        self.pos = torch.full((self.batch, 2), centre, device=self.device)
+        self.goal = self.random_free(self.batch)
+        same = (self.goal == self.pos).all(1)  # the reward is never at the start
+        while same.any():
+            self.goal[same] = self.random_free(int(same.sum()))
+            same = (self.goal == self.pos).all(1)
+
+    def view(self):
+        cells = self.pos[:, None, :] + self.offsets[None]  # [B, 9, 2]
+        return self.lab[cells[..., 0], cells[..., 1]]      # [B, 9]
+
+    def step(self, action):
+        target = self.pos + self.actions[action]
+        wall = self.lab[target[:, 0], target[:, 1]] > 0
+        reward = torch.where(wall, -WALL_PENALTY, 0.0)
+        self.pos = torch.where(wall[:, None], self.pos, target)
+        found = (self.pos == self.goal).all(1)
+        reward = reward + found.float() * REWARD
+        if found.any():
+            self.pos[found] = self.random_free(int(found.sum()))
+        return reward
+
+
+class Agent(nn.Module):
+    """A recurrent core (plastic or plain) with policy and value heads."""
+
+    def __init__(self, variant, hidden):
+        super().__init__()
+        self.variant = variant
+        if variant == "rnn":
+            self.core = nn.RNNCell(INPUTS, hidden)
+        else:
+            kw = dict(rule=variant)
+            if variant in ("modulated", "retroactive"):
+                kw["modulation"] = "fanout"
+            self.core = tp.PlasticRNNCell(INPUTS, hidden, **kw)
+        self.policy = nn.Linear(hidden, len(ACTIONS))
+        self.value = nn.Linear(hidden, 1)
+
+    def forward(self, u, state):
+        if self.variant == "rnn":
+            h = self.core(u, state)
+            state = h
+        else:
+            h, state = self.core(u, state)
+        return self.policy(h), self.value(h).squeeze(-1), state
+
+
+def matched_rnn_hidden(hidden):
+    """Hidden size of a plain RNN with about as many parameters as the plastic agents."""
+    target = sum(p.numel() for p in Agent("modulated", hidden).parameters())
+    h = hidden
+    while sum(p.numel() for p in Agent("rnn", h + 1).parameters()) <= target:
+        h += 1
+    return h
+
+
+def run_episode(agent, maze, steps, gamma, value_coef, entropy_coef, device):
+    maze.reset()
+    B = maze.batch
+    prev_reward = torch.zeros(B, device=device)
+    prev_action = torch.zeros(B, len(ACTIONS), device=device)
+    state = None
+    log_probs, values, rewards, entropies = [], [], [], []
+    for t in range(steps):
+        u = torch.cat([maze.view(), torch.ones(B, 1, device=device),
+                       torch.full((B, 1), t / steps, device=device), prev_reward[:, None], prev_action], 1)
+        logits, value, state = agent(u, state)
+        dist = torch.distributions.Categorical(logits=logits)
+        action = dist.sample()
+        reward = maze.step(action)
+        log_probs.append(dist.log_prob(action))
+        entropies.append(dist.entropy())
+        values.append(value)
+        rewards.append(reward)
+        prev_reward = reward
+        prev_action = nn.functional.one_hot(action, len(ACTIONS)).float()
+    returns, R = [], torch.zeros(B, device=device)
+    for r in reversed(rewards):
+        R = r + gamma * R
+        returns.append(R)
+    returns = torch.stack(returns[::-1])
+    values, log_probs = torch.stack(values), torch.stack(log_probs)
+    advantage = returns - values
+    loss = (-(log_probs * advantage.detach()).mean() + value_coef * advantage.square().mean()
+            - entropy_coef * torch.stack(entropies).mean())
+    return loss, torch.stack(rewards).sum(0).mean().item()
+
+
+def train(variant, seed, args, device, bar_position=0):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    hidden = args.hidden if variant != "rnn" else matched_rnn_hidden(args.hidden)
+    agent = Agent(variant, hidden).to(device)
+    opt = torch.optim.Adam(agent.parameters(), lr=args.lr)
+    maze = Maze(args.size, args.batch, gen, device)
+    curve = []
+    for _ in progress(range(args.episodes), desc=f"{variant} seed {seed}", leave=False, position=bar_position):
+        loss, reward = run_episode(agent, maze, args.steps, args.gamma, args.value_coef, args.entropy, device)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), 4.0)
+        opt.step()
+        curve.append(reward)
+    return agent, opt, curve
+
+
+def plot(path, curves, episodes):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    labels = {"modulated": "simple neuromodulation", "retroactive": "retroactive neuromodulation",
+              "hebb": "non-modulated plasticity", "rnn": "plain RNN (matched parameters)"}
+    for variant, runs in curves.items():
+        r = torch.tensor(runs)  # [seeds, episodes]
+        k = max(1, episodes // 25)
+        smooth = torch.nn.functional.avg_pool1d(r[:, None], k, stride=1, padding=0).squeeze(1)
+        x = torch.arange(smooth.shape[1]) + k
+        mean = smooth.mean(0)
+        ax.plot(x, mean, label=labels[variant])
+        if r.shape[0] > 1:
+            ax.fill_between(x, smooth.min(0).values, smooth.max(0).values, alpha=0.2)
+    ax.set_xlabel("episode (batch of mazes)")
+    ax.set_ylabel("reward per episode")
+    ax.set_title("Backpropamine maze, A2C")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, default_out="out/maze")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--seeds", type=int, default=2, help="runs per variant (seed, seed+1, ...)")
+    ap.add_argument("--episodes", type=int, default=300, help="training episodes per run")
+    ap.add_argument("--steps", type=int, default=200, help="time steps per episode")
+    ap.add_argument("--batch", type=int, default=32, help="mazes per episode")
+    ap.add_argument("--size", type=int, default=11, help="maze side, walls included")
+    ap.add_argument("--hidden", type=int, default=100, help="hidden neurons of the plastic agents")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--gamma", type=float, default=0.9)
+    ap.add_argument("--value-coef", type=float, default=0.1)
+    ap.add_argument("--entropy", type=float, default=0.03)
+    args = ap.parse_args()
+    device = setup(args)
+
+    results_path = os.path.join(args.out, "curves.json")
+    curves = {}
+    if args.resume and os.path.exists(results_path):
+        with open(results_path) as f:
+            curves = json.load(f)
+    t0 = time.time()
+    for variant in args.variants:
+        runs = curves.setdefault(variant, [])
+        for s in range(len(runs), args.seeds):
+            agent, opt, curve = train(variant, args.seed + s, args, device)
+            runs.append(curve)
+            save_checkpoint(os.path.join(args.out, f"checkpoint_{variant}.pt"), {"agent": agent},
+                            {"agent": opt}, curve=curve, args=vars(args))
+            with open(results_path, "w") as f:  # completed runs survive an interruption (--resume)
+                json.dump(curves, f)
+    plot(os.path.join(args.out, "rewards.png"), {v: curves[v] for v in args.variants}, args.episodes)
+    tail = max(1, args.episodes // 10)
+    final = {v: sum(sum(r[-tail:]) / tail for r in curves[v]) / len(curves[v]) for v in args.variants}
+    print("maze: mean reward over the last {} episodes: {} ({} runs of {} episodes, {:.0f} s)".format(
+        tail, ", ".join(f"{v} {final[v]:.1f}" for v in args.variants), args.seeds * len(args.variants),
+        args.episodes, time.time() - t0))
+
+
+if __name__ == "__main__":
+    main()
