@@ -1,5 +1,7 @@
 #include "ops/scan_common.h"
 
+#include "torchplastic/options.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -54,22 +56,17 @@ int64_t default_checkpoint_every(int64_t T) {
 
 namespace {
 
+// The public enums (options.h) list their values in the kernels' order.
+static_assert(static_cast<int>(torchplastic::Rule::Retroactive) == static_cast<int>(Rule::Retroactive) &&
+              static_cast<int>(torchplastic::Activation::Identity) == static_cast<int>(Activation::Identity),
+              "options.h and kernels/plastic_step.h must list rules and activations in one order");
+
 Rule parse_rule(const std::string& s) {
-  if (s == "hebb") return Rule::Hebb;
-  if (s == "oja") return Rule::Oja;
-  if (s == "modulated") return Rule::Modulated;
-  if (s == "retroactive") return Rule::Retroactive;
-  TORCH_CHECK_VALUE(false, "plastic_scan: rule: expected one of 'hebb', 'oja', 'modulated', "
-                    "'retroactive', got '", s, "'");
+  return static_cast<Rule>(torchplastic::rule_from_string(s, "plastic_scan: rule"));
 }
 
 Activation parse_activation(const std::string& s) {
-  if (s == "tanh") return Activation::Tanh;
-  if (s == "relu") return Activation::Relu;
-  if (s == "sigmoid") return Activation::Sigmoid;
-  if (s == "identity") return Activation::Identity;
-  TORCH_CHECK_VALUE(false, "plastic_scan: activation: expected one of 'tanh', 'relu', "
-                    "'sigmoid', 'identity', got '", s, "'");
+  return static_cast<Activation>(torchplastic::activation_from_string(s, "plastic_scan: activation"));
 }
 
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected,

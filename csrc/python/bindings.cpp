@@ -69,6 +69,14 @@ void apply_keywords(Options& o, const py::kwargs& kw, const char* owner) {
   }
 }
 
+// forward(input, state=None, modulation=None) -> (output, torchplastic.PlasticState)
+template <typename Impl>
+py::tuple call(Impl& self, const at::Tensor& input, const py::object& state,
+               const c10::optional<at::Tensor>& modulation) {
+  auto [y, s] = self.forward(input, from_python(state), modulation.value_or(at::Tensor()));
+  return py::make_tuple(y, to_python(s));
+}
+
 template <typename Impl, typename Options>
 void bind_plastic_module(py::module_& m, const char* name, const char* first, const char* second) {
   torch::python::bind_module<Impl, /*force_enable=*/true>(m, name)
@@ -79,20 +87,10 @@ void bind_plastic_module(py::module_& m, const char* name, const char* first, co
              return std::make_shared<Impl>(o);
            }),
            py::arg(first), py::arg(second), py::arg("bias") = true)
-      .def("forward",
-           [](Impl& self, const at::Tensor& x, const py::object& state,
-              const c10::optional<at::Tensor>& modulation) {
-             auto [y, s] = self.forward(x, from_python(state), modulation.value_or(at::Tensor()));
-             return py::make_tuple(y, to_python(s));
-           },
-           py::arg("input"), py::arg("state") = py::none(), py::arg("modulation") = py::none())
-      .def("__call__",
-           [](Impl& self, const at::Tensor& x, const py::object& state,
-              const c10::optional<at::Tensor>& modulation) {
-             auto [y, s] = self.forward(x, from_python(state), modulation.value_or(at::Tensor()));
-             return py::make_tuple(y, to_python(s));
-           },
-           py::arg("input"), py::arg("state") = py::none(), py::arg("modulation") = py::none())
+      .def("forward", &call<Impl>, py::arg("input"), py::arg("state") = py::none(),
+           py::arg("modulation") = py::none())
+      .def("__call__", &call<Impl>, py::arg("input"), py::arg("state") = py::none(),
+           py::arg("modulation") = py::none())
       .def("reset_parameters", &Impl::reset_parameters);
 }
 
