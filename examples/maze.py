@@ -190,7 +190,7 @@ def main():
     add_common_args(ap, default_out="out/maze")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seeds", type=int, default=2, help="runs per variant (seed, seed+1, ...)")
-    ap.add_argument("--episodes", type=int, default=300, help="training episodes per run")
+    ap.add_argument("--episodes", type=int, default=250, help="training episodes per run")
     ap.add_argument("--steps", type=int, default=200, help="time steps per episode")
     ap.add_argument("--batch", type=int, default=32, help="mazes per episode")
     ap.add_argument("--size", type=int, default=11, help="maze side, walls included")

@@ -24,4 +24,16 @@ def test_pattern_example_runs_and_resumes(tmp_path):
 
 
 def test_examples_have_help():
-    assert "--seed" in run("pattern.py", "--help")
+    for script in ("pattern.py", "maze.py"):
+        assert "--seed" in run(script, "--help")
+
+
+def test_maze_example_runs_and_resumes(tmp_path):
+    args = ["--episodes", "2", "--steps", "5", "--batch", "2", "--seeds", "1", "--hidden", "8",
+            "--variants", "modulated", "rnn", "--out", str(tmp_path), "--no-progress"]
+    out = run("maze.py", *args)
+    assert out.strip().startswith("maze: mean reward")
+    for f in ("rewards.png", "curves.json", "checkpoint_modulated.pt", "checkpoint_rnn.pt"):
+        assert (tmp_path / f).exists(), f
+    out = run("maze.py", *args[:-1], "--seeds", "2", "--no-progress", "--resume")
+    assert "(4 runs" in out
