@@ -109,6 +109,18 @@ std::tuple<at::Tensor, PlasticState> plastic_scan(const at::Tensor& z, const at:
                            double, c10::optional<int64_t>)>();
   TORCH_CHECK_VALUE(z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got undefined");
   TORCH_CHECK_VALUE(alpha.defined(), "plastic_scan: alpha: expected a tensor, got undefined");
+  // Devices are checked before dispatch: a tensor on another device would otherwise select
+  // that device's kernel (or none) and fail with a message that names no argument.
+  for (const auto& [name, t] :
+       {std::pair<const char*, at::Tensor>{"alpha", alpha}, {"eta", eta}, {"trace", trace},
+        {"x", o.x()}, {"weight", o.weight()}, {"hidden", o.hidden()},
+        {"eligibility", o.eligibility()}, {"threshold", o.threshold()},
+        {"modulation", o.modulation()}, {"mod_weight", o.mod_weight()},
+        {"mod_bias", o.mod_bias()}, {"mod_fanout_weight", o.mod_fanout_weight()},
+        {"mod_fanout_bias", o.mod_fanout_bias()}}) {
+    TORCH_CHECK_VALUE(!t.defined() || t.device() == z.device(), "plastic_scan: ", name,
+                      ": expected a tensor on ", z.device(), " (the device of z), got ", t.device());
+  }
   const std::string rule = to_string(o.rule());
   const std::string activation = to_string(o.activation());
   auto out = op.call(z, alpha, given(eta), given(trace), given(o.x()), given(o.weight()),

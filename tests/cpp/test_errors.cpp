@@ -55,6 +55,15 @@ TEST(Errors, Dtypes) {
   expect_error([&] { plastic_scan(in.z, in.alpha.to(torch::kFloat), in.eta, {}, in.options()); }, {"alpha", "dtype"});
 }
 
+TEST(Errors, Devices) {
+  Inputs in;
+  auto meta = torch::TensorOptions().dtype(torch::kFloat64).device(torch::kMeta);
+  expect_error([&] { plastic_scan(in.z, torch::empty({4, 4}, meta), in.eta, {}, in.options()); },
+               {"alpha", "device of z", "meta"});
+  expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, ScanOptions().weight(torch::empty({4, 4}, meta))); },
+               {"weight", "meta"});
+}
+
 TEST(Errors, OptionValuesAndRanges) {
   Inputs in;
   expect_error([&] { plastic_scan(in.z, in.alpha, in.eta, {}, in.options().clip(-1.0)); }, {"clip", "> 0"});
