@@ -24,7 +24,7 @@ def test_pattern_example_runs_and_resumes(tmp_path):
 
 
 def test_examples_have_help():
-    for script in ("pattern.py", "maze.py"):
+    for script in ("pattern.py", "maze.py", "omniglot.py"):
         assert "--seed" in run(script, "--help")
 
 
@@ -37,3 +37,18 @@ def test_maze_example_runs_and_resumes(tmp_path):
         assert (tmp_path / f).exists(), f
     out = run("maze.py", *args[:-1], "--seeds", "2", "--no-progress", "--resume")
     assert "(4 runs" in out
+
+
+def test_omniglot_example_runs_and_resumes(tmp_path):
+    data = os.path.join(ROOT, "..", "shared", "data", "omniglot")
+    if not os.path.isdir(data):
+        import pytest
+        pytest.skip("no Omniglot data beside the project")
+    args = ["--steps", "2", "--batch", "2", "--eval-every", "1", "--eval-batches", "1",
+            "--out", str(tmp_path), "--no-progress", "--data", data]
+    out = run("omniglot.py", *args)
+    assert out.strip().startswith("omniglot: 5-way 1-shot accuracy on held-out characters")
+    for f in ("accuracy.png", "checkpoint.pt", "omniglot_28.pt"):
+        assert (tmp_path / f).exists(), f
+    out = run("omniglot.py", *[a if a != "2" else "3" for a in args[:2]], *args[2:], "--resume")
+    assert "(3 steps" in out
