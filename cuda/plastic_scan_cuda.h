@@ -6,7 +6,6 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
-#include <string>
 
 #include "kernels/plastic_step.h"
 
@@ -24,7 +23,6 @@ struct Plan {
   bool grad_trace = false, grad_elig = false, grad_alpha = false;      // backward accumulators
   bool partials = false;   // per-warp partial sums of dL/dp (backward)
   size_t smem_bytes = 0;
-  std::string describe() const;
 };
 
 template <typename T>

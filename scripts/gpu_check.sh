@@ -32,7 +32,7 @@ timeout 300 $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py -rfE 
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "smoke: the benchmark's sizes, step by step"
-TORCHPLASTIC_CUDA_VERBOSE=1 timeout 60 $PY -X faulthandler scripts/cuda_smoke.py || status=1
+timeout 60 $PY -X faulthandler scripts/cuda_smoke.py || status=1
 
 step "GPU benchmark"
 timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" || status=1
