@@ -282,16 +282,9 @@ class PlasticRNNCell(PlasticRNN):
             raise ValueError(f"{owner}: input: expected shape [B, {self.input_size}] or "
                              f"[{self.input_size}], got {list(u.shape)}")
         unbatched = u.dim() == 1
-        u = u.unsqueeze(0) if unbatched else u
-        if unbatched and state is not None:
-            state = PlasticState(*(None if t is None else t.unsqueeze(0) for t in state))
-        if unbatched and modulation is not None:
-            modulation = modulation.unsqueeze(0)
-        z = nn.functional.linear(u, self.weight_ih, self.bias).unsqueeze(0)
+        # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
+        # the batch dimension of the state and the modulation itself.
+        z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
         m = None if modulation is None else modulation.unsqueeze(0)
-        y, state = self._scan(z, None, state, m, False)
-        h = y[0]
-        if unbatched:
-            h = h.squeeze(0)
-            state = PlasticState(*(None if t is None else t.squeeze(0) for t in state))
-        return h, state
+        y, state = self._scan(z, None, state, m, unbatched)
+        return y[0], state
