@@ -7,29 +7,49 @@ namespace torchplastic {
 namespace cpu {
 namespace TORCHPLASTIC_CPU_ISA {
 
+namespace {
+
+// Calls f(Variant<...>{}) with the call's rule, clipping and η granularity as types.
+template <Rule R, bool Clip, typename T, typename F>
+void with_eta(const ScanParams<T>& P, F&& f) {
+  // Rule modulated has no η (the kernels read a zero [1, 1]).
+  if (R != Rule::Modulated && P.eta_per_connection) f(Variant<R, Clip, true>{});
+  else f(Variant<R, Clip, false>{});
+}
+
+template <Rule R, typename T, typename F>
+void with_clip(const ScanParams<T>& P, F&& f) {
+  if (P.has_clip) with_eta<R, true>(P, f);
+  else with_eta<R, false>(P, f);
+}
+
+template <typename T, typename F>
+void with_variant(const ScanParams<T>& P, F&& f) {
+  switch (P.rule) {
+    case Rule::Hebb: return with_clip<Rule::Hebb>(P, f);
+    case Rule::Oja: return with_clip<Rule::Oja>(P, f);
+    case Rule::Modulated: return with_clip<Rule::Modulated>(P, f);
+    case Rule::Retroactive: return with_clip<Rule::Retroactive>(P, f);
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void forward_range(const ScanParams<T>& P, int64_t begin, int64_t end, T* m) {
-  for (int64_t b = begin; b < end; ++b) {
-    switch (P.rule) {
-      case Rule::Hebb: forward_sequence<Rule::Hebb>(P, b, m); break;
-      case Rule::Oja: forward_sequence<Rule::Oja>(P, b, m); break;
-      case Rule::Modulated: forward_sequence<Rule::Modulated>(P, b, m); break;
-      case Rule::Retroactive: forward_sequence<Rule::Retroactive>(P, b, m); break;
-    }
-  }
+  with_variant(P, [&](auto variant) {
+    using V = decltype(variant);
+    for (int64_t b = begin; b < end; ++b) forward_sequence<V>(P, b, m);
+  });
 }
 
 template <typename T>
 void backward_range(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t begin,
                     int64_t end, const BackwardWorkspace<T>& W) {
-  for (int64_t b = begin; b < end; ++b) {
-    switch (P.rule) {
-      case Rule::Hebb: backward_sequence<Rule::Hebb>(P, G, b, W); break;
-      case Rule::Oja: backward_sequence<Rule::Oja>(P, G, b, W); break;
-      case Rule::Modulated: backward_sequence<Rule::Modulated>(P, G, b, W); break;
-      case Rule::Retroactive: backward_sequence<Rule::Retroactive>(P, G, b, W); break;
-    }
-  }
+  with_variant(P, [&](auto variant) {
+    using V = decltype(variant);
+    for (int64_t b = begin; b < end; ++b) backward_sequence<V>(P, G, b, W);
+  });
 }
 
 template void forward_range<float>(const ScanParams<float>&, int64_t, int64_t, float*);

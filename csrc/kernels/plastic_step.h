@@ -120,12 +120,19 @@ struct ScanGradParams {
   scalar_t* grad_eta = nullptr;      // [B, O, I] per-connection η, else [B, O, 1]
 };
 
+// tanh and exp in the precision of their argument. On the host a bare tanh(float) resolves to
+// glibc's double ::tanh, which made the activation 40% of the CPU forward.
+TP_HD float precise_tanh(float a) { return tanhf(a); }
+TP_HD double precise_tanh(double a) { return tanh(a); }
+TP_HD float precise_exp(float a) { return expf(a); }
+TP_HD double precise_exp(double a) { return exp(a); }
+
 template <typename T>
 TP_HD T activate(Activation act, T a) {
   switch (act) {
-    case Activation::Tanh: return tanh(a);
+    case Activation::Tanh: return precise_tanh(a);
     case Activation::Relu: return a > T(0) ? a : T(0);
-    case Activation::Sigmoid: return T(1) / (T(1) + exp(-a));
+    case Activation::Sigmoid: return T(1) / (T(1) + precise_exp(-a));
     default: return a;
   }
 }
