@@ -38,6 +38,8 @@ using kernels::Rule;
 using kernels::ScanGradParams;
 using kernels::ScanParams;
 
+#define TP_ALWAYS_INLINE __attribute__((always_inline))
+
 // The choices that hold for a whole call and sit inside the per-element loops: the rule,
 // clipping on or off, η per connection or per row. As template parameters they leave those
 // loops branch-free, which is what lets the compiler vectorise them (with them as run-time
@@ -215,6 +217,166 @@ void forward_sequence(const ScanParams<T>& P, int64_t b, T* m) {
   }
 }
 
+// What the backward's row functions need of one sequence and step.
+template <typename T>
+struct StepView {
+  const ScanParams<T>& P;
+  const ScanGradParams<T>& G;
+  const BackwardWorkspace<T>& S;
+  const T* y;           // [O]     y_t
+  const T* p;           // [I]     presynaptic activity of step t
+  const T* H_prev;      // [O, I]  H_{t-1}
+  const T* E_prev;      // [O, I]  E_{t-1} (retroactive)
+  T* grad_z;            // [O]     dL/da_t
+  T* grad_alpha;        // [O, I]  this sequence's slab
+  T* grad_eta;          // [O, I] or [O]: this sequence's slab (nullptr: rule modulated)
+};
+
+// The backward of the trace update for Rows consecutive rows from o: dL/dH_t → dL/dH_{t-1}
+// through the rule (dL/dE too), and the rule's shares of dL/dy_t[o], dL/dp_t, dL/dm_t[o] and
+// dL/dη. Several rows per pass give independent chains of adds to overlap and touch dL/dp once
+// per block; one row alone is a chain of dependent adds and a horizontal sum.
+template <typename V, int Rows, typename T>
+void trace_backward_rows(const StepView<T>& v, int64_t o) {
+  static_assert(Rows == 1 || Rows == 4, "trace_backward_rows: 1 or 4 rows");
+  constexpr Rule R = V::rule;
+  constexpr bool retro = R == Rule::Retroactive;
+  const ScanParams<T>& P = v.P;
+  const BackwardWorkspace<T>& S = v.S;
+  const int64_t I = P.I;
+  const T* p = v.p;
+
+  // Per row: the trace before and its gradient, y, m, η, and synaptic scaling's factors, which
+  // need ‖H'‖ and G·H' of the whole row before any element's gradient.
+  const T* Hr[4];
+  const T* Er[4];
+  T* gHr[4];
+  T* gEr[4];
+  const T* eta[4];
+  T* geta_conn[4];
+  T yo[4], mo[4], eta_o[4], scale[4], scale_grad[4];
+  for (int r = 0; r < Rows; ++r) {
+    const int64_t q = o + r, row = q * I;
+    Hr[r] = v.H_prev + row;
+    Er[r] = retro ? v.E_prev + row : nullptr;
+    gHr[r] = S.gH + row;
+    gEr[r] = retro ? S.gE + row : nullptr;
+    eta[r] = P.eta_row(q);
+    eta_o[r] = eta[r][0];
+    // η per connection implies a rule with η, whose grad_eta slab always exists.
+    geta_conn[r] = V::eta_per_connection ? v.grad_eta + row : nullptr;
+    yo[r] = v.y[q];
+    mo[r] = R == Rule::Modulated || retro ? S.m[q] : T(0);
+    scale[r] = 1, scale_grad[r] = 0;
+    if (P.has_scaling) {
+      T sumsq = 0, dot = 0;
+#pragma omp simd reduction(+ : sumsq, dot)
+      for (int64_t i = 0; i < I; ++i) {
+        const T eta_i = R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[r][i] : eta_o[r]);
+        T C = kernels::trace_candidate(R, Hr[r][i], retro ? Er[r][i] : T(0), yo[r], p[i], mo[r], eta_i);
+        if (V::clip) C = kernels::clip_value(C, P.clip);
+        sumsq += C * C;
+        dot += gHr[r][i] * C;
+      }
+      const T norm = std::sqrt(sumsq);
+      if (norm > P.scaling) {
+        scale[r] = P.scaling / norm;
+        scale_grad[r] = P.scaling * dot / (norm * norm * norm);
+      }
+    }
+  }
+
+  // Element i of row r; gy, gm, geta: that row's sums, gp: dL/dp_t[i] over the block's rows.
+  auto element = [&](int r, int64_t i, T& gy, T& gm, T& geta_sum, T& gp) TP_ALWAYS_INLINE {
+    const T eta_i = R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[r][i] : eta_o[r]);
+    const T H = Hr[r][i], E = retro ? Er[r][i] : T(0);
+    const T C = kernels::trace_candidate(R, H, E, yo[r], p[i], mo[r], eta_i);
+    const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
+    T gC = scale[r] * gHr[r][i] - scale_grad[r] * Hc;
+    if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+    T gE_prev = 0, geta = 0;
+    gHr[r][i] = kernels::trace_step_backward(R, gC, retro ? gEr[r][i] : T(0), H, E, yo[r], p[i],
+                                             mo[r], eta_i, gE_prev, gy, gp, gm, geta);
+    if (retro) gEr[r][i] = gE_prev;
+    if (V::eta_per_connection) geta_conn[r][i] += geta;
+    geta_sum += geta;
+  };
+
+  T gy0 = 0, gy1 = 0, gy2 = 0, gy3 = 0, gm0 = 0, gm1 = 0, gm2 = 0, gm3 = 0;
+  T ge0 = 0, ge1 = 0, ge2 = 0, ge3 = 0;
+  T* gp = S.gp;
+#pragma omp simd reduction(+ : gy0, gy1, gy2, gy3, gm0, gm1, gm2, gm3, ge0, ge1, ge2, ge3)
+  for (int64_t i = 0; i < I; ++i) {
+    T gp_i = gp[i];
+    element(0, i, gy0, gm0, ge0, gp_i);
+    if (Rows == 4) {
+      element(1, i, gy1, gm1, ge1, gp_i);
+      element(2, i, gy2, gm2, ge2, gp_i);
+      element(3, i, gy3, gm3, ge3, gp_i);
+    }
+    gp[i] = gp_i;
+  }
+  const T gy_rows[4] = {gy0, gy1, gy2, gy3}, gm_rows[4] = {gm0, gm1, gm2, gm3};
+  const T geta_rows[4] = {ge0, ge1, ge2, ge3};
+  for (int r = 0; r < Rows; ++r) {
+    if (v.grad_eta && !V::eta_per_connection) v.grad_eta[o + r] += geta_rows[r];
+    S.gy[o + r] += gy_rows[r];
+    S.gm[o + r] = gm_rows[r];
+  }
+}
+
+// The activation's part for Rows rows from o, once dL/dy_t of each is complete: dL/da_t, then
+// through α, H_{t-1} and W into dL/dH_{t-1}, dL/dα and dL/dp_t.
+template <int Rows, typename T>
+void finish_rows(const StepView<T>& v, int64_t o) {
+  const ScanParams<T>& P = v.P;
+  const BackwardWorkspace<T>& S = v.S;
+  const int64_t I = P.I;
+  T ga[4] = {0, 0, 0, 0};
+  const T* alpha[4];
+  const T* Hr[4];
+  const T* W[4];
+  T* gHr[4];
+  T* gar[4];
+  for (int r = 0; r < Rows; ++r) {
+    const int64_t q = o + r, row = q * I;
+    ga[r] = S.gy[q] * kernels::activation_grad(P.activation, v.y[q]);
+    v.grad_z[q] = ga[r];
+    if (P.has_threshold) S.gtheta[q] -= ga[r];
+    alpha[r] = P.alpha + row;
+    Hr[r] = v.H_prev + row;
+    W[r] = P.recurrent ? P.weight + row : nullptr;
+    gHr[r] = S.gH + row;
+    gar[r] = v.grad_alpha + row;
+  }
+  const T* p = v.p;
+  T* gp = S.gp;
+  // Two copies of the loop so that neither tests `recurrent` per element.
+  if (P.recurrent) {
+#pragma omp simd
+    for (int64_t i = 0; i < I; ++i) {
+      T gp_i = gp[i];
+      for (int r = 0; r < Rows; ++r) {
+        gHr[r][i] += ga[r] * alpha[r][i] * p[i];
+        gar[r][i] += ga[r] * Hr[r][i] * p[i];
+        gp_i += ga[r] * (alpha[r][i] * Hr[r][i] + W[r][i]);
+      }
+      gp[i] = gp_i;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < I; ++i) {
+      T gp_i = gp[i];
+      for (int r = 0; r < Rows; ++r) {
+        gHr[r][i] += ga[r] * alpha[r][i] * p[i];
+        gar[r][i] += ga[r] * Hr[r][i] * p[i];
+        gp_i += ga[r] * alpha[r][i] * Hr[r][i];
+      }
+      gp[i] = gp_i;
+    }
+  }
+}
+
 template <typename V, typename T>
 void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
                        const BackwardWorkspace<T>& S) {
@@ -271,87 +433,17 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       }
       for (int64_t i = 0; i < I; ++i) S.gp[i] = 0;
       T* grad_z = G.grad_z + (t * B + b) * O;
-
-      // The activation's part for row o, once gy[o] is complete: dL/da, then α, H_{t-1}, p.
-      auto finish_row = [&](int64_t o) {
-        const T ga = S.gy[o] * kernels::activation_grad(P.activation, y[o]);
-        grad_z[o] = ga;
-        if (P.has_threshold) S.gtheta[o] -= ga;
-        const T* alpha = P.alpha + o * I;
-        const T* Hr = H_prev + o * I;
-        T* gHr = S.gH + o * I;
-        T* gar = grad_alpha + o * I;
-        T* gp = S.gp;
-        if (P.recurrent) {
-          const T* W = P.weight + o * I;
-#pragma omp simd
-          for (int64_t i = 0; i < I; ++i) {
-            gHr[i] += ga * alpha[i] * p[i];
-            gar[i] += ga * Hr[i] * p[i];
-            gp[i] += ga * (alpha[i] * Hr[i] + W[i]);
-          }
-        } else {
-#pragma omp simd
-          for (int64_t i = 0; i < I; ++i) {
-            gHr[i] += ga * alpha[i] * p[i];
-            gar[i] += ga * Hr[i] * p[i];
-            gp[i] += ga * alpha[i] * Hr[i];
-          }
-        }
-      };
-
-      for (int64_t o = 0; o < O; ++o) {
-        const int64_t r = o * I;
-        const T yo = y[o];
-        const T mo = modulated ? S.m[o] : T(0);
-        const T* eta = P.eta_row(o);
-        const T eta_o = eta[0];
-        const T* Hr = H_prev + r;
-        const T* Er = retro ? E_prev + r : nullptr;
-        T* gHr = S.gH + r;
-        T* gEr = retro ? S.gE + r : nullptr;
-        T* gp = S.gp;
-
-        // Synaptic scaling needs ‖H'‖ and G·H' of the row before any element's gradient.
-        T scale = 1, scale_grad = 0;
-        if (P.has_scaling) {
-          T sumsq = 0, dot = 0;
-#pragma omp simd reduction(+ : sumsq, dot)
-          for (int64_t i = 0; i < I; ++i) {
-            const T eta_i = R == Rule::Modulated ? T(0) : (eta_per_connection ? eta[i] : eta_o);
-            T C = kernels::trace_candidate(R, Hr[i], retro ? Er[i] : T(0), yo, p[i], mo, eta_i);
-            if (V::clip) C = kernels::clip_value(C, P.clip);
-            sumsq += C * C;
-            dot += gHr[i] * C;
-          }
-          const T norm = std::sqrt(sumsq);
-          if (norm > P.scaling) {
-            scale = P.scaling / norm;
-            scale_grad = P.scaling * dot / (norm * norm * norm);
-          }
-        }
-        T gy_row = 0, gm_row = 0, geta_row = 0;
-        // η per connection implies a rule with η, whose grad_eta slab always exists.
-        T* geta_conn = eta_per_connection ? grad_eta + r : nullptr;
-#pragma omp simd reduction(+ : gy_row, gm_row, geta_row)
-        for (int64_t i = 0; i < I; ++i) {
-          const T eta_i = R == Rule::Modulated ? T(0) : (eta_per_connection ? eta[i] : eta_o);
-          const T C = kernels::trace_candidate(R, Hr[i], retro ? Er[i] : T(0), yo, p[i], mo, eta_i);
-          const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
-          T gC = scale * gHr[i] - scale_grad * Hc;
-          if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
-          T gE_prev = 0, geta = 0;
-          gHr[i] = kernels::trace_step_backward(R, gC, retro ? gEr[i] : T(0), Hr[i],
-                                                retro ? Er[i] : T(0), yo, p[i], mo, eta_i,
-                                                gE_prev, gy_row, gp[i], gm_row, geta);
-          if (retro) gEr[i] = gE_prev;
-          if (eta_per_connection) geta_conn[i] += geta;
-          geta_row += geta;
-        }
-        if (grad_eta && !eta_per_connection) grad_eta[o] += geta_row;
-        S.gy[o] += gy_row;
-        S.gm[o] = gm_row;
-        if (row_local) finish_row(o);
+      const StepView<T> step{P, G, S, y, p, H_prev, E_prev, grad_z, grad_alpha, grad_eta};
+      // Rows in blocks of four, the rest one by one; the activation's part (finish_rows) at
+      // once unless dL/dy_t still waits for the modulation's share.
+      int64_t o = 0;
+      for (; o + 4 <= O; o += 4) {
+        trace_backward_rows<V, 4>(step, o);
+        if (row_local) finish_rows<4>(step, o);
+      }
+      for (; o < O; ++o) {
+        trace_backward_rows<V, 1>(step, o);
+        if (row_local) finish_rows<1>(step, o);
       }
       if (modulated) std::memcpy(G.grad_mod + (t * B + b) * O, S.gm, sizeof(T) * O);
       if (!row_local) {
@@ -363,7 +455,9 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         G.grad_mod_pre[t * B + b] = gpre;
         G.mod_signal[t * B + b] = s;
         for (int64_t o = 0; o < O; ++o) S.gy[o] += gpre * P.mod_weight[o];
-        for (int64_t o = 0; o < O; ++o) finish_row(o);
+        int64_t o = 0;
+        for (; o + 4 <= O; o += 4) finish_rows<4>(step, o);
+        for (; o < O; ++o) finish_rows<1>(step, o);
       }
       if (P.recurrent) std::memcpy(S.gh, S.gp, sizeof(T) * O);
       else std::memcpy(G.grad_x + (t * B + b) * I, S.gp, sizeof(T) * I);
