@@ -287,13 +287,21 @@ void trace_backward_rows(const StepView<T>& v, int64_t o) {
   }
 
   // Element i of row r; gy, gm, geta: that row's sums, gp: dL/dp_t[i] over the block's rows.
-  auto element = [&](int r, int64_t i, T& gy, T& gm, T& geta_sum, T& gp) TP_ALWAYS_INLINE {
+  // `scaled` (a type: true or false) keeps the scaling terms, and the clipped trace they need,
+  // out of the loop when synaptic scaling is off.
+  auto element = [&](auto scaled, int r, int64_t i, T& gy, T& gm, T& geta_sum,
+                     T& gp) TP_ALWAYS_INLINE {
     const T eta_i = R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[r][i] : eta_o[r]);
     const T H = Hr[r][i], E = retro ? Er[r][i] : T(0);
-    const T C = kernels::trace_candidate(R, H, E, yo[r], p[i], mo[r], eta_i);
-    const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
-    T gC = scale[r] * gHr[r][i] - scale_grad[r] * Hc;
-    if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+    T gC = gHr[r][i];
+    if (decltype(scaled)::value || V::clip) {
+      const T C = kernels::trace_candidate(R, H, E, yo[r], p[i], mo[r], eta_i);
+      if (decltype(scaled)::value) {
+        const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
+        gC = scale[r] * gC - scale_grad[r] * Hc;
+      }
+      if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+    }
     T gE_prev = 0, geta = 0;
     gHr[r][i] = kernels::trace_step_backward(R, gC, retro ? gEr[r][i] : T(0), H, E, yo[r], p[i],
                                              mo[r], eta_i, gE_prev, gy, gp, gm, geta);
@@ -305,17 +313,21 @@ void trace_backward_rows(const StepView<T>& v, int64_t o) {
   T gy0 = 0, gy1 = 0, gy2 = 0, gy3 = 0, gm0 = 0, gm1 = 0, gm2 = 0, gm3 = 0;
   T ge0 = 0, ge1 = 0, ge2 = 0, ge3 = 0;
   T* gp = S.gp;
+  auto sweep = [&](auto scaled) {
 #pragma omp simd reduction(+ : gy0, gy1, gy2, gy3, gm0, gm1, gm2, gm3, ge0, ge1, ge2, ge3)
-  for (int64_t i = 0; i < I; ++i) {
-    T gp_i = gp[i];
-    element(0, i, gy0, gm0, ge0, gp_i);
-    if (Rows == 4) {
-      element(1, i, gy1, gm1, ge1, gp_i);
-      element(2, i, gy2, gm2, ge2, gp_i);
-      element(3, i, gy3, gm3, ge3, gp_i);
+    for (int64_t i = 0; i < I; ++i) {
+      T gp_i = gp[i];
+      element(scaled, 0, i, gy0, gm0, ge0, gp_i);
+      if (Rows == 4) {
+        element(scaled, 1, i, gy1, gm1, ge1, gp_i);
+        element(scaled, 2, i, gy2, gm2, ge2, gp_i);
+        element(scaled, 3, i, gy3, gm3, ge3, gp_i);
+      }
+      gp[i] = gp_i;
     }
-    gp[i] = gp_i;
-  }
+  };
+  if (P.has_scaling) sweep(std::true_type{});
+  else sweep(std::false_type{});
   const T gy_rows[4] = {gy0, gy1, gy2, gy3}, gm_rows[4] = {gm0, gm1, gm2, gm3};
   const T geta_rows[4] = {ge0, ge1, ge2, ge3};
   for (int r = 0; r < Rows; ++r) {
