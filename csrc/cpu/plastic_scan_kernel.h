@@ -2,14 +2,18 @@
 //
 // Equations: csrc/kernels/plastic_step.h. Every sequence is independent, so the caller runs
 // sequences in parallel and each one keeps its trace, α and W in cache for all T steps.
-// Per step and row o: one pass computes the row's matrix-vector product, a second (over the
-// row now in L1) its trace update; only internal modulation, whose m_t depends on all of y_t,
-// defers the updates until every row's y is known.
+// Per step, rows go in blocks of 16: one pass computes their matrix-vector products (four rows
+// at a time, so the adds form independent chains), one vector loop their outputs, then a pass
+// per row (now in L1) their trace updates; only internal modulation, whose m_t depends on all
+// of y_t, defers the updates until every row's y is known. The loop-invariant choices (rule,
+// clipping, η granularity) are template parameters (Variant), so the per-element loops have
+// no branches and vectorise.
 //
 // The backward walks segments of K steps in reverse: it recomputes the segment's traces from
 // the checkpoint saved by the forward (using the stored outputs y_t, so no matrix-vector product
-// is repeated), then sweeps the segment backward. Gradients of the loop-invariant weights
-// (W, z's producers) are left to GEMMs over the stored per-step vectors after the loop.
+// is repeated), then sweeps the segment backward, four rows at a time. Gradients of the
+// loop-invariant weights (W, z's producers) are left to GEMMs over the stored per-step vectors
+// after the loop.
 //
 // This header is compiled once per instruction set (plastic_scan_isa.cpp), inside the
 // namespace TORCHPLASTIC_CPU_ISA, and uses no out-of-line template of the standard library, so
@@ -43,7 +47,7 @@ using kernels::ScanParams;
 // The choices that hold for a whole call and sit inside the per-element loops: the rule,
 // clipping on or off, η per connection or per row. As template parameters they leave those
 // loops branch-free, which is what lets the compiler vectorise them (with them as run-time
-// flags, GCC 12 kept the backward's trace loop scalar: 2.5x slower).
+// flags, GCC 12 kept the backward's trace loop scalar and the backward was 4x slower).
 template <Rule R, bool Clip, bool EtaPerConnection>
 struct Variant {
   static constexpr Rule rule = R;
@@ -272,8 +276,10 @@ void trace_backward_rows(const StepView<T>& v, int64_t o) {
       T sumsq = 0, dot = 0;
 #pragma omp simd reduction(+ : sumsq, dot)
       for (int64_t i = 0; i < I; ++i) {
-        const T eta_i = R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[r][i] : eta_o[r]);
-        T C = kernels::trace_candidate(R, Hr[r][i], retro ? Er[r][i] : T(0), yo[r], p[i], mo[r], eta_i);
+        const T eta_i =
+            R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[r][i] : eta_o[r]);
+        T C = kernels::trace_candidate(R, Hr[r][i], retro ? Er[r][i] : T(0), yo[r], p[i], mo[r],
+                                       eta_i);
         if (V::clip) C = kernels::clip_value(C, P.clip);
         sumsq += C * C;
         dot += gHr[r][i] * C;
@@ -345,22 +351,19 @@ void finish_rows(const StepView<T>& v, int64_t o) {
   const BackwardWorkspace<T>& S = v.S;
   const int64_t I = P.I;
   T ga[4] = {0, 0, 0, 0};
-  const T* alpha[4];
-  const T* Hr[4];
-  const T* W[4];
-  T* gHr[4];
-  T* gar[4];
   for (int r = 0; r < Rows; ++r) {
-    const int64_t q = o + r, row = q * I;
+    const int64_t q = o + r;
     ga[r] = S.gy[q] * kernels::activation_grad(P.activation, v.y[q]);
     v.grad_z[q] = ga[r];
     if (P.has_threshold) S.gtheta[q] -= ga[r];
-    alpha[r] = P.alpha + row;
-    Hr[r] = v.H_prev + row;
-    W[r] = P.recurrent ? P.weight + row : nullptr;
-    gHr[r] = S.gH + row;
-    gar[r] = v.grad_alpha + row;
   }
+  // Row r of the block is at [r * I + i] from these bases: one base per matrix keeps the
+  // loop's pointers in registers (with a pointer per row and matrix, GCC spilled them).
+  const T* alpha = P.alpha + o * I;
+  const T* Hr = v.H_prev + o * I;
+  const T* W = P.recurrent ? P.weight + o * I : nullptr;
+  T* gHr = S.gH + o * I;
+  T* gar = v.grad_alpha + o * I;
   const T* p = v.p;
   T* gp = S.gp;
   // Two copies of the loop so that neither tests `recurrent` per element.
@@ -368,10 +371,13 @@ void finish_rows(const StepView<T>& v, int64_t o) {
 #pragma omp simd
     for (int64_t i = 0; i < I; ++i) {
       T gp_i = gp[i];
+      const T p_i = p[i];
       for (int r = 0; r < Rows; ++r) {
-        gHr[r][i] += ga[r] * alpha[r][i] * p[i];
-        gar[r][i] += ga[r] * Hr[r][i] * p[i];
-        gp_i += ga[r] * (alpha[r][i] * Hr[r][i] + W[r][i]);
+        const int64_t k = r * I + i;
+        const T a = alpha[k], h = Hr[k], gap = ga[r] * p_i;
+        gHr[k] += gap * a;
+        gar[k] += gap * h;
+        gp_i += ga[r] * (a * h + W[k]);
       }
       gp[i] = gp_i;
     }
@@ -379,10 +385,13 @@ void finish_rows(const StepView<T>& v, int64_t o) {
 #pragma omp simd
     for (int64_t i = 0; i < I; ++i) {
       T gp_i = gp[i];
+      const T p_i = p[i];
       for (int r = 0; r < Rows; ++r) {
-        gHr[r][i] += ga[r] * alpha[r][i] * p[i];
-        gar[r][i] += ga[r] * Hr[r][i] * p[i];
-        gp_i += ga[r] * alpha[r][i] * Hr[r][i];
+        const int64_t k = r * I + i;
+        const T a = alpha[k], h = Hr[k], gap = ga[r] * p_i;
+        gHr[k] += gap * a;
+        gar[k] += gap * h;
+        gp_i += ga[r] * a * h;
       }
       gp[i] = gp_i;
     }
@@ -420,9 +429,10 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       if (modulated) modulation_of_step(P, t, b, y, S.m);
       for (int64_t o = 0; o < O; ++o) {
         const int64_t r = o * I;
-        update_row<V>(P, o, y[o], modulated ? S.m[o] : T(0), p, S.seg_H + j * OI + r,
-                      S.seg_H + (j + 1) * OI + r, retro ? S.seg_E + j * OI + r : nullptr,
-                      retro ? S.seg_E + (j + 1) * OI + r : nullptr);
+        const int64_t here = j * S.seg_stride + r, next = here + S.seg_stride;
+        update_row<V>(P, o, y[o], modulated ? S.m[o] : T(0), p, S.seg_H + here,
+                      S.seg_H + next, retro ? S.seg_E + here : nullptr,
+                      retro ? S.seg_E + next : nullptr);
       }
     }
 
@@ -431,8 +441,8 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       const int64_t t = t0 + j;
       const T* p = P.presynaptic(t, b);
       const T* y = P.y + (t * B + b) * O;
-      const T* H_prev = S.seg_H + j * OI;
-      const T* E_prev = retro ? S.seg_E + j * OI : nullptr;
+      const T* H_prev = S.seg_H + j * S.seg_stride;
+      const T* E_prev = retro ? S.seg_E + j * S.seg_stride : nullptr;
       T s = 0;
       if (modulated) s = modulation_of_step(P, t, b, y, S.m);
 

@@ -31,8 +31,10 @@ inline __attribute__((always_inline)) float exp_positive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e_r = p * r2 + r + 1.0f;
-  const int32_t n_int = __builtin_bit_cast(int32_t, shifted) - __builtin_bit_cast(int32_t, kRound);
-  const int32_t bits = (n_int + 127) << 23;
+  // Unsigned, so that the shift is defined for every input (a NaN's garbage n included).
+  const uint32_t n_bits =
+      __builtin_bit_cast(uint32_t, shifted) - __builtin_bit_cast(uint32_t, kRound);
+  const uint32_t bits = (n_bits + 127u) << 23;
   return e_r * __builtin_bit_cast(float, bits);
 }
 

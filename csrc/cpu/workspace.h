@@ -9,8 +9,9 @@ namespace cpu {
 
 template <typename T>
 struct BackwardWorkspace {
-  T* seg_H;   // [K, O, I]  traces before each step of the segment
-  T* seg_E;   // [K, O, I]  eligibility traces (rule retroactive)
+  T* seg_H;   // K × [O, I], seg_stride apart: traces before each step of the segment
+  T* seg_E;   // K × [O, I], seg_stride apart: eligibility traces (rule retroactive)
+  int64_t seg_stride;  // O·I + kSkew
   T* gH;      // [O, I]     dL/dH_t, carried backward
   T* gE;      // [O, I]     dL/dE_t
   T* gtheta;  // [O]        dL/dθ_t
@@ -20,18 +21,24 @@ struct BackwardWorkspace {
   T* gm;      // [O]        dL/dm_t
   T* gp;      // [I]        dL/dp_t
 
+  // Each array starts kSkew floats further past a 4 KiB boundary than the one before: with
+  // equal offsets, the kernels' streams (H_{t-1}, dL/dH, ...) alias in the store-to-load
+  // disambiguation by address bits 0-11, which stalls loads behind unrelated stores.
+  static constexpr int64_t kSkew = 80;
+
   // Floats needed for one worker.
   static int64_t size(int64_t K, int64_t O, int64_t I, bool retro) {
-    return (retro ? 2 : 1) * (K + 1) * O * I + 5 * O + I;
+    return (retro ? 2 : 1) * (K + 1) * (O * I + kSkew) + 5 * O + I + 12 * kSkew;
   }
   static BackwardWorkspace carve(T* base, int64_t K, int64_t O, int64_t I, bool retro) {
     BackwardWorkspace w{};
     T* at = base;
-    auto take = [&](int64_t n) { T* p = at; at += n; return p; };
-    w.seg_H = take(K * O * I);
+    auto take = [&](int64_t n) { T* p = at; at += n + kSkew; return p; };
+    w.seg_stride = O * I + kSkew;
+    w.seg_H = take(K * w.seg_stride);
     w.gH = take(O * I);
     if (retro) {
-      w.seg_E = take(K * O * I);
+      w.seg_E = take(K * w.seg_stride);
       w.gE = take(O * I);
     }
     w.gtheta = take(O);
