@@ -2,8 +2,9 @@
 """CPU benchmark: the fused plastic_scan against torchplastic.reference, measured in one run.
 
 Workload (issue #2): recurrent hebb, float32, B=32, N=256, T=64 for time, T=256 for memory.
-Prints the median time of forward and forward+backward for both, their ratio, and the bytes
-each keeps for the backward.
+Times the fused op and the reference alternately, round after round (the machine's speed
+drifts on a shared VM), and prints the median times of forward and forward+backward, the
+median of the per-round ratios, and the bytes each keeps for the backward.
 """
 
 import argparse
@@ -14,7 +15,7 @@ import platform
 import torch
 
 import torchplastic as tp
-from common import bytes_saved_for_backward, forward_backward, recurrent_hebb_inputs, run, timeit
+from common import bytes_saved_for_backward, forward_backward, paired_timeit, recurrent_hebb_inputs, run
 
 
 def main():
@@ -23,8 +24,8 @@ def main():
     ap.add_argument("--hidden", "-N", type=int, default=256)
     ap.add_argument("--steps", "-T", type=int, default=64, help="sequence length for the timings")
     ap.add_argument("--memory-steps", type=int, default=256, help="sequence length for the memory figures")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats of the fused op")
-    ap.add_argument("--reference-repeats", type=int, default=2, help="timed repeats of the reference")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="rounds of (fused x3, reference x1); medians over the rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -34,10 +35,12 @@ def main():
     T, B, N = args.steps, args.batch, args.hidden
     kw = recurrent_hebb_inputs(T, B, N)
     with torch.no_grad():
-        fused_fwd = timeit(lambda: run(tp.functional.plastic_scan, kw), args.repeats)
-        ref_fwd = timeit(lambda: run(tp.reference.plastic_scan, kw), args.reference_repeats)
-    fused_fb = timeit(lambda: forward_backward(tp.functional.plastic_scan, kw), args.repeats)
-    ref_fb = timeit(lambda: forward_backward(tp.reference.plastic_scan, kw), args.reference_repeats)
+        fused_fwd, ref_fwd, fwd_ratio = paired_timeit(
+            lambda: run(tp.functional.plastic_scan, kw), lambda: run(tp.reference.plastic_scan, kw),
+            args.rounds)
+    fused_fb, ref_fb, fb_ratio = paired_timeit(
+        lambda: forward_backward(tp.functional.plastic_scan, kw),
+        lambda: forward_backward(tp.reference.plastic_scan, kw), args.rounds)
 
     kw_mem = recurrent_hebb_inputs(args.memory_steps, B, N)
     fused_mem = bytes_saved_for_backward(tp.functional.plastic_scan, kw_mem)
@@ -47,11 +50,12 @@ def main():
                threads=torch.get_num_threads(), B=B, N=N, T=T, memory_T=args.memory_steps,
                fused_forward_ms_per_step=1e3 * fused_fwd / T, reference_forward_ms_per_step=1e3 * ref_fwd / T,
                fused_fwd_bwd_ms_per_step=1e3 * fused_fb / T, reference_fwd_bwd_ms_per_step=1e3 * ref_fb / T,
-               forward_speedup=ref_fwd / fused_fwd, fwd_bwd_speedup=ref_fb / fused_fb,
+               forward_speedup=fwd_ratio, fwd_bwd_speedup=fb_ratio,
                fused_saved_mb=fused_mem / 2**20, reference_saved_mb=ref_mem / 2**20,
                memory_ratio=ref_mem / fused_mem)
     print(f"plastic_scan CPU benchmark: recurrent hebb, float32, B={B}, N={N}, T={T}, "
           f"{res['threads']} threads, {res['cpus']} CPUs")
+    print(f"medians over {args.rounds} rounds; speed-up: median of the per-round ratios")
     print(f"{'':24}{'fused':>12}{'reference':>12}{'speed-up':>10}")
     print(f"{'forward ms/step':24}{res['fused_forward_ms_per_step']:12.3f}{res['reference_forward_ms_per_step']:12.3f}"
           f"{res['forward_speedup']:9.1f}x")

@@ -28,21 +28,30 @@ def forward_backward(fn, kw):
     (y.sum() + state.trace.sum()).backward()
 
 
-def timeit(f, repeats, warmup=1, sync=None):
-    """Median wall time of f() in seconds."""
-    for _ in range(warmup):
-        f()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
+def paired_timeit(fused, reference, rounds, fused_calls=3):
+    """Times fused and reference alternately, `rounds` times, and returns the medians of the
+    fused time (best of `fused_calls` per round), of the reference time, and of the per-round
+    ratio reference / fused, all in seconds or as a plain ratio.
+
+    On a shared VM the speed of the machine drifts by tens of per cent within seconds; timing
+    the two side by side, round after round, lets each ratio see the same machine."""
+    fused()
+    reference()
+    fused_times, reference_times, ratios = [], [], []
+    for _ in range(rounds):
+        best = float("inf")
+        for _ in range(fused_calls):
+            start = time.perf_counter()
+            fused()
+            best = min(best, time.perf_counter() - start)
         start = time.perf_counter()
-        f()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+        reference()
+        ref = time.perf_counter() - start
+        fused_times.append(best)
+        reference_times.append(ref)
+        ratios.append(ref / best)
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    return median(fused_times), median(reference_times), median(ratios)
 
 
 def bytes_saved_for_backward(fn, kw):
