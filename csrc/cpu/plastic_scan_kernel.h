@@ -221,68 +221,76 @@ void forward_sequence(const ScanParams<T>& P, int64_t b, T* m) {
   }
 }
 
-// What the backward's row functions need of one sequence and step.
+// One step of one sequence, as the backward's row passes see it.
 template <typename T>
 struct StepView {
-  const ScanParams<T>& P;
-  const ScanGradParams<T>& G;
-  const BackwardWorkspace<T>& S;
-  const T* y;           // [O]     y_t
-  const T* p;           // [I]     presynaptic activity of step t
-  const T* H_prev;      // [O, I]  H_{t-1}
-  const T* E_prev;      // [O, I]  E_{t-1} (retroactive)
-  T* grad_z;            // [O]     dL/da_t
-  T* grad_alpha;        // [O, I]  this sequence's slab
-  T* grad_eta;          // [O, I] or [O]: this sequence's slab (nullptr: rule modulated)
+  const T* y = nullptr;       // [O]     y_t
+  const T* p = nullptr;       // [I]     presynaptic activity of step t
+  const T* H_prev = nullptr;  // [O, I]  H_{t-1}
+  const T* E_prev = nullptr;  // [O, I]  E_{t-1} (retroactive)
 };
 
-// The backward of the trace update for Rows consecutive rows from o: dL/dH_t → dL/dH_{t-1}
-// through the rule (dL/dE too), and the rule's shares of dL/dy_t[o], dL/dp_t, dL/dm_t[o] and
-// dL/dη. Several rows per pass give independent chains of adds to overlap and touch dL/dp once
-// per block; one row alone is a chain of dependent adds and a horizontal sum.
-template <typename V, int Rows, typename T>
-void trace_backward_rows(const StepView<T>& v, int64_t o) {
-  static_assert(Rows == 1 || Rows == 4, "trace_backward_rows: 1 or 4 rows");
+// The backward of one step splits in two halves:
+//   trace(t):  dL/dH_t → dL/dH_{t-1} through the rule (dL/dE too), with the rule's shares of
+//              dL/dy_t[o] (whose row sum completes dL/da_t), dL/dp_t, dL/dm_t and dL/dη;
+//   finish(t): once dL/da_t is known, its part through α, H_{t-1} and W: into dL/dH_{t-1},
+//              dL/dα and dL/dp_t.
+// finish(t+1) and trace(t) touch the same elements of dL/dH (the first completes dL/dH_t, the
+// second consumes it), so one pass over a block of rows does both: dL/dH is loaded and stored
+// once per step instead of twice, and the block's rows give the vector unit independent work.
+// Rows = 4 or 1; Finish and Trace pick the halves. finish reads S.ga, S.gp_done; trace adds to
+// S.gy, S.gp, writes S.gm. Synaptic scaling needs all of dL/dH_t before trace(t), so with it
+// the caller runs the two halves as separate passes.
+template <typename V, int Rows, bool Finish, bool Trace, typename T>
+void backward_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
+                   const StepView<T>& tr, T* grad_alpha, T* grad_eta, int64_t o) {
+  static_assert(Rows == 1 || Rows == 4, "backward_rows: 1 or 4 rows");
   constexpr Rule R = V::rule;
   constexpr bool retro = R == Rule::Retroactive;
-  const ScanParams<T>& P = v.P;
-  const BackwardWorkspace<T>& S = v.S;
-  const int64_t I = P.I;
-  const T* p = v.p;
+  const int64_t I = P.I, row0 = o * I;
+  // Row r of the block is at [r * I + i] from these bases: one base per matrix keeps the
+  // loop's pointers in registers (with one per row and matrix, GCC spilled them).
+  T* gH = S.gH + row0;
+  T* gE = retro ? S.gE + row0 : nullptr;
 
-  // Per row: the trace before and its gradient, y, m, η, and synaptic scaling's factors, which
-  // need ‖H'‖ and G·H' of the whole row before any element's gradient.
-  const T* Hr[4];
-  const T* Er[4];
-  T* gHr[4];
-  T* gEr[4];
-  const T* eta[4];
-  T* geta_conn[4];
+  // finish(t+1): H_t, p_{t+1}, dL/da_{t+1}.
+  const T* alpha = P.alpha + row0;
+  const T* Hf = Finish ? fin.H_prev + row0 : nullptr;
+  const T* W = P.recurrent ? P.weight + row0 : nullptr;
+  T* gar = grad_alpha + row0;
+  const T* pf = fin.p;
+  T ga[4] = {0, 0, 0, 0};
+  if (Finish)
+    for (int r = 0; r < Rows; ++r) ga[r] = S.ga[o + r];
+
+  // trace(t): H_{t-1} (E_{t-1}), y_t, m_t, η, p_t, and synaptic scaling's factors, which need
+  // ‖H'‖ and G·H' of the whole row before any element's gradient.
+  const T* Ht = Trace ? tr.H_prev + row0 : nullptr;
+  const T* Et = Trace && retro ? tr.E_prev + row0 : nullptr;
+  const T* pt = tr.p;
+  // η per connection implies a rule with η, whose grad_eta slab always exists.
+  T* geta_conn = V::eta_per_connection ? grad_eta + row0 : nullptr;
+  const T* eta = P.eta_row(o);  // rows eta_row_stride apart
   T yo[4], mo[4], eta_o[4], scale[4], scale_grad[4];
   for (int r = 0; r < Rows; ++r) {
-    const int64_t q = o + r, row = q * I;
-    Hr[r] = v.H_prev + row;
-    Er[r] = retro ? v.E_prev + row : nullptr;
-    gHr[r] = S.gH + row;
-    gEr[r] = retro ? S.gE + row : nullptr;
-    eta[r] = P.eta_row(q);
-    eta_o[r] = eta[r][0];
-    // η per connection implies a rule with η, whose grad_eta slab always exists.
-    geta_conn[r] = V::eta_per_connection ? v.grad_eta + row : nullptr;
-    yo[r] = v.y[q];
-    mo[r] = R == Rule::Modulated || retro ? S.m[q] : T(0);
     scale[r] = 1, scale_grad[r] = 0;
+    if (!Trace) continue;
+    const int64_t q = o + r, k0 = r * I;
+    yo[r] = tr.y[q];
+    mo[r] = R == Rule::Modulated || retro ? S.m[q] : T(0);
+    eta_o[r] = P.eta_row(q)[0];
     if (P.has_scaling) {
       T sumsq = 0, dot = 0;
 #pragma omp simd reduction(+ : sumsq, dot)
       for (int64_t i = 0; i < I; ++i) {
-        const T eta_i =
-            R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[r][i] : eta_o[r]);
-        T C = kernels::trace_candidate(R, Hr[r][i], retro ? Er[r][i] : T(0), yo[r], p[i], mo[r],
-                                       eta_i);
+        const T eta_i = R == Rule::Modulated ? T(0)
+                        : V::eta_per_connection ? eta[r * P.eta_row_stride + i]
+                                                : eta_o[r];
+        T C = kernels::trace_candidate(R, Ht[k0 + i], retro ? Et[k0 + i] : T(0), yo[r], pt[i],
+                                       mo[r], eta_i);
         if (V::clip) C = kernels::clip_value(C, P.clip);
         sumsq += C * C;
-        dot += gHr[r][i] * C;
+        dot += gH[k0 + i] * C;
       }
       const T norm = std::sqrt(sumsq);
       if (norm > P.scaling) {
@@ -292,110 +300,97 @@ void trace_backward_rows(const StepView<T>& v, int64_t o) {
     }
   }
 
-  // Element i of row r; gy, gm, geta: that row's sums, gp: dL/dp_t[i] over the block's rows.
-  // `scaled` (a type: true or false) keeps the scaling terms, and the clipped trace they need,
-  // out of the loop when synaptic scaling is off.
-  auto element = [&](auto scaled, int r, int64_t i, T& gy, T& gm, T& geta_sum,
-                     T& gp) TP_ALWAYS_INLINE {
-    const T eta_i = R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[r][i] : eta_o[r]);
-    const T H = Hr[r][i], E = retro ? Er[r][i] : T(0);
-    T gC = gHr[r][i];
-    if (decltype(scaled)::value || V::clip) {
-      const T C = kernels::trace_candidate(R, H, E, yo[r], p[i], mo[r], eta_i);
-      if (decltype(scaled)::value) {
-        const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
-        gC = scale[r] * gC - scale_grad[r] * Hc;
-      }
-      if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+  // Element i of row r. `scaled` and `recurrent` are types (true or false), so that each
+  // variant's loop carries only its own terms.
+  auto element = [&](auto scaled, auto recurrent, int r, int64_t i, T pf_i, T& gy, T& gm,
+                     T& geta_sum, T& gp_fin, T& gp_tr) TP_ALWAYS_INLINE {
+    const int64_t k = r * I + i;
+    T g = gH[k];
+    if (Finish) {
+      const T a = alpha[k], h = Hf[k], gap = ga[r] * pf_i;
+      g += gap * a;
+      gar[k] += gap * h;
+      gp_fin += ga[r] * (decltype(recurrent)::value ? a * h + W[k] : a * h);
     }
-    T gE_prev = 0, geta = 0;
-    gHr[r][i] = kernels::trace_step_backward(R, gC, retro ? gEr[r][i] : T(0), H, E, yo[r], p[i],
-                                             mo[r], eta_i, gE_prev, gy, gp, gm, geta);
-    if (retro) gEr[r][i] = gE_prev;
-    if (V::eta_per_connection) geta_conn[r][i] += geta;
-    geta_sum += geta;
+    if (Trace) {
+      const T eta_i = R == Rule::Modulated ? T(0)
+                      : V::eta_per_connection ? eta[r * P.eta_row_stride + i]
+                                              : eta_o[r];
+      const T H = Ht[k], E = retro ? Et[k] : T(0);
+      T gC = g;
+      if (decltype(scaled)::value || V::clip) {
+        const T C = kernels::trace_candidate(R, H, E, yo[r], pt[i], mo[r], eta_i);
+        if (decltype(scaled)::value) {
+          const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
+          gC = scale[r] * gC - scale_grad[r] * Hc;
+        }
+        if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+      }
+      T gE_prev = 0, geta = 0;
+      g = kernels::trace_step_backward(R, gC, retro ? gE[k] : T(0), H, E, yo[r], pt[i], mo[r],
+                                       eta_i, gE_prev, gy, gp_tr, gm, geta);
+      if (retro) gE[k] = gE_prev;
+      if (V::eta_per_connection) geta_conn[k] += geta;
+      geta_sum += geta;
+    }
+    gH[k] = g;
   };
 
   T gy0 = 0, gy1 = 0, gy2 = 0, gy3 = 0, gm0 = 0, gm1 = 0, gm2 = 0, gm3 = 0;
   T ge0 = 0, ge1 = 0, ge2 = 0, ge3 = 0;
+  T* gp_done = S.gp_done;
   T* gp = S.gp;
-  auto sweep = [&](auto scaled) {
+  auto sweep = [&](auto scaled, auto recurrent) {
 #pragma omp simd reduction(+ : gy0, gy1, gy2, gy3, gm0, gm1, gm2, gm3, ge0, ge1, ge2, ge3)
     for (int64_t i = 0; i < I; ++i) {
-      T gp_i = gp[i];
-      element(scaled, 0, i, gy0, gm0, ge0, gp_i);
+      T gp_fin = Finish ? gp_done[i] : T(0), gp_tr = Trace ? gp[i] : T(0);
+      const T pf_i = Finish ? pf[i] : T(0);
+      element(scaled, recurrent, 0, i, pf_i, gy0, gm0, ge0, gp_fin, gp_tr);
       if (Rows == 4) {
-        element(scaled, 1, i, gy1, gm1, ge1, gp_i);
-        element(scaled, 2, i, gy2, gm2, ge2, gp_i);
-        element(scaled, 3, i, gy3, gm3, ge3, gp_i);
+        element(scaled, recurrent, 1, i, pf_i, gy1, gm1, ge1, gp_fin, gp_tr);
+        element(scaled, recurrent, 2, i, pf_i, gy2, gm2, ge2, gp_fin, gp_tr);
+        element(scaled, recurrent, 3, i, pf_i, gy3, gm3, ge3, gp_fin, gp_tr);
       }
-      gp[i] = gp_i;
+      if (Finish) gp_done[i] = gp_fin;
+      if (Trace) gp[i] = gp_tr;
     }
   };
-  if (P.has_scaling) sweep(std::true_type{});
-  else sweep(std::false_type{});
-  const T gy_rows[4] = {gy0, gy1, gy2, gy3}, gm_rows[4] = {gm0, gm1, gm2, gm3};
-  const T geta_rows[4] = {ge0, ge1, ge2, ge3};
-  for (int r = 0; r < Rows; ++r) {
-    if (v.grad_eta && !V::eta_per_connection) v.grad_eta[o + r] += geta_rows[r];
-    S.gy[o + r] += gy_rows[r];
-    S.gm[o + r] = gm_rows[r];
+  auto with_recurrent = [&](auto scaled) {
+    if (P.recurrent) sweep(scaled, std::true_type{});
+    else sweep(scaled, std::false_type{});
+  };
+  if (Trace && P.has_scaling) with_recurrent(std::true_type{});
+  else with_recurrent(std::false_type{});
+
+  if (Trace) {
+    const T gy_rows[4] = {gy0, gy1, gy2, gy3}, gm_rows[4] = {gm0, gm1, gm2, gm3};
+    const T geta_rows[4] = {ge0, ge1, ge2, ge3};
+    for (int r = 0; r < Rows; ++r) {
+      if (grad_eta && !V::eta_per_connection) grad_eta[o + r] += geta_rows[r];
+      S.gy[o + r] += gy_rows[r];
+      S.gm[o + r] = gm_rows[r];
+    }
   }
 }
 
-// The activation's part for Rows rows from o, once dL/dy_t of each is complete: dL/da_t, then
-// through α, H_{t-1} and W into dL/dH_{t-1}, dL/dα and dL/dp_t.
-template <int Rows, typename T>
-void finish_rows(const StepView<T>& v, int64_t o) {
-  const ScanParams<T>& P = v.P;
-  const BackwardWorkspace<T>& S = v.S;
-  const int64_t I = P.I;
-  T ga[4] = {0, 0, 0, 0};
-  for (int r = 0; r < Rows; ++r) {
-    const int64_t q = o + r;
-    ga[r] = S.gy[q] * kernels::activation_grad(P.activation, v.y[q]);
-    v.grad_z[q] = ga[r];
-    if (P.has_threshold) S.gtheta[q] -= ga[r];
-  }
-  // Row r of the block is at [r * I + i] from these bases: one base per matrix keeps the
-  // loop's pointers in registers (with a pointer per row and matrix, GCC spilled them).
-  const T* alpha = P.alpha + o * I;
-  const T* Hr = v.H_prev + o * I;
-  const T* W = P.recurrent ? P.weight + o * I : nullptr;
-  T* gHr = S.gH + o * I;
-  T* gar = v.grad_alpha + o * I;
-  const T* p = v.p;
-  T* gp = S.gp;
-  // Two copies of the loop so that neither tests `recurrent` per element.
-  if (P.recurrent) {
-#pragma omp simd
-    for (int64_t i = 0; i < I; ++i) {
-      T gp_i = gp[i];
-      const T p_i = p[i];
-      for (int r = 0; r < Rows; ++r) {
-        const int64_t k = r * I + i;
-        const T a = alpha[k], h = Hr[k], gap = ga[r] * p_i;
-        gHr[k] += gap * a;
-        gar[k] += gap * h;
-        gp_i += ga[r] * (a * h + W[k]);
-      }
-      gp[i] = gp_i;
+// One pass over all rows, in blocks of four (the rest one by one): finish(t+1) and trace(t)
+// as `finish` and `trace` say; with synaptic scaling, both as two passes per block.
+template <typename V, typename T>
+void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool finish,
+                   bool trace, const StepView<T>& fin, const StepView<T>& tr, T* grad_alpha,
+                   T* grad_eta) {
+  auto rows = [&](auto rows_tag, int64_t o) {
+    constexpr int Rows = decltype(rows_tag)::value;
+    if (finish && trace && !P.has_scaling) {
+      backward_rows<V, Rows, true, true>(P, S, fin, tr, grad_alpha, grad_eta, o);
+      return;
     }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < I; ++i) {
-      T gp_i = gp[i];
-      const T p_i = p[i];
-      for (int r = 0; r < Rows; ++r) {
-        const int64_t k = r * I + i;
-        const T a = alpha[k], h = Hr[k], gap = ga[r] * p_i;
-        gHr[k] += gap * a;
-        gar[k] += gap * h;
-        gp_i += ga[r] * a * h;
-      }
-      gp[i] = gp_i;
-    }
-  }
+    if (finish) backward_rows<V, Rows, true, false>(P, S, fin, tr, grad_alpha, grad_eta, o);
+    if (trace) backward_rows<V, Rows, false, true>(P, S, fin, tr, grad_alpha, grad_eta, o);
+  };
+  int64_t o = 0;
+  for (; o + 4 <= P.O; o += 4) rows(std::integral_constant<int, 4>{}, o);
+  for (; o < P.O; ++o) rows(std::integral_constant<int, 1>{}, o);
 }
 
 template <typename V, typename T>
@@ -410,11 +405,20 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   T* grad_alpha = G.grad_alpha + b * OI;
   T* grad_eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
 
+  // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
+  // S.gh = dL/dy_t from the later steps, for the last step t not yet traced.
   std::memcpy(S.gH, G.grad_trace + b * OI, sizeof(T) * OI);
   if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
   if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
   if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
 
+  // dL/dp of the finished step t: dL/dh_{t-1} (recurrent) or dL/dx_t (feedforward).
+  auto deliver_grad_p = [&](int64_t t) {
+    if (P.recurrent) std::memcpy(S.gh, S.gp_done, sizeof(T) * O);
+    else std::memcpy(G.grad_x + (t * B + b) * I, S.gp_done, sizeof(T) * I);
+  };
+
+  StepView<T> pending;  // the traced step whose finish is still due
   const int64_t num_segments = P.num_checkpoints();
   for (int64_t seg = num_segments - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
@@ -436,37 +440,36 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       }
     }
 
-    // Sweep the segment backward.
+    // Sweep the segment backward: the pass of step t traces t and finishes t + 1 (step T − 1
+    // has nothing to finish; step 0 is finished alone at the end). Every step is handled the
+    // same way whatever K, so results do not depend on K, bit for bit.
     for (int64_t j = len - 1; j >= 0; --j) {
       const int64_t t = t0 + j;
-      const T* p = P.presynaptic(t, b);
-      const T* y = P.y + (t * B + b) * O;
-      const T* H_prev = S.seg_H + j * S.seg_stride;
-      const T* E_prev = retro ? S.seg_E + j * S.seg_stride : nullptr;
+      const bool finish = t + 1 < T_;
+      StepView<T> step;
+      step.y = P.y + (t * B + b) * O;
+      step.p = P.presynaptic(t, b);
+      step.H_prev = S.seg_H + j * S.seg_stride;
+      step.E_prev = retro ? S.seg_E + j * S.seg_stride : nullptr;
       T s = 0;
-      if (modulated) s = modulation_of_step(P, t, b, y, S.m);
+      if (modulated) s = modulation_of_step(P, t, b, step.y, S.m);
 
+      // dL/dy_t so far; the share through p_{t+1} (recurrent) is added once finish(t + 1) has
+      // completed it.
       const T* grad_y = G.grad_y + (t * B + b) * O;
       for (int64_t o = 0; o < O; ++o) {
         T g = grad_y[o];
-        if (P.recurrent) g += S.gh[o];
         if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
         S.gy[o] = g;
       }
+      if (finish) std::memcpy(S.gp_done, S.gp, sizeof(T) * I);  // trace(t + 1)'s share
       for (int64_t i = 0; i < I; ++i) S.gp[i] = 0;
-      T* grad_z = G.grad_z + (t * B + b) * O;
-      const StepView<T> step{P, G, S, y, p, H_prev, E_prev, grad_z, grad_alpha, grad_eta};
-      // Rows in blocks of four, the rest one by one; the activation's part (finish_rows) at
-      // once unless dL/dy_t still waits for the modulation's share.
-      int64_t o = 0;
-      for (; o + 4 <= O; o += 4) {
-        trace_backward_rows<V, 4>(step, o);
-        if (row_local) finish_rows<4>(step, o);
-      }
-      for (; o < O; ++o) {
-        trace_backward_rows<V, 1>(step, o);
-        if (row_local) finish_rows<1>(step, o);
-      }
+
+      backward_pass<V>(P, S, finish, true, pending, step, grad_alpha, grad_eta);
+
+      if (finish) deliver_grad_p(t + 1);
+      if (P.recurrent)
+        for (int64_t o = 0; o < O; ++o) S.gy[o] += S.gh[o];
       if (modulated) std::memcpy(G.grad_mod + (t * B + b) * O, S.gm, sizeof(T) * O);
       if (!row_local) {
         // m = s (· f + g) with s = tanh(y·v + c): dL/ds, then back into every y[o].
@@ -477,13 +480,26 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         G.grad_mod_pre[t * B + b] = gpre;
         G.mod_signal[t * B + b] = s;
         for (int64_t o = 0; o < O; ++o) S.gy[o] += gpre * P.mod_weight[o];
-        int64_t o = 0;
-        for (; o + 4 <= O; o += 4) finish_rows<4>(step, o);
-        for (; o < O; ++o) finish_rows<1>(step, o);
       }
-      if (P.recurrent) std::memcpy(S.gh, S.gp, sizeof(T) * O);
-      else std::memcpy(G.grad_x + (t * B + b) * I, S.gp, sizeof(T) * I);
+      // dL/da_t, now complete: its per-row part here, the rest in finish(t).
+      T* grad_z = G.grad_z + (t * B + b) * O;
+      for (int64_t o = 0; o < O; ++o) {
+        const T ga = S.gy[o] * kernels::activation_grad(P.activation, step.y[o]);
+        S.ga[o] = ga;
+        grad_z[o] = ga;
+        if (P.has_threshold) S.gtheta[o] -= ga;
+      }
+      pending = step;
     }
+    // finish(t0) runs in the next segment's first pass, after this buffer is overwritten:
+    // its H_{t0-1} is the checkpoint itself.
+    pending.H_prev = P.trace_ckpt + (seg * B + b) * OI;
+    pending.E_prev = nullptr;  // finish does not read E
+  }
+  if (T_ > 0) {
+    std::memcpy(S.gp_done, S.gp, sizeof(T) * I);
+    backward_pass<V>(P, S, true, false, pending, pending, grad_alpha, grad_eta);
+    deliver_grad_p(0);
   }
 
   std::memcpy(G.grad_trace0 + b * OI, S.gH, sizeof(T) * OI);

@@ -16,10 +16,12 @@ struct BackwardWorkspace {
   T* gE;      // [O, I]     dL/dE_t
   T* gtheta;  // [O]        dL/dθ_t
   T* gh;      // [O]        dL/dh_t
-  T* gy;      // [O]
+  T* gy;      // [O]        dL/dy_t of the step being traced
   T* m;       // [O]        m_t
   T* gm;      // [O]        dL/dm_t
-  T* gp;      // [I]        dL/dp_t
+  T* ga;      // [O]        dL/da of the step being finished
+  T* gp;      // [I]        dL/dp_t of the step being traced (the rule's share)
+  T* gp_done; // [I]        dL/dp of the step being finished (complete after its pass)
 
   // Each array starts kSkew floats further past a 4 KiB boundary than the one before: with
   // equal offsets, the kernels' streams (H_{t-1}, dL/dH, ...) alias in the store-to-load
@@ -28,7 +30,7 @@ struct BackwardWorkspace {
 
   // Floats needed for one worker.
   static int64_t size(int64_t K, int64_t O, int64_t I, bool retro) {
-    return (retro ? 2 : 1) * (K + 1) * (O * I + kSkew) + 5 * O + I + 12 * kSkew;
+    return (retro ? 2 : 1) * (K + 1) * (O * I + kSkew) + 6 * O + 2 * I + 14 * kSkew;
   }
   static BackwardWorkspace carve(T* base, int64_t K, int64_t O, int64_t I, bool retro) {
     BackwardWorkspace w{};
@@ -46,7 +48,9 @@ struct BackwardWorkspace {
     w.gy = take(O);
     w.m = take(O);
     w.gm = take(O);
+    w.ga = take(O);
     w.gp = take(I);
+    w.gp_done = take(I);
     return w;
   }
 };
