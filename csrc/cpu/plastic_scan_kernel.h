@@ -423,20 +423,29 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   for (int64_t seg = num_segments - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
 
-    // Recompute H_{t-1} (and E_{t-1}) for every step of the segment from its checkpoint.
-    std::memcpy(S.seg_H, P.trace_ckpt + (seg * B + b) * OI, sizeof(T) * OI);
-    if (retro) std::memcpy(S.seg_E, P.elig_ckpt + (seg * B + b) * OI, sizeof(T) * OI);
+    // Recompute H_{t-1} (and E_{t-1}) for every step of the segment from its checkpoint,
+    // which serves as the first of them in place; the buffer holds the other K − 1.
+    const T* ckpt_H = P.trace_ckpt + (seg * B + b) * OI;
+    const T* ckpt_E = retro ? P.elig_ckpt + (seg * B + b) * OI : nullptr;
+    auto trace_before = [&](int64_t j) -> const T* {
+      return j == 0 ? ckpt_H : S.seg_H + (j - 1) * S.seg_stride;
+    };
+    auto elig_before = [&](int64_t j) -> const T* {
+      return !retro ? nullptr : j == 0 ? ckpt_E : S.seg_E + (j - 1) * S.seg_stride;
+    };
     for (int64_t j = 0; j + 1 < len; ++j) {
       const int64_t t = t0 + j;
       const T* p = P.presynaptic(t, b);
       const T* y = P.y + (t * B + b) * O;
       if (modulated) modulation_of_step(P, t, b, y, S.m);
+      const T* H_src = trace_before(j);
+      const T* E_src = elig_before(j);
+      T* H_dst = S.seg_H + j * S.seg_stride;  // the trace before step t + 1
+      T* E_dst = retro ? S.seg_E + j * S.seg_stride : nullptr;
       for (int64_t o = 0; o < O; ++o) {
         const int64_t r = o * I;
-        const int64_t here = j * S.seg_stride + r, next = here + S.seg_stride;
-        update_row<V>(P, o, y[o], modulated ? S.m[o] : T(0), p, S.seg_H + here,
-                      S.seg_H + next, retro ? S.seg_E + here : nullptr,
-                      retro ? S.seg_E + next : nullptr);
+        update_row<V>(P, o, y[o], modulated ? S.m[o] : T(0), p, H_src + r, H_dst + r,
+                      retro ? E_src + r : nullptr, retro ? E_dst + r : nullptr);
       }
     }
 
@@ -449,8 +458,8 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       StepView<T> step;
       step.y = P.y + (t * B + b) * O;
       step.p = P.presynaptic(t, b);
-      step.H_prev = S.seg_H + j * S.seg_stride;
-      step.E_prev = retro ? S.seg_E + j * S.seg_stride : nullptr;
+      step.H_prev = trace_before(j);
+      step.E_prev = elig_before(j);
       T s = 0;
       if (modulated) s = modulation_of_step(P, t, b, step.y, S.m);
 
@@ -492,9 +501,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       pending = step;
     }
     // finish(t0) runs in the next segment's first pass, after this buffer is overwritten:
-    // its H_{t0-1} is the checkpoint itself.
-    pending.H_prev = P.trace_ckpt + (seg * B + b) * OI;
-    pending.E_prev = nullptr;  // finish does not read E
+    // its H_{t0-1} is the checkpoint itself, which pending already points to.
   }
   if (T_ > 0) {
     std::memcpy(S.gp_done, S.gp, sizeof(T) * I);

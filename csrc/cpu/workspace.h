@@ -9,8 +9,8 @@ namespace cpu {
 
 template <typename T>
 struct BackwardWorkspace {
-  T* seg_H;   // K × [O, I], seg_stride apart: traces before each step of the segment
-  T* seg_E;   // K × [O, I], seg_stride apart: eligibility traces (rule retroactive)
+  T* seg_H;   // (K − 1) × [O, I], seg_stride apart: traces before the segment's steps 1..K−1
+  T* seg_E;   // (K − 1) × [O, I], seg_stride apart: eligibility traces (rule retroactive)
   int64_t seg_stride;  // O·I + kSkew
   T* gH;      // [O, I]     dL/dH_t, carried backward
   T* gE;      // [O, I]     dL/dE_t
@@ -30,17 +30,17 @@ struct BackwardWorkspace {
 
   // Floats needed for one worker.
   static int64_t size(int64_t K, int64_t O, int64_t I, bool retro) {
-    return (retro ? 2 : 1) * (K + 1) * (O * I + kSkew) + 6 * O + 2 * I + 14 * kSkew;
+    return (retro ? 2 : 1) * K * (O * I + kSkew) + 6 * O + 2 * I + 14 * kSkew;
   }
   static BackwardWorkspace carve(T* base, int64_t K, int64_t O, int64_t I, bool retro) {
     BackwardWorkspace w{};
     T* at = base;
     auto take = [&](int64_t n) { T* p = at; at += n + kSkew; return p; };
     w.seg_stride = O * I + kSkew;
-    w.seg_H = take(K * w.seg_stride);
+    w.seg_H = take((K - 1) * w.seg_stride);
     w.gH = take(O * I);
     if (retro) {
-      w.seg_E = take(K * w.seg_stride);
+      w.seg_E = take((K - 1) * w.seg_stride);
       w.gE = take(O * I);
     }
     w.gtheta = take(O);
