@@ -355,12 +355,16 @@ void backward_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const 
       if (Trace) gp[i] = gp_tr;
     }
   };
-  auto with_recurrent = [&](auto scaled) {
-    if (P.recurrent) sweep(scaled, std::true_type{});
-    else sweep(scaled, std::false_type{});
-  };
-  if (Trace && P.has_scaling) with_recurrent(std::true_type{});
-  else with_recurrent(std::false_type{});
+  // Only the copies of the loop a call can need (each costs compile time three times over):
+  // `recurrent` matters to finish (W), `scaled` to trace alone (backward_pass never fuses the
+  // halves under synaptic scaling).
+  if constexpr (Finish) {
+    if (P.recurrent) sweep(std::false_type{}, std::true_type{});
+    else sweep(std::false_type{}, std::false_type{});
+  } else {
+    if (P.has_scaling) sweep(std::true_type{}, std::false_type{});
+    else sweep(std::false_type{}, std::false_type{});
+  }
 
   if (Trace) {
     const T gy_rows[4] = {gy0, gy1, gy2, gy3}, gm_rows[4] = {gm0, gm1, gm2, gm3};
