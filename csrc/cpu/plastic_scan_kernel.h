@@ -154,12 +154,14 @@ void preactivation_rows(const ScanParams<T>& P, int64_t o, const T* z, const T* 
 // the rest through the shared scalar math.
 template <typename T>
 void activate_block(Activation act, const T* a, T* y, int n) {
-  if (std::is_same<T, float>::value && act == Activation::Tanh) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (act == Activation::Tanh) {
 #pragma omp simd
-    for (int r = 0; r < n; ++r) y[r] = tanh_vectorizable(static_cast<float>(a[r]));
-  } else {
-    for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
+      for (int r = 0; r < n; ++r) y[r] = tanh_vectorizable(a[r]);
+      return;
+    }
   }
+  for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
 }
 
 template <typename V, typename T>

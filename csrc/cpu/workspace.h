@@ -25,7 +25,8 @@ struct BackwardWorkspace {
 
   // Each array starts kSkew floats further past a 4 KiB boundary than the one before: with
   // equal offsets, the kernels' streams (H_{t-1}, dL/dH, ...) alias in the store-to-load
-  // disambiguation by address bits 0-11, which stalls loads behind unrelated stores.
+  // disambiguation by address bits 0-11, which stalls loads behind unrelated stores (one
+  // sequence's backward, N=256: 0.078-0.088 ms/step unskewed, 0.068-0.072 skewed; best of 15).
   static constexpr int64_t kSkew = 80;
 
   // Floats needed for one worker.
