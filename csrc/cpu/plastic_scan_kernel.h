@@ -11,7 +11,8 @@
 //
 // The backward walks segments of K steps in reverse: it recomputes the segment's traces from
 // the checkpoint saved by the forward (using the stored outputs y_t, so no matrix-vector product
-// is repeated), then sweeps the segment backward, four rows at a time. Gradients of the
+// is repeated), then sweeps the segment backward in passes over blocks of four rows, each
+// pass finishing one step and tracing the step before (backward_rows). Gradients of the
 // loop-invariant weights (W, z's producers) are left to GEMMs over the stored per-step vectors
 // after the loop.
 //
@@ -55,6 +56,14 @@ struct Variant {
   static constexpr bool eta_per_connection = EtaPerConnection;
 };
 
+// η of connection i of a row, given the row's η (eta_row) and its first value: rule
+// modulated has none (0), otherwise per connection or one per row, as the variant says.
+template <typename V, typename T>
+TP_ALWAYS_INLINE inline T eta_at(const T* eta_row, T eta_first, int64_t i) {
+  if (V::rule == Rule::Modulated) return T(0);
+  return V::eta_per_connection ? eta_row[i] : eta_first;
+}
+
 // m_t for one sequence into m[O] (modulated rules); returns s_t for internal modulation.
 template <typename T>
 T modulation_of_step(const ScanParams<T>& P, int64_t t, int64_t b, const T* y_t, T* m) {
@@ -82,7 +91,7 @@ void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T
 #pragma omp simd
   for (int64_t i = 0; i < I; ++i) {
     const T E = R == Rule::Retroactive ? E_src[i] : T(0);
-    const T eta_i = R == Rule::Modulated ? T(0) : (V::eta_per_connection ? eta[i] : eta_o);
+    const T eta_i = eta_at<V>(eta, eta_o, i);
     T C = kernels::trace_candidate(R, H_src[i], E, y, p[i], m, eta_i);
     if (R == Rule::Retroactive) E_dst[i] = kernels::eligibility_next(E, y, p[i], eta_i);
     if (V::clip) C = kernels::clip_value(C, P.clip);
@@ -280,14 +289,12 @@ void backward_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const 
     const int64_t q = o + r, k0 = r * I;
     yo[r] = tr.y[q];
     mo[r] = R == Rule::Modulated || retro ? S.m[q] : T(0);
-    eta_o[r] = P.eta_row(q)[0];
+    eta_o[r] = eta[r * P.eta_row_stride];
     if (P.has_scaling) {
       T sumsq = 0, dot = 0;
 #pragma omp simd reduction(+ : sumsq, dot)
       for (int64_t i = 0; i < I; ++i) {
-        const T eta_i = R == Rule::Modulated ? T(0)
-                        : V::eta_per_connection ? eta[r * P.eta_row_stride + i]
-                                                : eta_o[r];
+        const T eta_i = eta_at<V>(eta + r * P.eta_row_stride, eta_o[r], i);
         T C = kernels::trace_candidate(R, Ht[k0 + i], retro ? Et[k0 + i] : T(0), yo[r], pt[i],
                                        mo[r], eta_i);
         if (V::clip) C = kernels::clip_value(C, P.clip);
@@ -315,9 +322,7 @@ void backward_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const 
       gp_fin += ga[r] * (decltype(recurrent)::value ? a * h + W[k] : a * h);
     }
     if (Trace) {
-      const T eta_i = R == Rule::Modulated ? T(0)
-                      : V::eta_per_connection ? eta[r * P.eta_row_stride + i]
-                                              : eta_o[r];
+      const T eta_i = eta_at<V>(eta + r * P.eta_row_stride, eta_o[r], i);
       const T H = Ht[k], E = retro ? Et[k] : T(0);
       T gC = g;
       if (decltype(scaled)::value || V::clip) {
