@@ -55,8 +55,10 @@ template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
   const bool retro = P.rule == kernels::Rule::Retroactive;
   at::parallel_for(0, P.B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> memory(BackwardWorkspace<T>::size(P.checkpoint_every, P.O, P.I, retro));
-    const auto W = BackwardWorkspace<T>::carve(memory.data(), P.checkpoint_every, P.O, P.I, retro);
+    using Workspace = BackwardWorkspace<T>;
+    const int64_t K = P.checkpoint_every;
+    std::vector<T> memory(Workspace::size(K, P.O, P.I, retro, P.has_scaling));
+    const auto W = Workspace::carve(memory.data(), K, P.O, P.I, retro, P.has_scaling);
     switch (cpu_isa()) {
       case Isa::Avx512: return avx512::backward_range(P, G, begin, end, W);
       case Isa::Avx2: return avx2::backward_range(P, G, begin, end, W);

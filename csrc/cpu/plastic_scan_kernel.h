@@ -45,6 +45,50 @@ using kernels::ScanParams;
 
 #define TP_ALWAYS_INLINE __attribute__((always_inline))
 
+// Sums along a row, kept as one partial sum per vector lane and combined in a tree at the end.
+// For an `omp simd reduction` GCC 12 adds the lanes one by one, in order: a chain of 16
+// dependent adds per sum and row, which was a fifth of the backward's row pass at N = 256.
+// Per-lane arrays indexed by the inner loop's counter stay in vector registers.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+template <typename T>
+constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
+
+// chunk(i0, width) for the chunks of kLanes<T> elements that tile [0, n): width is a
+// compile-time constant but for the last, shorter chunk. Loops `for (l < width)` under
+// `omp simd` inside a chunk are one vector each, and arrays indexed by l stay in registers.
+template <typename T, typename Chunk>
+TP_ALWAYS_INLINE inline void for_chunks(int64_t n, Chunk&& chunk) {
+  constexpr int L = kLanes<T>;
+  int64_t i0 = 0;
+  for (; i0 + L <= n; i0 += L) chunk(i0, std::integral_constant<int, L>{});
+  if (i0 < n) chunk(i0, static_cast<int>(n - i0));
+}
+
+// body(i, lane) for i = 0 .. n−1, lane = i mod kLanes<T>, vectorised across lanes.
+template <typename T, typename Body>
+TP_ALWAYS_INLINE inline void for_lanes(int64_t n, Body&& body) {
+  for_chunks<T>(n, [&](int64_t i0, auto width) TP_ALWAYS_INLINE {
+#pragma omp simd
+    for (int l = 0; l < static_cast<int>(width); ++l) body(i0 + l, l);
+  });
+}
+
+// Σ of the lanes, pairwise.
+template <typename T>
+TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
+#pragma GCC unroll 8
+  for (int w = kLanes<T> / 2; w > 0; w /= 2)
+#pragma omp simd
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
 // The choices that hold for a whole call and sit inside the per-element loops: the rule,
 // clipping on or off, η per connection or per row. As template parameters they leave those
 // loops branch-free, which is what lets the compiler vectorise them (with them as run-time
@@ -80,6 +124,17 @@ T modulation_of_step(const ScanParams<T>& P, int64_t t, int64_t b, const T* y_t,
   return s;
 }
 
+// One step of the rule on one element, clipping included (synaptic scaling, a property of
+// the whole row, is not): returns H', and E becomes E' (rule retroactive). Every place that
+// steps a trace forward goes through this, so the backward's recomputed traces are the
+// forward's, bit for bit.
+template <typename V, typename T>
+TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, T H, T& E, T y, T p, T m, T eta) {
+  const T C = kernels::trace_candidate(V::rule, H, E, y, p, m, eta);
+  if (V::rule == Rule::Retroactive) E = kernels::eligibility_next(E, y, p, eta);
+  return V::clip ? kernels::clip_value(C, P.clip) : C;
+}
+
 // Row o of the trace update: H_src (and E_src) → H_dst (and E_dst); src may equal dst.
 template <typename V, typename T>
 void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T* H_src,
@@ -90,12 +145,9 @@ void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T
   const T eta_o = eta[0];
 #pragma omp simd
   for (int64_t i = 0; i < I; ++i) {
-    const T E = R == Rule::Retroactive ? E_src[i] : T(0);
-    const T eta_i = eta_at<V>(eta, eta_o, i);
-    T C = kernels::trace_candidate(R, H_src[i], E, y, p[i], m, eta_i);
-    if (R == Rule::Retroactive) E_dst[i] = kernels::eligibility_next(E, y, p[i], eta_i);
-    if (V::clip) C = kernels::clip_value(C, P.clip);
-    H_dst[i] = C;
+    T E = R == Rule::Retroactive ? E_src[i] : T(0);
+    H_dst[i] = next_trace<V>(P, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
+    if (R == Rule::Retroactive) E_dst[i] = E;
   }
   if (P.has_scaling) {
     T sumsq = 0;
@@ -232,13 +284,19 @@ void forward_sequence(const ScanParams<T>& P, int64_t b, T* m) {
   }
 }
 
-// One step of one sequence, as the backward's row passes see it.
+// One step t of sequence b, as the backward's row passes see it. H_{t-1} (E_{t-1}) is not
+// stored for every step: `anchor` holds the trace `replay` steps earlier, before step
+// t − replay, and the pass steps each row of it forward through steps t − replay .. t − 1 in
+// a scratch row (replay_row), reading only those steps' stored outputs and inputs.
 template <typename T>
 struct StepView {
-  const T* y = nullptr;       // [O]     y_t
-  const T* p = nullptr;       // [I]     presynaptic activity of step t
-  const T* H_prev = nullptr;  // [O, I]  H_{t-1}
-  const T* E_prev = nullptr;  // [O, I]  E_{t-1} (retroactive)
+  int64_t t = 0, b = 0;
+  const T* y = nullptr;         // [O]     y_t
+  const T* p = nullptr;         // [I]     presynaptic activity of step t
+  const T* H_anchor = nullptr;  // [O, I]  H_{t-1-replay}
+  const T* E_anchor = nullptr;  // [O, I]  E_{t-1-replay} (retroactive)
+  int replay = 0;
+  const T* replay_m = nullptr;  // [replay, O] m of the replayed steps (modulated rules)
 };
 
 // The backward of one step splits in two halves:
@@ -247,120 +305,98 @@ struct StepView {
 //   finish(t): once dL/da_t is known, its part through α, H_{t-1} and W: into dL/dH_{t-1},
 //              dL/dα and dL/dp_t.
 // finish(t+1) and trace(t) touch the same elements of dL/dH (the first completes dL/dH_t, the
-// second consumes it), so one pass over a block of rows does both: dL/dH is loaded and stored
-// once per step instead of twice, and the block's rows give the vector unit independent work.
-// Rows = 4 or 1; Finish and Trace pick the halves. finish reads S.ga, S.gp_done; trace adds to
-// S.gy, S.gp, writes S.gm. Synaptic scaling needs all of dL/dH_t before trace(t), so with it
-// the caller runs the two halves as separate passes.
-template <typename V, int Rows, bool Finish, bool Trace, typename T>
-void backward_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
-                   const StepView<T>& tr, T* grad_alpha, T* grad_eta, int64_t o) {
-  static_assert(Rows == 1 || Rows == 4, "backward_rows: 1 or 4 rows");
+// second consumes it), so one pass over row o does both: dL/dH is loaded and stored once per
+// step instead of twice, and finish(t+1) takes H_t from the candidate trace(t) computes anyway
+// instead of reading it. finish reads S.ga, S.gp_done; trace adds to S.gy, S.gp, writes S.gm.
+// Synaptic scaling needs all of dL/dH_t before trace(t), so with it the caller runs the two
+// halves as separate passes (and every step's trace is stored: fin and tr replay nothing).
+// finish alone reads H_t from fin's anchor, which is then H_t itself (replay 0).
+//
+// One row per call: with four rows per pass (independent chains of adds), GCC 12 ran out of
+// registers for the 4 × 6 row pointers and reloaded them from the stack in the loop; one row
+// at a time, with the row sums kept per lane, measured faster.
+// Ht, Et: row o of H_{t-1}, E_{t-1}.
+template <typename V, bool Finish, bool Trace, typename T>
+void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
+                  const StepView<T>& tr, const T* Ht, const T* Et, T* grad_alpha, T* grad_eta,
+                  int64_t o) {
   constexpr Rule R = V::rule;
   constexpr bool retro = R == Rule::Retroactive;
+  constexpr int L = kLanes<T>;
   const int64_t I = P.I, row0 = o * I;
-  // Row r of the block is at [r * I + i] from these bases: one base per matrix keeps the
-  // loop's pointers in registers (with one per row and matrix, GCC spilled them).
   T* gH = S.gH + row0;
   T* gE = retro ? S.gE + row0 : nullptr;
 
-  // finish(t+1): H_t, p_{t+1}, dL/da_{t+1}.
+  // finish(t+1): H_t (the candidate of trace(t) when fused), p_{t+1}, dL/da_{t+1}.
   const T* alpha = P.alpha + row0;
-  const T* Hf = Finish ? fin.H_prev + row0 : nullptr;
+  const T* Hf = Finish && !Trace ? fin.H_anchor + row0 : nullptr;
   const T* W = P.recurrent ? P.weight + row0 : nullptr;
   T* gar = grad_alpha + row0;
   const T* pf = fin.p;
-  T ga[4] = {0, 0, 0, 0};
-  if (Finish)
-    for (int r = 0; r < Rows; ++r) ga[r] = S.ga[o + r];
+  const T ga = Finish ? S.ga[o] : T(0);
 
   // trace(t): H_{t-1} (E_{t-1}), y_t, m_t, η, p_t, and synaptic scaling's factors, which need
   // ‖H'‖ and G·H' of the whole row before any element's gradient.
-  const T* Ht = Trace ? tr.H_prev + row0 : nullptr;
-  const T* Et = Trace && retro ? tr.E_prev + row0 : nullptr;
   const T* pt = tr.p;
   // η per connection implies a rule with η, whose grad_eta slab always exists.
   T* geta_conn = V::eta_per_connection ? grad_eta + row0 : nullptr;
-  const T* eta = P.eta_row(o);  // rows eta_row_stride apart
-  T yo[4], mo[4], eta_o[4], scale[4], scale_grad[4];
-  for (int r = 0; r < Rows; ++r) {
-    scale[r] = 1, scale_grad[r] = 0;
-    if (!Trace) continue;
-    const int64_t q = o + r, k0 = r * I;
-    yo[r] = tr.y[q];
-    mo[r] = R == Rule::Modulated || retro ? S.m[q] : T(0);
-    eta_o[r] = eta[r * P.eta_row_stride];
-    if (P.has_scaling) {
-      T sumsq = 0, dot = 0;
-#pragma omp simd reduction(+ : sumsq, dot)
-      for (int64_t i = 0; i < I; ++i) {
-        const T eta_i = eta_at<V>(eta + r * P.eta_row_stride, eta_o[r], i);
-        T C = kernels::trace_candidate(R, Ht[k0 + i], retro ? Et[k0 + i] : T(0), yo[r], pt[i],
-                                       mo[r], eta_i);
-        if (V::clip) C = kernels::clip_value(C, P.clip);
-        sumsq += C * C;
-        dot += gH[k0 + i] * C;
-      }
-      const T norm = std::sqrt(sumsq);
-      if (norm > P.scaling) {
-        scale[r] = P.scaling / norm;
-        scale_grad[r] = P.scaling * dot / (norm * norm * norm);
-      }
+  const T* eta = P.eta_row(o);
+  const T eta_o = eta[0];
+  const T yo = Trace ? tr.y[o] : T(0);
+  const T mo = Trace && (R == Rule::Modulated || retro) ? S.m[o] : T(0);
+  T scale = 1, scale_grad = 0;
+  if (Trace && P.has_scaling) {
+    T sumsq[L] = {}, dot[L] = {};
+    for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
+      T E = retro ? Et[i] : T(0);
+      const T C = next_trace<V>(P, Ht[i], E, yo, pt[i], mo, eta_at<V>(eta, eta_o, i));
+      sumsq[l] += C * C;
+      dot[l] += gH[i] * C;
+    });
+    const T norm = std::sqrt(sum_lanes<T>(sumsq));
+    if (norm > P.scaling) {
+      scale = P.scaling / norm;
+      scale_grad = P.scaling * sum_lanes<T>(dot) / (norm * norm * norm);
     }
   }
 
-  // Element i of row r. `scaled` and `recurrent` are types (true or false), so that each
-  // variant's loop carries only its own terms.
-  auto element = [&](auto scaled, auto recurrent, int r, int64_t i, T pf_i, T& gy, T& gm,
-                     T& geta_sum, T& gp_fin, T& gp_tr) TP_ALWAYS_INLINE {
-    const int64_t k = r * I + i;
-    T g = gH[k];
-    if (Finish) {
-      const T a = alpha[k], h = Hf[k], gap = ga[r] * pf_i;
-      g += gap * a;
-      gar[k] += gap * h;
-      gp_fin += ga[r] * (decltype(recurrent)::value ? a * h + W[k] : a * h);
-    }
-    if (Trace) {
-      const T eta_i = eta_at<V>(eta + r * P.eta_row_stride, eta_o[r], i);
-      const T H = Ht[k], E = retro ? Et[k] : T(0);
-      T gC = g;
-      if (decltype(scaled)::value || V::clip) {
-        const T C = kernels::trace_candidate(R, H, E, yo[r], pt[i], mo[r], eta_i);
-        if (decltype(scaled)::value) {
-          const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
-          gC = scale[r] * gC - scale_grad[r] * Hc;
-        }
-        if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
-      }
-      T gE_prev = 0, geta = 0;
-      g = kernels::trace_step_backward(R, gC, retro ? gE[k] : T(0), H, E, yo[r], pt[i], mo[r],
-                                       eta_i, gE_prev, gy, gp_tr, gm, geta);
-      if (retro) gE[k] = gE_prev;
-      if (V::eta_per_connection) geta_conn[k] += geta;
-      geta_sum += geta;
-    }
-    gH[k] = g;
-  };
-
-  T gy0 = 0, gy1 = 0, gy2 = 0, gy3 = 0, gm0 = 0, gm1 = 0, gm2 = 0, gm3 = 0;
-  T ge0 = 0, ge1 = 0, ge2 = 0, ge3 = 0;
+  T gy[L] = {}, gm[L] = {}, ge[L] = {};
   T* gp_done = S.gp_done;
   T* gp = S.gp;
+  // Element i. `scaled` and `recurrent` are types (true or false), so that each variant's
+  // loop carries only its own terms.
   auto sweep = [&](auto scaled, auto recurrent) {
-#pragma omp simd reduction(+ : gy0, gy1, gy2, gy3, gm0, gm1, gm2, gm3, ge0, ge1, ge2, ge3)
-    for (int64_t i = 0; i < I; ++i) {
-      T gp_fin = Finish ? gp_done[i] : T(0), gp_tr = Trace ? gp[i] : T(0);
-      const T pf_i = Finish ? pf[i] : T(0);
-      element(scaled, recurrent, 0, i, pf_i, gy0, gm0, ge0, gp_fin, gp_tr);
-      if (Rows == 4) {
-        element(scaled, recurrent, 1, i, pf_i, gy1, gm1, ge1, gp_fin, gp_tr);
-        element(scaled, recurrent, 2, i, pf_i, gy2, gm2, ge2, gp_fin, gp_tr);
-        element(scaled, recurrent, 3, i, pf_i, gy3, gm3, ge3, gp_fin, gp_tr);
+    for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
+      T g = gH[i];
+      const T eta_i = Trace ? eta_at<V>(eta, eta_o, i) : T(0);
+      const T H = Trace ? Ht[i] : T(0), E = Trace && retro ? Et[i] : T(0);
+      T C = 0;
+      if (Trace && (Finish || decltype(scaled)::value || V::clip))
+        C = kernels::trace_candidate(R, H, E, yo, pt[i], mo, eta_i);
+      if (Finish) {
+        const T a = alpha[i], gap = ga * pf[i];
+        const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[i];
+        g += gap * a;
+        gar[i] += gap * h;
+        gp_done[i] += ga * (decltype(recurrent)::value ? a * h + W[i] : a * h);
       }
-      if (Finish) gp_done[i] = gp_fin;
-      if (Trace) gp[i] = gp_tr;
-    }
+      if (Trace) {
+        T gC = g;
+        if (decltype(scaled)::value) {
+          const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
+          gC = scale * gC - scale_grad * Hc;
+        }
+        if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+        T gE_prev = 0, geta = 0, gp_i = gp[i];
+        g = kernels::trace_step_backward(R, gC, retro ? gE[i] : T(0), H, E, yo, pt[i], mo,
+                                         eta_i, gE_prev, gy[l], gp_i, gm[l], geta);
+        gp[i] = gp_i;
+        if (retro) gE[i] = gE_prev;
+        if (V::eta_per_connection) geta_conn[i] += geta;
+        ge[l] += geta;
+      }
+      gH[i] = g;
+    });
   };
   // Only the copies of the loop a call can need (each costs compile time three times over):
   // `recurrent` matters to finish (W), `scaled` to trace alone (backward_pass never fuses the
@@ -374,34 +410,77 @@ void backward_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const 
   }
 
   if (Trace) {
-    const T gy_rows[4] = {gy0, gy1, gy2, gy3}, gm_rows[4] = {gm0, gm1, gm2, gm3};
-    const T geta_rows[4] = {ge0, ge1, ge2, ge3};
-    for (int r = 0; r < Rows; ++r) {
-      if (grad_eta && !V::eta_per_connection) grad_eta[o + r] += geta_rows[r];
-      S.gy[o + r] += gy_rows[r];
-      S.gm[o + r] = gm_rows[r];
-    }
+    if (grad_eta && !V::eta_per_connection) grad_eta[o] += sum_lanes<T>(ge);
+    S.gy[o] += sum_lanes<T>(gy);
+    S.gm[o] = sum_lanes<T>(gm);
   }
 }
 
-// One pass over all rows, in blocks of four (the rest one by one): finish(t+1) and trace(t)
-// as `finish` and `trace` say; with synaptic scaling, both as two passes per block.
+// Row o of H_{t-1} (E_{t-1}) for view v: its anchor's row stepped forward v.replay steps in
+// the scratch rows S.row_H (S.row_E), or the anchor's row itself when there is none to replay.
+template <typename V, typename T>
+TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S,
+                                        const StepView<T>& v, int64_t o, const T*& H,
+                                        const T*& E) {
+  constexpr bool retro = V::rule == Rule::Retroactive;
+  constexpr bool modulated = V::rule == Rule::Modulated || retro;
+  const int64_t r = o * P.I;
+  H = v.H_anchor + r;
+  E = retro ? v.E_anchor + r : nullptr;
+  for (int s = 0; s < v.replay; ++s) {
+    const int64_t t = v.t - v.replay + s;
+    const T y = P.y[(t * P.B + v.b) * P.O + o];
+    const T m = modulated ? v.replay_m[s * P.O + o] : T(0);
+    update_row<V>(P, o, y, m, P.presynaptic(t, v.b), H, S.row_H, E, S.row_E);
+    H = S.row_H;
+    E = S.row_E;
+  }
+}
+
+// One pass over all rows: finish(t+1) and trace(t) as `finish` and `trace` say; with synaptic
+// scaling, both as two passes per row.
 template <typename V, typename T>
 void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool finish,
                    bool trace, const StepView<T>& fin, const StepView<T>& tr, T* grad_alpha,
                    T* grad_eta) {
-  auto rows = [&](auto rows_tag, int64_t o) {
-    constexpr int Rows = decltype(rows_tag)::value;
+  for (int64_t o = 0; o < P.O; ++o) {
+    const T *H = nullptr, *E = nullptr;
+    if (trace) replay_row<V>(P, S, tr, o, H, E);
     if (finish && trace && !P.has_scaling) {
-      backward_rows<V, Rows, true, true>(P, S, fin, tr, grad_alpha, grad_eta, o);
-      return;
+      backward_row<V, true, true>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+      continue;
     }
-    if (finish) backward_rows<V, Rows, true, false>(P, S, fin, tr, grad_alpha, grad_eta, o);
-    if (trace) backward_rows<V, Rows, false, true>(P, S, fin, tr, grad_alpha, grad_eta, o);
-  };
-  int64_t o = 0;
-  for (; o + 4 <= P.O; o += 4) rows(std::integral_constant<int, 4>{}, o);
-  for (; o < P.O; ++o) rows(std::integral_constant<int, 1>{}, o);
+    if (finish) backward_row<V, true, false>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (trace) backward_row<V, false, true>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+  }
+}
+
+// The anchors of a segment: the traces before its steps R, 2R, ... (R = S.anchor_every), from
+// its checkpoint, the trace before its step 0. Each row goes through the steps in a scratch
+// row (the update is row-local once m_t is known), so only the anchors leave the L1 cache.
+template <typename V, typename T>
+void compute_anchors(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int64_t b,
+                     int64_t t0, int64_t steps, const T* ckpt_H, const T* ckpt_E) {
+  constexpr bool retro = V::rule == Rule::Retroactive;
+  constexpr bool modulated = V::rule == Rule::Modulated || retro;
+  const int64_t O = P.O, I = P.I, every = S.anchor_every;
+  for (int64_t o = 0; o < O; ++o) {
+    const int64_t r = o * I;
+    const T* H = ckpt_H + r;
+    const T* E = retro ? ckpt_E + r : nullptr;
+    for (int64_t j = 0; j < steps; ++j) {
+      const int64_t t = t0 + j;
+      const T y = P.y[(t * P.B + b) * O + o];
+      const T m = modulated ? S.m_seg[j * O + o] : T(0);
+      const bool anchor = (j + 1) % every == 0;
+      const int64_t q = (j + 1) / every;
+      T* H_dst = anchor ? S.seg_H + (q - 1) * S.seg_stride + r : S.row_H;
+      T* E_dst = !retro ? nullptr : anchor ? S.seg_E + (q - 1) * S.seg_stride + r : S.row_E;
+      update_row<V>(P, o, y, m, P.presynaptic(t, b), H, H_dst, E, E_dst);
+      H = H_dst;
+      E = E_dst;
+    }
+  }
 }
 
 template <typename V, typename T>
@@ -434,31 +513,16 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   for (int64_t seg = num_segments - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
 
-    // Recompute H_{t-1} (and E_{t-1}) for every step of the segment from its checkpoint,
-    // which serves as the first of them in place; the buffer holds the other K − 1.
+    // m_t of the segment's steps (the replays need them), then its anchors.
     const T* ckpt_H = P.trace_ckpt + (seg * B + b) * OI;
     const T* ckpt_E = retro ? P.elig_ckpt + (seg * B + b) * OI : nullptr;
-    auto trace_before = [&](int64_t j) -> const T* {
-      return j == 0 ? ckpt_H : S.seg_H + (j - 1) * S.seg_stride;
-    };
-    auto elig_before = [&](int64_t j) -> const T* {
-      return !retro ? nullptr : j == 0 ? ckpt_E : S.seg_E + (j - 1) * S.seg_stride;
-    };
-    for (int64_t j = 0; j + 1 < len; ++j) {
-      const int64_t t = t0 + j;
-      const T* p = P.presynaptic(t, b);
-      const T* y = P.y + (t * B + b) * O;
-      if (modulated) modulation_of_step(P, t, b, y, S.m);
-      const T* H_src = trace_before(j);
-      const T* E_src = elig_before(j);
-      T* H_dst = S.seg_H + j * S.seg_stride;  // the trace before step t + 1
-      T* E_dst = retro ? S.seg_E + j * S.seg_stride : nullptr;
-      for (int64_t o = 0; o < O; ++o) {
-        const int64_t r = o * I;
-        update_row<V>(P, o, y[o], modulated ? S.m[o] : T(0), p, H_src + r, H_dst + r,
-                      retro ? E_src + r : nullptr, retro ? E_dst + r : nullptr);
+    if (modulated)
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t t = t0 + j;
+        modulation_of_step(P, t, b, P.y + (t * B + b) * O, S.m_seg + j * O);
       }
-    }
+    const int64_t every = S.anchor_every;
+    compute_anchors<V>(P, S, b, t0, (len - 1) / every * every, ckpt_H, ckpt_E);
 
     // Sweep the segment backward: the pass of step t traces t and finishes t + 1 (step T − 1
     // has nothing to finish; step 0 is finished alone at the end). Every step is handled the
@@ -467,10 +531,15 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       const int64_t t = t0 + j;
       const bool finish = t + 1 < T_;
       StepView<T> step;
+      step.t = t;
+      step.b = b;
       step.y = P.y + (t * B + b) * O;
       step.p = P.presynaptic(t, b);
-      step.H_prev = trace_before(j);
-      step.E_prev = elig_before(j);
+      const int64_t q = j / every;  // anchor
+      step.H_anchor = q == 0 ? ckpt_H : S.seg_H + (q - 1) * S.seg_stride;
+      step.E_anchor = !retro ? nullptr : q == 0 ? ckpt_E : S.seg_E + (q - 1) * S.seg_stride;
+      step.replay = static_cast<int>(j - q * every);
+      step.replay_m = S.m_seg + q * every * O;
       T s = 0;
       if (modulated) s = modulation_of_step(P, t, b, step.y, S.m);
 
@@ -511,8 +580,8 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       }
       pending = step;
     }
-    // finish(t0) runs in the next segment's first pass, after this buffer is overwritten:
-    // its H_{t0-1} is the checkpoint itself, which pending already points to.
+    // finish(t0) runs in the next segment's first pass, after the anchors are overwritten: it
+    // takes H_{t0} from trace(t0 − 1) (or, alone, from the checkpoint pending points to).
   }
   if (T_ > 0) {
     std::memcpy(S.gp_done, S.gp, sizeof(T) * I);
