@@ -170,44 +170,31 @@ template <int Rows, typename T>
 void preactivation_rows(const ScanParams<T>& P, int64_t o, const T* z, const T* H, const T* p,
                         const T* theta, T* a) {
   static_assert(Rows == 1 || Rows == 4, "preactivation_rows: 1 or 4 rows");
+  constexpr int L = kLanes<T>;
   const int64_t I = P.I;
   const T* al = P.alpha + o * I;
   const T* h = H + o * I;
   const T* W = P.recurrent ? P.weight + o * I : nullptr;
-  T acc[4] = {0, 0, 0, 0};
-  if (Rows == 1) {
-    T a0 = 0;
-    if (W) {
-#pragma omp simd reduction(+ : a0)
-      for (int64_t i = 0; i < I; ++i) a0 += (al[i] * h[i] + W[i]) * p[i];
-    } else {
-#pragma omp simd reduction(+ : a0)
-      for (int64_t i = 0; i < I; ++i) a0 += al[i] * h[i] * p[i];
-    }
-    acc[0] = a0;
-  } else {
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    if (W) {
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (int64_t i = 0; i < I; ++i) {
-        const T pi = p[i];
-        a0 += (al[i] * h[i] + W[i]) * pi;
-        a1 += (al[I + i] * h[I + i] + W[I + i]) * pi;
-        a2 += (al[2 * I + i] * h[2 * I + i] + W[2 * I + i]) * pi;
-        a3 += (al[3 * I + i] * h[3 * I + i] + W[3 * I + i]) * pi;
+  T a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
+  // Row r's share of element i; `recurrent` is a type (true or false).
+  auto term = [&](auto recurrent, int64_t k, T pi) TP_ALWAYS_INLINE {
+    return decltype(recurrent)::value ? (al[k] * h[k] + W[k]) * pi : al[k] * h[k] * pi;
+  };
+  auto sweep = [&](auto recurrent) TP_ALWAYS_INLINE {
+    for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
+      const T pi = p[i];
+      a0[l] += term(recurrent, i, pi);
+      if (Rows == 4) {
+        a1[l] += term(recurrent, I + i, pi);
+        a2[l] += term(recurrent, 2 * I + i, pi);
+        a3[l] += term(recurrent, 3 * I + i, pi);
       }
-    } else {
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (int64_t i = 0; i < I; ++i) {
-        const T pi = p[i];
-        a0 += al[i] * h[i] * pi;
-        a1 += al[I + i] * h[I + i] * pi;
-        a2 += al[2 * I + i] * h[2 * I + i] * pi;
-        a3 += al[3 * I + i] * h[3 * I + i] * pi;
-      }
-    }
-    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
-  }
+    });
+  };
+  if (W) sweep(std::true_type{});
+  else sweep(std::false_type{});
+  const T acc[4] = {sum_lanes<T>(a0), Rows == 4 ? sum_lanes<T>(a1) : T(0),
+                    Rows == 4 ? sum_lanes<T>(a2) : T(0), Rows == 4 ? sum_lanes<T>(a3) : T(0)};
   for (int r = 0; r < Rows; ++r) a[r] = z[o + r] + acc[r] - (theta ? theta[o + r] : T(0));
 }
 
@@ -416,25 +403,62 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   }
 }
 
-// Row o of H_{t-1} (E_{t-1}) for view v: its anchor's row stepped forward v.replay steps in
+// Row o of the trace (and eligibility trace) of sequence b stepped forward through steps
+// t_first .. t_first + D − 1, src → dst, each element through all D steps in registers: one
+// pass over the row instead of D. m: [D, O], those steps' m_t (modulated rules). Not under
+// synaptic scaling, whose row norm needs every step's whole row.
+template <typename V, int D, typename T>
+void advance_row(const ScanParams<T>& P, int64_t b, int64_t t_first, const T* m, int64_t o,
+                 const T* H_src, T* H_dst, const T* E_src, T* E_dst) {
+  constexpr bool retro = V::rule == Rule::Retroactive;
+  constexpr bool modulated = V::rule == Rule::Modulated || retro;
+  T y[D], mo[D];
+  const T* p[D];
+  for (int d = 0; d < D; ++d) {
+    const int64_t t = t_first + d;
+    y[d] = P.y[(t * P.B + b) * P.O + o];
+    mo[d] = modulated ? m[d * P.O + o] : T(0);
+    p[d] = P.presynaptic(t, b);
+  }
+  const T* eta = P.eta_row(o);
+  const T eta_o = eta[0];
+  for_lanes<T>(P.I, [&](int64_t i, int) TP_ALWAYS_INLINE {
+    const T eta_i = eta_at<V>(eta, eta_o, i);
+    T H = H_src[i], E = retro ? E_src[i] : T(0);
+#pragma GCC unroll 8
+    for (int d = 0; d < D; ++d) H = next_trace<V>(P, H, E, y[d], p[d][i], mo[d], eta_i);
+    H_dst[i] = H;
+    if (retro) E_dst[i] = E;
+  });
+}
+
+// advance_row through `count` steps, 1 ≤ count ≤ 4 (kAnchorEvery).
+template <typename V, typename T>
+void advance_row(const ScanParams<T>& P, int count, int64_t b, int64_t t_first, const T* m,
+                 int64_t o, const T* H_src, T* H_dst, const T* E_src, T* E_dst) {
+  static_assert(BackwardWorkspace<T>::kAnchorEvery <= 4, "advance_row: up to 4 steps");
+  switch (count) {
+    case 1: return advance_row<V, 1>(P, b, t_first, m, o, H_src, H_dst, E_src, E_dst);
+    case 2: return advance_row<V, 2>(P, b, t_first, m, o, H_src, H_dst, E_src, E_dst);
+    case 3: return advance_row<V, 3>(P, b, t_first, m, o, H_src, H_dst, E_src, E_dst);
+    default: return advance_row<V, 4>(P, b, t_first, m, o, H_src, H_dst, E_src, E_dst);
+  }
+}
+
+// Row o of H_{t-1} (E_{t-1}) for view v: its anchor's row stepped forward v.replay steps into
 // the scratch rows S.row_H (S.row_E), or the anchor's row itself when there is none to replay.
 template <typename V, typename T>
 TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S,
                                         const StepView<T>& v, int64_t o, const T*& H,
                                         const T*& E) {
   constexpr bool retro = V::rule == Rule::Retroactive;
-  constexpr bool modulated = V::rule == Rule::Modulated || retro;
   const int64_t r = o * P.I;
   H = v.H_anchor + r;
   E = retro ? v.E_anchor + r : nullptr;
-  for (int s = 0; s < v.replay; ++s) {
-    const int64_t t = v.t - v.replay + s;
-    const T y = P.y[(t * P.B + v.b) * P.O + o];
-    const T m = modulated ? v.replay_m[s * P.O + o] : T(0);
-    update_row<V>(P, o, y, m, P.presynaptic(t, v.b), H, S.row_H, E, S.row_E);
-    H = S.row_H;
-    E = S.row_E;
-  }
+  if (v.replay == 0) return;
+  advance_row<V>(P, v.replay, v.b, v.t - v.replay, v.replay_m, o, H, S.row_H, E, S.row_E);
+  H = S.row_H;
+  E = retro ? S.row_E : nullptr;
 }
 
 // One pass over all rows: finish(t+1) and trace(t) as `finish` and `trace` say; with synaptic
@@ -456,8 +480,9 @@ void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool f
 }
 
 // The anchors of a segment: the traces before its steps R, 2R, ... (R = S.anchor_every), from
-// its checkpoint, the trace before its step 0. Each row goes through the steps in a scratch
-// row (the update is row-local once m_t is known), so only the anchors leave the L1 cache.
+// its checkpoint, the trace before its step 0, row by row. Under synaptic scaling R is 1 and
+// update_row takes each step (with the row's norm); otherwise advance_row goes from one anchor
+// to the next in one pass.
 template <typename V, typename T>
 void compute_anchors(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int64_t b,
                      int64_t t0, int64_t steps, const T* ckpt_H, const T* ckpt_E) {
@@ -468,15 +493,18 @@ void compute_anchors(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int6
     const int64_t r = o * I;
     const T* H = ckpt_H + r;
     const T* E = retro ? ckpt_E + r : nullptr;
-    for (int64_t j = 0; j < steps; ++j) {
+    for (int64_t j = 0; j < steps; j += every) {
+      const int64_t q = j / every + 1;  // the anchor before step j + every
+      T* H_dst = S.seg_H + (q - 1) * S.seg_stride + r;
+      T* E_dst = retro ? S.seg_E + (q - 1) * S.seg_stride + r : nullptr;
       const int64_t t = t0 + j;
-      const T y = P.y[(t * P.B + b) * O + o];
-      const T m = modulated ? S.m_seg[j * O + o] : T(0);
-      const bool anchor = (j + 1) % every == 0;
-      const int64_t q = (j + 1) / every;
-      T* H_dst = anchor ? S.seg_H + (q - 1) * S.seg_stride + r : S.row_H;
-      T* E_dst = !retro ? nullptr : anchor ? S.seg_E + (q - 1) * S.seg_stride + r : S.row_E;
-      update_row<V>(P, o, y, m, P.presynaptic(t, b), H, H_dst, E, E_dst);
+      if (P.has_scaling) {
+        const T m = modulated ? S.m_seg[j * O + o] : T(0);
+        update_row<V>(P, o, P.y[(t * P.B + b) * O + o], m, P.presynaptic(t, b), H, H_dst, E,
+                      E_dst);
+      } else {
+        advance_row<V>(P, static_cast<int>(every), b, t, S.m_seg + j * O, o, H, H_dst, E, E_dst);
+      }
       H = H_dst;
       E = E_dst;
     }
