@@ -39,7 +39,10 @@ template <typename T>
 void forward_range(const ScanParams<T>& P, int64_t begin, int64_t end, T* m) {
   with_variant(P, [&](auto variant) {
     using V = decltype(variant);
-    for (int64_t b = begin; b < end; ++b) forward_sequence<V>(P, b, m);
+    for (int64_t b = begin; b < end; b += kForwardGroup) {
+      const int64_t n = end - b < kForwardGroup ? end - b : kForwardGroup;
+      forward_group<V>(P, b, static_cast<int>(n), m);
+    }
   });
 }
 

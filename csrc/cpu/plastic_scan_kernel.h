@@ -25,6 +25,10 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "cpu/vector_math.h"
 #include "cpu/workspace.h"
 #include "kernels/plastic_step.h"
@@ -212,62 +216,103 @@ void activate_block(Activation act, const T* a, T* y, int n) {
   for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
 }
 
+// Copies n elements into a checkpoint, which the backward reads long after (all the forward
+// later): with non-temporal stores (where the destination is 64-byte aligned) the copy neither
+// reads the destination's lines first nor pushes the sequence's working set out of L2.
+template <typename T>
+void copy_to_checkpoint(T* dst, const T* src, int64_t n) {
+#if defined(__AVX512F__)
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0 && bytes % 64 == 0) {
+    auto* d = reinterpret_cast<__m512i*>(dst);
+    const auto* s = reinterpret_cast<const __m512i*>(src);
+    for (int64_t k = 0; k < bytes / 64; ++k) _mm512_stream_si512(d + k, _mm512_loadu_si512(s + k));
+    _mm_sfence();
+    return;
+  }
+#endif
+  std::memcpy(dst, src, sizeof(T) * n);
+}
+
+// The forward of sequences b0 .. b0 + n − 1 (n ≤ kForwardGroup), in lockstep: each block of
+// rows is done for every sequence of the group in turn, so the block's rows of α and W, read
+// from L2 by the first sequence, are in L1 for the others (per sequence and step, the L2
+// traffic falls from α, W, H read and H written to H read and written plus a share of α and
+// W). Each sequence's arithmetic is the same as alone, so results do not depend on grouping.
+constexpr int kForwardGroup = 4;
+
 template <typename V, typename T>
-void forward_sequence(const ScanParams<T>& P, int64_t b, T* m) {
+void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   constexpr Rule R = V::rule;
   const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
-  T* H = P.trace + b * OI;
-  std::memcpy(H, P.trace0 + b * OI, sizeof(T) * OI);
-  T* E = nullptr;
-  if (R == Rule::Retroactive) {
-    E = P.elig + b * OI;
-    std::memcpy(E, P.elig0 + b * OI, sizeof(T) * OI);
-  }
-  T* theta = nullptr;
-  if (P.has_threshold) {
-    theta = P.theta + b * O;
-    std::memcpy(theta, P.theta0 + b * O, sizeof(T) * O);
-  }
   const bool modulated = R == Rule::Modulated || R == Rule::Retroactive;
   const bool row_local = !P.internal_modulation();
+  T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
+  for (int s = 0; s < n; ++s) {
+    const int64_t b = b0 + s;
+    H[s] = P.trace + b * OI;
+    std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
+    E[s] = nullptr;
+    if (R == Rule::Retroactive) {
+      E[s] = P.elig + b * OI;
+      std::memcpy(E[s], P.elig0 + b * OI, sizeof(T) * OI);
+    }
+    theta[s] = nullptr;
+    if (P.has_threshold) {
+      theta[s] = P.theta + b * O;
+      std::memcpy(theta[s], P.theta0 + b * O, sizeof(T) * O);
+    }
+  }
 
   for (int64_t t = 0; t < T_; ++t) {
-    if (P.trace_ckpt && t % K == 0) {
-      const int64_t slot = (t / K) * B + b;
-      std::memcpy(P.trace_ckpt + slot * OI, H, sizeof(T) * OI);
-      if (E) std::memcpy(P.elig_ckpt + slot * OI, E, sizeof(T) * OI);
+    const T *p[kForwardGroup], *z[kForwardGroup], *m_ext[kForwardGroup];
+    T* y[kForwardGroup];
+    for (int s = 0; s < n; ++s) {
+      const int64_t b = b0 + s;
+      if (P.trace_ckpt && t % K == 0) {
+        const int64_t slot = (t / K) * B + b;
+        copy_to_checkpoint(P.trace_ckpt + slot * OI, H[s], OI);
+        if (E[s]) copy_to_checkpoint(P.elig_ckpt + slot * OI, E[s], OI);
+      }
+      p[s] = P.presynaptic(t, b);
+      z[s] = P.z + (t * B + b) * O;
+      y[s] = P.y + (t * B + b) * O;
+      m_ext[s] = P.mod_source == ModSource::External ? P.modulation + (t * B + b) * O : nullptr;
     }
-    const T* p = P.presynaptic(t, b);
-    const T* z = P.z + (t * B + b) * O;
-    T* y = P.y + (t * B + b) * O;
-    const T* m_ext = P.mod_source == ModSource::External ? P.modulation + (t * B + b) * O : nullptr;
-    // Blocks of up to 16 rows: their pre-activations four rows at a time (the rest one by
-    // one), their outputs in one vector loop, then, unless m_t needs every y_t first, their
-    // trace updates while the rows are still in L1.
-    constexpr int64_t kBlock = 16;
+    // Blocks of up to 8 rows, per sequence: their pre-activations four rows at a time (the
+    // rest one by one), their outputs in one vector loop, then, unless m_t needs every y_t
+    // first, their trace updates while the rows are still in L1.
+    constexpr int64_t kBlock = 8;
     for (int64_t o0 = 0; o0 < O; o0 += kBlock) {
       const int64_t o1 = o0 + kBlock < O ? o0 + kBlock : O;
-      T a[kBlock];
-      int64_t o = o0;
-      for (; o + 4 <= o1; o += 4) preactivation_rows<4>(P, o, z, H, p, theta, a + (o - o0));
-      for (; o < o1; ++o) preactivation_rows<1>(P, o, z, H, p, theta, a + (o - o0));
-      activate_block(P.activation, a, y + o0, static_cast<int>(o1 - o0));
-      if (row_local)
-        for (int64_t q = o0; q < o1; ++q) {
-          T* E_row = E ? E + q * I : nullptr;
-          update_row<V>(P, q, y[q], m_ext ? m_ext[q] : T(0), p, H + q * I, H + q * I, E_row,
-                        E_row);
-        }
-    }
-    if (!row_local) {
-      if (modulated) modulation_of_step(P, t, b, y, m);
-      for (int64_t o = 0; o < O; ++o) {
-        T* E_row = E ? E + o * I : nullptr;
-        update_row<V>(P, o, y[o], modulated ? m[o] : T(0), p, H + o * I, H + o * I, E_row, E_row);
+      for (int s = 0; s < n; ++s) {
+        T a[kBlock];
+        int64_t o = o0;
+        for (; o + 4 <= o1; o += 4)
+          preactivation_rows<4>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
+        for (; o < o1; ++o) preactivation_rows<1>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
+        activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
+        if (row_local)
+          for (int64_t q = o0; q < o1; ++q) {
+            T* E_row = E[s] ? E[s] + q * I : nullptr;
+            update_row<V>(P, q, y[s][q], m_ext[s] ? m_ext[s][q] : T(0), p[s], H[s] + q * I,
+                          H[s] + q * I, E_row, E_row);
+          }
       }
     }
-    if (theta)
-      for (int64_t o = 0; o < O; ++o) theta[o] += P.threshold_rate * (y[o] - P.target_activity);
+    for (int s = 0; s < n; ++s) {
+      if (!row_local) {
+        if (modulated) modulation_of_step(P, t, b0 + s, y[s], m);
+        for (int64_t o = 0; o < O; ++o) {
+          T* E_row = E[s] ? E[s] + o * I : nullptr;
+          update_row<V>(P, o, y[s][o], modulated ? m[o] : T(0), p[s], H[s] + o * I,
+                        H[s] + o * I, E_row, E_row);
+        }
+      }
+      if (theta[s])
+        for (int64_t o = 0; o < O; ++o)
+          theta[s][o] += P.threshold_rate * (y[s][o] - P.target_activity);
+    }
   }
 }
 
