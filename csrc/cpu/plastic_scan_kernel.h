@@ -2,19 +2,23 @@
 //
 // Equations: csrc/kernels/plastic_step.h. Every sequence is independent, so the caller runs
 // sequences in parallel and each one keeps its trace, α and W in cache for all T steps.
-// Per step, rows go in blocks of 16: one pass computes their matrix-vector products (four rows
-// at a time, so the adds form independent chains), one vector loop their outputs, then a pass
-// per row (now in L1) their trace updates; only internal modulation, whose m_t depends on all
-// of y_t, defers the updates until every row's y is known. The loop-invariant choices (rule,
-// clipping, η granularity) are template parameters (Variant), so the per-element loops have
-// no branches and vectorise.
+// The forward takes sequences four at a time in lockstep (forward_group): per step, rows go in
+// blocks of 8, and each block is done for every sequence of the group in turn, so the block's
+// rows of α and W stay in L1 for the group. For one sequence, one pass computes the block's
+// matrix-vector products (four rows at a time, so the adds form independent chains), one
+// vector loop their outputs, then a pass per row (now in L1) their trace updates; only
+// internal modulation, whose m_t depends on all of y_t, defers the updates until every row's y
+// is known. The loop-invariant choices (rule, clipping, η granularity) are template
+// parameters (Variant), so the per-element loops have no branches and vectorise.
 //
-// The backward walks segments of K steps in reverse: it recomputes the segment's traces from
-// the checkpoint saved by the forward (using the stored outputs y_t, so no matrix-vector product
-// is repeated), then sweeps the segment backward in passes over blocks of four rows, each
-// pass finishing one step and tracing the step before (backward_rows). Gradients of the
-// loop-invariant weights (W, z's producers) are left to GEMMs over the stored per-step vectors
-// after the loop.
+// The backward walks segments of K steps in reverse. From the segment's checkpoint it computes
+// anchors, the traces before every 4th step (every step under synaptic scaling), row by row
+// from the stored outputs y_t (no matrix-vector product is repeated); then it sweeps the
+// segment backward in one pass over the rows per step, each pass finishing one step and
+// tracing the step before (backward_row), with each row's H_{t-1} stepped forward from its
+// anchor in registers (advance_row). Keeping every step's trace instead had pushed the working
+// set out of L2. Gradients of the loop-invariant weights (W, z's producers) are left to GEMMs
+// over the stored per-step vectors after the loop.
 //
 // This header is compiled once per instruction set (plastic_scan_isa.cpp), inside the
 // namespace TORCHPLASTIC_CPU_ISA, and uses no out-of-line template of the standard library, so

@@ -83,12 +83,25 @@ def test_gradcheck(rule, recurrent):
     assert torch.autograd.gradcheck(fn, tuple(leaves.values()), atol=1e-8, rtol=1e-6)
 
 
-@pytest.mark.parametrize("T", [1, 7, 12])
-def test_checkpoint_interval_gives_identical_results(T):
+# The CPU backward steps traces forward from anchors (every 4th step of a segment, every step
+# under synaptic scaling), so K changes which trace each replay starts from: the values must
+# not change, bit for bit.
+K_INVARIANCE_CASES = [
+    (dict(rule="retroactive", source="internal", clip=1.0), torch.float64),
+    (dict(rule="hebb"), torch.float32),
+    (dict(rule="oja", eta="connection", clip=0.5), torch.float32),
+    (dict(rule="modulated", source="fanout", scaling=1.0), torch.float64),
+]
+
+
+@pytest.mark.parametrize("case", range(len(K_INVARIANCE_CASES)))
+@pytest.mark.parametrize("T", [1, 7, 12, 19])
+def test_checkpoint_interval_gives_identical_results(T, case):
+    options, dtype = K_INVARIANCE_CASES[case]
     results = []
-    for K in sorted({1, 2, 5, T, T + 3}):
-        cfg = Config(rule="retroactive", source="internal", clip=1.0, T=T, checkpoint_every=K)
-        kw = make_inputs(cfg)
+    for K in sorted({1, 2, 5, 8, T, T + 3}):
+        cfg = Config(**options, T=T, checkpoint_every=K)
+        kw = make_inputs(cfg, dtype=dtype)
         y, state = call(tp.functional.plastic_scan, kw)
         grads = torch.autograd.grad(loss_of(y, state), list(tensor_inputs(kw).values()))
         results.append((K, y, grads))
