@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -39,14 +41,38 @@ Isa cpu_isa() {
   return isa;
 }
 
+// Runs worker(next) on each of torch's intra-op threads (as many as there are units, at
+// most); next() hands out units 0 .. n − 1 one at a time and then −1. On a shared machine one
+// thread can fall behind the other, and with a static split the rest wait for it at the end;
+// taken one by one, the units even out. A unit's results never depend on the thread that runs
+// it, so neither do the op's.
+template <typename Worker>
+void run_units(int64_t n, const Worker& worker) {
+  std::atomic<int64_t> next_unit{0};
+  auto next = [&] {
+    const int64_t u = next_unit.fetch_add(1, std::memory_order_relaxed);
+    return u < n ? u : int64_t(-1);
+  };
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { worker(next); });
+}
+
 template <typename T>
 void forward(const ScanParams<T>& P) {
-  at::parallel_for(0, P.B, 1, [&](int64_t begin, int64_t end) {
+  // Units of up to kForwardGroup sequences, which the kernel runs in lockstep; smaller ones
+  // when there are few sequences per thread, so that every thread gets some.
+  const int64_t threads = at::get_num_threads();
+  const int64_t group = std::max<int64_t>(
+      1, std::min<int64_t>(kForwardGroup, (P.B + 2 * threads - 1) / (2 * threads)));
+  run_units((P.B + group - 1) / group, [&](const auto& next) {
     std::vector<T> m(P.O);
-    switch (cpu_isa()) {
-      case Isa::Avx512: return avx512::forward_range(P, begin, end, m.data());
-      case Isa::Avx2: return avx2::forward_range(P, begin, end, m.data());
-      default: return generic::forward_range(P, begin, end, m.data());
+    for (int64_t u = next(); u >= 0; u = next()) {
+      const int64_t begin = u * group, end = std::min(P.B, begin + group);
+      switch (cpu_isa()) {
+        case Isa::Avx512: avx512::forward_range(P, begin, end, m.data()); break;
+        case Isa::Avx2: avx2::forward_range(P, begin, end, m.data()); break;
+        default: generic::forward_range(P, begin, end, m.data());
+      }
     }
   });
 }
@@ -54,15 +80,17 @@ void forward(const ScanParams<T>& P) {
 template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
   const bool retro = P.rule == kernels::Rule::Retroactive;
-  at::parallel_for(0, P.B, 1, [&](int64_t begin, int64_t end) {
+  run_units(P.B, [&](const auto& next) {
     using Workspace = BackwardWorkspace<T>;
     const int64_t K = P.checkpoint_every;
     std::vector<T> memory(Workspace::size(K, P.O, P.I, retro, P.has_scaling));
     const auto W = Workspace::carve(memory.data(), K, P.O, P.I, retro, P.has_scaling);
-    switch (cpu_isa()) {
-      case Isa::Avx512: return avx512::backward_range(P, G, begin, end, W);
-      case Isa::Avx2: return avx2::backward_range(P, G, begin, end, W);
-      default: return generic::backward_range(P, G, begin, end, W);
+    for (int64_t b = next(); b >= 0; b = next()) {
+      switch (cpu_isa()) {
+        case Isa::Avx512: avx512::backward_range(P, G, b, b + 1, W); break;
+        case Isa::Avx2: avx2::backward_range(P, G, b, b + 1, W); break;
+        default: generic::backward_range(P, G, b, b + 1, W);
+      }
     }
   });
 }

@@ -7,6 +7,13 @@
 #include "cpu/workspace.h"
 #include "kernels/plastic_step.h"
 
+namespace torchplastic {
+namespace cpu {
+// The forward runs up to this many sequences in lockstep (plastic_scan_kernel.h, forward_group).
+constexpr int kForwardGroup = 4;
+}  // namespace cpu
+}  // namespace torchplastic
+
 #define TORCHPLASTIC_DECLARE_CPU_ISA(isa)                                                     \
   namespace torchplastic {                                                                    \
   namespace cpu {                                                                             \

@@ -177,6 +177,40 @@ def test_memory_saved_for_backward_is_checkpoints_not_every_trace(K):
     assert reference > T * trace_bytes  # the reference keeps every trace
 
 
+def test_checkpoint_buffers_are_reused_only_once_freed():
+    # Checkpoints of at least 4 MiB come from a cache of freed buffers (csrc/ops/scan_common.cpp):
+    # a live one is never handed out again, a freed one is, and reuse changes no value.
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=16, B=4, O=256, I=256,
+                 checkpoint_every=4)
+    args = opcheck_args(cfg)
+    args = tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
+    forward = torch.ops.torchplastic.plastic_scan_forward
+    first = forward(*args)
+    assert first[5].nbytes >= 4 << 20 and first[6].nbytes >= 4 << 20
+    second = forward(*args)
+    live = {first[5].data_ptr(), first[6].data_ptr()}
+    assert second[5].data_ptr() not in live and second[6].data_ptr() not in live
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    freed = second[5].data_ptr()
+    del second
+    third = forward(*args)
+    assert freed in {third[5].data_ptr(), third[6].data_ptr()}
+    for a, b in zip(first, third):
+        assert torch.equal(a, b)
+
+    kw = make_inputs(cfg, dtype=torch.float32)
+    leaves = list(tensor_inputs(kw).values())
+
+    def gradients():
+        y, state = call(tp.functional.plastic_scan, kw)
+        return torch.autograd.grad(loss_of(y, state), leaves)
+
+    g0, g1 = gradients(), gradients()  # the second forward runs on the first's checkpoints
+    for a, b in zip(g0, g1):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- registration
 
 def opcheck_args(cfg):
