@@ -97,6 +97,14 @@ void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
 
 }  // namespace
 
+const char* isa_name() {
+  switch (cpu_isa()) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
 const detail::ScanBackend backend{&forward<float>, &forward<double>, &backward<float>,
                                   &backward<double>};
 

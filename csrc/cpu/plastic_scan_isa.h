@@ -11,6 +11,8 @@ namespace torchplastic {
 namespace cpu {
 // The forward runs up to this many sequences in lockstep (plastic_scan_kernel.h, forward_group).
 constexpr int kForwardGroup = 4;
+// The instruction set whose kernels this process runs: "avx512", "avx2" or "generic".
+const char* isa_name();
 }  // namespace cpu
 }  // namespace torchplastic
 

@@ -2,6 +2,8 @@
 
 #include <torch/version.h>
 
+#include "cpu/plastic_scan_isa.h"
+
 namespace torchplastic {
 
 BuildInfo build_info() {
@@ -15,6 +17,7 @@ BuildInfo build_info() {
 #endif
   info.version = TORCHPLASTIC_VERSION;
   info.torch_version = TORCH_VERSION;
+  info.cpu_kernels = cpu::isa_name();
   return info;
 }
 

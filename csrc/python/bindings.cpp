@@ -109,9 +109,11 @@ PYBIND11_MODULE(_C, m) {
         d["torch_version"] = info.torch_version;
         d["cuda_version"] = info.cuda_version;
         d["cuda_archs"] = info.cuda_archs;
+        d["cpu_kernels"] = info.cpu_kernels;
         return d;
       },
-      "What this build holds: version, with_cuda, torch_version, cuda_version, cuda_archs.");
+      "What this build holds: version, with_cuda, torch_version, cuda_version, cuda_archs, and "
+      "cpu_kernels, the instruction set of the CPU kernels this process runs.");
 
   py::module_ cpp = m.def_submodule("cpp", "The C++ modules of torchplastic (torchplastic/nn.h)");
   bind_plastic_module<torchplastic::PlasticLinearImpl, torchplastic::PlasticLinearOptions>(

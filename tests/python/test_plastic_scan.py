@@ -262,3 +262,4 @@ def test_build_info():
     info = tp.build_info()
     assert info["torch_version"] == torch.__version__.split("+")[0]
     assert isinstance(info["with_cuda"], bool)
+    assert info["cpu_kernels"] in ("avx512", "avx2", "generic")

@@ -11,6 +11,8 @@ struct BuildInfo {
   std::string torch_version;  // the torch this library was built against
   std::string cuda_version;   // CUDA toolkit of the build ("" without CUDA)
   std::string cuda_archs;     // CUDA architectures compiled ("" without CUDA)
+  std::string cpu_kernels;    // CPU kernels this process runs: "avx512", "avx2" or "generic"
+                              // (the widest the CPU has; TORCHPLASTIC_CPU_ISA caps it)
 };
 
 BuildInfo build_info();
