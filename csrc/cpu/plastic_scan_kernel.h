@@ -15,9 +15,9 @@
 // anchors, the traces before every 4th step (every step under synaptic scaling), row by row
 // from the stored outputs y_t (no matrix-vector product is repeated); then it sweeps the
 // segment backward in one pass over the rows per step, each pass finishing one step and
-// tracing the step before (backward_row), with each row's H_{t-1} stepped forward from its
-// anchor in registers (advance_row). Keeping every step's trace instead had pushed the working
-// set out of L2. Gradients of the loop-invariant weights (W, z's producers) are left to GEMMs
+// tracing the step before (backward_row), with each element of H_{t-1} stepped forward from
+// its anchor in registers inside that pass. Keeping every step's trace instead had pushed the
+// working set out of L2. Gradients of the loop-invariant weights (W, z's producers) are left to GEMMs
 // over the stored per-step vectors after the loop.
 //
 // This header is compiled once per instruction set (plastic_scan_isa.cpp), inside the
@@ -352,10 +352,14 @@ struct StepView {
 // registers for the 4 × 6 row pointers and reloaded them from the stack in the loop; one row
 // at a time, with the row sums kept per lane, measured faster.
 // Ht, Et: row o of H_{t-1}, E_{t-1}.
-template <typename V, bool Finish, bool Trace, typename T>
+//
+// Replay = D > 0 (fused passes only): Ht, Et are the rows of tr's anchor, D steps before
+// H_{t-1}, E_{t-1}, and each element is stepped forward through them in registers first.
+template <typename V, bool Finish, bool Trace, int Replay, typename T>
 void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
                   const StepView<T>& tr, const T* Ht, const T* Et, T* grad_alpha, T* grad_eta,
                   int64_t o) {
+  static_assert(Replay == 0 || (Finish && Trace), "backward_row: replays in fused passes only");
   constexpr Rule R = V::rule;
   constexpr bool retro = R == Rule::Retroactive;
   constexpr int L = kLanes<T>;
@@ -396,6 +400,16 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     }
   }
 
+  // The replayed steps t − Replay .. t − 1: y and m of row o, and p.
+  T replay_y[Replay > 0 ? Replay : 1], replay_m[Replay > 0 ? Replay : 1];
+  const T* replay_p[Replay > 0 ? Replay : 1];
+  for (int d = 0; d < Replay; ++d) {
+    const int64_t t = tr.t - Replay + d;
+    replay_y[d] = P.y[(t * P.B + tr.b) * P.O + o];
+    replay_m[d] = R == Rule::Modulated || retro ? tr.replay_m[d * P.O + o] : T(0);
+    replay_p[d] = P.presynaptic(t, tr.b);
+  }
+
   T gy[L] = {}, gm[L] = {}, ge[L] = {};
   T* gp_done = S.gp_done;
   T* gp = S.gp;
@@ -405,7 +419,10 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
       T g = gH[i];
       const T eta_i = Trace ? eta_at<V>(eta, eta_o, i) : T(0);
-      const T H = Trace ? Ht[i] : T(0), E = Trace && retro ? Et[i] : T(0);
+      T H = Trace ? Ht[i] : T(0), E = Trace && retro ? Et[i] : T(0);
+#pragma GCC unroll 4
+      for (int d = 0; d < Replay; ++d)
+        H = next_trace<V>(P, H, E, replay_y[d], replay_p[d][i], replay_m[d], eta_i);
       T C = 0;
       if (Trace && (Finish || decltype(scaled)::value || V::clip))
         C = kernels::trace_candidate(R, H, E, yo, pt[i], mo, eta_i);
@@ -496,6 +513,7 @@ void advance_row(const ScanParams<T>& P, int count, int64_t b, int64_t t_first, 
 
 // Row o of H_{t-1} (E_{t-1}) for view v: its anchor's row stepped forward v.replay steps into
 // the scratch rows S.row_H (S.row_E), or the anchor's row itself when there is none to replay.
+// For the passes that trace without finishing (step T − 1); fused passes replay in their loop.
 template <typename V, typename T>
 TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S,
                                         const StepView<T>& v, int64_t o, const T*& H,
@@ -516,15 +534,26 @@ template <typename V, typename T>
 void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool finish,
                    bool trace, const StepView<T>& fin, const StepView<T>& tr, T* grad_alpha,
                    T* grad_eta) {
+  static_assert(BackwardWorkspace<T>::kAnchorEvery <= 4, "backward_pass: replays of up to 3");
+  const bool fused = finish && trace && !P.has_scaling;
   for (int64_t o = 0; o < P.O; ++o) {
     const T *H = nullptr, *E = nullptr;
-    if (trace) replay_row<V>(P, S, tr, o, H, E);
-    if (finish && trace && !P.has_scaling) {
-      backward_row<V, true, true>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (fused) {
+      // Replays inside the fused loop: the anchor's rows go in as they are.
+      const int64_t r = o * P.I;
+      H = tr.H_anchor + r;
+      E = V::rule == Rule::Retroactive ? tr.E_anchor + r : nullptr;
+      switch (tr.replay) {
+        case 0: backward_row<V, true, true, 0>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o); break;
+        case 1: backward_row<V, true, true, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o); break;
+        case 2: backward_row<V, true, true, 2>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o); break;
+        default: backward_row<V, true, true, 3>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+      }
       continue;
     }
-    if (finish) backward_row<V, true, false>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
-    if (trace) backward_row<V, false, true>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (trace) replay_row<V>(P, S, tr, o, H, E);
+    if (finish) backward_row<V, true, false, 0>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (trace) backward_row<V, false, true, 0>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
   }
 }
 
