@@ -322,8 +322,9 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
 
 // One step t of sequence b, as the backward's row passes see it. H_{t-1} (E_{t-1}) is not
 // stored for every step: `anchor` holds the trace `replay` steps earlier, before step
-// t − replay, and the pass steps each row of it forward through steps t − replay .. t − 1 in
-// a scratch row (replay_row), reading only those steps' stored outputs and inputs.
+// t − replay, and the pass steps it forward through steps t − replay .. t − 1 (in registers
+// in the fused passes, through a scratch row in the others: replay_row), reading only those
+// steps' stored outputs and inputs.
 template <typename T>
 struct StepView {
   int64_t t = 0, b = 0;
@@ -351,10 +352,9 @@ struct StepView {
 // One row per call: with four rows per pass (independent chains of adds), GCC 12 ran out of
 // registers for the 4 × 6 row pointers and reloaded them from the stack in the loop; one row
 // at a time, with the row sums kept per lane, measured faster.
-// Ht, Et: row o of H_{t-1}, E_{t-1}.
-//
-// Replay = D > 0 (fused passes only): Ht, Et are the rows of tr's anchor, D steps before
-// H_{t-1}, E_{t-1}, and each element is stepped forward through them in registers first.
+// Ht, Et: row o of H_{t-1}, E_{t-1}. With Replay > 0 (fused passes only), row o of tr's anchor,
+// Replay steps before them: each element is stepped forward through those steps in registers
+// first.
 template <typename V, bool Finish, bool Trace, int Replay, typename T>
 void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
                   const StepView<T>& tr, const T* Ht, const T* Et, T* grad_alpha, T* grad_eta,

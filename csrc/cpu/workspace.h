@@ -37,7 +37,7 @@ struct BackwardWorkspace {
   static constexpr int64_t kSkew = 80;
 
   // Anchors every kAnchorEvery steps: the backward replays at most kAnchorEvery − 1 steps
-  // per element and step (3 on average at K = 8); at 4 the anchors of one segment (K = 8)
+  // per element and step (1.5 on average); at 4 the anchors of one segment (K = 8)
   // take 256 KiB at N = 256 instead of the 1.75 MiB of every step's trace, which had pushed
   // the backward's working set out of the L2 cache of the benchmark machine.
   static constexpr int64_t kAnchorEvery = 4;
