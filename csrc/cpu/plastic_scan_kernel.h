@@ -68,24 +68,20 @@ constexpr int kVectorBytes = 16;
 template <typename T>
 constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
 
-// chunk(i0, width) for the chunks of kLanes<T> elements that tile [0, n): width is a
-// compile-time constant but for the last, shorter chunk. Loops `for (l < width)` under
-// `omp simd` inside a chunk are one vector each, and arrays indexed by l stay in registers.
-template <typename T, typename Chunk>
-TP_ALWAYS_INLINE inline void for_chunks(int64_t n, Chunk&& chunk) {
-  constexpr int L = kLanes<T>;
-  int64_t i0 = 0;
-  for (; i0 + L <= n; i0 += L) chunk(i0, std::integral_constant<int, L>{});
-  if (i0 < n) chunk(i0, static_cast<int>(n - i0));
-}
-
-// body(i, lane) for i = 0 .. n−1, lane = i mod kLanes<T>, vectorised across lanes.
+// body(i, lane) for i = 0 .. n−1, lane = i mod kLanes<T>: one `omp simd` loop of kLanes<T>
+// iterations per chunk of the row (one vector), so arrays indexed by the lane stay in
+// registers across chunks.
 template <typename T, typename Body>
 TP_ALWAYS_INLINE inline void for_lanes(int64_t n, Body&& body) {
-  for_chunks<T>(n, [&](int64_t i0, auto width) TP_ALWAYS_INLINE {
+  constexpr int L = kLanes<T>;
+  int64_t i0 = 0;
+  for (; i0 + L <= n; i0 += L) {
 #pragma omp simd
-    for (int l = 0; l < static_cast<int>(width); ++l) body(i0 + l, l);
-  });
+    for (int l = 0; l < L; ++l) body(i0 + l, l);
+  }
+  const int rest = static_cast<int>(n - i0);
+#pragma omp simd
+  for (int l = 0; l < rest; ++l) body(i0 + l, l);
 }
 
 // Σ of the lanes, pairwise.
@@ -133,14 +129,44 @@ T modulation_of_step(const ScanParams<T>& P, int64_t t, int64_t b, const T* y_t,
   return s;
 }
 
+// a·b + c, rounded once where the instruction set has FMA (twice where it has none). Written
+// out because the compiler's own contraction of a·b + c depends on what else the loop computes
+// (a product with a second use is not fused), so the same step could round differently in the
+// forward and in a replay inside the backward's row pass, and results would depend on K.
+template <typename T>
+TP_ALWAYS_INLINE inline T mul_add(T a, T b, T c) {
+#if defined(__FMA__)
+  if constexpr (std::is_same<T, float>::value) return __builtin_fmaf(a, b, c);
+  else return __builtin_fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// The trace before clipping and scaling (kernels::trace_candidate), with every multiply-add
+// written out (mul_add), and E' of rule retroactive (kernels::eligibility_next) likewise.
+template <typename V, typename T>
+TP_ALWAYS_INLINE inline T candidate(T H, T E, T y, T p, T m, T eta) {
+  switch (V::rule) {
+    case Rule::Hebb: return mul_add(eta * y, p, (T(1) - eta) * H);
+    case Rule::Oja: return mul_add(eta * y, mul_add(-y, H, p), H);
+    case Rule::Modulated: return mul_add(m * y, p, H);
+    default: return mul_add(m, E, H);
+  }
+}
+template <typename T>
+TP_ALWAYS_INLINE inline T eligibility_next(T E, T y, T p, T eta) {
+  return mul_add(eta * y, p, (T(1) - eta) * E);
+}
+
 // One step of the rule on one element, clipping included (synaptic scaling, a property of
 // the whole row, is not): returns H', and E becomes E' (rule retroactive). Every place that
 // steps a trace forward goes through this, so the backward's recomputed traces are the
 // forward's, bit for bit.
 template <typename V, typename T>
 TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, T H, T& E, T y, T p, T m, T eta) {
-  const T C = kernels::trace_candidate(V::rule, H, E, y, p, m, eta);
-  if (V::rule == Rule::Retroactive) E = kernels::eligibility_next(E, y, p, eta);
+  const T C = candidate<V>(H, E, y, p, m, eta);
+  if (V::rule == Rule::Retroactive) E = eligibility_next(E, y, p, eta);
   return V::clip ? kernels::clip_value(C, P.clip) : C;
 }
 
@@ -425,7 +451,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
         H = next_trace<V>(P, H, E, replay_y[d], replay_p[d][i], replay_m[d], eta_i);
       T C = 0;
       if (Trace && (Finish || decltype(scaled)::value || V::clip))
-        C = kernels::trace_candidate(R, H, E, yo, pt[i], mo, eta_i);
+        C = candidate<V>(H, E, yo, pt[i], mo, eta_i);
       if (Finish) {
         const T a = alpha[i], gap = ga * pf[i];
         const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[i];
