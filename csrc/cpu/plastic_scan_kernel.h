@@ -270,7 +270,6 @@ void copy_to_checkpoint(T* dst, const T* src, int64_t n) {
 // from L2 by the first sequence, are in L1 for the others (per sequence and step, the L2
 // traffic falls from α, W, H read and H written to H read and written plus a share of α and
 // W). Each sequence's arithmetic is the same as alone, so results do not depend on grouping.
-
 template <typename V, typename T>
 void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   constexpr Rule R = V::rule;

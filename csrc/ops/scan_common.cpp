@@ -9,8 +9,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
-#include <vector>
 #include <sstream>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
