@@ -447,21 +447,25 @@ struct StepView {
 // halves as separate passes (and every step's trace is stored: fin and tr replay nothing).
 // finish alone reads H_t from fin's anchor, which is then H_t itself (replay 0).
 //
-// One row per call: with four rows per pass (independent chains of adds), GCC 12 ran out of
-// registers for the 4 × 6 row pointers and reloaded them from the stack in the loop; one row
-// at a time, with the row sums kept per lane, measured faster.
+// Rows rows from o per call (2 in the fused passes, else 1): element i of both rows in one loop
+// iteration, so p_t, p_{t+1} and the replayed steps' p are loaded, and dL/dp_t and dL/dp_{t+1}
+// loaded and stored, once for the two (one sequence's backward: 8% faster than one row per
+// call; four rows per call ran out of registers and was slower). The rows' order in the sums
+// over rows (dL/dp) is the same as one at a time.
 // Ht, Et: row o of H_{t-1}, E_{t-1}. With Replay > 0 (fused passes only), row o of tr's anchor,
 // Replay steps before them: each element is stepped forward through those steps in registers
 // first.
-template <typename V, bool Finish, bool Trace, int Replay, typename T>
+template <typename V, bool Finish, bool Trace, int Replay, int Rows, typename T>
 void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
                   const StepView<T>& tr, const T* Ht, const T* Et, T* grad_alpha, T* grad_eta,
                   int64_t o) {
   static_assert(Replay == 0 || (Finish && Trace), "backward_row: replays in fused passes only");
+  static_assert(Rows == 1 || (Finish && Trace), "backward_row: row pairs in fused passes only");
   constexpr Rule R = V::rule;
   constexpr bool retro = R == Rule::Retroactive;
   constexpr int L = kLanes<T>;
   const int64_t I = P.I, row0 = o * I;
+  // Row r of the call is at offset r·I in every [O, I] array below.
   T* gH = S.gH + row0;
   T* gE = retro ? S.gE + row0 : nullptr;
 
@@ -471,7 +475,8 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   const T* W = P.recurrent ? P.weight + row0 : nullptr;
   T* gar = grad_alpha + row0;
   const T* pf = fin.p;
-  const T ga = Finish ? S.ga[o] : T(0);
+  T ga[Rows];
+  for (int r = 0; r < Rows; ++r) ga[r] = Finish ? S.ga[o + r] : T(0);
 
   // trace(t): H_{t-1} (E_{t-1}), y_t, m_t, η, p_t, and synaptic scaling's factors, which need
   // ‖H'‖ and G·H' of the whole row before any element's gradient.
@@ -479,15 +484,19 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   // η per connection implies a rule with η, whose grad_eta slab always exists.
   T* geta_conn = V::eta_per_connection ? grad_eta + row0 : nullptr;
   const T* eta = P.eta_row(o);
-  const T eta_o = eta[0];
-  const T yo = Trace ? tr.y[o] : T(0);
-  const T mo = Trace && (R == Rule::Modulated || retro) ? S.m[o] : T(0);
+  const int64_t eta_stride = P.eta_row_stride;
+  T eta_o[Rows], yo[Rows], mo[Rows];
+  for (int r = 0; r < Rows; ++r) {
+    eta_o[r] = P.eta_row(o + r)[0];
+    yo[r] = Trace ? tr.y[o + r] : T(0);
+    mo[r] = Trace && (R == Rule::Modulated || retro) ? S.m[o + r] : T(0);
+  }
   T scale = 1, scale_grad = 0;
-  if (Trace && P.has_scaling) {
+  if (Rows == 1 && Trace && P.has_scaling) {
     T sumsq[L] = {}, dot[L] = {};
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
       T E = retro ? Et[i] : T(0);
-      const T C = next_trace<V>(P, Ht[i], E, yo, pt[i], mo, eta_at<V>(eta, eta_o, i));
+      const T C = next_trace<V>(P, Ht[i], E, yo[0], pt[i], mo[0], eta_at<V>(eta, eta_o[0], i));
       sumsq[l] += C * C;
       dot[l] += gH[i] * C;
     });
@@ -498,64 +507,76 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     }
   }
 
-  // The replayed steps t − Replay .. t − 1: y and m of row o, and p.
-  T replay_y[Replay > 0 ? Replay : 1], replay_m[Replay > 0 ? Replay : 1];
-  const T* replay_p[Replay > 0 ? Replay : 1];
+  // The replayed steps t − Replay .. t − 1: y and m of the rows, and p.
+  constexpr int kReplay = Replay > 0 ? Replay : 1;
+  T replay_y[kReplay][Rows], replay_m[kReplay][Rows];
+  const T* replay_p[kReplay];
   for (int d = 0; d < Replay; ++d) {
     const int64_t t = tr.t - Replay + d;
-    replay_y[d] = P.y[(t * P.B + tr.b) * P.O + o];
-    replay_m[d] = R == Rule::Modulated || retro ? tr.replay_m[d * P.O + o] : T(0);
+    for (int r = 0; r < Rows; ++r) {
+      replay_y[d][r] = P.y[(t * P.B + tr.b) * P.O + o + r];
+      replay_m[d][r] = R == Rule::Modulated || retro ? tr.replay_m[d * P.O + o + r] : T(0);
+    }
     replay_p[d] = P.presynaptic(t, tr.b);
   }
 
   // η one per row: the row's sums through dot products (trace_step_backward_row).
   constexpr bool row_eta = !V::eta_per_connection;
-  const RowConstants<T> k = row_constants<V>(yo, mo, eta_o);
-  T gy[L] = {}, gm[L] = {};                // per connection: the sums themselves
-  T up[L] = {}, ux[L] = {}, gce[L] = {};  // per row: the dot products
+  RowConstants<T> k[Rows];
+  for (int r = 0; r < Rows; ++r) k[r] = row_constants<V>(yo[r], mo[r], eta_o[r]);
+  T gy[Rows][L] = {}, gm[Rows][L] = {};                     // per connection: the sums
+  T up[Rows][L] = {}, ux[Rows][L] = {}, gce[Rows][L] = {};  // per row: the dot products
   T* gp_done = S.gp_done;
   T* gp = S.gp;
-  // Element i. `scaled` and `recurrent` are types (true or false), so that each variant's
-  // loop carries only its own terms.
+  // Element i of each row. `scaled` and `recurrent` are types (true or false), so that each
+  // variant's loop carries only its own terms.
   auto sweep = [&](auto scaled, auto recurrent) {
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
-      T g = gH[i];
-      const T eta_i = Trace ? eta_at<V>(eta, eta_o, i) : T(0);
-      T H = Trace ? Ht[i] : T(0), E = Trace && retro ? Et[i] : T(0);
+      T gp_done_i = Finish ? gp_done[i] : T(0);
+      T gp_i = Trace ? gp[i] : T(0);
+#pragma GCC unroll 2
+      for (int r = 0; r < Rows; ++r) {
+        const int64_t ri = r * I + i;
+        T g = gH[ri];
+        const T eta_i = Trace ? eta_at<V>(eta + r * eta_stride, eta_o[r], i) : T(0);
+        T H = Trace ? Ht[ri] : T(0), E = Trace && retro ? Et[ri] : T(0);
 #pragma GCC unroll 4
-      for (int d = 0; d < Replay; ++d)
-        H = next_trace<V>(P, H, E, replay_y[d], replay_p[d][i], replay_m[d], eta_i);
-      T C = 0;
-      if (Trace && (Finish || decltype(scaled)::value || V::clip))
-        C = candidate<V>(H, E, yo, pt[i], mo, eta_i);
-      if (Finish) {
-        const T a = alpha[i], gap = ga * pf[i];
-        const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[i];
-        g += gap * a;
-        gar[i] += gap * h;
-        gp_done[i] += ga * (decltype(recurrent)::value ? a * h + W[i] : a * h);
-      }
-      if (Trace) {
-        T gC = g;
-        if (decltype(scaled)::value) {
-          const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
-          gC = scale * gC - scale_grad * Hc;
+        for (int d = 0; d < Replay; ++d)
+          H = next_trace<V>(P, H, E, replay_y[d][r], replay_p[d][i], replay_m[d][r], eta_i);
+        T C = 0;
+        if (Trace && (Finish || decltype(scaled)::value || V::clip))
+          C = candidate<V>(H, E, yo[r], pt[i], mo[r], eta_i);
+        if (Finish) {
+          const T a = alpha[ri], gap = ga[r] * pf[i];
+          const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[ri];
+          g += gap * a;
+          gar[ri] += gap * h;
+          gp_done_i += ga[r] * (decltype(recurrent)::value ? a * h + W[ri] : a * h);
         }
-        if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
-        T gE_prev = 0, gp_i = gp[i];
-        if (row_eta) {
-          g = trace_step_backward_row<V>(k, gC, retro ? gE[i] : T(0), H, E, pt[i], gE_prev, gp_i,
-                                         up[l], ux[l], gce[l]);
-        } else {
-          T geta = 0;
-          g = kernels::trace_step_backward(R, gC, retro ? gE[i] : T(0), H, E, yo, pt[i], mo,
-                                           eta_i, gE_prev, gy[l], gp_i, gm[l], geta);
-          geta_conn[i] += geta;
+        if (Trace) {
+          T gC = g;
+          if (decltype(scaled)::value) {
+            const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
+            gC = scale * gC - scale_grad * Hc;
+          }
+          if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+          T gE_prev = 0;
+          if (row_eta) {
+            g = trace_step_backward_row<V>(k[r], gC, retro ? gE[ri] : T(0), H, E, pt[i], gE_prev,
+                                           gp_i, up[r][l], ux[r][l], gce[r][l]);
+          } else {
+            T geta = 0;
+            g = kernels::trace_step_backward(R, gC, retro ? gE[ri] : T(0), H, E, yo[r], pt[i],
+                                             mo[r], eta_i, gE_prev, gy[r][l], gp_i, gm[r][l],
+                                             geta);
+            geta_conn[ri] += geta;
+          }
+          if (retro) gE[ri] = gE_prev;
         }
-        gp[i] = gp_i;
-        if (retro) gE[i] = gE_prev;
+        gH[ri] = g;
       }
-      gH[i] = g;
+      if (Finish) gp_done[i] = gp_done_i;
+      if (Trace) gp[i] = gp_i;
     });
   };
   // Only the copies of the loop a call can need (each costs compile time three times over):
@@ -569,17 +590,18 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     else sweep(std::false_type{}, std::false_type{});
   }
 
-  if (Trace) {
-    if (row_eta) {
-      const T sum_ux = R == Rule::Modulated ? T(0) : sum_lanes<T>(ux);
-      const T sum_gce = retro ? sum_lanes<T>(gce) : T(0);
-      row_sums_finish<V>(sum_lanes<T>(up), sum_ux, sum_gce, yo, mo, eta_o, S.gy[o], S.gm[o],
-                         grad_eta ? grad_eta + o : nullptr);
-    } else {
-      S.gy[o] += sum_lanes<T>(gy);
-      S.gm[o] = sum_lanes<T>(gm);
+  if (Trace)
+    for (int r = 0; r < Rows; ++r) {
+      if (row_eta) {
+        const T sum_ux = R == Rule::Modulated ? T(0) : sum_lanes<T>(ux[r]);
+        const T sum_gce = retro ? sum_lanes<T>(gce[r]) : T(0);
+        row_sums_finish<V>(sum_lanes<T>(up[r]), sum_ux, sum_gce, yo[r], mo[r], eta_o[r],
+                           S.gy[o + r], S.gm[o + r], grad_eta ? grad_eta + o + r : nullptr);
+      } else {
+        S.gy[o + r] += sum_lanes<T>(gy[r]);
+        S.gm[o + r] = sum_lanes<T>(gm[r]);
+      }
     }
-  }
 }
 
 // Row o of the trace (and eligibility trace) of sequence b stepped forward through steps
@@ -641,32 +663,45 @@ TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWo
   E = retro ? S.row_E : nullptr;
 }
 
+// The fused pass (finish(t+1) and trace(t)) over Rows rows from o, with tr.replay steps
+// replayed in the loop; the anchor's rows go in as they are.
+template <typename V, int Rows, typename T>
+TP_ALWAYS_INLINE inline void fused_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S,
+                                        const StepView<T>& fin, const StepView<T>& tr,
+                                        T* grad_alpha, T* grad_eta, int64_t o) {
+  static_assert(BackwardWorkspace<T>::kAnchorEvery <= 4, "fused_rows: replays of up to 3");
+  const T* H = tr.H_anchor + o * P.I;
+  const T* E = V::rule == Rule::Retroactive ? tr.E_anchor + o * P.I : nullptr;
+  auto row = [&](auto replay) TP_ALWAYS_INLINE {
+    backward_row<V, true, true, decltype(replay)::value, Rows>(P, S, fin, tr, H, E, grad_alpha,
+                                                              grad_eta, o);
+  };
+  switch (tr.replay) {
+    case 0: return row(std::integral_constant<int, 0>{});
+    case 1: return row(std::integral_constant<int, 1>{});
+    case 2: return row(std::integral_constant<int, 2>{});
+    default: return row(std::integral_constant<int, 3>{});
+  }
+}
+
 // One pass over all rows: finish(t+1) and trace(t) as `finish` and `trace` say; with synaptic
 // scaling, both as two passes per row.
 template <typename V, typename T>
 void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool finish,
                    bool trace, const StepView<T>& fin, const StepView<T>& tr, T* grad_alpha,
                    T* grad_eta) {
-  static_assert(BackwardWorkspace<T>::kAnchorEvery <= 4, "backward_pass: replays of up to 3");
-  const bool fused = finish && trace && !P.has_scaling;
+  if (finish && trace && !P.has_scaling) {
+    // Rows in pairs (the last alone when O is odd), replays inside the loop.
+    int64_t o = 0;
+    for (; o + 2 <= P.O; o += 2) fused_rows<V, 2>(P, S, fin, tr, grad_alpha, grad_eta, o);
+    if (o < P.O) fused_rows<V, 1>(P, S, fin, tr, grad_alpha, grad_eta, o);
+    return;
+  }
   for (int64_t o = 0; o < P.O; ++o) {
     const T *H = nullptr, *E = nullptr;
-    if (fused) {
-      // Replays inside the fused loop: the anchor's rows go in as they are.
-      const int64_t r = o * P.I;
-      H = tr.H_anchor + r;
-      E = V::rule == Rule::Retroactive ? tr.E_anchor + r : nullptr;
-      switch (tr.replay) {
-        case 0: backward_row<V, true, true, 0>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o); break;
-        case 1: backward_row<V, true, true, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o); break;
-        case 2: backward_row<V, true, true, 2>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o); break;
-        default: backward_row<V, true, true, 3>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
-      }
-      continue;
-    }
     if (trace) replay_row<V>(P, S, tr, o, H, E);
-    if (finish) backward_row<V, true, false, 0>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
-    if (trace) backward_row<V, false, true, 0>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (finish) backward_row<V, true, false, 0, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (trace) backward_row<V, false, true, 0, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
   }
 }
 
