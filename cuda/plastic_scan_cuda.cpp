@@ -36,7 +36,7 @@ void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
 }  // namespace
 
 const detail::ScanBackend backend{&forward<float>, &forward<double>, &backward<float>,
-                                  &backward<double>};
+                                  &backward<double>, /*zeroes_grad_slabs=*/false};
 
 }  // namespace cuda
 }  // namespace torchplastic

@@ -106,7 +106,7 @@ const char* isa_name() {
 }
 
 const detail::ScanBackend backend{&forward<float>, &forward<double>, &backward<float>,
-                                  &backward<double>};
+                                  &backward<double>, /*zeroes_grad_slabs=*/true};
 
 }  // namespace cpu
 }  // namespace torchplastic

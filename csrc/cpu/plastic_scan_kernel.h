@@ -746,8 +746,13 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   const bool modulated = R == Rule::Modulated || retro;
   const bool row_local = !P.internal_modulation();
   constexpr bool eta_per_connection = V::eta_per_connection;
+  // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed here,
+  // just before the passes add to them (a separate pass over all the slabs first had cost a
+  // trip through memory).
   T* grad_alpha = G.grad_alpha + b * OI;
   T* grad_eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
+  std::memset(grad_alpha, 0, sizeof(T) * OI);
+  if (grad_eta) std::memset(grad_eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
 
   // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
   // S.gh = dL/dy_t from the later steps, for the last step t not yet traced.

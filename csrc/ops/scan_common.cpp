@@ -544,11 +544,14 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_y, const at::Tensor
   at::Tensor grad_theta0 = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
   // One slab per sequence: summed in a fixed order after the loop, so the result does not
   // depend on the number of threads.
-  at::Tensor grad_alpha_slabs = with_huge_pages(at::empty({B, O, I}, opts)).zero_();
-  at::Tensor grad_eta_slabs =
-      c.rule == Rule::Modulated
-          ? at::Tensor()
-          : at::zeros({B, O, eta_per_connection(p.eta, c) ? I : 1}, opts);
+  auto slabs = [&](at::IntArrayRef shape) {
+    at::Tensor t = with_huge_pages(at::empty(shape, opts));
+    return backend.zeroes_grad_slabs ? t : t.zero_();
+  };
+  at::Tensor grad_alpha_slabs = slabs({B, O, I});
+  at::Tensor grad_eta_slabs = c.rule == Rule::Modulated
+                                  ? at::Tensor()
+                                  : slabs({B, O, eta_per_connection(p.eta, c) ? I : 1});
 
   AT_DISPATCH_FLOATING_TYPES(dt, "plastic_scan_backward", [&] {
     auto P = make_params<scalar_t>(a, c, p);

@@ -72,6 +72,10 @@ struct ScanBackend {
   void (*backward_f32)(const kernels::ScanParams<float>&, const kernels::ScanGradParams<float>&);
   void (*backward_f64)(const kernels::ScanParams<double>&,
                        const kernels::ScanGradParams<double>&);
+  // Whether the backward zeroes the dL/dα and dL/dη slabs itself (the CPU's, each sequence's
+  // just before it starts, so the slab is in cache when its passes add to it); if not, the
+  // caller hands them over zeroed.
+  bool zeroes_grad_slabs = false;
 };
 
 // y, hidden, trace, eligibility, threshold, trace checkpoints, eligibility checkpoints.
