@@ -1,13 +1,13 @@
 // CUDA registration of plastic_scan: plans the launch, takes scratch from the caching allocator
 // and launches on the current stream (kernels: cuda/plastic_scan.cu); everything else is
-// shared with the CPU (csrc/ops/scan_common.h). No host synchronisation.
+// shared with the CPU (csrc/ops/scan.h). No host synchronisation.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "cuda/plastic_scan_cuda.h"
-#include "ops/scan_common.h"
+#include "ops/scan.h"
 
 namespace torchplastic {
 namespace cuda {
@@ -33,10 +33,15 @@ void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
   launch_backward(P, G, plan, scratch.mutable_data_ptr<T>(), at::cuda::getCurrentCUDAStream());
 }
 
+at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options);
+}
+
 }  // namespace
 
-const detail::ScanBackend backend{&forward<float>, &forward<double>, &backward<float>,
-                                  &backward<double>, /*zeroes_grad_slabs=*/false};
+const detail::ScanBackend backend{&forward<float>,  &forward<double>, &backward<float>,
+                                  &backward<double>, &empty,           &empty,
+                                  /*zeroes_grad_slabs=*/false};
 
 }  // namespace cuda
 }  // namespace torchplastic

@@ -3,66 +3,57 @@
 // The forward runs plastic_scan_forward, which also returns the trace checkpoints (every K
 // steps, SPEC §3); the backward op recomputes each segment from its checkpoint. What this node
 // keeps for the backward: the inputs, y, and ceil(T/K) traces (two with rule retroactive).
+// Inputs, options and gradients go through ScanArgs and ScanGrads (csrc/ops/scan_args.h), by
+// name.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "ops/scan_common.h"
+#include "ops/checks.h"
+#include "ops/scan.h"
 
 namespace torchplastic {
 namespace {
 
 using detail::ForwardOutputs;
+using detail::ScanArgs;
+using detail::ScanGrads;
 using detail::StateOutputs;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-constexpr int kNumTensorInputs = 14;  // z ... mod_fanout_bias, in schema order
-constexpr int kNumInputs = 21;        // every argument of the schema
 
 class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, TORCHPLASTIC_SCAN_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
     // Under torch.compile the tensors may carry symbolic sizes: read T through sym_size (a
     // guard specialises it) and leave every other check to the kernels, which see real tensors.
     TORCH_CHECK_VALUE(z.dim() == 3, "plastic_scan: z: expected a 3-D tensor [T, B, O], got ",
                       z.dim(), " dimensions");
     const int64_t T = z.sym_size(0).guard_int(__FILE__, __LINE__);
-    const int64_t K = checkpoint_every ? std::min<int64_t>(*checkpoint_every, std::max<int64_t>(T, 1))
-                                       : detail::default_checkpoint_every(T);
-    TORCH_CHECK_VALUE(K >= 1, "plastic_scan: checkpoint_every: expected an integer >= 1, got ", K);
+    args.checkpoint_every = detail::checkpoint_interval(T, checkpoint_every);
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("torchplastic::plastic_scan_forward", "")
                          .typed<ForwardOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
     auto [y, h, H, E, theta, trace_ckpt, elig_ckpt] =
-        op.call(z, alpha, eta, trace, x, weight, hidden, eligibility, threshold, modulation,
-                mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias, rule, activation, clip,
-                synaptic_scaling, adaptive_threshold, target_activity, K);
-    auto value = [](const c10::optional<at::Tensor>& t) { return t ? *t : at::Tensor(); };
-    ctx->save_for_backward({z, alpha, value(eta), value(trace), value(x), value(weight),
-                            value(hidden), value(eligibility), value(threshold), value(modulation),
-                            value(mod_weight), value(mod_bias), value(mod_fanout_weight),
-                            value(mod_fanout_bias), y, trace_ckpt, elig_ckpt});
-    ctx->saved_data["rule"] = std::string(rule);
-    ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["clip"] = clip;
-    ctx->saved_data["synaptic_scaling"] = synaptic_scaling;
-    ctx->saved_data["adaptive_threshold"] = adaptive_threshold;
-    ctx->saved_data["target_activity"] = target_activity;
-    ctx->saved_data["checkpoint_every"] = K;
+        args.apply([&](auto&&... a) { return op.call(a...); });
+
+    // Saved: the tensor arguments in table order, then y and the checkpoints.
+    std::vector<at::Tensor> saved;
+    for (const auto& t : args.tensors()) saved.push_back(t.tensor);
+    saved.insert(saved.end(), {y, trace_ckpt, elig_ckpt});
+    ctx->save_for_backward(saved);
+    for (auto& [name, value] : args.options()) ctx->saved_data[name] = value;
     return {y, h, H, E, theta};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto opt = [&](int i) {
-      return saved[i].defined() ? c10::optional<at::Tensor>(saved[i]) : c10::nullopt;
-    };
-    auto opt_double = [&](const char* key) {
-      const auto& v = ctx->saved_data[key];
-      return v.isNone() ? c10::optional<double>() : c10::optional<double>(v.toDouble());
-    };
+    ScanArgs args;
+    args.set_tensors(saved);
+    for (const auto& [name, value] : args.options()) args.set_option(name, ctx->saved_data[name]);
+    const auto kept = saved.end() - 3;  // y, trace checkpoints, eligibility checkpoints
     static auto op =
         c10::Dispatcher::singleton()
             .findSchemaOrThrow("torchplastic::plastic_scan_backward", "")
@@ -70,30 +61,25 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                 TORCHPLASTIC_SCAN_PARAMS)>();
-    const std::string rule = ctx->saved_data["rule"].toStringRef();
-    const std::string activation = ctx->saved_data["activation"].toStringRef();
-    auto g = op.call(grads[0], grads[1], grads[2], grads[3], grads[4], saved[14], saved[15],
-                     saved[16], saved[0], saved[1], opt(2), opt(3), opt(4), opt(5), opt(6), opt(7),
-                     opt(8), opt(9), opt(10), opt(11), opt(12), opt(13), rule, activation,
-                     opt_double("clip"), opt_double("synaptic_scaling"),
-                     opt_double("adaptive_threshold"), ctx->saved_data["target_activity"].toDouble(),
-                     ctx->saved_data["checkpoint_every"].toInt());
-    variable_list out(kNumInputs);
-    for (int i = 0; i < kNumTensorInputs; ++i)
-      if (saved[i].defined()) out[i] = g[i];  // autograd drops what no input needs
-    return out;
+    auto list = args.apply([&](auto&&... a) {
+      return op.call(grads[0], grads[1], grads[2], grads[3], grads[4], kept[0], kept[1], kept[2],
+                     a...);
+    });
+    // The backward op returns an empty tensor for each input that was not given; autograd
+    // wants none there.
+    const auto inputs = args.tensors();
+    for (size_t k = 0; k < inputs.size(); ++k)
+      if (!inputs[k].tensor.defined()) list[k] = at::Tensor();
+    return ScanGrads::from_list(list).per_argument();
   }
 };
 
-bool any_requires_grad(TORCHPLASTIC_SCAN_PARAMS) {
-  auto req = [](const c10::optional<at::Tensor>& t) { return t && t->requires_grad(); };
-  return z.requires_grad() || alpha.requires_grad() || req(eta) || req(trace) || req(x) ||
-         req(weight) || req(hidden) || req(eligibility) || req(threshold) || req(modulation) ||
-         req(mod_weight) || req(mod_bias) || req(mod_fanout_weight) || req(mod_fanout_bias);
-}
-
 StateOutputs plastic_scan_autograd(TORCHPLASTIC_SCAN_PARAMS) {
-  if (!at::GradMode::is_enabled() || !any_requires_grad(TORCHPLASTIC_SCAN_ARGS)) {
+  const ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
+  bool any_requires_grad = false;
+  for (const auto& t : args.tensors())
+    any_requires_grad |= t.tensor.defined() && t.tensor.requires_grad();
+  if (!at::GradMode::is_enabled() || !any_requires_grad) {
     // Nothing to differentiate: skip the checkpoints.
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = c10::Dispatcher::singleton()

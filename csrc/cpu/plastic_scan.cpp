@@ -1,6 +1,6 @@
 // CPU registration of plastic_scan: sequences in parallel, the time loop of each inside
 // (csrc/cpu/plastic_scan_kernel.h, built per instruction set and chosen here at run time),
-// everything else shared with CUDA (csrc/ops/scan_common.h).
+// everything else shared with CUDA (csrc/ops/scan.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -11,8 +11,9 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/memory.h"
 #include "cpu/plastic_scan_isa.h"
-#include "ops/scan_common.h"
+#include "ops/scan.h"
 
 namespace torchplastic {
 namespace cpu {
@@ -110,8 +111,10 @@ const char* isa_name() {
   }
 }
 
-const detail::ScanBackend backend{&forward<float>, &forward<double>, &backward<float>,
-                                  &backward<double>, /*zeroes_grad_slabs=*/true};
+const detail::ScanBackend backend{&forward<float>,    &forward<double>,
+                                  &backward<float>,   &backward<double>,
+                                  &empty_checkpoints, &empty_with_huge_pages,
+                                  /*zeroes_grad_slabs=*/true};
 
 }  // namespace cpu
 }  // namespace torchplastic

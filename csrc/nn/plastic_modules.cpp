@@ -10,6 +10,8 @@
 #include <cmath>
 #include <limits>
 
+#include "ops/checks.h"
+
 namespace torchplastic {
 namespace detail {
 
@@ -23,12 +25,6 @@ std::vector<int64_t> shape_of(Granularity g, int64_t O, int64_t I) {
     case Granularity::Neuron: return {O, 1};
     default: return {1, 1};
   }
-}
-
-void check_positive(const std::string& owner, const char* name, const c10::optional<double>& v) {
-  if (!v) return;
-  TORCH_CHECK_VALUE(std::isfinite(*v) && *v > 0, owner, ": ", name,
-                    ": expected a finite value > 0 or unset, got ", *v);
 }
 
 // [T, B, F] (or [B, T, F] if batch_first, or unbatched [T, F]) → [T, B, F].
@@ -84,13 +80,9 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
   if (!o.clip()) clip = modulated ? c10::optional<double>(1.0) : c10::nullopt;  // "auto"
   else if (std::isinf(*o.clip()) && *o.clip() > 0) clip = c10::nullopt;           // none
   else clip = o.clip();
-  check_positive(owner, "clip", clip);
-  check_positive(owner, "synaptic_scaling", o.synaptic_scaling());
-  check_positive(owner, "adaptive_threshold", o.adaptive_threshold());
-  if (o.checkpoint_every())
-    TORCH_CHECK_VALUE(*o.checkpoint_every() >= 1, owner,
-                      ": checkpoint_every: expected an integer >= 1 or unset, got ",
-                      *o.checkpoint_every());
+  // The op's own checks, run here so that a bad option fails where the module is built.
+  check_scan_options(owner.c_str(), clip, o.synaptic_scaling(), o.adaptive_threshold(),
+                     o.checkpoint_every());
 
   const int64_t O = out_features, I = presynaptic;
   alpha = module.register_parameter("alpha", torch::empty(shape_of(o.alpha(), O, I)));

@@ -1,12 +1,14 @@
-// Public C++ entry of plastic_scan: maps the options to the schema and calls the dispatcher.
-// The checks themselves run in every kernel (csrc/ops/scan_common.cpp), so that callers of
-// torch.ops.torchplastic.plastic_scan get them too.
+// Public C++ entry of plastic_scan: maps the options to the op's arguments and calls the
+// dispatcher. The checks run in every kernel (csrc/ops/checks.cpp), so that callers of
+// torch.ops.torchplastic.plastic_scan get them too; only the devices, which choose the
+// kernel, are checked here first.
 #include "torchplastic/ops.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
-#include "ops/scan_common.h"
+#include "ops/checks.h"
+#include "ops/scan.h"
 
 namespace torchplastic {
 
@@ -97,38 +99,33 @@ std::tuple<at::Tensor, PlasticState> plastic_scan(const at::Tensor& z, const at:
                                                   const ScanOptions& o) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchplastic::plastic_scan", "")
-                       .typed<detail::StateOutputs(
-                           const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, c10::string_view, c10::string_view,
-                           c10::optional<double>, c10::optional<double>, c10::optional<double>,
-                           double, c10::optional<int64_t>)>();
+                       .typed<detail::StateOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
   TORCH_CHECK_VALUE(z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got undefined");
   TORCH_CHECK_VALUE(alpha.defined(), "plastic_scan: alpha: expected a tensor, got undefined");
-  // Devices are checked before dispatch: a tensor on another device would otherwise select
-  // that device's kernel (or none) and fail with a message that names no argument.
-  for (const auto& [name, t] :
-       {std::pair<const char*, at::Tensor>{"alpha", alpha}, {"eta", eta}, {"trace", trace},
-        {"x", o.x()}, {"weight", o.weight()}, {"hidden", o.hidden()},
-        {"eligibility", o.eligibility()}, {"threshold", o.threshold()},
-        {"modulation", o.modulation()}, {"mod_weight", o.mod_weight()},
-        {"mod_bias", o.mod_bias()}, {"mod_fanout_weight", o.mod_fanout_weight()},
-        {"mod_fanout_bias", o.mod_fanout_bias()}}) {
-    TORCH_CHECK_VALUE(!t.defined() || t.device() == z.device(), "plastic_scan: ", name,
-                      ": expected a tensor on ", z.device(), " (the device of z), got ", t.device());
-  }
-  const std::string rule = to_string(o.rule());
-  const std::string activation = to_string(o.activation());
-  auto out = op.call(z, alpha, given(eta), given(trace), given(o.x()), given(o.weight()),
-                     given(o.hidden()), given(o.eligibility()), given(o.threshold()),
-                     given(o.modulation()), given(o.mod_weight()), given(o.mod_bias()),
-                     given(o.mod_fanout_weight()), given(o.mod_fanout_bias()), rule, activation,
-                     o.clip(), o.synaptic_scaling(), o.adaptive_threshold(), o.target_activity(),
-                     o.checkpoint_every());
+  detail::ScanArgs a;
+  a.z = z;
+  a.alpha = alpha;
+  a.eta = given(eta);
+  a.trace = given(trace);
+  a.x = given(o.x());
+  a.weight = given(o.weight());
+  a.hidden = given(o.hidden());
+  a.eligibility = given(o.eligibility());
+  a.threshold = given(o.threshold());
+  a.modulation = given(o.modulation());
+  a.mod_weight = given(o.mod_weight());
+  a.mod_bias = given(o.mod_bias());
+  a.mod_fanout_weight = given(o.mod_fanout_weight());
+  a.mod_fanout_bias = given(o.mod_fanout_bias());
+  a.rule = to_string(o.rule());
+  a.activation = to_string(o.activation());
+  a.clip = o.clip();
+  a.synaptic_scaling = o.synaptic_scaling();
+  a.adaptive_threshold = o.adaptive_threshold();
+  a.target_activity = o.target_activity();
+  a.checkpoint_every = o.checkpoint_every();
+  detail::check_devices(a);
+  auto out = a.apply([&](auto&&... args) { return op.call(args...); });
   PlasticState state{state_or_undefined(std::get<1>(out)), std::get<2>(out),
                      state_or_undefined(std::get<3>(out)), state_or_undefined(std::get<4>(out))};
   return {std::get<0>(out), state};

@@ -7,6 +7,7 @@
 
 #include <limits>
 
+#include "ops/checks.h"
 #include "torchplastic/torchplastic.h"
 
 namespace py = pybind11;
@@ -114,6 +115,25 @@ PYBIND11_MODULE(_C, m) {
       },
       "What this build holds: version, with_cuda, torch_version, cuda_version, cuda_archs, and "
       "cpu_kernels, the instruction set of the CPU kernels this process runs.");
+
+  m.def(
+      "checkpoint_interval",
+      [](int64_t T, c10::optional<int64_t> requested) {
+        return torchplastic::detail::checkpoint_interval(T, requested);
+      },
+      py::arg("T"), py::arg("requested") = py::none(),
+      "K of SPEC §3: `requested` capped at T, or about sqrt(T) when None (what the op uses).");
+  m.def(
+      "check_scan_options",
+      [](const std::string& owner, c10::optional<double> clip,
+         c10::optional<double> synaptic_scaling, c10::optional<double> adaptive_threshold,
+         c10::optional<int64_t> checkpoint_every) {
+        torchplastic::detail::check_scan_options(owner.c_str(), clip, synaptic_scaling,
+                                                 adaptive_threshold, checkpoint_every);
+      },
+      py::arg("owner"), py::arg("clip"), py::arg("synaptic_scaling"),
+      py::arg("adaptive_threshold"), py::arg("checkpoint_every"),
+      "The op's checks of its options, for modules to run where they are built.");
 
   py::module_ cpp = m.def_submodule("cpp", "The C++ modules of torchplastic (torchplastic/nn.h)");
   bind_plastic_module<torchplastic::PlasticLinearImpl, torchplastic::PlasticLinearOptions>(

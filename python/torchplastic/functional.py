@@ -4,11 +4,13 @@ The math lives in C++ (``torch.ops.torchplastic``); this module maps the SPEC §
 the op's schema and registers the shape functions ``torch.compile`` traces with.
 """
 
-import math
+from types import SimpleNamespace
 from typing import Optional, Tuple
 
 import torch
 
+from . import _C
+from .rules import rule_info
 from .state import PlasticState
 
 __all__ = ["plastic_scan"]
@@ -70,98 +72,123 @@ def plastic_scan(
         raise TypeError(f"plastic_scan: rule: expected a str, got {type(rule).__name__}")
     if not isinstance(activation, str):
         raise TypeError(f"plastic_scan: activation: expected a str, got {type(activation).__name__}")
-    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan(
-        z, alpha, eta, trace, x, weight, hidden, eligibility, threshold, modulation,
-        mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias, rule, activation,
-        None if clip is None else float(clip),
-        None if synaptic_scaling is None else float(synaptic_scaling),
-        None if adaptive_threshold is None else float(adaptive_threshold),
-        float(target_activity),
-        None if checkpoint_every is None else int(checkpoint_every),
-    )
+    # By name: the op's arguments are declared once, in C++ (csrc/ops/scan_args.h), and
+    # tests/python/test_registration.py checks that this signature names each of them.
+    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan(**_as_op_arguments(
+        z=z, alpha=alpha, eta=eta, trace=trace, x=x, weight=weight, hidden=hidden,
+        eligibility=eligibility, threshold=threshold, modulation=modulation,
+        mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
+        mod_fanout_bias=mod_fanout_bias, rule=rule, activation=activation, clip=clip,
+        synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
+        target_activity=target_activity, checkpoint_every=checkpoint_every))
     return y, PlasticState(
         hidden=h if x is None else None,
         trace=H,
-        eligibility=E if rule == "retroactive" else None,
+        eligibility=E if rule_info(rule).eligibility else None,
         threshold=theta if adaptive_threshold is not None else None,
     )
 
 
-def default_checkpoint_every(T: int) -> int:
-    """K of SPEC §3 when none is given: about √T, at least 1 (mirrors the C++ default)."""
-    return max(1, math.ceil(math.sqrt(T)))
+# ---------------------------------------------------------------- the op's arguments
+# Read back from the registered schema, which C++ expands from its argument table
+# (csrc/ops/scan_args.h): each argument's name and how a Python value is converted for it.
+
+def _converter(jit_type) -> Optional[type]:
+    kind = str(jit_type)
+    if kind in ("float", "Optional[float]"):
+        return float
+    if kind in ("int", "Optional[int]"):
+        return int
+    return None
+
+
+_SCHEMA = torch.ops.torchplastic.plastic_scan.default._schema
+SCAN_ARGUMENTS = tuple(a.name for a in _SCHEMA.arguments)
+SCAN_TENSOR_ARGUMENTS = tuple(a.name for a in _SCHEMA.arguments
+                              if str(a.type) in ("Tensor", "Optional[Tensor]"))
+_CONVERTERS = tuple((a.name, _converter(a.type)) for a in _SCHEMA.arguments)
+
+
+def _as_op_arguments(**values):
+    """The op's keyword arguments from `values` (one per schema argument), numbers converted to
+    the schema's types (a Python int for a float argument, a NumPy scalar, ...)."""
+    out = {}
+    for name, convert in _CONVERTERS:
+        value = values[name]
+        out[name] = value if convert is None or value is None else convert(value)
+    return out
+
+
+def _bind(op_name: str, args, kwargs) -> SimpleNamespace:
+    """The arguments of a call of torch.ops.torchplastic.<op_name> by name, as its fake
+    implementation receives them (positionally, by keyword, or left at their defaults)."""
+    schema = getattr(torch.ops.torchplastic, op_name).default._schema
+    values = {}
+    for k, a in enumerate(schema.arguments):
+        if k < len(args):
+            values[a.name] = args[k]
+        elif a.name in kwargs:
+            values[a.name] = kwargs[a.name]
+        else:
+            values[a.name] = a.default_value if a.has_default_value() else None
+    return SimpleNamespace(**values)
 
 
 # ---------------------------------------------------------------- fake implementations
-# They mirror csrc/ops/scan_common.cpp: shapes, dtypes (traces in float32 for half inputs) and
-# the empty [0] tensors that stand for states a configuration does not use.
+# Shapes and dtypes of the outputs (traces in float32 for half inputs), and the empty [0]
+# tensors that stand for states a configuration does not use, as csrc/ops/scan.cpp makes them.
 
 def _state_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
 
 
-def _check_devices(z, *tensors):
+def _check_devices(a: SimpleNamespace):
     # Under the dispatcher a meta tensor among CPU ones selects these fake kernels, which must
     # refuse the mix as the real kernels do.
-    names = ("alpha", "eta", "trace", "x", "weight", "hidden", "eligibility", "threshold",
-             "modulation", "mod_weight", "mod_bias", "mod_fanout_weight", "mod_fanout_bias")
-    for name, t in zip(names, tensors):
-        if t is not None and t.device != z.device:
-            raise ValueError(f"plastic_scan: {name}: expected a tensor on {z.device} (the device "
+    for name in SCAN_TENSOR_ARGUMENTS:
+        t = getattr(a, name)
+        if t is not None and t.device != a.z.device:
+            raise ValueError(f"plastic_scan: {name}: expected a tensor on {a.z.device} (the device "
                              f"of z), got {t.device}")
 
 
-def _fake_states(z, alpha, x, rule, adaptive_threshold):
+def _fake_states(a: SimpleNamespace):
+    z = a.z
     T, B, O = z.shape
-    I = O if x is None else x.shape[-1]
+    I = O if a.x is None else a.x.shape[-1]
     sd = _state_dtype(z)
     y = z.new_empty(T, B, O)
-    hidden = z.new_empty(B, O) if x is None else z.new_empty(0)
+    hidden = z.new_empty(B, O) if a.x is None else z.new_empty(0)
     trace = z.new_empty(B, O, I, dtype=sd)
-    elig = z.new_empty(B, O, I, dtype=sd) if rule == "retroactive" else z.new_empty(0, dtype=sd)
-    theta = z.new_empty(B, O, dtype=sd) if adaptive_threshold is not None else z.new_empty(0, dtype=sd)
+    elig = z.new_empty(B, O, I, dtype=sd) if rule_info(a.rule).eligibility else z.new_empty(0, dtype=sd)
+    theta = z.new_empty(B, O, dtype=sd) if a.adaptive_threshold is not None else z.new_empty(0, dtype=sd)
     return y, hidden, trace, elig, theta
 
 
 @torch.library.register_fake("torchplastic::plastic_scan")
-def _plastic_scan_fake(z, alpha, eta, trace, x, weight, hidden, eligibility, threshold,
-                       modulation, mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias,
-                       rule, activation, clip, synaptic_scaling, adaptive_threshold,
-                       target_activity, checkpoint_every):
-    _check_devices(z, alpha, eta, trace, x, weight, hidden, eligibility, threshold, modulation,
-                   mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias)
-    return _fake_states(z, alpha, x, rule, adaptive_threshold)
+def _plastic_scan_fake(*args, **kwargs):
+    a = _bind("plastic_scan", args, kwargs)
+    _check_devices(a)
+    return _fake_states(a)
 
 
 @torch.library.register_fake("torchplastic::plastic_scan_forward")
-def _plastic_scan_forward_fake(z, alpha, eta, trace, x, weight, hidden, eligibility, threshold,
-                               modulation, mod_weight, mod_bias, mod_fanout_weight,
-                               mod_fanout_bias, rule, activation, clip, synaptic_scaling,
-                               adaptive_threshold, target_activity, checkpoint_every):
-    _check_devices(z, alpha, eta, trace, x, weight, hidden, eligibility, threshold, modulation,
-                   mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias)
-    y, h, H, E, theta = _fake_states(z, alpha, x, rule, adaptive_threshold)
-    T, B, O = z.shape
+def _plastic_scan_forward_fake(*args, **kwargs):
+    a = _bind("plastic_scan_forward", args, kwargs)
+    _check_devices(a)
+    y, h, H, E, theta = _fake_states(a)
+    T, B, O = a.z.shape
     I = H.shape[-1]
-    if checkpoint_every is None:
-        K = default_checkpoint_every(int(T))
-    else:
-        K = min(checkpoint_every, max(int(T), 1))
+    K = _C.checkpoint_interval(int(T), a.checkpoint_every)
     S = (T + K - 1) // K
-    sd = _state_dtype(z)
-    trace_ckpt = z.new_empty(S, B, O, I, dtype=sd)
-    elig_ckpt = z.new_empty(S, B, O, I, dtype=sd) if rule == "retroactive" else z.new_empty(0, dtype=sd)
+    sd = _state_dtype(a.z)
+    trace_ckpt = a.z.new_empty(S, B, O, I, dtype=sd)
+    elig_ckpt = a.z.new_empty(S, B, O, I, dtype=sd) if E.dim() > 1 else a.z.new_empty(0, dtype=sd)
     return y, h, H, E, theta, trace_ckpt, elig_ckpt
 
 
 @torch.library.register_fake("torchplastic::plastic_scan_backward")
-def _plastic_scan_backward_fake(grad_y, grad_hidden, grad_trace, grad_eligibility,
-                                grad_threshold, y, trace_checkpoints, eligibility_checkpoints,
-                                z, alpha, eta, trace, x, weight, hidden, eligibility, threshold,
-                                modulation, mod_weight, mod_bias, mod_fanout_weight,
-                                mod_fanout_bias, rule, activation, clip, synaptic_scaling,
-                                adaptive_threshold, target_activity, checkpoint_every):
-    inputs = (z, alpha, eta, trace, x, weight, hidden, eligibility, threshold, modulation,
-              mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias)
-    none = z.new_empty(0)
-    return [none if t is None else t.new_empty(t.shape) for t in inputs]
+def _plastic_scan_backward_fake(*args, **kwargs):
+    a = _bind("plastic_scan_backward", args, kwargs)
+    inputs = [getattr(a, name) for name in SCAN_TENSOR_ARGUMENTS]
+    return [a.z.new_empty(0) if t is None else t.new_empty(t.shape) for t in inputs]

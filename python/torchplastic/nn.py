@@ -12,27 +12,29 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from . import functional
+from . import _C, functional
+from .rules import rule_info
 from .state import PlasticState
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
 
-_RULES = ("hebb", "oja", "modulated", "retroactive")
 _ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 _GRANULARITIES = ("connection", "neuron", "scalar")
 _MODULATIONS = ("internal", "fanout", "external")
 
 
 def _check_choice(owner: str, name: str, value, choices):
+    # The names a module translates into parameters; every other option is the op's to check.
     if value not in choices:
         raise ValueError(f"{owner}: {name}: expected one of {choices}, got {value!r}")
 
 
-def _check_positive(owner: str, name: str, value):
+def _number(owner: str, name: str, value, kind=float):
     if value is None:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {name}: expected a finite number > 0 or None, got {value!r}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{owner}: {name}: expected a number or None, got {value!r}")
+    return kind(value)
 
 
 class _PlasticBase(nn.Module):
@@ -52,23 +54,26 @@ class _PlasticBase(nn.Module):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{owner}: {name}: expected a positive int, got {value!r}")
-        _check_choice(owner, "rule", rule, _RULES)
+        info = rule_info(rule, owner)
         _check_choice(owner, "alpha", alpha, _GRANULARITIES)
         _check_choice(owner, "eta", eta, _GRANULARITIES)
         _check_choice(owner, "activation", activation, _ACTIVATIONS)
         _check_choice(owner, "modulation", modulation, _MODULATIONS)
         if clip == "auto":
-            clip = 1.0 if rule in ("modulated", "retroactive") else None
-        _check_positive(owner, "clip", clip)
-        _check_positive(owner, "synaptic_scaling", synaptic_scaling)
-        _check_positive(owner, "adaptive_threshold", adaptive_threshold)
-        if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+            clip = info.default_clip
+        clip = _number(owner, "clip", clip)
+        synaptic_scaling = _number(owner, "synaptic_scaling", synaptic_scaling)
+        adaptive_threshold = _number(owner, "adaptive_threshold", adaptive_threshold)
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)):
             raise ValueError(f"{owner}: checkpoint_every: expected an int >= 1 or None, got {checkpoint_every!r}")
+        # The op's own checks (csrc/ops/checks.cpp), run here so that a bad option fails where
+        # the module is built rather than at its first call.
+        _C.check_scan_options(owner, clip, synaptic_scaling, adaptive_threshold, checkpoint_every)
 
         self.in_features, self.out_features = in_features, out_features
         self.rule, self.activation, self.clip = rule, activation, clip
         self.alpha_granularity, self.eta_granularity = alpha, eta
-        self.modulation = modulation if rule in ("modulated", "retroactive") else None
+        self.modulation = modulation if info.modulated else None
         self.synaptic_scaling, self.adaptive_threshold = synaptic_scaling, adaptive_threshold
         self.target_activity = float(target_activity)
         self.alpha_init, self.eta_init = float(alpha_init), float(eta_init)
@@ -78,8 +83,8 @@ class _PlasticBase(nn.Module):
         O, I = out_features, self._presynaptic_size()
         shape = {"connection": (O, I), "neuron": (O, 1), "scalar": (1, 1)}
         self.alpha = nn.Parameter(torch.empty(shape[alpha], **kw))
-        # Rule modulated does not use η: a parameter without gradient would break DDP.
-        self.eta = nn.Parameter(torch.empty(shape[eta], **kw)) if rule != "modulated" else None
+        # A rule without η gets no parameter: one without gradient would break DDP.
+        self.eta = nn.Parameter(torch.empty(shape[eta], **kw)) if info.uses_eta else None
         if self.modulation in ("internal", "fanout"):
             self.mod_weight = nn.Parameter(torch.empty(O, **kw))
             self.mod_bias = nn.Parameter(torch.empty(1, **kw))

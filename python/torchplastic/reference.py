@@ -20,9 +20,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from .rules import rule_info
 from .state import PlasticState
 
-RULES = ("hebb", "oja", "modulated", "retroactive")
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 
 
@@ -54,7 +54,7 @@ def step(z_t, x_t, h, H, E, theta, alpha, eta, weight, m_t, mod_weight, mod_bias
     y = _activation(activation, a)                                        # [B, O]
 
     m = None
-    if rule in ("modulated", "retroactive"):
+    if rule_info(rule).modulated:
         if m_t is not None:
             m = m_t.unsqueeze(-1).expand(B, O) if m_t.dim() == 1 else m_t  # [B, O]
         else:
@@ -118,15 +118,14 @@ def plastic_scan(
     (``weight`` [O, O] required, ``hidden`` [B, O] optional).
     Returns ``y`` [T, B, O] and the final :class:`PlasticState`.
     """
-    if rule not in RULES:
-        raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
+    info = rule_info(rule)
     T, B, O = z.shape
     recurrent = x is None
     I = O if recurrent else x.shape[-1]
 
     H = z.new_zeros(B, O, I) if trace is None else trace
     E = None
-    if rule == "retroactive":
+    if info.eligibility:
         E = z.new_zeros(B, O, I) if eligibility is None else eligibility
     theta = None
     if adaptive_threshold is not None:

@@ -1,0 +1,17 @@
+// CPU-only memory management of plastic_scan: the buffers the kernels first touch.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace torchplastic {
+namespace cpu {
+
+// An uninitialised tensor for the trace checkpoints, from a cache of freed ones of the same
+// size where there is one (see memory.cpp).
+at::Tensor empty_checkpoints(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// An uninitialised tensor backed by transparent huge pages where the kernel allows them.
+at::Tensor empty_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+}  // namespace cpu
+}  // namespace torchplastic

@@ -1,0 +1,228 @@
+#include "ops/checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "torchplastic/options.h"
+
+namespace torchplastic {
+namespace detail {
+
+using kernels::Activation;
+using kernels::ModSource;
+using kernels::Rule;
+
+namespace {
+
+// The public enums (options.h) list their values in the kernels' order.
+static_assert(static_cast<int>(torchplastic::Rule::Retroactive) == static_cast<int>(Rule::Retroactive) &&
+              static_cast<int>(torchplastic::Activation::Identity) == static_cast<int>(Activation::Identity),
+              "options.h and kernels/plastic_step.h must list rules and activations in one order");
+
+Rule parse_rule(const std::string& s) {
+  return static_cast<Rule>(torchplastic::rule_from_string(s, "plastic_scan: rule"));
+}
+
+Activation parse_activation(const std::string& s) {
+  return static_cast<Activation>(torchplastic::activation_from_string(s, "plastic_scan: activation"));
+}
+
+void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected,
+                 const char* meaning) {
+  TORCH_CHECK_VALUE(t.sizes() == expected, "plastic_scan: ", name, ": expected shape ", expected,
+                    " ", meaning, ", got ", t.sizes());
+}
+
+void check_positive(const char* owner, const c10::optional<double>& v, const char* name) {
+  if (!v) return;
+  TORCH_CHECK_VALUE(std::isfinite(*v) && *v > 0, owner, ": ", name,
+                    ": expected a finite value > 0 or None, got ", *v);
+}
+
+// α and η: per connection [O, I], per postsynaptic neuron [O, 1], or one scalar [1, 1].
+void check_granularity(const at::Tensor& t, const char* name, int64_t O, int64_t I) {
+  const bool ok = t.dim() == 2 && ((t.size(0) == O && t.size(1) == I) ||
+                                   (t.size(0) == O && t.size(1) == 1) ||
+                                   (t.size(0) == 1 && t.size(1) == 1));
+  TORCH_CHECK_VALUE(ok, "plastic_scan: ", name, ": expected shape [", O, ", ", I,
+                    "] (per connection), [", O, ", 1] (per neuron) or [1, 1] (scalar), got ",
+                    t.sizes());
+}
+
+}  // namespace
+int64_t checkpoint_interval(int64_t T, const c10::optional<int64_t>& requested) {
+  if (requested) {
+    TORCH_CHECK_VALUE(*requested >= 1, "plastic_scan: checkpoint_every: expected an integer >= 1, got ",
+                      *requested);
+    return std::min<int64_t>(*requested, std::max<int64_t>(T, 1));
+  }
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(T)))));
+}
+
+void check_scan_options(const char* owner, const c10::optional<double>& clip,
+                        const c10::optional<double>& synaptic_scaling,
+                        const c10::optional<double>& adaptive_threshold,
+                        const c10::optional<int64_t>& checkpoint_every) {
+  check_positive(owner, clip, "clip");
+  check_positive(owner, synaptic_scaling, "synaptic_scaling");
+  check_positive(owner, adaptive_threshold, "adaptive_threshold");
+  TORCH_CHECK_VALUE(!checkpoint_every || *checkpoint_every >= 1, owner,
+                    ": checkpoint_every: expected an integer >= 1 or None, got ",
+                    checkpoint_every.value_or(0));
+}
+
+void check_devices(const ScanArgs& args) {
+  TORCH_CHECK_VALUE(args.z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got None");
+  for (const auto& t : args.tensors())
+    TORCH_CHECK_VALUE(!t.tensor.defined() || t.tensor.device() == args.z.device(), "plastic_scan: ",
+                      t.name, ": expected a tensor on ", args.z.device(), " (the device of z), got ",
+                      t.tensor.device());
+}
+
+
+ScanConfig check_scan_args(const ScanArgs& a) {
+  ScanConfig c{};
+  c.rule = parse_rule(a.rule);
+  c.activation = parse_activation(a.activation);
+
+  TORCH_CHECK_VALUE(a.z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got None");
+  TORCH_CHECK_VALUE(a.z.dim() == 3, "plastic_scan: z: expected a 3-D tensor [T, B, O], got shape ",
+                    a.z.sizes());
+  c.T = a.z.size(0);
+  c.B = a.z.size(1);
+  c.O = a.z.size(2);
+  c.recurrent = !a.x.has_value();
+
+  // Dtypes and devices: every tensor on z's device; inputs in z's dtype; the state traces in
+  // the compute dtype (float32 for float16/bfloat16 inputs, whose traces accumulate in float32).
+  const auto dtype = a.z.scalar_type();
+  const bool cuda = a.z.is_cuda();
+  const bool supported =
+      dtype == at::kFloat || dtype == at::kDouble ||
+      (cuda && (dtype == at::kHalf || dtype == at::kBFloat16));
+  TORCH_CHECK_VALUE(supported, "plastic_scan: z: expected dtype ",
+                    cuda ? "float32, float64, float16 or bfloat16 (CUDA)"
+                         : "float32 or float64 (CPU)",
+                    ", got ", dtype);
+  c.compute_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  auto check_tensor = [&](const c10::optional<at::Tensor>& t, const char* name, bool state) {
+    if (!t) return;
+    TORCH_CHECK_VALUE(t->device() == a.z.device(), "plastic_scan: ", name,
+                      ": expected a tensor on ", a.z.device(), " (the device of z), got ",
+                      t->device());
+    const auto want = state ? c.compute_dtype : dtype;
+    const bool ok = t->scalar_type() == want || t->scalar_type() == dtype;
+    TORCH_CHECK_VALUE(ok, "plastic_scan: ", name, ": expected dtype ", want,
+                      " (matching z), got ", t->scalar_type());
+  };
+  check_tensor(a.alpha, "alpha", false);
+  check_tensor(a.eta, "eta", false);
+  check_tensor(a.trace, "trace", true);
+  check_tensor(a.x, "x", false);
+  check_tensor(a.weight, "weight", false);
+  check_tensor(a.hidden, "hidden", false);
+  check_tensor(a.eligibility, "eligibility", true);
+  check_tensor(a.threshold, "threshold", true);
+  check_tensor(a.modulation, "modulation", false);
+  check_tensor(a.mod_weight, "mod_weight", false);
+  check_tensor(a.mod_bias, "mod_bias", false);
+  check_tensor(a.mod_fanout_weight, "mod_fanout_weight", false);
+  check_tensor(a.mod_fanout_bias, "mod_fanout_bias", false);
+
+  // Mode: feedforward when x is given, recurrent otherwise.
+  if (c.recurrent) {
+    c.I = c.O;
+    TORCH_CHECK_VALUE(a.weight.has_value(), "plastic_scan: weight: expected a tensor [", c.O,
+                      ", ", c.O, "] in recurrent mode (x is None), got None");
+    check_shape(*a.weight, "weight", {c.O, c.O}, "[O, O]");
+    if (a.hidden) check_shape(*a.hidden, "hidden", {c.B, c.O}, "[B, O]");
+  } else {
+    TORCH_CHECK_VALUE(a.x->dim() == 3 && a.x->size(0) == c.T && a.x->size(1) == c.B,
+                      "plastic_scan: x: expected a 3-D tensor [T, B, I] with T = ", c.T,
+                      " and B = ", c.B, " (from z), got shape ", a.x->sizes());
+    c.I = a.x->size(2);
+    TORCH_CHECK_VALUE(!a.weight, "plastic_scan: weight: expected None in feedforward mode "
+                      "(x is given), got a tensor of shape ", a.weight->sizes());
+    TORCH_CHECK_VALUE(!a.hidden, "plastic_scan: hidden: expected None in feedforward mode "
+                      "(x is given), got a tensor of shape ", a.hidden->sizes());
+  }
+  const int64_t B = c.B, O = c.O, I = c.I, T = c.T;
+
+  TORCH_CHECK_VALUE(a.alpha.defined(), "plastic_scan: alpha: expected a tensor, got None");
+  check_granularity(a.alpha, "alpha", O, I);
+  if (c.rule == Rule::Modulated) {
+    if (a.eta) check_granularity(*a.eta, "eta", O, I);
+  } else {
+    TORCH_CHECK_VALUE(a.eta.has_value(), "plastic_scan: eta: expected a tensor for rule '",
+                      a.rule, "', got None");
+    check_granularity(*a.eta, "eta", O, I);
+  }
+  if (a.trace) check_shape(*a.trace, "trace", {B, O, I}, "[B, O, I]");
+  if (c.rule == Rule::Retroactive) {
+    if (a.eligibility) check_shape(*a.eligibility, "eligibility", {B, O, I}, "[B, O, I]");
+  } else {
+    TORCH_CHECK_VALUE(!a.eligibility, "plastic_scan: eligibility: expected None for rule '",
+                      a.rule, "' (only 'retroactive' has an eligibility trace), got a tensor");
+  }
+
+  // Neuromodulation: exactly one source for the modulated rules, none for the others.
+  const bool needs_mod = c.rule == Rule::Modulated || c.rule == Rule::Retroactive;
+  const bool external = a.modulation.has_value();
+  const bool internal = a.mod_weight.has_value() || a.mod_bias.has_value();
+  const bool fanout = a.mod_fanout_weight.has_value() || a.mod_fanout_bias.has_value();
+  if (!needs_mod) {
+    TORCH_CHECK_VALUE(!external && !internal && !fanout, "plastic_scan: modulation: expected none "
+                      "for rule '", a.rule, "', which takes no neuromodulation, got ",
+                      external ? "modulation" : (internal ? "mod_weight/mod_bias"
+                                                          : "mod_fanout_weight/mod_fanout_bias"));
+    c.mod_source = ModSource::None;
+  } else if (external) {
+    TORCH_CHECK_VALUE(!internal && !fanout, "plastic_scan: modulation: expected either an "
+                      "external modulation tensor or mod_weight/mod_bias, got both");
+    const auto& m = *a.modulation;
+    const bool ok = (m.dim() == 2 && m.size(0) == T && m.size(1) == B) ||
+                    (m.dim() == 3 && m.size(0) == T && m.size(1) == B && m.size(2) == O);
+    TORCH_CHECK_VALUE(ok, "plastic_scan: modulation: expected shape [", T, ", ", B, "] or [", T,
+                      ", ", B, ", ", O, "] ([T, B] or [T, B, O]), got ", m.sizes());
+    c.mod_source = ModSource::External;
+  } else {
+    TORCH_CHECK_VALUE(a.mod_weight && a.mod_bias, "plastic_scan: modulation: rule '", a.rule,
+                      "' needs neuromodulation: expected a modulation tensor [T, B] or [T, B, O], "
+                      "or mod_weight [O] and mod_bias [1], got ",
+                      internal ? (a.mod_weight ? "mod_weight without mod_bias"
+                                               : "mod_bias without mod_weight")
+                               : "none");
+    check_shape(*a.mod_weight, "mod_weight", {O}, "[O]");
+    check_shape(*a.mod_bias, "mod_bias", {1}, "[1]");
+    if (fanout) {
+      TORCH_CHECK_VALUE(a.mod_fanout_weight && a.mod_fanout_bias,
+                        "plastic_scan: mod_fanout_weight/mod_fanout_bias: expected both or "
+                        "neither, got only ",
+                        a.mod_fanout_weight ? "mod_fanout_weight" : "mod_fanout_bias");
+      check_shape(*a.mod_fanout_weight, "mod_fanout_weight", {O}, "[O]");
+      check_shape(*a.mod_fanout_bias, "mod_fanout_bias", {O}, "[O]");
+      c.mod_source = ModSource::Fanout;
+    } else {
+      c.mod_source = ModSource::Internal;
+    }
+  }
+
+  check_scan_options("plastic_scan", a.clip, a.synaptic_scaling, a.adaptive_threshold,
+                     a.checkpoint_every);
+  TORCH_CHECK_VALUE(std::isfinite(a.target_activity),
+                    "plastic_scan: target_activity: expected a finite value, got ",
+                    a.target_activity);
+  if (a.adaptive_threshold) {
+    if (a.threshold) check_shape(*a.threshold, "threshold", {B, O}, "[B, O]");
+  } else {
+    TORCH_CHECK_VALUE(!a.threshold, "plastic_scan: threshold: expected None without "
+                      "adaptive_threshold, got a tensor");
+  }
+  c.K = checkpoint_interval(T, a.checkpoint_every);
+  return c;
+}
+
+}  // namespace detail
+}  // namespace torchplastic

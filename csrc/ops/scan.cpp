@@ -1,0 +1,204 @@
+#include "ops/scan.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include "ops/checks.h"
+#include "ops/marshal.h"
+
+namespace torchplastic {
+namespace detail {
+
+using kernels::ModSource;
+using kernels::Rule;
+
+namespace {
+
+void run(const ScanBackend& be, const kernels::ScanParams<float>& P) { be.forward_f32(P); }
+void run(const ScanBackend& be, const kernels::ScanParams<double>& P) { be.forward_f64(P); }
+void run(const ScanBackend& be, const kernels::ScanParams<float>& P,
+         const kernels::ScanGradParams<float>& G) {
+  be.backward_f32(P, G);
+}
+void run(const ScanBackend& be, const kernels::ScanParams<double>& P,
+         const kernels::ScanGradParams<double>& G) {
+  be.backward_f64(P, G);
+}
+
+at::Tensor none_like(const at::Tensor& z) { return at::empty({0}, z.options()); }
+
+at::Tensor or_none(const at::Tensor& t, const at::Tensor& z) {
+  return t.defined() ? t : none_like(z);
+}
+
+}  // namespace
+
+ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
+                            bool save_checkpoints) {
+  const ScanConfig c = check_scan_args(a);
+  const Prepared p = prepare(a, c);
+  const auto opts = a.z.options().dtype(c.compute_dtype);
+  const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
+  const bool retro = c.rule == Rule::Retroactive;
+
+  at::Tensor y = at::empty({T, B, O}, opts);
+  at::Tensor trace = at::empty({B, O, I}, opts);
+  at::Tensor elig = retro ? at::empty({B, O, I}, opts) : at::Tensor();
+  at::Tensor theta = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
+  const int64_t S = save_checkpoints ? (T + c.K - 1) / c.K : 0;
+  at::Tensor trace_ckpt = backend.empty_checkpoints({S, B, O, I}, opts);
+  at::Tensor elig_ckpt = retro ? backend.empty_checkpoints({S, B, O, I}, opts) : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(c.compute_dtype, "plastic_scan_forward", [&] {
+    auto P = make_params<scalar_t>(a, c, p);
+    P.y = mut_ptr<scalar_t>(y);
+    P.trace = mut_ptr<scalar_t>(trace);
+    P.elig = mut_ptr<scalar_t>(elig);
+    P.theta = mut_ptr<scalar_t>(theta);
+    if (save_checkpoints) {
+      P.trace_ckpt = mut_ptr<scalar_t>(trace_ckpt);
+      P.elig_ckpt = mut_ptr<scalar_t>(elig_ckpt);
+    }
+    run(backend, P);
+  });
+
+  at::Tensor y_out = y.to(a.z.scalar_type());
+  at::Tensor hidden_out;
+  if (c.recurrent)
+    hidden_out = T > 0 ? y_out[T - 1].clone() : p.hidden0.to(a.z.scalar_type()).clone();
+  return {y_out, or_none(hidden_out, y_out), trace, or_none(elig, trace), or_none(theta, trace),
+          trace_ckpt, or_none(elig_ckpt, trace)};
+}
+
+ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanBackend& backend) {
+  const ScanConfig c = check_scan_args(a);
+  const Prepared p = prepare(a, c);
+  const auto dt = c.compute_dtype;
+  const auto opts = a.z.options().dtype(dt);
+  const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
+  const bool retro = c.rule == Rule::Retroactive;
+  const bool modulated = c.rule == Rule::Modulated || retro;
+  const bool internal = c.mod_source == ModSource::Internal || c.mod_source == ModSource::Fanout;
+  const int64_t S = (T + c.K - 1) / c.K;
+
+  // Gradients that did not flow arrive as undefined or empty tensors: zeros of the right shape.
+  auto grad_or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
+    if (!g.defined() || (g.numel() == 0 && g.sizes() != shape)) return at::zeros(shape, opts);
+    TORCH_CHECK_VALUE(g.sizes() == shape, "plastic_scan_backward: ", name, ": expected shape ",
+                      shape, ", got ", g.sizes());
+    return to_compute(g, dt);
+  };
+  const at::Tensor gy = grad_or_zeros(in.grad_y, {T, B, O}, "grad_y");
+  const at::Tensor gh = c.recurrent ? grad_or_zeros(in.grad_hidden, {B, O}, "grad_hidden") : at::Tensor();
+  const at::Tensor gH = grad_or_zeros(in.grad_trace, {B, O, I}, "grad_trace");
+  const at::Tensor gE = retro ? grad_or_zeros(in.grad_eligibility, {B, O, I}, "grad_eligibility")
+                              : at::Tensor();
+  const at::Tensor gth = a.adaptive_threshold
+                             ? grad_or_zeros(in.grad_threshold, {B, O}, "grad_threshold")
+                             : at::Tensor();
+  TORCH_CHECK_VALUE(in.y.sizes() == at::IntArrayRef({T, B, O}), "plastic_scan_backward: y: "
+                    "expected shape ", at::IntArrayRef({T, B, O}), ", got ", in.y.sizes());
+  TORCH_CHECK_VALUE(in.trace_checkpoints.sizes() == at::IntArrayRef({S, B, O, I}),
+                    "plastic_scan_backward: trace_checkpoints: expected shape ",
+                    at::IntArrayRef({S, B, O, I}), " (checkpoint_every = ", c.K, "), got ",
+                    in.trace_checkpoints.sizes());
+  if (retro)
+    TORCH_CHECK_VALUE(in.eligibility_checkpoints.sizes() == at::IntArrayRef({S, B, O, I}),
+                      "plastic_scan_backward: eligibility_checkpoints: expected shape ",
+                      at::IntArrayRef({S, B, O, I}), ", got ", in.eligibility_checkpoints.sizes());
+  const at::Tensor y_c = to_compute(in.y, dt);
+  const at::Tensor H_ckpt = to_compute(in.trace_checkpoints, dt);
+  const at::Tensor E_ckpt = retro ? to_compute(in.eligibility_checkpoints, dt) : at::Tensor();
+
+  at::Tensor grad_z = at::empty({T, B, O}, opts);
+  at::Tensor grad_x = c.recurrent ? at::Tensor() : at::empty({T, B, I}, opts);
+  at::Tensor grad_mod = modulated ? at::empty({T, B, O}, opts) : at::Tensor();
+  at::Tensor grad_mod_pre = internal ? at::empty({T, B}, opts) : at::Tensor();
+  at::Tensor mod_signal = internal ? at::empty({T, B}, opts) : at::Tensor();
+  at::Tensor grad_hidden0 = c.recurrent ? at::empty({B, O}, opts) : at::Tensor();
+  at::Tensor grad_trace0 = at::empty({B, O, I}, opts);
+  at::Tensor grad_elig0 = retro ? at::empty({B, O, I}, opts) : at::Tensor();
+  at::Tensor grad_theta0 = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
+  // One slab per sequence: summed in a fixed order after the loop, so the result does not
+  // depend on the number of threads.
+  auto slabs = [&](at::IntArrayRef shape) {
+    at::Tensor t = backend.empty_grad_slabs(shape, opts);
+    return backend.zeroes_grad_slabs ? t : t.zero_();
+  };
+  at::Tensor grad_alpha_slabs = slabs({B, O, I});
+  at::Tensor grad_eta_slabs = c.rule == Rule::Modulated
+                                  ? at::Tensor()
+                                  : slabs({B, O, eta_per_connection(p.eta, c) ? I : 1});
+
+  AT_DISPATCH_FLOATING_TYPES(dt, "plastic_scan_backward", [&] {
+    auto P = make_params<scalar_t>(a, c, p);
+    P.y = const_cast<scalar_t*>(ptr<scalar_t>(y_c));  // read only in the backward
+    P.trace_ckpt = const_cast<scalar_t*>(ptr<scalar_t>(H_ckpt));
+    P.elig_ckpt = const_cast<scalar_t*>(ptr<scalar_t>(E_ckpt));
+    kernels::ScanGradParams<scalar_t> G;
+    G.grad_y = ptr<scalar_t>(gy);
+    G.grad_hidden = ptr<scalar_t>(gh);
+    G.grad_trace = ptr<scalar_t>(gH);
+    G.grad_elig = ptr<scalar_t>(gE);
+    G.grad_theta = ptr<scalar_t>(gth);
+    G.grad_z = mut_ptr<scalar_t>(grad_z);
+    G.grad_x = mut_ptr<scalar_t>(grad_x);
+    G.grad_mod = mut_ptr<scalar_t>(grad_mod);
+    G.grad_mod_pre = mut_ptr<scalar_t>(grad_mod_pre);
+    G.mod_signal = mut_ptr<scalar_t>(mod_signal);
+    G.grad_hidden0 = mut_ptr<scalar_t>(grad_hidden0);
+    G.grad_trace0 = mut_ptr<scalar_t>(grad_trace0);
+    G.grad_elig0 = mut_ptr<scalar_t>(grad_elig0);
+    G.grad_theta0 = mut_ptr<scalar_t>(grad_theta0);
+    G.grad_alpha = mut_ptr<scalar_t>(grad_alpha_slabs);
+    G.grad_eta = mut_ptr<scalar_t>(grad_eta_slabs);
+    run(backend, P, G);
+  });
+
+  // Gradients of the inputs that were given, in their dtypes; none for the others.
+  auto like = [&](const c10::optional<at::Tensor>& input, const at::Tensor& g) {
+    return input ? g.to(input->scalar_type()) : at::Tensor();
+  };
+  ScanGrads grads;
+  grads.z = grad_z.to(a.z.scalar_type());
+  grads.alpha = grad_alpha_slabs.sum(0).sum_to_size(a.alpha.sizes()).to(a.alpha.scalar_type());
+  if (a.eta)
+    grads.eta = c.rule == Rule::Modulated
+                    ? at::zeros(a.eta->sizes(), a.eta->options())
+                    : grad_eta_slabs.sum(0).sum_to_size(a.eta->sizes()).to(a.eta->scalar_type());
+  grads.trace = like(a.trace, grad_trace0);
+  if (!c.recurrent) grads.x = like(a.x, grad_x);
+  if (c.recurrent) {
+    // dL/dW = Σ_t dL/da_tᵀ h_{t-1}: one GEMM over the stored per-step vectors.
+    const at::Tensor h_prev = at::cat({p.hidden0.unsqueeze(0), y_c}).slice(0, 0, T);
+    grads.weight = like(a.weight, grad_z.reshape({T * B, O}).t().mm(h_prev.reshape({T * B, O})));
+    grads.hidden = like(a.hidden, grad_hidden0);
+  }
+  if (retro) grads.eligibility = like(a.eligibility, grad_elig0);
+  if (a.adaptive_threshold) grads.threshold = like(a.threshold, grad_theta0);
+  if (c.mod_source == ModSource::External)
+    grads.modulation = like(a.modulation, a.modulation->dim() == 2 ? grad_mod.sum(-1) : grad_mod);
+  if (internal) {
+    // s_t = tanh(y_t·v + c): dL/dv = Σ_{t,b} dL/du y_t, dL/dc = Σ dL/du.
+    grads.mod_weight = like(
+        a.mod_weight, grad_mod_pre.reshape({1, T * B}).mm(y_c.reshape({T * B, O})).reshape({O}));
+    grads.mod_bias = like(a.mod_bias, grad_mod_pre.sum().reshape({1}));
+  }
+  if (c.mod_source == ModSource::Fanout) {
+    // m = s·f + g: dL/df = Σ dL/dm · s, dL/dg = Σ dL/dm.
+    grads.mod_fanout_weight = like(a.mod_fanout_weight,
+                                   (grad_mod * mod_signal.unsqueeze(-1)).sum(at::IntArrayRef{0, 1}));
+    grads.mod_fanout_bias = like(a.mod_fanout_bias, grad_mod.sum(at::IntArrayRef{0, 1}));
+  }
+  return grads;
+}
+
+std::vector<at::Tensor> backward_op_outputs(const ScanGrads& grads, const at::Tensor& z) {
+  auto list = grads.to_list();
+  for (auto& g : list)
+    if (!g.defined()) g = none_like(z);
+  return list;
+}
+
+}  // namespace detail
+}  // namespace torchplastic

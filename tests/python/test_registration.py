@@ -1,0 +1,67 @@
+"""The op's arguments are declared once (csrc/ops/scan_args.h): the schemas, the Python
+functional and the fake implementations all follow that table."""
+
+import inspect
+
+import torch
+
+import torchplastic as tp
+from torchplastic import functional
+
+
+def schema_arguments(op):
+    return [a.name for a in getattr(torch.ops.torchplastic, op).default._schema.arguments]
+
+
+def test_the_three_ops_share_one_argument_list():
+    scan = schema_arguments("plastic_scan")
+    assert schema_arguments("plastic_scan_forward") == scan
+    backward = schema_arguments("plastic_scan_backward")
+    assert backward[-len(scan):] == scan
+    assert tuple(scan) == functional.SCAN_ARGUMENTS
+
+
+def test_functional_signature_names_every_op_argument():
+    params = inspect.signature(tp.functional.plastic_scan).parameters
+    assert set(params) == set(functional.SCAN_ARGUMENTS)
+    # The reference, the executable spec, takes the same arguments.
+    assert list(inspect.signature(tp.reference.plastic_scan).parameters) == list(params)
+
+
+def test_backward_returns_one_gradient_per_tensor_argument():
+    tensors = functional.SCAN_TENSOR_ARGUMENTS
+    assert tensors[:4] == ("z", "alpha", "eta", "trace")
+    z = torch.randn(3, 2, 4, dtype=torch.float64)
+    args = dict(z=z, alpha=torch.rand(4, 4, dtype=torch.float64), eta=torch.full((1, 1), 0.1, dtype=torch.float64),
+                trace=None, x=None, weight=torch.randn(4, 4, dtype=torch.float64))
+    op_args = functional._as_op_arguments(**{name: args.get(name) for name in functional.SCAN_ARGUMENTS
+                                             if name not in ("rule", "activation", "target_activity")},
+                                          rule="hebb", activation="tanh", target_activity=0.0)
+    out = torch.ops.torchplastic.plastic_scan_forward(**op_args)
+    y, h, H, E, theta, trace_ckpt, elig_ckpt = out
+    grads = torch.ops.torchplastic.plastic_scan_backward(
+        torch.ones_like(y), torch.zeros_like(h), torch.zeros_like(H), E, theta, y, trace_ckpt,
+        elig_ckpt, **op_args)
+    assert len(grads) == len(tensors)
+    for name, g in zip(tensors, grads):
+        given = op_args[name]
+        assert g.shape == (given.shape if given is not None else (0,)), name
+
+
+def test_raw_op_takes_keywords_in_any_order():
+    z = torch.randn(3, 2, 4, dtype=torch.float64)
+    kw = dict(z=z, alpha=torch.rand(4, 4, dtype=torch.float64), eta=torch.full((1, 1), 0.1, dtype=torch.float64),
+              weight=torch.randn(4, 4, dtype=torch.float64))
+    y, *_ = torch.ops.torchplastic.plastic_scan(**functional._as_op_arguments(
+        **{name: kw.get(name) for name in reversed(functional.SCAN_ARGUMENTS)
+           if name not in ("rule", "activation", "target_activity")},
+        rule="hebb", activation="tanh", target_activity=0))
+    y_ref, _ = tp.reference.plastic_scan(z, kw["alpha"], kw["eta"], None, weight=kw["weight"])
+    torch.testing.assert_close(y, y_ref)
+
+
+def test_checkpoint_interval_is_one_function():
+    # The default K is computed in C++ only; Python asks for it.
+    assert [tp._C.checkpoint_interval(T) for T in (0, 1, 4, 5, 64, 65)] == [1, 1, 2, 3, 8, 9]
+    assert tp._C.checkpoint_interval(10, 50) == 10
+    assert tp._C.checkpoint_interval(10, 3) == 3
