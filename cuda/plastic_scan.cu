@@ -1,4 +1,5 @@
-// CUDA kernels of plastic_scan, forward and backward (equations: csrc/kernels/plastic_step.h).
+// CUDA kernels of plastic_scan, forward and backward (equations: csrc/kernels/plastic_step.h
+// and the rules, csrc/kernels/rules/, whose structs the kernels are templated on).
 //
 // One persistent kernel runs all T steps. Sequences are independent, so each one gets a thread
 // block cluster of C blocks (C = 1, 2, 4 or 8); block `rank` of the cluster owns the
@@ -37,6 +38,8 @@ using kernels::ModSource;
 using kernels::Rule;
 using kernels::ScanGradParams;
 using kernels::ScanParams;
+using kernels::Synapse;
+using kernels::SynapseGrad;
 
 namespace {
 
@@ -119,9 +122,22 @@ __device__ __forceinline__ T modulation_of_row(const ScanParams<T>& P, int64_t t
   }
 }
 
+// What rule R sees of one connection.
+template <typename R, typename T>
+__device__ __forceinline__ Synapse<T> synapse(T H, T E, T y, T p, T m, T eta) {
+  Synapse<T> s;
+  s.H = H;
+  s.E = E;
+  s.y = y;
+  s.p = p;
+  s.m = m;
+  s.eta = R::uses_eta ? eta : T(0);
+  return s;
+}
+
 // Row o of the trace update by one warp: H_src (E_src) → H_dst (E_dst); src may equal dst
 // (each element is read and written by the same lane).
-template <Rule R, typename T>
+template <typename R, typename T>
 __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, const T* p,
                                 const T* H_src, T* H_dst, const T* E_src, T* E_dst, int lane) {
   const int64_t I = P.I;
@@ -129,10 +145,11 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
   const T eta_o = eta[0];
   T sumsq = 0;
   for (int64_t i = lane; i < I; i += 32) {
-    const T E = R == Rule::Retroactive ? E_src[i] : T(0);
-    const T eta_i = R == Rule::Modulated ? T(0) : (P.eta_per_connection ? eta[i] : eta_o);
-    T C = kernels::trace_candidate(R, H_src[i], E, y, p[i], m, eta_i);
-    if (R == Rule::Retroactive) E_dst[i] = kernels::eligibility_next(E, y, p[i], eta_i);
+    const T E = R::eligibility ? E_src[i] : T(0);
+    const T eta_i = P.eta_per_connection ? eta[i] : eta_o;
+    const Synapse<T> s = synapse<R>(H_src[i], E, y, p[i], m, eta_i);
+    T C = R::candidate(s);
+    if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
     if (P.has_clip) C = kernels::clip_value(C, P.clip);
     H_dst[i] = C;
     sumsq += C * C;
@@ -207,7 +224,7 @@ struct BackwardSmem {
 
 // ------------------------------------------------------------------ forward
 
-template <typename T, Rule R>
+template <typename T, typename R>
 __global__ void __launch_bounds__(kThreads)
     plastic_scan_forward_kernel(const ScanParams<T> P, const Plan L) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -220,8 +237,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r1 = min(O, r0 + L.rows);
   const int64_t n = (r1 - r0) * I;  // elements of this block's slice of a [O, I] matrix
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const bool retro = R == Rule::Retroactive;
-  const bool modulated = R == Rule::Modulated || retro;
+  constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
 
   // Row slices: on chip, or in place in the outputs / inputs.
@@ -322,7 +338,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------------------------------ backward
 
-template <typename T, Rule R>
+template <typename T, typename R>
 __global__ void __launch_bounds__(kThreads)
     plastic_scan_backward_kernel(const ScanParams<T> P, const ScanGradParams<T> G, const Plan L,
                                  T* scratch) {
@@ -336,8 +352,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r1 = min(O, r0 + L.rows);
   const int64_t n = (r1 - r0) * I;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const bool retro = R == Rule::Retroactive;
-  const bool modulated = R == Rule::Modulated || retro;
+  constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
   const bool eta_pc = P.eta_per_connection;
 
@@ -456,8 +471,8 @@ __global__ void __launch_bounds__(kThreads)
         if (P.has_scaling) {
           T sumsq = 0, dot = 0;
           for (int64_t i = lane; i < I; i += 32) {
-            const T eta_i = R == Rule::Modulated ? T(0) : (eta_pc ? eta[i] : eta_o);
-            T Cv = kernels::trace_candidate(R, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
+            const T eta_i = eta_pc ? eta[i] : eta_o;
+            T Cv = R::candidate(synapse<R>(H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i));
             if (P.has_clip) Cv = kernels::clip_value(Cv, P.clip);
             sumsq += Cv * Cv;
             dot += gH_row[i] * Cv;
@@ -473,19 +488,21 @@ __global__ void __launch_bounds__(kThreads)
         T gy_row = 0, gm_row = 0, geta_row = 0;
         T* geta_conn = (G.grad_eta && eta_pc) ? G.grad_eta + (b * O + o) * I : nullptr;
         for (int64_t i = lane; i < I; i += 32) {
-          const T eta_i = R == Rule::Modulated ? T(0) : (eta_pc ? eta[i] : eta_o);
-          const T Cv = kernels::trace_candidate(R, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
+          const T eta_i = eta_pc ? eta[i] : eta_o;
+          const Synapse<T> syn = synapse<R>(H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
+          const T Cv = R::candidate(syn);
           const T Hc = P.has_clip ? kernels::clip_value(Cv, P.clip) : Cv;
           T gC = scale * gH_row[i] - scale_grad * Hc;
           if (P.has_clip) gC *= kernels::clip_grad_mask(Cv, P.clip);
-          T gE_prev = 0, geta = 0, gp = 0;
-          gH_row[i] = kernels::trace_step_backward(R, gC, retro ? gE_row[i] : T(0), H_row[i],
-                                                   retro ? E_row[i] : T(0), yo, p[i], mo, eta_i,
-                                                   gE_prev, gy_row, gp, gm_row, geta);
+          T gE_prev = 0;
+          SynapseGrad<T> sg;
+          gH_row[i] = R::backward(gC, retro ? gE_row[i] : T(0), syn, sg, gE_prev);
           if (retro) gE_row[i] = gE_prev;
-          if (geta_conn) geta_conn[i] += geta;
-          geta_row += geta;
-          my_partials[i] += gp;
+          if (geta_conn) geta_conn[i] += sg.eta;
+          gy_row += sg.y;
+          gm_row += sg.m;
+          geta_row += sg.eta;
+          my_partials[i] += sg.p;
         }
         gy_row = warp_sum(gy_row);
         gm_row = warp_sum(gm_row);
@@ -585,8 +602,8 @@ cudaLaunchConfig_t launch_config(const Plan& L, int64_t B, cudaStream_t stream,
 template <typename T>
 bool plan_runs(const Plan& L, bool backward) {
   if (L.cluster <= 1) return true;
-  const void* kernel = backward ? reinterpret_cast<const void*>(plastic_scan_backward_kernel<T, Rule::Hebb>)
-                                : reinterpret_cast<const void*>(plastic_scan_forward_kernel<T, Rule::Hebb>);
+  const void* kernel = backward ? reinterpret_cast<const void*>(plastic_scan_backward_kernel<T, kernels::rules::Hebb>)
+                                : reinterpret_cast<const void*>(plastic_scan_forward_kernel<T, kernels::rules::Hebb>);
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(L.smem_bytes)) != cudaSuccess) {
     cudaGetLastError();
@@ -645,7 +662,7 @@ size_t place(Plan& L, const ScanParams<T>& P, bool backward, size_t budget) {
     return backward ? BackwardSmem<T>(nullptr, P, q).total * sizeof(T)
                     : ForwardSmem<T>(nullptr, P, q).total * sizeof(T);
   };
-  const bool retro = P.rule == Rule::Retroactive;
+  const bool retro = kernels::traits(P.rule).eligibility;
   bool* order_fwd[] = {&L.trace, &L.alpha, &L.elig, &L.weight};
   bool* order_bwd[] = {&L.partials, &L.grad_trace, &L.grad_alpha, &L.alpha, &L.grad_elig, &L.weight};
   auto wanted = [&](bool* flag) {
@@ -667,7 +684,7 @@ size_t place(Plan& L, const ScanParams<T>& P, bool backward, size_t budget) {
 
 template <typename T>
 bool all_on_chip(const Plan& L, const ScanParams<T>& P, bool backward) {
-  const bool retro = P.rule == Rule::Retroactive;
+  const bool retro = kernels::traits(P.rule).eligibility;
   if (backward)
     return L.partials && L.grad_trace && L.grad_alpha && L.alpha && (!retro || L.grad_elig) &&
            (!P.recurrent || L.weight);
@@ -737,7 +754,7 @@ Plan plan_backward(const ScanParams<T>& P, int device) {
 
 template <typename T>
 int64_t backward_scratch_elems(const ScanParams<T>& P, const Plan& L) {
-  const bool retro = P.rule == Rule::Retroactive;
+  const bool retro = kernels::traits(P.rule).eligibility;
   const int64_t OI = P.O * P.I;
   int64_t n = (retro ? 2 : 1) * P.B * P.checkpoint_every * OI;
   if (!L.partials) n += P.B * L.cluster * static_cast<int64_t>(kWarps) * P.I;
@@ -749,24 +766,19 @@ int64_t backward_scratch_elems(const ScanParams<T>& P, const Plan& L) {
 template <typename T>
 void launch_forward(const ScanParams<T>& P, const Plan& L, cudaStream_t stream) {
   if (P.B == 0 || P.O == 0) return;
-  switch (P.rule) {
-    case Rule::Hebb: return launch(plastic_scan_forward_kernel<T, Rule::Hebb>, L, P.B, stream, "forward", P, L);
-    case Rule::Oja: return launch(plastic_scan_forward_kernel<T, Rule::Oja>, L, P.B, stream, "forward", P, L);
-    case Rule::Modulated: return launch(plastic_scan_forward_kernel<T, Rule::Modulated>, L, P.B, stream, "forward", P, L);
-    case Rule::Retroactive: return launch(plastic_scan_forward_kernel<T, Rule::Retroactive>, L, P.B, stream, "forward", P, L);
-  }
+  kernels::with_rule(P.rule, [&](auto rule) {
+    launch(plastic_scan_forward_kernel<T, decltype(rule)>, L, P.B, stream, "forward", P, L);
+  });
 }
 
 template <typename T>
 void launch_backward(const ScanParams<T>& P, const ScanGradParams<T>& G, const Plan& L,
                      T* scratch, cudaStream_t stream) {
   if (P.B == 0 || P.O == 0) return;
-  switch (P.rule) {
-    case Rule::Hebb: return launch(plastic_scan_backward_kernel<T, Rule::Hebb>, L, P.B, stream, "backward", P, G, L, scratch);
-    case Rule::Oja: return launch(plastic_scan_backward_kernel<T, Rule::Oja>, L, P.B, stream, "backward", P, G, L, scratch);
-    case Rule::Modulated: return launch(plastic_scan_backward_kernel<T, Rule::Modulated>, L, P.B, stream, "backward", P, G, L, scratch);
-    case Rule::Retroactive: return launch(plastic_scan_backward_kernel<T, Rule::Retroactive>, L, P.B, stream, "backward", P, G, L, scratch);
-  }
+  kernels::with_rule(P.rule, [&](auto rule) {
+    launch(plastic_scan_backward_kernel<T, decltype(rule)>, L, P.B, stream, "backward", P, G, L,
+           scratch);
+  });
 }
 
 #define TORCHPLASTIC_INSTANTIATE(T)                                                            \

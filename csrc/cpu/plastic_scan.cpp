@@ -81,7 +81,7 @@ void forward(const ScanParams<T>& P) {
 
 template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
-  const bool retro = P.rule == kernels::Rule::Retroactive;
+  const bool retro = kernels::traits(P.rule).eligibility;
   run_units(P.B, [&](const auto& next) {
     using Workspace = BackwardWorkspace<T>;
     const int64_t K = P.checkpoint_every;

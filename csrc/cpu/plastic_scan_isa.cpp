@@ -1,7 +1,10 @@
 // One instruction set's build of the CPU time loops. CMake compiles this file three times,
 // with TORCHPLASTIC_CPU_ISA = generic (x86-64 baseline), avx2 (-mavx2 -mfma) and avx512.
 #include "cpu/plastic_scan_isa.h"
-#include "cpu/plastic_scan_kernel.h"
+
+#include "cpu/backward.h"
+#include "cpu/forward.h"
+#include "kernels/rules.h"
 
 namespace torchplastic {
 namespace cpu {
@@ -10,27 +13,21 @@ namespace TORCHPLASTIC_CPU_ISA {
 namespace {
 
 // Calls f(Variant<...>{}) with the call's rule, clipping and η granularity as types.
-template <Rule R, bool Clip, typename T, typename F>
+template <typename R, bool Clip, typename T, typename F>
 void with_eta(const ScanParams<T>& P, F&& f) {
-  // Rule modulated has no η (the kernels read a zero [1, 1]).
-  if (R != Rule::Modulated && P.eta_per_connection) f(Variant<R, Clip, true>{});
-  else f(Variant<R, Clip, false>{});
-}
-
-template <Rule R, typename T, typename F>
-void with_clip(const ScanParams<T>& P, F&& f) {
-  if (P.has_clip) with_eta<R, true>(P, f);
-  else with_eta<R, false>(P, f);
+  if constexpr (R::uses_eta) {
+    if (P.eta_per_connection) return f(Variant<R, Clip, true>{});
+  }
+  f(Variant<R, Clip, false>{});
 }
 
 template <typename T, typename F>
 void with_variant(const ScanParams<T>& P, F&& f) {
-  switch (P.rule) {
-    case Rule::Hebb: return with_clip<Rule::Hebb>(P, f);
-    case Rule::Oja: return with_clip<Rule::Oja>(P, f);
-    case Rule::Modulated: return with_clip<Rule::Modulated>(P, f);
-    case Rule::Retroactive: return with_clip<Rule::Retroactive>(P, f);
-  }
+  kernels::with_rule(P.rule, [&](auto rule) {
+    using R = decltype(rule);
+    if (P.has_clip) with_eta<R, true>(P, f);
+    else with_eta<R, false>(P, f);
+  });
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// Per-element math of one plastic_scan step (SPEC §2), shared by the CPU and CUDA kernels.
+// One plastic_scan step around the rule (SPEC §2), shared by the CPU and CUDA kernels: the
+// call's parameters, the activation, clipping. The rules are csrc/kernels/rules/.
 //
 // Torch-free: plain scalars, host and device functions, and a parameter struct of raw
 // pointers, so the same lines compile with g++ and nvcc.
@@ -7,10 +8,7 @@
 //   a[o]    = z[o] + Σ_i (α[o,i] H[o,i] + W[o,i]) p[i] − θ[o]
 //   y[o]    = φ(a[o])
 //   m[o]    = external | s | s·f[o] + g[o],   s = tanh(Σ_o y[o] v[o] + c)
-//   C[o,i]  = hebb:        (1 − η) H + η y[o] p[i]
-//             oja:         H + η y[o] (p[i] − y[o] H)
-//             modulated:   H + m[o] y[o] p[i]
-//             retroactive: H + m[o] E[o,i];   E' = (1 − η) E + η y[o] p[i]
+//   C[o,i]  = Rule::candidate (and E' = Rule::eligibility_next)
 //   H'[o,i] = clamp(C, −c, c)                        (clipping, optional)
 //   H'[o,:] ← H'[o,:] κ / ‖H'[o,:]‖  if ‖H'[o,:]‖ > κ  (synaptic scaling, optional)
 //   θ'[o]   = θ[o] + ρ (y[o] − y*)                     (adaptive threshold, optional)
@@ -18,24 +16,20 @@
 // The backward of a step, given G = dL/dH' (after scaling) and dL/dE':
 //   scaling (row norm n > κ, s = κ/n):  dL/dH'_clipped = s G − κ (G·H'_clipped) H'_clipped / n³
 //   clipping:                           dL/dC = dL/dH'_clipped · [−c ≤ C ≤ c]
-//   then trace_step_backward below for the rule, and the activation via φ'(a) written in y.
+//   then Rule::backward, and the activation via φ'(a) written in y.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define TP_HD __host__ __device__ __forceinline__
-#else
-// Always inlined: the CPU kernel is compiled once per instruction set (csrc/cpu/), and an
-// out-of-line copy built for AVX-512 must never be what the generic build links to.
-#define TP_HD inline __attribute__((always_inline))
-#endif
+#include "kernels/math.h"
+#include "kernels/rules.h"
+#include "torchplastic/options.h"
 
 namespace torchplastic {
 namespace kernels {
 
-enum class Rule : int { Hebb = 0, Oja = 1, Modulated = 2, Retroactive = 3 };
+using ::torchplastic::Rule;
 enum class Activation : int { Tanh = 0, Relu = 1, Sigmoid = 2, Identity = 3 };
 // Where m_t comes from (rules modulated and retroactive only).
 enum class ModSource : int { None = 0, External = 1, Internal = 2, Fanout = 3 };
@@ -133,8 +127,9 @@ TP_HD T activate(Activation act, T a) {
     case Activation::Tanh: return precise_tanh(a);
     case Activation::Relu: return a > T(0) ? a : T(0);
     case Activation::Sigmoid: return T(1) / (T(1) + precise_exp(-a));
-    default: return a;
+    case Activation::Identity: return a;
   }
+  return a;
 }
 
 // φ'(a) written in terms of y = φ(a), so the backward needs no stored pre-activations.
@@ -145,24 +140,9 @@ TP_HD T activation_grad(Activation act, T y) {
     case Activation::Tanh: return T(1) - y * y;
     case Activation::Relu: return y > T(0) ? T(1) : T(0);
     case Activation::Sigmoid: return y * (T(1) - y);
-    default: return T(1);
+    case Activation::Identity: return T(1);
   }
-}
-
-// The trace before clipping and scaling, C[o,i] (see the header).
-template <typename T>
-TP_HD T trace_candidate(Rule rule, T H, T E, T y, T p, T m, T eta) {
-  switch (rule) {
-    case Rule::Hebb: return (T(1) - eta) * H + eta * y * p;
-    case Rule::Oja: return H + eta * y * (p - y * H);
-    case Rule::Modulated: return H + m * y * p;
-    default: return H + m * E;
-  }
-}
-
-template <typename T>
-TP_HD T eligibility_next(T E, T y, T p, T eta) {
-  return (T(1) - eta) * E + eta * y * p;
+  return T(1);
 }
 
 template <typename T>
@@ -174,38 +154,6 @@ TP_HD T clip_value(T v, T c) {
 template <typename T>
 TP_HD T clip_grad_mask(T v, T c) {
   return (v >= -c && v <= c) ? T(1) : T(0);
-}
-
-// Backward of the rule for one element. gC = dL/dC, gE_next = dL/dE' (retroactive).
-// Returns dL/dH through the rule (the α·p path of the next activation is added by the
-// caller), writes dL/dE into gE_prev and accumulates into gy, gp, gm and geta.
-template <typename T>
-TP_HD T trace_step_backward(Rule rule, T gC, T gE_next, T H, T E, T y, T p, T m, T eta,
-                            T& gE_prev, T& gy, T& gp, T& gm, T& geta) {
-  switch (rule) {
-    case Rule::Hebb:
-      geta += gC * (y * p - H);
-      gy += gC * eta * p;
-      gp += gC * eta * y;
-      return gC * (T(1) - eta);
-    case Rule::Oja:
-      geta += gC * y * (p - y * H);
-      gy += gC * eta * (p - T(2) * y * H);
-      gp += gC * eta * y;
-      return gC * (T(1) - eta * y * y);
-    case Rule::Modulated:
-      gm += gC * y * p;
-      gy += gC * m * p;
-      gp += gC * m * y;
-      return gC;
-    default:  // retroactive
-      gm += gC * E;
-      gE_prev = gC * m + (T(1) - eta) * gE_next;
-      geta += gE_next * (y * p - E);
-      gy += gE_next * eta * p;
-      gp += gE_next * eta * y;
-      return gC;
-  }
 }
 
 }  // namespace kernels

@@ -17,7 +17,7 @@ namespace detail {
 
 namespace {
 
-bool is_modulated(Rule rule) { return rule == Rule::Modulated || rule == Rule::Retroactive; }
+bool is_modulated(Rule rule) { return rule_info(rule).modulated; }
 
 std::vector<int64_t> shape_of(Granularity g, int64_t O, int64_t I) {
   switch (g) {
@@ -77,7 +77,9 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
   TORCH_CHECK_VALUE(in_features > 0 && out_features > 0, owner,
                     ": sizes: expected positive sizes, got ", in_features, " and ", out_features);
   const bool modulated = is_modulated(o.rule());
-  if (!o.clip()) clip = modulated ? c10::optional<double>(1.0) : c10::nullopt;  // "auto"
+  const RuleInfo rule = rule_info(o.rule());
+  if (!o.clip())  // "auto"
+    clip = rule.default_clip > 0 ? c10::optional<double>(rule.default_clip) : c10::nullopt;
   else if (std::isinf(*o.clip()) && *o.clip() > 0) clip = c10::nullopt;           // none
   else clip = o.clip();
   // The op's own checks, run here so that a bad option fails where the module is built.
@@ -86,8 +88,8 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
 
   const int64_t O = out_features, I = presynaptic;
   alpha = module.register_parameter("alpha", torch::empty(shape_of(o.alpha(), O, I)));
-  // Rule modulated does not use η: a parameter without gradient would break DDP.
-  eta = o.rule() != Rule::Modulated
+  // A rule without η gets no parameter: one without gradient would break DDP.
+  eta = rule_info(o.rule()).uses_eta
             ? module.register_parameter("eta", torch::empty(shape_of(o.eta(), O, I)))
             : at::Tensor();
   const bool head = modulated && o.modulation() != Modulation::External;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "torchplastic/options.h"
 
@@ -16,17 +17,26 @@ using kernels::Rule;
 
 namespace {
 
-// The public enums (options.h) list their values in the kernels' order.
-static_assert(static_cast<int>(torchplastic::Rule::Retroactive) == static_cast<int>(Rule::Retroactive) &&
-              static_cast<int>(torchplastic::Activation::Identity) == static_cast<int>(Activation::Identity),
-              "options.h and kernels/plastic_step.h must list rules and activations in one order");
+// The public enum (options.h) lists the activations in the kernels' order.
+static_assert(static_cast<int>(torchplastic::Activation::Identity) == static_cast<int>(Activation::Identity),
+              "options.h and kernels/plastic_step.h must list the activations in one order");
 
 Rule parse_rule(const std::string& s) {
-  return static_cast<Rule>(torchplastic::rule_from_string(s, "plastic_scan: rule"));
+  return torchplastic::rule_from_string(s, "plastic_scan: rule");
 }
 
 Activation parse_activation(const std::string& s) {
   return static_cast<Activation>(torchplastic::activation_from_string(s, "plastic_scan: activation"));
+}
+
+// The names of the rules with a trait, quoted: "'retroactive'".
+std::string rules_with(bool RuleInfo::*trait) {
+  std::string names;
+#define TORCHPLASTIC_RULE_WITH_(value, name) \
+  if (rule_info(torchplastic::Rule::value).*trait) names += (names.empty() ? "'" : ", '") + std::string(name) + "'";
+  TORCHPLASTIC_RULES(TORCHPLASTIC_RULE_WITH_)
+#undef TORCHPLASTIC_RULE_WITH_
+  return names;
 }
 
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected,
@@ -85,6 +95,7 @@ void check_devices(const ScanArgs& args) {
 ScanConfig check_scan_args(const ScanArgs& a) {
   ScanConfig c{};
   c.rule = parse_rule(a.rule);
+  c.traits = kernels::traits(c.rule);
   c.activation = parse_activation(a.activation);
 
   TORCH_CHECK_VALUE(a.z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got None");
@@ -152,7 +163,7 @@ ScanConfig check_scan_args(const ScanArgs& a) {
 
   TORCH_CHECK_VALUE(a.alpha.defined(), "plastic_scan: alpha: expected a tensor, got None");
   check_granularity(a.alpha, "alpha", O, I);
-  if (c.rule == Rule::Modulated) {
+  if (!c.traits.uses_eta) {
     if (a.eta) check_granularity(*a.eta, "eta", O, I);
   } else {
     TORCH_CHECK_VALUE(a.eta.has_value(), "plastic_scan: eta: expected a tensor for rule '",
@@ -160,15 +171,15 @@ ScanConfig check_scan_args(const ScanArgs& a) {
     check_granularity(*a.eta, "eta", O, I);
   }
   if (a.trace) check_shape(*a.trace, "trace", {B, O, I}, "[B, O, I]");
-  if (c.rule == Rule::Retroactive) {
+  if (c.traits.eligibility) {
     if (a.eligibility) check_shape(*a.eligibility, "eligibility", {B, O, I}, "[B, O, I]");
   } else {
     TORCH_CHECK_VALUE(!a.eligibility, "plastic_scan: eligibility: expected None for rule '",
-                      a.rule, "' (only 'retroactive' has an eligibility trace), got a tensor");
+                      a.rule, "' (only ", rules_with(&RuleInfo::eligibility), " have an eligibility trace), got a tensor");
   }
 
   // Neuromodulation: exactly one source for the modulated rules, none for the others.
-  const bool needs_mod = c.rule == Rule::Modulated || c.rule == Rule::Retroactive;
+  const bool needs_mod = c.traits.modulated;
   const bool external = a.modulation.has_value();
   const bool internal = a.mod_weight.has_value() || a.mod_bias.has_value();
   const bool fanout = a.mod_fanout_weight.has_value() || a.mod_fanout_bias.has_value();

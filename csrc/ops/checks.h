@@ -15,6 +15,7 @@ namespace detail {
 // What the checks established about a call.
 struct ScanConfig {
   kernels::Rule rule;
+  RuleInfo traits;  // of the rule
   kernels::Activation activation;
   kernels::ModSource mod_source;
   bool recurrent;

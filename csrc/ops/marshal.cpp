@@ -20,15 +20,15 @@ Prepared prepare(const ScanArgs& a, const ScanConfig& c) {
   p.z = to_compute(a.z, dt);
   if (!c.recurrent) p.x = to_compute(*a.x, dt);
   p.alpha = a.alpha.to(dt).expand({O, I}).contiguous();
-  // η keeps its granularity (the kernels read it through a row stride); rule modulated has
-  // none, and the kernels read zeros rather than a null pointer.
-  p.eta = (a.eta && c.rule != Rule::Modulated) ? to_compute(*a.eta, dt) : at::zeros({1, 1}, opts);
+  // η keeps its granularity (the kernels read it through a row stride); a rule without η
+  // gets zeros rather than a null pointer.
+  p.eta = (a.eta && c.traits.uses_eta) ? to_compute(*a.eta, dt) : at::zeros({1, 1}, opts);
   if (c.recurrent) {
     p.weight = to_compute(*a.weight, dt);
     p.hidden0 = a.hidden ? to_compute(*a.hidden, dt) : at::zeros({B, O}, opts);
   }
   p.trace0 = a.trace ? to_compute(*a.trace, dt) : at::zeros({B, O, I}, opts);
-  if (c.rule == Rule::Retroactive)
+  if (c.traits.eligibility)
     p.elig0 = a.eligibility ? to_compute(*a.eligibility, dt) : at::zeros({B, O, I}, opts);
   if (a.adaptive_threshold)
     p.theta0 = a.threshold ? to_compute(*a.threshold, dt) : at::zeros({B, O}, opts);

@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include "kernels/rules.h"
 #include "ops/checks.h"
 #include "ops/scan.h"
 
@@ -14,12 +15,19 @@ namespace torchplastic {
 
 std::string to_string(Rule rule) {
   switch (rule) {
-    case Rule::Hebb: return "hebb";
-    case Rule::Oja: return "oja";
-    case Rule::Modulated: return "modulated";
-    case Rule::Retroactive: return "retroactive";
+#define TORCHPLASTIC_RULE_NAME_(value, name) \
+  case Rule::value:                           \
+    return name;
+    TORCHPLASTIC_RULES(TORCHPLASTIC_RULE_NAME_)
+#undef TORCHPLASTIC_RULE_NAME_
   }
   TORCH_CHECK_VALUE(false, "rule: unknown enum value ", static_cast<int>(rule));
+}
+
+RuleInfo rule_info(Rule rule) {
+  TORCH_CHECK_VALUE(static_cast<int>(rule) >= 0 && static_cast<int>(rule) < kNumRules,
+                    "rule: unknown enum value ", static_cast<int>(rule));
+  return kernels::traits(rule);
 }
 
 std::string to_string(Activation activation) {
@@ -64,7 +72,11 @@ Enum from_string(const std::string& name, const char* argument,
 }  // namespace
 
 Rule rule_from_string(const std::string& name, const char* argument) {
-  return from_string(name, argument, {Rule::Hebb, Rule::Oja, Rule::Modulated, Rule::Retroactive});
+  return from_string(name, argument, {
+#define TORCHPLASTIC_RULE_VALUE_(value, name) Rule::value,
+                                          TORCHPLASTIC_RULES(TORCHPLASTIC_RULE_VALUE_)
+#undef TORCHPLASTIC_RULE_VALUE_
+                                      });
 }
 Activation activation_from_string(const std::string& name, const char* argument) {
   return from_string(name, argument, {Activation::Tanh, Activation::Relu, Activation::Sigmoid,

@@ -39,7 +39,7 @@ ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
   const Prepared p = prepare(a, c);
   const auto opts = a.z.options().dtype(c.compute_dtype);
   const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
-  const bool retro = c.rule == Rule::Retroactive;
+  const bool retro = c.traits.eligibility;
 
   at::Tensor y = at::empty({T, B, O}, opts);
   at::Tensor trace = at::empty({B, O, I}, opts);
@@ -76,8 +76,8 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   const auto dt = c.compute_dtype;
   const auto opts = a.z.options().dtype(dt);
   const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
-  const bool retro = c.rule == Rule::Retroactive;
-  const bool modulated = c.rule == Rule::Modulated || retro;
+  const bool retro = c.traits.eligibility;
+  const bool modulated = c.traits.modulated;
   const bool internal = c.mod_source == ModSource::Internal || c.mod_source == ModSource::Fanout;
   const int64_t S = (T + c.K - 1) / c.K;
 
@@ -126,7 +126,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     return backend.zeroes_grad_slabs ? t : t.zero_();
   };
   at::Tensor grad_alpha_slabs = slabs({B, O, I});
-  at::Tensor grad_eta_slabs = c.rule == Rule::Modulated
+  at::Tensor grad_eta_slabs = !c.traits.uses_eta
                                   ? at::Tensor()
                                   : slabs({B, O, eta_per_connection(p.eta, c) ? I : 1});
 
@@ -163,7 +163,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   grads.z = grad_z.to(a.z.scalar_type());
   grads.alpha = grad_alpha_slabs.sum(0).sum_to_size(a.alpha.sizes()).to(a.alpha.scalar_type());
   if (a.eta)
-    grads.eta = c.rule == Rule::Modulated
+    grads.eta = !c.traits.uses_eta
                     ? at::zeros(a.eta->sizes(), a.eta->options())
                     : grad_eta_slabs.sum(0).sum_to_size(a.eta->sizes()).to(a.eta->scalar_type());
   grads.trace = like(a.trace, grad_trace0);

@@ -117,6 +117,25 @@ PYBIND11_MODULE(_C, m) {
       "cpu_kernels, the instruction set of the CPU kernels this process runs.");
 
   m.def(
+      "rules",
+      [] {
+        py::dict rules;
+#define TORCHPLASTIC_RULE_INFO_(value, name)                                                  \
+  {                                                                                           \
+    const auto info = torchplastic::rule_info(torchplastic::Rule::value);                     \
+    rules[name] = py::dict(py::arg("uses_eta") = info.uses_eta,                               \
+                           py::arg("modulated") = info.modulated,                             \
+                           py::arg("eligibility") = info.eligibility,                         \
+                           py::arg("coefficients") = info.coefficients,                       \
+                           py::arg("default_clip") =                                          \
+                               info.default_clip > 0 ? py::cast(info.default_clip) : py::none()); \
+  }
+        TORCHPLASTIC_RULES(TORCHPLASTIC_RULE_INFO_)
+#undef TORCHPLASTIC_RULE_INFO_
+        return rules;
+      },
+      "The rules the C++ library knows (TORCHPLASTIC_RULES), with their traits.");
+  m.def(
       "checkpoint_interval",
       [](int64_t T, c10::optional<int64_t> requested) {
         return torchplastic::detail::checkpoint_interval(T, requested);

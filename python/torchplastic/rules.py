@@ -17,14 +17,19 @@ class RuleInfo(NamedTuple):
     uses_eta: bool               # the trace rate η (a parameter ``eta``)
     modulated: bool              # neuromodulation m_t (internal head or external tensor)
     eligibility: bool            # an eligibility trace E carried in the state
+    coefficients: bool           # learned coefficients ``abcd`` [4, O|1, I|1]
     default_clip: Optional[float]  # the bound ``clip="auto"`` stands for
 
 
 RULES = {r.name: r for r in (
-    RuleInfo("hebb", uses_eta=True, modulated=False, eligibility=False, default_clip=None),
-    RuleInfo("oja", uses_eta=True, modulated=False, eligibility=False, default_clip=None),
-    RuleInfo("modulated", uses_eta=False, modulated=True, eligibility=False, default_clip=1.0),
-    RuleInfo("retroactive", uses_eta=True, modulated=True, eligibility=True, default_clip=1.0),
+    RuleInfo("hebb", uses_eta=True, modulated=False, eligibility=False, coefficients=False,
+             default_clip=None),
+    RuleInfo("oja", uses_eta=True, modulated=False, eligibility=False, coefficients=False,
+             default_clip=None),
+    RuleInfo("modulated", uses_eta=False, modulated=True, eligibility=False, coefficients=False,
+             default_clip=1.0),
+    RuleInfo("retroactive", uses_eta=True, modulated=True, eligibility=True, coefficients=False,
+             default_clip=1.0),
 )}
 
 

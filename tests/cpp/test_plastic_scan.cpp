@@ -86,9 +86,12 @@ TEST_P(PlasticScanTest, MatchesAtenLoopInValuesAndGradients) {
   auto [y_ref, state_ref] = test_reference::reference_scan(in.z, in.alpha, in.eta, in.trace, in.options);
   EXPECT_TRUE(torch::allclose(y, y_ref, 1e-10, 1e-12));
   EXPECT_TRUE(torch::allclose(state.trace, state_ref.trace, 1e-10, 1e-12));
-  if (state_ref.hidden.defined()) EXPECT_TRUE(torch::allclose(state.hidden, state_ref.hidden, 1e-10, 1e-12));
-  if (state_ref.eligibility.defined())
+  if (state_ref.hidden.defined()) {
+    EXPECT_TRUE(torch::allclose(state.hidden, state_ref.hidden, 1e-10, 1e-12));
+  }
+  if (state_ref.eligibility.defined()) {
     EXPECT_TRUE(torch::allclose(state.eligibility, state_ref.eligibility, 1e-10, 1e-12));
+  }
 
   auto grads = grads_of(loss_of(y, state), in.leaves);
   auto grads_ref = grads_of(loss_of(y_ref, state_ref), in.leaves);

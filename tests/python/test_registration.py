@@ -65,3 +65,12 @@ def test_checkpoint_interval_is_one_function():
     assert [tp._C.checkpoint_interval(T) for T in (0, 1, 4, 5, 64, 65)] == [1, 1, 2, 3, 8, 9]
     assert tp._C.checkpoint_interval(10, 50) == 10
     assert tp._C.checkpoint_interval(10, 3) == 3
+
+
+def test_python_rule_table_matches_the_cpp_one():
+    cpp = tp._C.rules()
+    assert list(cpp) == list(tp.rules.RULES)
+    for name, info in tp.rules.RULES.items():
+        assert cpp[name] == dict(uses_eta=info.uses_eta, modulated=info.modulated,
+                                 eligibility=info.eligibility, coefficients=info.coefficients,
+                                 default_clip=info.default_clip), name

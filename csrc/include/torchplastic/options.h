@@ -5,14 +5,39 @@
 
 namespace torchplastic {
 
-// Trace update rule (SPEC §2 step 5).
-enum class Rule { Hebb, Oja, Modulated, Retroactive };
+// The plasticity rules (SPEC §2 step 5), X(enum value, name): the one list of them in C++.
+// Each rule's math and traits are its header in csrc/kernels/rules/ (docs/adding-a-rule.md).
+#define TORCHPLASTIC_RULES(X)   \
+  X(Hebb, "hebb")               \
+  X(Oja, "oja")                 \
+  X(Modulated, "modulated")     \
+  X(Retroactive, "retroactive")
+
+// Trace update rule.
+enum class Rule {
+#define TORCHPLASTIC_RULE_ENUM_(value, name) value,
+  TORCHPLASTIC_RULES(TORCHPLASTIC_RULE_ENUM_)
+#undef TORCHPLASTIC_RULE_ENUM_
+};
+#define TORCHPLASTIC_RULE_COUNT_(value, name) +1
+constexpr int kNumRules = 0 TORCHPLASTIC_RULES(TORCHPLASTIC_RULE_COUNT_);
+#undef TORCHPLASTIC_RULE_COUNT_
 // Activation φ.
 enum class Activation { Tanh, Relu, Sigmoid, Identity };
 // Where the neuromodulation m_t of the modulated rules comes from.
 enum class Modulation { Internal, Fanout, External };
 // Granularity of α and η: per connection [O, I], per postsynaptic neuron [O, 1], scalar [1, 1].
 enum class Granularity { Connection, Neuron, Scalar };
+
+// What a rule uses, for code that builds its arguments (the modules).
+struct RuleInfo {
+  bool uses_eta;        // the trace rate η
+  bool modulated;       // neuromodulation m_t (internal head or external tensor)
+  bool eligibility;     // an eligibility trace E in the state
+  bool coefficients;    // the coefficient tensor `abcd`
+  double default_clip;  // the bound clip "auto" stands for; 0: none
+};
+RuleInfo rule_info(Rule rule);
 
 // The names the op's schema and the Python API use.
 std::string to_string(Rule rule);

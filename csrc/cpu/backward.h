@@ -1,0 +1,422 @@
+// The CPU backward of plastic_scan (equations: csrc/kernels/plastic_step.h and the rules).
+//
+// The backward walks segments of K steps in reverse. From the segment's checkpoint it computes
+// anchors, the traces before every 4th step (every step under synaptic scaling), row by row
+// from the stored outputs y_t (no matrix-vector product is repeated); then it sweeps the
+// segment backward in one pass over the rows per step, each pass finishing one step and
+// tracing the step before (backward_row), with each element of H_{t-1} stepped forward from
+// its anchor in registers inside that pass: keeping every step's trace instead would push the
+// working set out of L2. Gradients of the loop-invariant weights (W, z's producers) are left
+// to GEMMs over the stored per-step vectors after the loop.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "cpu/rule_loops.h"
+#include "cpu/simd.h"
+#include "cpu/workspace.h"
+
+namespace torchplastic {
+namespace cpu {
+namespace TORCHPLASTIC_CPU_ISA {
+
+// One step t of sequence b, as the backward's row passes see it. H_{t-1} (E_{t-1}) is not
+// stored for every step: `anchor` holds the trace `replay` steps earlier, before step
+// t − replay, and the pass steps it forward through steps t − replay .. t − 1 (in registers
+// in the fused passes, through a scratch row in the others: replay_row), reading only those
+// steps' stored outputs and inputs.
+template <typename T>
+struct StepView {
+  int64_t t = 0, b = 0;
+  const T* y = nullptr;         // [O]     y_t
+  const T* p = nullptr;         // [I]     presynaptic activity of step t
+  const T* H_anchor = nullptr;  // [O, I]  H_{t-1-replay}
+  const T* E_anchor = nullptr;  // [O, I]  E_{t-1-replay} (retroactive)
+  int replay = 0;
+  const T* replay_m = nullptr;  // [replay, O] m of the replayed steps (modulated rules)
+};
+
+// The backward of one step splits in two halves:
+//   trace(t):  dL/dH_t → dL/dH_{t-1} through the rule (dL/dE too), with the rule's shares of
+//              dL/dy_t[o] (whose row sum completes dL/da_t), dL/dp_t, dL/dm_t and dL/dη;
+//   finish(t): once dL/da_t is known, its part through α, H_{t-1} and W: into dL/dH_{t-1},
+//              dL/dα and dL/dp_t.
+// finish(t+1) and trace(t) touch the same elements of dL/dH (the first completes dL/dH_t, the
+// second consumes it), so one pass over row o does both: dL/dH is loaded and stored once per
+// step instead of twice, and finish(t+1) takes H_t from the candidate trace(t) computes anyway
+// instead of reading it. finish reads S.ga, S.gp_done; trace adds to S.gy, S.gp, writes S.gm.
+// Synaptic scaling needs all of dL/dH_t before trace(t), so with it the caller runs the two
+// halves as separate passes (and every step's trace is stored: fin and tr replay nothing).
+// finish alone reads H_t from fin's anchor, which is then H_t itself (replay 0).
+//
+// Rows rows from o per call (2 in the fused passes, else 1): element i of both rows in one loop
+// iteration, so p_t, p_{t+1} and the replayed steps' p are loaded, and dL/dp_t and dL/dp_{t+1}
+// loaded and stored, once for the two (one sequence's backward: 8% faster than one row per
+// call; four rows per call ran out of registers and was slower). The rows' order in the sums
+// over rows (dL/dp) is the same as one at a time.
+// Ht, Et: row o of H_{t-1}, E_{t-1}. With Replay > 0 (fused passes only), row o of tr's anchor,
+// Replay steps before them: each element is stepped forward through those steps in registers
+// first.
+template <typename V, bool Finish, bool Trace, int Replay, int Rows, typename T>
+void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
+                  const StepView<T>& tr, const T* Ht, const T* Et, T* grad_alpha, T* grad_eta,
+                  int64_t o) {
+  static_assert(Replay == 0 || (Finish && Trace), "backward_row: replays in fused passes only");
+  static_assert(Rows == 1 || (Finish && Trace), "backward_row: row pairs in fused passes only");
+  using R = typename V::Rule;
+  constexpr bool retro = R::eligibility;
+  constexpr int L = kLanes<T>;
+  const int64_t I = P.I, row0 = o * I;
+  // Row r of the call is at offset r·I in every [O, I] array below.
+  T* gH = S.gH + row0;
+  T* gE = retro ? S.gE + row0 : nullptr;
+
+  // finish(t+1): H_t (the candidate of trace(t) when fused), p_{t+1}, dL/da_{t+1}.
+  const T* alpha = P.alpha + row0;
+  const T* Hf = Finish && !Trace ? fin.H_anchor + row0 : nullptr;
+  const T* W = P.recurrent ? P.weight + row0 : nullptr;
+  T* gar = grad_alpha + row0;
+  const T* pf = fin.p;
+  T ga[Rows];
+  for (int r = 0; r < Rows; ++r) ga[r] = Finish ? S.ga[o + r] : T(0);
+
+  // trace(t): H_{t-1} (E_{t-1}), y_t, m_t, η, p_t, and synaptic scaling's factors, which need
+  // ‖H'‖ and G·H' of the whole row before any element's gradient.
+  const T* pt = tr.p;
+  // η per connection implies a rule with η, whose grad_eta slab always exists.
+  T* geta_conn = V::eta_per_connection ? grad_eta + row0 : nullptr;
+  const T* eta = P.eta_row(o);
+  const int64_t eta_stride = P.eta_row_stride;
+  T eta_o[Rows], yo[Rows], mo[Rows];
+  for (int r = 0; r < Rows; ++r) {
+    eta_o[r] = P.eta_row(o + r)[0];
+    yo[r] = Trace ? tr.y[o + r] : T(0);
+    mo[r] = Trace && R::modulated ? S.m[o + r] : T(0);
+  }
+  T scale = 1, scale_grad = 0;
+  if (Rows == 1 && Trace && P.has_scaling) {
+    T sumsq[L] = {}, dot[L] = {};
+    for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
+      T E = retro ? Et[i] : T(0);
+      const T C = next_trace<V>(P, Ht[i], E, yo[0], pt[i], mo[0], eta_at<V>(eta, eta_o[0], i));
+      sumsq[l] += C * C;
+      dot[l] += gH[i] * C;
+    });
+    const T norm = std::sqrt(sum_lanes<T>(sumsq));
+    if (norm > P.scaling) {
+      scale = P.scaling / norm;
+      scale_grad = P.scaling * sum_lanes<T>(dot) / (norm * norm * norm);
+    }
+  }
+
+  // The replayed steps t − Replay .. t − 1: y and m of the rows, and p.
+  constexpr int kReplay = Replay > 0 ? Replay : 1;
+  T replay_y[kReplay][Rows], replay_m[kReplay][Rows];
+  const T* replay_p[kReplay];
+  for (int d = 0; d < Replay; ++d) {
+    const int64_t t = tr.t - Replay + d;
+    for (int r = 0; r < Rows; ++r) {
+      replay_y[d][r] = P.y[(t * P.B + tr.b) * P.O + o + r];
+      replay_m[d][r] = R::modulated ? tr.replay_m[d * P.O + o + r] : T(0);
+    }
+    replay_p[d] = P.presynaptic(t, tr.b);
+  }
+
+  // η one per row: the row's sums through dot products (Rule::RowBackward).
+  constexpr bool row_eta = !V::eta_per_connection;
+  using RowBackward = typename R::template RowBackward<T>;
+  RowBackward k[Rows];
+  for (int r = 0; r < Rows; ++r) k[r] = RowBackward(yo[r], mo[r], eta_o[r]);
+  T gy[Rows][L] = {}, gm[Rows][L] = {};                     // per connection: the sums
+  T up[Rows][L] = {}, ux[Rows][L] = {}, gce[Rows][L] = {};  // per row: the dot products
+  T* gp_done = S.gp_done;
+  T* gp = S.gp;
+  // Element i of each row. `scaled` and `recurrent` are types (true or false), so that each
+  // variant's loop carries only its own terms.
+  auto sweep = [&](auto scaled, auto recurrent) {
+    for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
+      T gp_done_i = Finish ? gp_done[i] : T(0);
+      T gp_i = Trace ? gp[i] : T(0);
+#pragma GCC unroll 2
+      for (int r = 0; r < Rows; ++r) {
+        const int64_t ri = r * I + i;
+        T g = gH[ri];
+        const T eta_i = Trace ? eta_at<V>(eta + r * eta_stride, eta_o[r], i) : T(0);
+        T H = Trace ? Ht[ri] : T(0), E = Trace && retro ? Et[ri] : T(0);
+#pragma GCC unroll 4
+        for (int d = 0; d < Replay; ++d)
+          H = next_trace<V>(P, H, E, replay_y[d][r], replay_p[d][i], replay_m[d][r], eta_i);
+        T C = 0;
+        if (Trace && (Finish || decltype(scaled)::value || V::clip))
+          C = R::candidate(synapse<V>(H, E, yo[r], pt[i], mo[r], eta_i));
+        if (Finish) {
+          const T a = alpha[ri], gap = ga[r] * pf[i];
+          const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[ri];
+          g += gap * a;
+          gar[ri] += gap * h;
+          gp_done_i += ga[r] * (decltype(recurrent)::value ? a * h + W[ri] : a * h);
+        }
+        if (Trace) {
+          T gC = g;
+          if (decltype(scaled)::value) {
+            const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
+            gC = scale * gC - scale_grad * Hc;
+          }
+          if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+          T gE_prev = 0;
+          if (row_eta) {
+            g = k[r].element(gC, retro ? gE[ri] : T(0), H, E, pt[i], gE_prev, gp_i, up[r][l],
+                             ux[r][l], gce[r][l]);
+          } else {
+            kernels::SynapseGrad<T> sg;
+            g = R::backward(gC, retro ? gE[ri] : T(0), synapse<V>(H, E, yo[r], pt[i], mo[r], eta_i),
+                            sg, gE_prev);
+            gy[r][l] += sg.y;
+            gp_i += sg.p;
+            gm[r][l] += sg.m;
+            geta_conn[ri] += sg.eta;
+          }
+          if (retro) gE[ri] = gE_prev;
+        }
+        gH[ri] = g;
+      }
+      if (Finish) gp_done[i] = gp_done_i;
+      if (Trace) gp[i] = gp_i;
+    });
+  };
+  // Only the copies of the loop a call can need (each costs compile time three times over):
+  // `recurrent` matters to finish (W), `scaled` to trace alone (backward_pass never fuses the
+  // halves under synaptic scaling).
+  if constexpr (Finish) {
+    if (P.recurrent) sweep(std::false_type{}, std::true_type{});
+    else sweep(std::false_type{}, std::false_type{});
+  } else {
+    if (P.has_scaling) sweep(std::true_type{}, std::false_type{});
+    else sweep(std::false_type{}, std::false_type{});
+  }
+
+  if (Trace)
+    for (int r = 0; r < Rows; ++r) {
+      if (row_eta) {
+        const auto sums = RowBackward::finish(sum_lanes<T>(up[r]), sum_lanes<T>(ux[r]),
+                                              sum_lanes<T>(gce[r]), yo[r], mo[r], eta_o[r]);
+        S.gy[o + r] += sums.y;
+        S.gm[o + r] = sums.m;
+        if (grad_eta) grad_eta[o + r] += sums.eta;
+      } else {
+        S.gy[o + r] += sum_lanes<T>(gy[r]);
+        S.gm[o + r] = sum_lanes<T>(gm[r]);
+      }
+    }
+}
+
+// Row o of H_{t-1} (E_{t-1}) for view v: its anchor's row stepped forward v.replay steps into
+// the scratch rows S.row_H (S.row_E), or the anchor's row itself when there is none to replay.
+// For the passes that trace without finishing (step T − 1); fused passes replay in their loop.
+template <typename V, typename T>
+TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S,
+                                        const StepView<T>& v, int64_t o, const T*& H,
+                                        const T*& E) {
+  constexpr bool retro = V::Rule::eligibility;
+  const int64_t r = o * P.I;
+  H = v.H_anchor + r;
+  E = retro ? v.E_anchor + r : nullptr;
+  if (v.replay == 0) return;
+  advance_row<V>(P, v.replay, v.b, v.t - v.replay, v.replay_m, o, H, S.row_H, E, S.row_E);
+  H = S.row_H;
+  E = retro ? S.row_E : nullptr;
+}
+
+// The fused pass (finish(t+1) and trace(t)) over Rows rows from o, with tr.replay steps
+// replayed in the loop; the anchor's rows go in as they are.
+template <typename V, int Rows, typename T>
+TP_ALWAYS_INLINE inline void fused_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S,
+                                        const StepView<T>& fin, const StepView<T>& tr,
+                                        T* grad_alpha, T* grad_eta, int64_t o) {
+  static_assert(BackwardWorkspace<T>::kAnchorEvery <= 4, "fused_rows: replays of up to 3");
+  const T* H = tr.H_anchor + o * P.I;
+  const T* E = V::Rule::eligibility ? tr.E_anchor + o * P.I : nullptr;
+  auto row = [&](auto replay) TP_ALWAYS_INLINE {
+    backward_row<V, true, true, decltype(replay)::value, Rows>(P, S, fin, tr, H, E, grad_alpha,
+                                                              grad_eta, o);
+  };
+  switch (tr.replay) {
+    case 0: return row(std::integral_constant<int, 0>{});
+    case 1: return row(std::integral_constant<int, 1>{});
+    case 2: return row(std::integral_constant<int, 2>{});
+    default: return row(std::integral_constant<int, 3>{});
+  }
+}
+
+// One pass over all rows: finish(t+1) and trace(t) as `finish` and `trace` say; with synaptic
+// scaling, both as two passes per row.
+template <typename V, typename T>
+void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool finish,
+                   bool trace, const StepView<T>& fin, const StepView<T>& tr, T* grad_alpha,
+                   T* grad_eta) {
+  if (finish && trace && !P.has_scaling) {
+    // Rows in pairs (the last alone when O is odd), replays inside the loop.
+    int64_t o = 0;
+    for (; o + 2 <= P.O; o += 2) fused_rows<V, 2>(P, S, fin, tr, grad_alpha, grad_eta, o);
+    if (o < P.O) fused_rows<V, 1>(P, S, fin, tr, grad_alpha, grad_eta, o);
+    return;
+  }
+  for (int64_t o = 0; o < P.O; ++o) {
+    const T *H = nullptr, *E = nullptr;
+    if (trace) replay_row<V>(P, S, tr, o, H, E);
+    if (finish) backward_row<V, true, false, 0, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (trace) backward_row<V, false, true, 0, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+  }
+}
+
+// The anchors of a segment: the traces before its steps R, 2R, ... (R = S.anchor_every), from
+// its checkpoint, the trace before its step 0, row by row. Under synaptic scaling R is 1 and
+// update_row takes each step (with the row's norm); otherwise advance_row goes from one anchor
+// to the next in one pass.
+template <typename V, typename T>
+void compute_anchors(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int64_t b,
+                     int64_t t0, int64_t steps, const T* ckpt_H, const T* ckpt_E) {
+  constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
+  const int64_t O = P.O, I = P.I, every = S.anchor_every;
+  for (int64_t o = 0; o < O; ++o) {
+    const int64_t r = o * I;
+    const T* H = ckpt_H + r;
+    const T* E = retro ? ckpt_E + r : nullptr;
+    for (int64_t j = 0; j < steps; j += every) {
+      const int64_t q = j / every + 1;  // the anchor before step j + every
+      T* H_dst = S.seg_H + (q - 1) * S.seg_stride + r;
+      T* E_dst = retro ? S.seg_E + (q - 1) * S.seg_stride + r : nullptr;
+      const int64_t t = t0 + j;
+      if (P.has_scaling) {
+        const T m = modulated ? S.m_seg[j * O + o] : T(0);
+        update_row<V>(P, o, P.y[(t * P.B + b) * O + o], m, P.presynaptic(t, b), H, H_dst, E,
+                      E_dst);
+      } else {
+        advance_row<V>(P, static_cast<int>(every), b, t, S.m_seg + j * O, o, H, H_dst, E, E_dst);
+      }
+      H = H_dst;
+      E = E_dst;
+    }
+  }
+}
+
+template <typename V, typename T>
+void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
+                       const BackwardWorkspace<T>& S) {
+  constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
+  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
+  const bool row_local = !P.internal_modulation();
+  constexpr bool eta_per_connection = V::eta_per_connection;
+  // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed here,
+  // just before the passes add to them (a separate pass over all the slabs first had cost a
+  // trip through memory).
+  T* grad_alpha = G.grad_alpha + b * OI;
+  T* grad_eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
+  std::memset(grad_alpha, 0, sizeof(T) * OI);
+  if (grad_eta) std::memset(grad_eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
+
+  // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
+  // S.gh = dL/dy_t from the later steps, for the last step t not yet traced.
+  std::memcpy(S.gH, G.grad_trace + b * OI, sizeof(T) * OI);
+  if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
+  if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
+  if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
+
+  // dL/dp of the finished step t: dL/dh_{t-1} (recurrent) or dL/dx_t (feedforward).
+  auto deliver_grad_p = [&](int64_t t) {
+    if (P.recurrent) std::memcpy(S.gh, S.gp_done, sizeof(T) * O);
+    else std::memcpy(G.grad_x + (t * B + b) * I, S.gp_done, sizeof(T) * I);
+  };
+
+  StepView<T> pending;  // the traced step whose finish is still due
+  const int64_t num_segments = P.num_checkpoints();
+  for (int64_t seg = num_segments - 1; seg >= 0; --seg) {
+    const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
+
+    // m_t of the segment's steps (the replays need them), then its anchors.
+    const T* ckpt_H = P.trace_ckpt + (seg * B + b) * OI;
+    const T* ckpt_E = retro ? P.elig_ckpt + (seg * B + b) * OI : nullptr;
+    if (modulated)
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t t = t0 + j;
+        modulation_of_step(P, t, b, P.y + (t * B + b) * O, S.m_seg + j * O);
+      }
+    const int64_t every = S.anchor_every;
+    compute_anchors<V>(P, S, b, t0, (len - 1) / every * every, ckpt_H, ckpt_E);
+
+    // Sweep the segment backward: the pass of step t traces t and finishes t + 1 (step T − 1
+    // has nothing to finish; step 0 is finished alone at the end). Every step is handled the
+    // same way whatever K, so results do not depend on K, bit for bit.
+    for (int64_t j = len - 1; j >= 0; --j) {
+      const int64_t t = t0 + j;
+      const bool finish = t + 1 < T_;
+      StepView<T> step;
+      step.t = t;
+      step.b = b;
+      step.y = P.y + (t * B + b) * O;
+      step.p = P.presynaptic(t, b);
+      const int64_t q = j / every;  // anchor
+      step.H_anchor = q == 0 ? ckpt_H : S.seg_H + (q - 1) * S.seg_stride;
+      step.E_anchor = !retro ? nullptr : q == 0 ? ckpt_E : S.seg_E + (q - 1) * S.seg_stride;
+      step.replay = static_cast<int>(j - q * every);
+      step.replay_m = S.m_seg + q * every * O;
+      T s = 0;
+      if (modulated) s = modulation_of_step(P, t, b, step.y, S.m);
+
+      // dL/dy_t so far; the share through p_{t+1} (recurrent) is added once finish(t + 1) has
+      // completed it.
+      const T* grad_y = G.grad_y + (t * B + b) * O;
+      for (int64_t o = 0; o < O; ++o) {
+        T g = grad_y[o];
+        if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
+        S.gy[o] = g;
+      }
+      if (finish) std::memcpy(S.gp_done, S.gp, sizeof(T) * I);  // trace(t + 1)'s share
+      for (int64_t i = 0; i < I; ++i) S.gp[i] = 0;
+
+      backward_pass<V>(P, S, finish, true, pending, step, grad_alpha, grad_eta);
+
+      if (finish) deliver_grad_p(t + 1);
+      if (P.recurrent)
+        for (int64_t o = 0; o < O; ++o) S.gy[o] += S.gh[o];
+      if (modulated) std::memcpy(G.grad_mod + (t * B + b) * O, S.gm, sizeof(T) * O);
+      if (!row_local) {
+        // m = s (· f + g) with s = tanh(y·v + c): dL/ds, then back into every y[o].
+        T gs = 0;
+        for (int64_t o = 0; o < O; ++o)
+          gs += P.mod_source == ModSource::Fanout ? S.gm[o] * P.fanout_weight[o] : S.gm[o];
+        const T gpre = gs * (T(1) - s * s);
+        G.grad_mod_pre[t * B + b] = gpre;
+        G.mod_signal[t * B + b] = s;
+        for (int64_t o = 0; o < O; ++o) S.gy[o] += gpre * P.mod_weight[o];
+      }
+      // dL/da_t, now complete: its per-row part here, the rest in finish(t).
+      T* grad_z = G.grad_z + (t * B + b) * O;
+      for (int64_t o = 0; o < O; ++o) {
+        const T ga = S.gy[o] * kernels::activation_grad(P.activation, step.y[o]);
+        S.ga[o] = ga;
+        grad_z[o] = ga;
+        if (P.has_threshold) S.gtheta[o] -= ga;
+      }
+      pending = step;
+    }
+    // finish(t0) runs in the next segment's first pass, after the anchors are overwritten: it
+    // takes H_{t0} from trace(t0 − 1) (or, alone, from the checkpoint pending points to).
+  }
+  if (T_ > 0) {
+    std::memcpy(S.gp_done, S.gp, sizeof(T) * I);
+    backward_pass<V>(P, S, true, false, pending, pending, grad_alpha, grad_eta);
+    deliver_grad_p(0);
+  }
+
+  std::memcpy(G.grad_trace0 + b * OI, S.gH, sizeof(T) * OI);
+  if (retro) std::memcpy(G.grad_elig0 + b * OI, S.gE, sizeof(T) * OI);
+  if (P.has_threshold) std::memcpy(G.grad_theta0 + b * O, S.gtheta, sizeof(T) * O);
+  if (P.recurrent) std::memcpy(G.grad_hidden0 + b * O, S.gh, sizeof(T) * O);
+}
+
+}  // namespace TORCHPLASTIC_CPU_ISA
+}  // namespace cpu
+}  // namespace torchplastic

@@ -1,0 +1,155 @@
+// The CPU forward of plastic_scan (equations: csrc/kernels/plastic_step.h).
+//
+// Every sequence is independent, so the caller runs sequences in parallel and each one keeps
+// its trace, α and W in cache for all T steps. The forward takes sequences four at a time in
+// lockstep (forward_group): per step, rows go in blocks of 8, and each block is done for
+// every sequence of the group in turn, so the block's rows of α and W stay in L1 for the
+// group. For one sequence, one pass computes the block's matrix-vector products (four rows at
+// a time, so the adds form independent chains), one vector loop their outputs, then a pass
+// per row (now in L1) their trace updates; only internal modulation, whose m_t depends on all
+// of y_t, defers the updates until every row's y is known.
+#pragma once
+
+#include <type_traits>
+
+#include "cpu/plastic_scan_isa.h"
+#include "cpu/rule_loops.h"
+#include "cpu/simd.h"
+#include "cpu/vector_math.h"
+
+namespace torchplastic {
+namespace cpu {
+namespace TORCHPLASTIC_CPU_ISA {
+
+// a_t[o] = z_t[o] + Σ_i (α H + W)[o, i] p[i] − θ[o] for Rows consecutive rows from o into a.
+// Several rows per pass give the vector unit independent chains of adds to overlap, and read p
+// once for all of them: one row alone is a chain of dependent adds and a horizontal sum, whose
+// latency, not bandwidth, bounded the forward.
+template <int Rows, typename T>
+void preactivation_rows(const ScanParams<T>& P, int64_t o, const T* z, const T* H, const T* p,
+                        const T* theta, T* a) {
+  static_assert(Rows == 1 || Rows == 4, "preactivation_rows: 1 or 4 rows");
+  constexpr int L = kLanes<T>;
+  const int64_t I = P.I;
+  const T* al = P.alpha + o * I;
+  const T* h = H + o * I;
+  const T* W = P.recurrent ? P.weight + o * I : nullptr;
+  T a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
+  // Row r's share of element i; `recurrent` is a type (true or false).
+  auto term = [&](auto recurrent, int64_t k, T pi) TP_ALWAYS_INLINE {
+    return decltype(recurrent)::value ? (al[k] * h[k] + W[k]) * pi : al[k] * h[k] * pi;
+  };
+  auto sweep = [&](auto recurrent) TP_ALWAYS_INLINE {
+    for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
+      const T pi = p[i];
+      a0[l] += term(recurrent, i, pi);
+      if (Rows == 4) {
+        a1[l] += term(recurrent, I + i, pi);
+        a2[l] += term(recurrent, 2 * I + i, pi);
+        a3[l] += term(recurrent, 3 * I + i, pi);
+      }
+    });
+  };
+  if (W) sweep(std::true_type{});
+  else sweep(std::false_type{});
+  const T acc[4] = {sum_lanes<T>(a0), Rows == 4 ? sum_lanes<T>(a1) : T(0),
+                    Rows == 4 ? sum_lanes<T>(a2) : T(0), Rows == 4 ? sum_lanes<T>(a3) : T(0)};
+  for (int r = 0; r < Rows; ++r) a[r] = z[o + r] + acc[r] - (theta ? theta[o + r] : T(0));
+}
+
+// y[r] = φ(a[r]) for n values: float tanh in one vector loop (the benchmark's activation),
+// the rest through the shared scalar math.
+template <typename T>
+void activate_block(Activation act, const T* a, T* y, int n) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (act == Activation::Tanh) {
+#pragma omp simd
+      for (int r = 0; r < n; ++r) y[r] = tanh_vectorizable(a[r]);
+      return;
+    }
+  }
+  for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
+}
+
+// The forward of sequences b0 .. b0 + n − 1 (n ≤ kForwardGroup), in lockstep: each block of
+// rows is done for every sequence of the group in turn, so the block's rows of α and W, read
+// from L2 by the first sequence, are in L1 for the others (per sequence and step, the L2
+// traffic falls from α, W, H read and H written to H read and written plus a share of α and
+// W). Each sequence's arithmetic is the same as alone, so results do not depend on grouping.
+template <typename V, typename T>
+void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
+  constexpr bool elig = V::Rule::eligibility, modulated = V::Rule::modulated;
+  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
+  const bool row_local = !P.internal_modulation();
+  T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
+  for (int s = 0; s < n; ++s) {
+    const int64_t b = b0 + s;
+    H[s] = P.trace + b * OI;
+    std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
+    E[s] = nullptr;
+    if (elig) {
+      E[s] = P.elig + b * OI;
+      std::memcpy(E[s], P.elig0 + b * OI, sizeof(T) * OI);
+    }
+    theta[s] = nullptr;
+    if (P.has_threshold) {
+      theta[s] = P.theta + b * O;
+      std::memcpy(theta[s], P.theta0 + b * O, sizeof(T) * O);
+    }
+  }
+
+  for (int64_t t = 0; t < T_; ++t) {
+    const T *p[kForwardGroup], *z[kForwardGroup], *m_ext[kForwardGroup];
+    T* y[kForwardGroup];
+    for (int s = 0; s < n; ++s) {
+      const int64_t b = b0 + s;
+      if (P.trace_ckpt && t % K == 0) {
+        const int64_t slot = (t / K) * B + b;
+        copy_to_checkpoint(P.trace_ckpt + slot * OI, H[s], OI);
+        if (E[s]) copy_to_checkpoint(P.elig_ckpt + slot * OI, E[s], OI);
+      }
+      p[s] = P.presynaptic(t, b);
+      z[s] = P.z + (t * B + b) * O;
+      y[s] = P.y + (t * B + b) * O;
+      m_ext[s] = P.mod_source == ModSource::External ? P.modulation + (t * B + b) * O : nullptr;
+    }
+    // Blocks of up to 8 rows, per sequence: their pre-activations four rows at a time (the
+    // rest one by one), their outputs in one vector loop, then, unless m_t needs every y_t
+    // first, their trace updates while the rows are still in L1.
+    constexpr int64_t kBlock = 8;
+    for (int64_t o0 = 0; o0 < O; o0 += kBlock) {
+      const int64_t o1 = o0 + kBlock < O ? o0 + kBlock : O;
+      for (int s = 0; s < n; ++s) {
+        T a[kBlock];
+        int64_t o = o0;
+        for (; o + 4 <= o1; o += 4)
+          preactivation_rows<4>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
+        for (; o < o1; ++o) preactivation_rows<1>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
+        activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
+        if (row_local)
+          for (int64_t q = o0; q < o1; ++q) {
+            T* E_row = E[s] ? E[s] + q * I : nullptr;
+            update_row<V>(P, q, y[s][q], m_ext[s] ? m_ext[s][q] : T(0), p[s], H[s] + q * I,
+                          H[s] + q * I, E_row, E_row);
+          }
+      }
+    }
+    for (int s = 0; s < n; ++s) {
+      if (!row_local) {
+        if (modulated) modulation_of_step(P, t, b0 + s, y[s], m);
+        for (int64_t o = 0; o < O; ++o) {
+          T* E_row = E[s] ? E[s] + o * I : nullptr;
+          update_row<V>(P, o, y[s][o], modulated ? m[o] : T(0), p[s], H[s] + o * I,
+                        H[s] + o * I, E_row, E_row);
+        }
+      }
+      if (theta[s])
+        for (int64_t o = 0; o < O; ++o)
+          theta[s][o] += P.threshold_rate * (y[s][o] - P.target_activity);
+    }
+  }
+}
+
+}  // namespace TORCHPLASTIC_CPU_ISA
+}  // namespace cpu
+}  // namespace torchplastic

@@ -1,0 +1,82 @@
+// Vector-friendly loops of the CPU kernels. Compiled once per instruction set (like every
+// header the kernels include): kLanes follows the vector width the build targets.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define TP_ALWAYS_INLINE __attribute__((always_inline))
+
+#ifndef TORCHPLASTIC_CPU_ISA
+#define TORCHPLASTIC_CPU_ISA generic
+#endif
+
+namespace torchplastic {
+namespace cpu {
+namespace TORCHPLASTIC_CPU_ISA {
+
+// Sums along a row are kept as one partial sum per vector lane and combined in a tree at the
+// end: for an `omp simd reduction` GCC 12 adds the lanes one by one, in order, a chain of
+// dependent adds per sum and row that showed up in the backward's profile. Per-lane arrays
+// indexed by the inner loop's counter stay in vector registers.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+template <typename T>
+constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
+
+// body(i, lane) for i = 0 .. n−1, lane = i mod kLanes<T>: one `omp simd` loop of kLanes<T>
+// iterations per chunk of the row (one vector), so arrays indexed by the lane stay in
+// registers across chunks.
+template <typename T, typename Body>
+TP_ALWAYS_INLINE inline void for_lanes(int64_t n, Body&& body) {
+  constexpr int L = kLanes<T>;
+  int64_t i0 = 0;
+  for (; i0 + L <= n; i0 += L) {
+#pragma omp simd
+    for (int l = 0; l < L; ++l) body(i0 + l, l);
+  }
+  const int rest = static_cast<int>(n - i0);
+#pragma omp simd
+  for (int l = 0; l < rest; ++l) body(i0 + l, l);
+}
+
+// Σ of the lanes, pairwise.
+template <typename T>
+TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
+#pragma GCC unroll 8
+  for (int w = kLanes<T> / 2; w > 0; w /= 2)
+#pragma omp simd
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+// Copies n elements into a checkpoint, which the backward reads long after (all the forward
+// later): with non-temporal stores (where the destination is 64-byte aligned) the copy neither
+// reads the destination's lines first nor pushes the sequence's working set out of L2.
+template <typename T>
+void copy_to_checkpoint(T* dst, const T* src, int64_t n) {
+#if defined(__AVX512F__)
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0 && bytes % 64 == 0) {
+    auto* d = reinterpret_cast<__m512i*>(dst);
+    const auto* s = reinterpret_cast<const __m512i*>(src);
+    for (int64_t k = 0; k < bytes / 64; ++k) _mm512_stream_si512(d + k, _mm512_loadu_si512(s + k));
+    _mm_sfence();
+    return;
+  }
+#endif
+  std::memcpy(dst, src, sizeof(T) * n);
+}
+
+}  // namespace TORCHPLASTIC_CPU_ISA
+}  // namespace cpu
+}  // namespace torchplastic
