@@ -122,9 +122,10 @@ __device__ __forceinline__ T modulation_of_row(const ScanParams<T>& P, int64_t t
   }
 }
 
-// What rule R sees of one connection.
+// What rule R sees of connection oi = o·I + i; its coefficients (A–D) are read here.
 template <typename R, typename T>
-__device__ __forceinline__ Synapse<T> synapse(T H, T E, T y, T p, T m, T eta) {
+__device__ __forceinline__ Synapse<T> synapse(const ScanParams<T>& P, int64_t oi, T H, T E, T y,
+                                              T p, T m, T eta) {
   Synapse<T> s;
   s.H = H;
   s.E = E;
@@ -132,6 +133,8 @@ __device__ __forceinline__ Synapse<T> synapse(T H, T E, T y, T p, T m, T eta) {
   s.p = p;
   s.m = m;
   s.eta = R::uses_eta ? eta : T(0);
+  if constexpr (R::coefficients)
+    for (int j = 0; j < 4; ++j) s.k[j] = P.coefficients[j * P.O * P.I + oi];
   return s;
 }
 
@@ -147,7 +150,7 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
   for (int64_t i = lane; i < I; i += 32) {
     const T E = R::eligibility ? E_src[i] : T(0);
     const T eta_i = P.eta_per_connection ? eta[i] : eta_o;
-    const Synapse<T> s = synapse<R>(H_src[i], E, y, p[i], m, eta_i);
+    const Synapse<T> s = synapse<R>(P, o * I + i, H_src[i], E, y, p[i], m, eta_i);
     T C = R::candidate(s);
     if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
     if (P.has_clip) C = kernels::clip_value(C, P.clip);
@@ -472,7 +475,8 @@ __global__ void __launch_bounds__(kThreads)
           T sumsq = 0, dot = 0;
           for (int64_t i = lane; i < I; i += 32) {
             const T eta_i = eta_pc ? eta[i] : eta_o;
-            T Cv = R::candidate(synapse<R>(H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i));
+            T Cv = R::candidate(
+                synapse<R>(P, o * I + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i));
             if (P.has_clip) Cv = kernels::clip_value(Cv, P.clip);
             sumsq += Cv * Cv;
             dot += gH_row[i] * Cv;
@@ -489,7 +493,8 @@ __global__ void __launch_bounds__(kThreads)
         T* geta_conn = (G.grad_eta && eta_pc) ? G.grad_eta + (b * O + o) * I : nullptr;
         for (int64_t i = lane; i < I; i += 32) {
           const T eta_i = eta_pc ? eta[i] : eta_o;
-          const Synapse<T> syn = synapse<R>(H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
+          const Synapse<T> syn =
+              synapse<R>(P, o * I + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
           const T Cv = R::candidate(syn);
           const T Hc = P.has_clip ? kernels::clip_value(Cv, P.clip) : Cv;
           T gC = scale * gH_row[i] - scale_grad * Hc;
@@ -499,6 +504,8 @@ __global__ void __launch_bounds__(kThreads)
           gH_row[i] = R::backward(gC, retro ? gE_row[i] : T(0), syn, sg, gE_prev);
           if (retro) gE_row[i] = gE_prev;
           if (geta_conn) geta_conn[i] += sg.eta;
+          if constexpr (R::coefficients)
+            for (int j = 0; j < 4; ++j) G.grad_coefficients[(b * 4 + j) * OI + o * I + i] += sg.k[j];
           gy_row += sg.y;
           gm_row += sg.m;
           geta_row += sg.eta;

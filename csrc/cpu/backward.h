@@ -38,6 +38,16 @@ struct StepView {
   const T* replay_m = nullptr;  // [replay, O] m of the replayed steps (modulated rules)
 };
 
+// One sequence's slabs of the gradients that sum over the sequences: dL/dα [O, I], dL/dη
+// ([O, I] for η per connection, else [O]; null for a rule without η) and dL/dA–dL/dD
+// ([4, O, I]; rules with coefficients).
+template <typename T>
+struct SequenceGrads {
+  T* alpha = nullptr;
+  T* eta = nullptr;
+  T* coefficients = nullptr;
+};
+
 // The backward of one step splits in two halves:
 //   trace(t):  dL/dH_t → dL/dH_{t-1} through the rule (dL/dE too), with the rule's shares of
 //              dL/dy_t[o] (whose row sum completes dL/da_t), dL/dp_t, dL/dm_t and dL/dη;
@@ -61,7 +71,7 @@ struct StepView {
 // first.
 template <typename V, bool Finish, bool Trace, int Replay, int Rows, typename T>
 void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const StepView<T>& fin,
-                  const StepView<T>& tr, const T* Ht, const T* Et, T* grad_alpha, T* grad_eta,
+                  const StepView<T>& tr, const T* Ht, const T* Et, const SequenceGrads<T>& sg,
                   int64_t o) {
   static_assert(Replay == 0 || (Finish && Trace), "backward_row: replays in fused passes only");
   static_assert(Rows == 1 || (Finish && Trace), "backward_row: row pairs in fused passes only");
@@ -77,7 +87,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   const T* alpha = P.alpha + row0;
   const T* Hf = Finish && !Trace ? fin.H_anchor + row0 : nullptr;
   const T* W = P.recurrent ? P.weight + row0 : nullptr;
-  T* gar = grad_alpha + row0;
+  T* gar = sg.alpha + row0;
   const T* pf = fin.p;
   T ga[Rows];
   for (int r = 0; r < Rows; ++r) ga[r] = Finish ? S.ga[o + r] : T(0);
@@ -85,8 +95,10 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   // trace(t): H_{t-1} (E_{t-1}), y_t, m_t, η, p_t, and synaptic scaling's factors, which need
   // ‖H'‖ and G·H' of the whole row before any element's gradient.
   const T* pt = tr.p;
-  // η per connection implies a rule with η, whose grad_eta slab always exists.
-  T* geta_conn = V::eta_per_connection ? grad_eta + row0 : nullptr;
+  // η per connection implies a rule with η, whose dL/dη slab always exists.
+  T* geta_conn = V::eta_per_connection ? sg.eta + row0 : nullptr;
+  T* gk = R::coefficients ? sg.coefficients + row0 : nullptr;
+  const int64_t OI = P.O * I;
   const T* eta = P.eta_row(o);
   const int64_t eta_stride = P.eta_row_stride;
   T eta_o[Rows], yo[Rows], mo[Rows];
@@ -100,7 +112,8 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     T sumsq[L] = {}, dot[L] = {};
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
       T E = retro ? Et[i] : T(0);
-      const T C = next_trace<V>(P, Ht[i], E, yo[0], pt[i], mo[0], eta_at<V>(eta, eta_o[0], i));
+      const T C =
+          next_trace<V>(P, row0 + i, Ht[i], E, yo[0], pt[i], mo[0], eta_at<V>(eta, eta_o[0], i));
       sumsq[l] += C * C;
       dot[l] += gH[i] * C;
     });
@@ -124,13 +137,14 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     replay_p[d] = P.presynaptic(t, tr.b);
   }
 
-  // η one per row: the row's sums through dot products (Rule::RowBackward).
-  constexpr bool row_eta = !V::eta_per_connection;
-  using RowBackward = typename R::template RowBackward<T>;
+  // With η one per row, and a rule with a row form, the row's sums come from dot products
+  // (Rule::RowBackward); otherwise each connection goes through Rule::backward.
+  constexpr bool row_sums = R::row_form && !V::eta_per_connection;
+  using RowBackward = typename RowBackwardOf<R, T>::type;
   RowBackward k[Rows];
   for (int r = 0; r < Rows; ++r) k[r] = RowBackward(yo[r], mo[r], eta_o[r]);
-  T gy[Rows][L] = {}, gm[Rows][L] = {};                     // per connection: the sums
-  T up[Rows][L] = {}, ux[Rows][L] = {}, gce[Rows][L] = {};  // per row: the dot products
+  T gy[Rows][L] = {}, gm[Rows][L] = {}, geta[Rows][L] = {};  // per connection: the sums
+  T up[Rows][L] = {}, ux[Rows][L] = {}, gce[Rows][L] = {};   // row sums: the dot products
   T* gp_done = S.gp_done;
   T* gp = S.gp;
   // Element i of each row. `scaled` and `recurrent` are types (true or false), so that each
@@ -147,10 +161,11 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
         T H = Trace ? Ht[ri] : T(0), E = Trace && retro ? Et[ri] : T(0);
 #pragma GCC unroll 4
         for (int d = 0; d < Replay; ++d)
-          H = next_trace<V>(P, H, E, replay_y[d][r], replay_p[d][i], replay_m[d][r], eta_i);
+          H = next_trace<V>(P, row0 + ri, H, E, replay_y[d][r], replay_p[d][i], replay_m[d][r],
+                            eta_i);
         T C = 0;
         if (Trace && (Finish || decltype(scaled)::value || V::clip))
-          C = R::candidate(synapse<V>(H, E, yo[r], pt[i], mo[r], eta_i));
+          C = R::candidate(synapse<V>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i));
         if (Finish) {
           const T a = alpha[ri], gap = ga[r] * pf[i];
           const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[ri];
@@ -166,17 +181,20 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
           }
           if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
           T gE_prev = 0;
-          if (row_eta) {
+          if constexpr (row_sums) {
             g = k[r].element(gC, retro ? gE[ri] : T(0), H, E, pt[i], gE_prev, gp_i, up[r][l],
                              ux[r][l], gce[r][l]);
           } else {
-            kernels::SynapseGrad<T> sg;
-            g = R::backward(gC, retro ? gE[ri] : T(0), synapse<V>(H, E, yo[r], pt[i], mo[r], eta_i),
-                            sg, gE_prev);
-            gy[r][l] += sg.y;
-            gp_i += sg.p;
-            gm[r][l] += sg.m;
-            geta_conn[ri] += sg.eta;
+            kernels::SynapseGrad<T> dg;
+            g = R::backward(gC, retro ? gE[ri] : T(0),
+                            synapse<V>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i), dg, gE_prev);
+            gy[r][l] += dg.y;
+            gp_i += dg.p;
+            gm[r][l] += dg.m;
+            if (V::eta_per_connection) geta_conn[ri] += dg.eta;
+            else geta[r][l] += dg.eta;
+            if constexpr (R::coefficients)
+              for (int j = 0; j < 4; ++j) gk[j * OI + ri] += dg.k[j];
           }
           if (retro) gE[ri] = gE_prev;
         }
@@ -199,15 +217,16 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
 
   if (Trace)
     for (int r = 0; r < Rows; ++r) {
-      if (row_eta) {
+      if constexpr (row_sums) {
         const auto sums = RowBackward::finish(sum_lanes<T>(up[r]), sum_lanes<T>(ux[r]),
                                               sum_lanes<T>(gce[r]), yo[r], mo[r], eta_o[r]);
         S.gy[o + r] += sums.y;
         S.gm[o + r] = sums.m;
-        if (grad_eta) grad_eta[o + r] += sums.eta;
+        if (sg.eta) sg.eta[o + r] += sums.eta;
       } else {
         S.gy[o + r] += sum_lanes<T>(gy[r]);
         S.gm[o + r] = sum_lanes<T>(gm[r]);
+        if (!V::eta_per_connection && sg.eta) sg.eta[o + r] += sum_lanes<T>(geta[r]);
       }
     }
 }
@@ -234,13 +253,12 @@ TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWo
 template <typename V, int Rows, typename T>
 TP_ALWAYS_INLINE inline void fused_rows(const ScanParams<T>& P, const BackwardWorkspace<T>& S,
                                         const StepView<T>& fin, const StepView<T>& tr,
-                                        T* grad_alpha, T* grad_eta, int64_t o) {
+                                        const SequenceGrads<T>& sg, int64_t o) {
   static_assert(BackwardWorkspace<T>::kAnchorEvery <= 4, "fused_rows: replays of up to 3");
   const T* H = tr.H_anchor + o * P.I;
   const T* E = V::Rule::eligibility ? tr.E_anchor + o * P.I : nullptr;
   auto row = [&](auto replay) TP_ALWAYS_INLINE {
-    backward_row<V, true, true, decltype(replay)::value, Rows>(P, S, fin, tr, H, E, grad_alpha,
-                                                              grad_eta, o);
+    backward_row<V, true, true, decltype(replay)::value, Rows>(P, S, fin, tr, H, E, sg, o);
   };
   switch (tr.replay) {
     case 0: return row(std::integral_constant<int, 0>{});
@@ -254,20 +272,20 @@ TP_ALWAYS_INLINE inline void fused_rows(const ScanParams<T>& P, const BackwardWo
 // scaling, both as two passes per row.
 template <typename V, typename T>
 void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool finish,
-                   bool trace, const StepView<T>& fin, const StepView<T>& tr, T* grad_alpha,
-                   T* grad_eta) {
+                   bool trace, const StepView<T>& fin, const StepView<T>& tr,
+                   const SequenceGrads<T>& sg) {
   if (finish && trace && !P.has_scaling) {
     // Rows in pairs (the last alone when O is odd), replays inside the loop.
     int64_t o = 0;
-    for (; o + 2 <= P.O; o += 2) fused_rows<V, 2>(P, S, fin, tr, grad_alpha, grad_eta, o);
-    if (o < P.O) fused_rows<V, 1>(P, S, fin, tr, grad_alpha, grad_eta, o);
+    for (; o + 2 <= P.O; o += 2) fused_rows<V, 2>(P, S, fin, tr, sg, o);
+    if (o < P.O) fused_rows<V, 1>(P, S, fin, tr, sg, o);
     return;
   }
   for (int64_t o = 0; o < P.O; ++o) {
     const T *H = nullptr, *E = nullptr;
     if (trace) replay_row<V>(P, S, tr, o, H, E);
-    if (finish) backward_row<V, true, false, 0, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
-    if (trace) backward_row<V, false, true, 0, 1>(P, S, fin, tr, H, E, grad_alpha, grad_eta, o);
+    if (finish) backward_row<V, true, false, 0, 1>(P, S, fin, tr, H, E, sg, o);
+    if (trace) backward_row<V, false, true, 0, 1>(P, S, fin, tr, H, E, sg, o);
   }
 }
 
@@ -312,10 +330,13 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed here,
   // just before the passes add to them (a separate pass over all the slabs first had cost a
   // trip through memory).
-  T* grad_alpha = G.grad_alpha + b * OI;
-  T* grad_eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
-  std::memset(grad_alpha, 0, sizeof(T) * OI);
-  if (grad_eta) std::memset(grad_eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
+  SequenceGrads<T> sg;
+  sg.alpha = G.grad_alpha + b * OI;
+  sg.eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
+  sg.coefficients = G.grad_coefficients ? G.grad_coefficients + b * 4 * OI : nullptr;
+  std::memset(sg.alpha, 0, sizeof(T) * OI);
+  if (sg.eta) std::memset(sg.eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
+  if (sg.coefficients) std::memset(sg.coefficients, 0, sizeof(T) * 4 * OI);
 
   // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
   // S.gh = dL/dy_t from the later steps, for the last step t not yet traced.
@@ -376,7 +397,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       if (finish) std::memcpy(S.gp_done, S.gp, sizeof(T) * I);  // trace(t + 1)'s share
       for (int64_t i = 0; i < I; ++i) S.gp[i] = 0;
 
-      backward_pass<V>(P, S, finish, true, pending, step, grad_alpha, grad_eta);
+      backward_pass<V>(P, S, finish, true, pending, step, sg);
 
       if (finish) deliver_grad_p(t + 1);
       if (P.recurrent)
@@ -407,7 +428,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   }
   if (T_ > 0) {
     std::memcpy(S.gp_done, S.gp, sizeof(T) * I);
-    backward_pass<V>(P, S, true, false, pending, pending, grad_alpha, grad_eta);
+    backward_pass<V>(P, S, true, false, pending, pending, sg);
     deliver_grad_p(0);
   }
 

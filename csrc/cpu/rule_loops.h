@@ -40,9 +40,10 @@ TP_ALWAYS_INLINE inline T eta_at(const T* eta_row, T eta_first, int64_t i) {
   return V::eta_per_connection ? eta_row[i] : eta_first;
 }
 
-// What the rule sees of connection (o, i).
+// What the rule sees of connection oi = o·I + i; its coefficients (A–D) are read here.
 template <typename V, typename T>
-TP_ALWAYS_INLINE inline Synapse<T> synapse(T H, T E, T y, T p, T m, T eta) {
+TP_ALWAYS_INLINE inline Synapse<T> synapse(const ScanParams<T>& P, int64_t oi, T H, T E, T y, T p,
+                                           T m, T eta) {
   Synapse<T> s;
   s.H = H;
   s.E = E;
@@ -50,15 +51,32 @@ TP_ALWAYS_INLINE inline Synapse<T> synapse(T H, T E, T y, T p, T m, T eta) {
   s.p = p;
   s.m = m;
   s.eta = eta;
+  if constexpr (V::Rule::coefficients)
+    for (int j = 0; j < 4; ++j) s.k[j] = P.coefficients[j * P.O * P.I + oi];
   return s;
 }
+
+// The rule's row-sum backward (Rule::RowBackward) where it has one; a stand-in that is never
+// called where it has none.
+template <typename R, typename T, bool = R::row_form>
+struct RowBackwardOf {
+  struct type {
+    type() = default;
+    TP_HD type(T, T, T) {}
+  };
+};
+template <typename R, typename T>
+struct RowBackwardOf<R, T, true> {
+  using type = typename R::template RowBackward<T>;
+};
 
 // One step of the rule on one element, clipping included (synaptic scaling, a property of
 // the whole row, is not): returns H', and E becomes E' (rules with an eligibility trace).
 template <typename V, typename T>
-TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, T H, T& E, T y, T p, T m, T eta) {
+TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, int64_t oi, T H, T& E, T y, T p, T m,
+                                     T eta) {
   using R = typename V::Rule;
-  const Synapse<T> s = synapse<V>(H, E, y, p, m, eta);
+  const Synapse<T> s = synapse<V>(P, oi, H, E, y, p, m, eta);
   const T C = R::candidate(s);
   if constexpr (R::eligibility) E = R::eligibility_next(s);
   return V::clip ? kernels::clip_value(C, P.clip) : C;
@@ -91,7 +109,7 @@ void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T
 #pragma omp simd
   for (int64_t i = 0; i < I; ++i) {
     T E = elig ? E_src[i] : T(0);
-    H_dst[i] = next_trace<V>(P, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
+    H_dst[i] = next_trace<V>(P, o * I + i, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
     if (elig) E_dst[i] = E;
   }
   if (P.has_scaling) {
@@ -129,7 +147,7 @@ void advance_row(const ScanParams<T>& P, int64_t b, int64_t t_first, const T* m,
     const T eta_i = eta_at<V>(eta, eta_o, i);
     T H = H_src[i], E = elig ? E_src[i] : T(0);
 #pragma GCC unroll 8
-    for (int d = 0; d < D; ++d) H = next_trace<V>(P, H, E, y[d], p[d][i], mo[d], eta_i);
+    for (int d = 0; d < D; ++d) H = next_trace<V>(P, o * P.I + i, H, E, y[d], p[d][i], mo[d], eta_i);
     H_dst[i] = H;
     if (elig) E_dst[i] = E;
   });

@@ -66,6 +66,7 @@ struct ScanParams {
   const scalar_t* mod_bias = nullptr;   // [1]
   const scalar_t* fanout_weight = nullptr;  // [O]    fanout only
   const scalar_t* fanout_bias = nullptr;    // [O]
+  const scalar_t* coefficients = nullptr;   // [4, O, I]  A–D of rule abcd, broadcast
 
   // Outputs of the forward.
   scalar_t* y = nullptr;            // [T, B, O]
@@ -112,6 +113,7 @@ struct ScanGradParams {
   // dL/dα and dL/dη, one slab per sequence, summed over the batch by the caller.
   scalar_t* grad_alpha = nullptr;    // [B, O, I]
   scalar_t* grad_eta = nullptr;      // [B, O, I] per-connection η, else [B, O, 1]
+  scalar_t* grad_coefficients = nullptr;  // [B, 4, O, I] dL/dA–dL/dD (rule abcd), per sequence
 };
 
 // tanh and exp in the precision of their argument: on the host a bare tanh(float) resolves to

@@ -12,6 +12,7 @@
 // cannot handle fails to compile.
 #pragma once
 
+#include "kernels/rules/abcd.h"
 #include "kernels/rules/hebb.h"
 #include "kernels/rules/modulated.h"
 #include "kernels/rules/oja.h"

@@ -63,6 +63,8 @@ PlasticLinearOptions as_linear_options(const PlasticRNNOptions& o) {
       .target_activity(o.target_activity())
       .alpha_init(o.alpha_init())
       .eta_init(o.eta_init())
+      .abcd(o.abcd())
+      .abcd_init(o.abcd_init())
       .checkpoint_every(o.checkpoint_every())
       .batch_first(o.batch_first());
   return l;
@@ -92,6 +94,12 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
   eta = rule_info(o.rule()).uses_eta
             ? module.register_parameter("eta", torch::empty(shape_of(o.eta(), O, I)))
             : at::Tensor();
+  // A, B, C, D of rule abcd, stacked.
+  if (rule.coefficients) {
+    auto shape = shape_of(o.abcd(), O, I);
+    shape.insert(shape.begin(), 4);
+    abcd = module.register_parameter("abcd", torch::empty(shape));
+  }
   const bool head = modulated && o.modulation() != Modulation::External;
   if (head) {
     mod_weight = module.register_parameter("mod_weight", torch::empty({O}));
@@ -107,6 +115,8 @@ void PlasticCore::reset_parameters() {
   torch::NoGradGuard no_grad;
   alpha.uniform_(0.0, 1.0).mul_(options.alpha_init());
   if (eta.defined()) eta.fill_(options.eta_init());
+  if (abcd.defined())
+    for (int64_t k = 0; k < 4; ++k) abcd[k].fill_(options.abcd_init()[k]);
   if (mod_weight.defined()) {
     const double bound = 1.0 / std::sqrt(static_cast<double>(mod_weight.size(0)));
     mod_weight.uniform_(-bound, bound);
@@ -159,7 +169,8 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
       .adaptive_threshold(options.adaptive_threshold())
       .target_activity(options.target_activity())
       .threshold(state.threshold)
-      .checkpoint_every(options.checkpoint_every());
+      .checkpoint_every(options.checkpoint_every())
+      .abcd(abcd);
   auto [y, out] = plastic_scan(z, alpha, eta, state.trace, so);
   if (unbatched) {
     y = y.squeeze(1);
@@ -172,6 +183,7 @@ void PlasticCore::print(std::ostream& s) const {
   s << ", rule=" << to_string(options.rule());
   if (is_modulated(options.rule())) s << ", modulation=" << to_string(options.modulation());
   s << ", alpha=" << to_string(options.alpha()) << ", eta=" << to_string(options.eta());
+  if (abcd.defined()) s << ", abcd=" << to_string(options.abcd());
   if (options.activation() != Activation::Tanh) s << ", activation=" << to_string(options.activation());
   if (clip) s << ", clip=" << *clip;
   if (options.synaptic_scaling()) s << ", synaptic_scaling=" << *options.synaptic_scaling();

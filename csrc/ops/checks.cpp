@@ -141,6 +141,7 @@ ScanConfig check_scan_args(const ScanArgs& a) {
   check_tensor(a.mod_bias, "mod_bias", false);
   check_tensor(a.mod_fanout_weight, "mod_fanout_weight", false);
   check_tensor(a.mod_fanout_bias, "mod_fanout_bias", false);
+  check_tensor(a.abcd, "abcd", false);
 
   // Mode: feedforward when x is given, recurrent otherwise.
   if (c.recurrent) {
@@ -169,6 +170,20 @@ ScanConfig check_scan_args(const ScanArgs& a) {
     TORCH_CHECK_VALUE(a.eta.has_value(), "plastic_scan: eta: expected a tensor for rule '",
                       a.rule, "', got None");
     check_granularity(*a.eta, "eta", O, I);
+  }
+  if (c.traits.coefficients) {
+    TORCH_CHECK_VALUE(a.abcd.has_value(), "plastic_scan: abcd: expected a tensor [4, ", O, ", ",
+                      I, "], [4, ", O, ", 1] or [4, 1, 1] for rule '", a.rule, "', got None");
+    const auto& k = *a.abcd;
+    const bool ok = k.dim() == 3 && k.size(0) == 4 &&
+                    ((k.size(1) == O && k.size(2) == I) || (k.size(1) == O && k.size(2) == 1) ||
+                     (k.size(1) == 1 && k.size(2) == 1));
+    TORCH_CHECK_VALUE(ok, "plastic_scan: abcd: expected shape [4, ", O, ", ", I,
+                      "] (per connection), [4, ", O, ", 1] (per neuron) or [4, 1, 1] (scalar), got ",
+                      k.sizes());
+  } else {
+    TORCH_CHECK_VALUE(!a.abcd, "plastic_scan: abcd: expected None for rule '", a.rule, "' (only ",
+                      rules_with(&RuleInfo::coefficients), " take coefficients), got a tensor");
   }
   if (a.trace) check_shape(*a.trace, "trace", {B, O, I}, "[B, O, I]");
   if (c.traits.eligibility) {

@@ -28,6 +28,7 @@ Prepared prepare(const ScanArgs& a, const ScanConfig& c) {
     p.hidden0 = a.hidden ? to_compute(*a.hidden, dt) : at::zeros({B, O}, opts);
   }
   p.trace0 = a.trace ? to_compute(*a.trace, dt) : at::zeros({B, O, I}, opts);
+  if (c.traits.coefficients) p.coefficients = a.abcd->to(dt).expand({4, O, I}).contiguous();
   if (c.traits.eligibility)
     p.elig0 = a.eligibility ? to_compute(*a.eligibility, dt) : at::zeros({B, O, I}, opts);
   if (a.adaptive_threshold)
@@ -87,6 +88,7 @@ kernels::ScanParams<T> make_params(const ScanArgs& a, const ScanConfig& c, const
   P.mod_bias = ptr<T>(p.mod_bias);
   P.fanout_weight = ptr<T>(p.fanout_weight);
   P.fanout_bias = ptr<T>(p.fanout_bias);
+  P.coefficients = ptr<T>(p.coefficients);
   return P;
 }
 

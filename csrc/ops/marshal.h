@@ -16,7 +16,7 @@ namespace detail {
 // initial states zeros where not given.
 struct Prepared {
   at::Tensor z, x, alpha, eta, weight, hidden0, trace0, elig0, theta0, modulation, mod_weight,
-      mod_bias, fanout_weight, fanout_bias;
+      mod_bias, fanout_weight, fanout_bias, coefficients;
 };
 
 Prepared prepare(const ScanArgs& args, const ScanConfig& config);

@@ -129,6 +129,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   at::Tensor grad_eta_slabs = !c.traits.uses_eta
                                   ? at::Tensor()
                                   : slabs({B, O, eta_per_connection(p.eta, c) ? I : 1});
+  at::Tensor grad_coefficient_slabs = c.traits.coefficients ? slabs({B, 4, O, I}) : at::Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(dt, "plastic_scan_backward", [&] {
     auto P = make_params<scalar_t>(a, c, p);
@@ -152,6 +153,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     G.grad_theta0 = mut_ptr<scalar_t>(grad_theta0);
     G.grad_alpha = mut_ptr<scalar_t>(grad_alpha_slabs);
     G.grad_eta = mut_ptr<scalar_t>(grad_eta_slabs);
+    G.grad_coefficients = mut_ptr<scalar_t>(grad_coefficient_slabs);
     run(backend, P, G);
   });
 
@@ -166,6 +168,8 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     grads.eta = !c.traits.uses_eta
                     ? at::zeros(a.eta->sizes(), a.eta->options())
                     : grad_eta_slabs.sum(0).sum_to_size(a.eta->sizes()).to(a.eta->scalar_type());
+  if (c.traits.coefficients)
+    grads.abcd = grad_coefficient_slabs.sum(0).sum_to_size(a.abcd->sizes()).to(a.abcd->scalar_type());
   grads.trace = like(a.trace, grad_trace0);
   if (!c.recurrent) grads.x = like(a.x, grad_x);
   if (c.recurrent) {

@@ -26,6 +26,7 @@
 //   modulation [T, B] | [T, B, O]        external neuromodulation
 //   mod_weight [O], mod_bias [1]         internal neuromodulation head
 //   mod_fanout_weight [O], mod_fanout_bias [O]   its fan-out
+//   abcd [4, O|1, I|1]      coefficients A, B, C, D of rule abcd, stacked
 //
 // Adding an argument: one line here, then the code that uses it (its check in checks.cpp,
 // its pointer in kernels::ScanParams, the kernels, the Python signature).
@@ -61,7 +62,8 @@
   X(OptFloat, synaptic_scaling, option, "") SEP()           \
   X(OptFloat, adaptive_threshold, option, "") SEP()         \
   X(Float, target_activity, option, "") SEP()               \
-  X(OptInt, checkpoint_every, option, "")
+  X(OptInt, checkpoint_every, option, "") SEP()            \
+  X(OptTensor, abcd, input, "=None")
 
 // Separators for expanding the list; TORCHPLASTIC_IF_TENSOR(kind, ...) keeps its tail for the
 // tensor kinds only, TORCHPLASTIC_IF_OPTION(kind, ...) for the others.

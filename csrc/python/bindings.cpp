@@ -63,6 +63,13 @@ void apply_keywords(Options& o, const py::kwargs& kw, const char* owner) {
     else if (key == "target_activity") o.target_activity(v.cast<double>());
     else if (key == "alpha_init") o.alpha_init(v.cast<double>());
     else if (key == "eta_init") o.eta_init(v.cast<double>());
+    else if (key == "abcd") o.abcd(granularity_from_string(v.cast<std::string>(), "abcd"));
+    else if (key == "abcd_init") {
+      const auto values = v.cast<std::vector<double>>();
+      TORCH_CHECK_VALUE(values.size() == 4, owner, ": abcd_init: expected four numbers (A, B, C, D), got ",
+                        values.size());
+      o.abcd_init({values[0], values[1], values[2], values[3]});
+    }
     else if (key == "checkpoint_every")
       o.checkpoint_every(v.is_none() ? c10::nullopt : c10::optional<int64_t>(v.cast<int64_t>()));
     else if (key == "batch_first") o.batch_first(v.cast<bool>());

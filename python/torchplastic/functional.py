@@ -39,6 +39,7 @@ def plastic_scan(
     target_activity: float = 0.0,
     threshold: Optional[torch.Tensor] = None,
     checkpoint_every: Optional[int] = None,
+    abcd: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, PlasticState]:
     """Run T steps of a plastic layer (SPEC §2) with the fused kernel.
 
@@ -50,7 +51,8 @@ def plastic_scan(
         x: ``[T, B, I]`` presynaptic input: feedforward mode. ``None``: recurrent mode.
         weight: ``[O, O]`` fixed recurrent weight (recurrent mode, required).
         hidden: ``[B, O]`` initial hidden state (recurrent mode), or ``None`` for zeros.
-        rule: ``"hebb"``, ``"oja"``, ``"modulated"`` or ``"retroactive"``.
+        rule: ``"hebb"``, ``"oja"``, ``"modulated"``, ``"retroactive"`` or ``"abcd"``
+            (:data:`torchplastic.rules.RULES`).
         activation: ``"tanh"``, ``"relu"``, ``"sigmoid"`` or ``"identity"``.
         clip: bound ``c > 0`` of the trace, or ``None``.
         modulation: external neuromodulation ``[T, B]`` or ``[T, B, O]``.
@@ -63,6 +65,8 @@ def plastic_scan(
         threshold: initial threshold ``[B, O]``.
         checkpoint_every: the backward recomputes from traces saved every K steps
             (default ``ceil(sqrt(T))``); memory for the backward is O((T/K + K)·B·O·I).
+        abcd: coefficients A, B, C, D of rule ``"abcd"``, stacked: ``[4, O, I]``, ``[4, O, 1]``
+            or ``[4, 1, 1]``; ΔH = η (A y pᵀ + B p + C y + D).
 
     Returns:
         ``y [T, B, O]`` and the final :class:`PlasticState`; fields the configuration does not
@@ -80,7 +84,7 @@ def plastic_scan(
         mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
         mod_fanout_bias=mod_fanout_bias, rule=rule, activation=activation, clip=clip,
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
-        target_activity=target_activity, checkpoint_every=checkpoint_every))
+        target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd))
     return y, PlasticState(
         hidden=h if x is None else None,
         trace=H,

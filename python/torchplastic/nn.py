@@ -47,6 +47,7 @@ class _PlasticBase(nn.Module):
                  clip: Union[str, float, None] = "auto", modulation: str = "internal",
                  synaptic_scaling: Optional[float] = None, adaptive_threshold: Optional[float] = None,
                  target_activity: float = 0.0, alpha_init: float = 0.01, eta_init: float = 0.01,
+                 abcd: str = "connection", abcd_init: Tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0),
                  checkpoint_every: Optional[int] = None, batch_first: bool = False,
                  device=None, dtype=None):
         super().__init__()
@@ -57,6 +58,10 @@ class _PlasticBase(nn.Module):
         info = rule_info(rule, owner)
         _check_choice(owner, "alpha", alpha, _GRANULARITIES)
         _check_choice(owner, "eta", eta, _GRANULARITIES)
+        _check_choice(owner, "abcd", abcd, _GRANULARITIES)
+        abcd_init = tuple(abcd_init)
+        if len(abcd_init) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in abcd_init):
+            raise ValueError(f"{owner}: abcd_init: expected four numbers (A, B, C, D), got {abcd_init!r}")
         _check_choice(owner, "activation", activation, _ACTIVATIONS)
         _check_choice(owner, "modulation", modulation, _MODULATIONS)
         if clip == "auto":
@@ -73,6 +78,8 @@ class _PlasticBase(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.rule, self.activation, self.clip = rule, activation, clip
         self.alpha_granularity, self.eta_granularity = alpha, eta
+        self.abcd_granularity = abcd if info.coefficients else None
+        self.abcd_init = tuple(float(v) for v in abcd_init)
         self.modulation = modulation if info.modulated else None
         self.synaptic_scaling, self.adaptive_threshold = synaptic_scaling, adaptive_threshold
         self.target_activity = float(target_activity)
@@ -85,6 +92,8 @@ class _PlasticBase(nn.Module):
         self.alpha = nn.Parameter(torch.empty(shape[alpha], **kw))
         # A rule without η gets no parameter: one without gradient would break DDP.
         self.eta = nn.Parameter(torch.empty(shape[eta], **kw)) if info.uses_eta else None
+        # A, B, C, D of rule abcd, stacked.
+        self.abcd = nn.Parameter(torch.empty(4, *shape[abcd], **kw)) if info.coefficients else None
         if self.modulation in ("internal", "fanout"):
             self.mod_weight = nn.Parameter(torch.empty(O, **kw))
             self.mod_bias = nn.Parameter(torch.empty(1, **kw))
@@ -96,12 +105,16 @@ class _PlasticBase(nn.Module):
         return self.out_features if self.recurrent else self.in_features
 
     def reset_parameters(self) -> None:
-        """α ~ alpha_init · U(0, 1) (Miconi et al. 2018), η = eta_init, the modulation head
-        U(−1/√O, 1/√O) and its fan-out U(−1, 1) (a Linear(1, O), as in Backpropamine)."""
+        """α ~ alpha_init · U(0, 1) (Miconi et al. 2018), η = eta_init, A–D = abcd_init, the
+        modulation head U(−1/√O, 1/√O) and its fan-out U(−1, 1) (a Linear(1, O), as in
+        Backpropamine)."""
         with torch.no_grad():
             self.alpha.uniform_(0.0, 1.0).mul_(self.alpha_init)
             if self.eta is not None:
                 self.eta.fill_(self.eta_init)
+            if self.abcd is not None:
+                for k, value in enumerate(self.abcd_init):
+                    self.abcd[k].fill_(value)
             if self.modulation in ("internal", "fanout"):
                 bound = 1.0 / math.sqrt(self.out_features)
                 self.mod_weight.uniform_(-bound, bound)
@@ -115,6 +128,8 @@ class _PlasticBase(nn.Module):
         if self.modulation is not None:
             s += f", modulation={self.modulation!r}"
         s += f", alpha={self.alpha_granularity!r}, eta={self.eta_granularity!r}"
+        if self.abcd_granularity is not None:
+            s += f", abcd={self.abcd_granularity!r}"
         if self.activation != "tanh":
             s += f", activation={self.activation!r}"
         for name in ("clip", "synaptic_scaling", "adaptive_threshold", "checkpoint_every"):
@@ -161,7 +176,7 @@ class _PlasticBase(nn.Module):
             mod_fanout_bias=getattr(self, "mod_fanout_bias", None),
             eligibility=state.eligibility, synaptic_scaling=self.synaptic_scaling,
             adaptive_threshold=self.adaptive_threshold, target_activity=self.target_activity,
-            threshold=state.threshold, checkpoint_every=self.checkpoint_every)
+            threshold=state.threshold, checkpoint_every=self.checkpoint_every, abcd=self.abcd)
         if unbatched:
             y = y.squeeze(1)
             new_state = PlasticState(*(None if t is None else t.squeeze(0) for t in new_state))
@@ -197,8 +212,11 @@ class PlasticLinear(_PlasticBase):
     Args:
         in_features, out_features: sizes I and O.
         bias: learn the bias b.
-        rule: ``"hebb"``, ``"oja"``, ``"modulated"`` or ``"retroactive"``.
+        rule: ``"hebb"``, ``"oja"``, ``"modulated"``, ``"retroactive"`` or ``"abcd"``.
         alpha, eta: granularity of α and η: ``"connection"``, ``"neuron"`` or ``"scalar"``.
+        abcd, abcd_init: granularity and initial values (A, B, C, D) of the coefficients of
+            rule ``"abcd"``, the parameter ``abcd`` [4, O|1, I|1]:
+            ΔH = η (A y pᵀ + B p + C y + D) (Najarro & Risi 2020).
         activation: ``"tanh"``, ``"relu"``, ``"sigmoid"`` or ``"identity"``.
         clip: trace bound; ``"auto"`` is 1.0 for the modulated rules, none otherwise.
         modulation: ``"internal"``, ``"fanout"`` or ``"external"`` (modulated rules only).

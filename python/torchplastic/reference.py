@@ -10,7 +10,7 @@ One step, in this exact order (p is the presynaptic activity)::
     a_t = z_t + (α ⊙ H_{t-1}) p_t [+ W p_t] [− θ_{t-1}]
     y_t = φ(a_t)                   (recurrent: h_t = y_t)
     m_t = external | tanh(y_t·v + c) | tanh(y_t·v + c)·f + g
-    H_t = rule(H_{t-1}, E_{t-1}, y_t, p_t, m_t, η)
+    H_t = rule(H_{t-1}, E_{t-1}, y_t, p_t, m_t, η, A–D)
     H_t = clamp(H_t, −c, c)                          (clipping)
     H_t = H_t · κ / ‖H_t[b, o, :]‖  where that norm > κ  (synaptic scaling)
     θ_t = θ_{t-1} + ρ (y_t − y*)                      (adaptive threshold)
@@ -40,7 +40,7 @@ def _activation(name: str, a: torch.Tensor) -> torch.Tensor:
 
 def step(z_t, x_t, h, H, E, theta, alpha, eta, weight, m_t, mod_weight, mod_bias,
          mod_fanout_weight, mod_fanout_bias, *, rule, activation, clip, synaptic_scaling,
-         adaptive_threshold, target_activity):
+         adaptive_threshold, target_activity, abcd=None):
     """One time step of SPEC §2. Returns (y_t, h_t, H_t, E_t, θ_t); h is None in feedforward
     mode (x_t given), E and θ are None when the configuration has none."""
     recurrent = x_t is None
@@ -71,9 +71,14 @@ def step(z_t, x_t, h, H, E, theta, alpha, eta, weight, m_t, mod_weight, mod_bias
         H = H + eta * y.unsqueeze(-1) * (p.unsqueeze(-2) - y.unsqueeze(-1) * H)
     elif rule == "modulated":
         H = H + m.unsqueeze(-1) * outer
-    else:  # retroactive: the trace takes the eligibility of the previous step
+    elif rule == "retroactive":  # the trace takes the eligibility of the previous step
         H = H + m.unsqueeze(-1) * E
         E = (1 - eta) * E + eta * outer
+    elif rule == "abcd":  # Najarro & Risi 2020: B weighs the presynaptic activity, C the postsynaptic
+        A, B_, C, D = abcd  # (B_: B is the batch size here)
+        H = H + eta * (A * outer + B_ * p.unsqueeze(-2) + C * y.unsqueeze(-1) + D)
+    else:
+        raise ValueError(f"rule: no reference for {rule!r}")
 
     if clip is not None:
         H = torch.clamp(H, -clip, clip)
@@ -111,6 +116,7 @@ def plastic_scan(
     target_activity: float = 0.0,
     threshold: Optional[torch.Tensor] = None,
     checkpoint_every: Optional[int] = None,
+    abcd: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, PlasticState]:
     """Reference ``plastic_scan`` (SPEC §2, §4). ``checkpoint_every`` is accepted and ignored.
 
@@ -141,7 +147,7 @@ def plastic_scan(
             z[t], None if recurrent else x[t], h, H, E, theta, alpha, eta, weight, m_t,
             mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias, rule=rule,
             activation=activation, clip=clip, synaptic_scaling=synaptic_scaling,
-            adaptive_threshold=adaptive_threshold, target_activity=target_activity)
+            adaptive_threshold=adaptive_threshold, target_activity=target_activity, abcd=abcd)
         ys.append(y)
 
     y_all = torch.stack(ys) if ys else z.new_zeros(0, B, O)

@@ -30,6 +30,8 @@ RULES = {r.name: r for r in (
              default_clip=1.0),
     RuleInfo("retroactive", uses_eta=True, modulated=True, eligibility=True, coefficients=False,
              default_clip=1.0),
+    RuleInfo("abcd", uses_eta=True, modulated=False, eligibility=False, coefficients=True,
+             default_clip=1.0),
 )}
 
 

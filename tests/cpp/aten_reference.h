@@ -24,7 +24,8 @@ inline std::tuple<at::Tensor, PlasticState> reference_scan(const at::Tensor& z, 
   const int64_t T = z.size(0), B = z.size(1), O = z.size(2);
   const bool recurrent = !o.x().defined();
   const int64_t I = recurrent ? O : o.x().size(2);
-  const bool retro = o.rule() == Rule::Retroactive;
+  const RuleInfo rule = rule_info(o.rule());
+  const bool retro = rule.eligibility;
   if (!H.defined()) H = torch::zeros({B, O, I}, z.options());
   at::Tensor E = retro ? (o.eligibility().defined() ? o.eligibility() : torch::zeros({B, O, I}, z.options()))
                        : at::Tensor();
@@ -42,7 +43,7 @@ inline std::tuple<at::Tensor, PlasticState> reference_scan(const at::Tensor& z, 
     at::Tensor y = activate(o.activation(), a);
     ys.push_back(y);
     at::Tensor m;
-    if (o.rule() == Rule::Modulated || retro) {
+    if (rule.modulated) {
       if (o.modulation().defined()) {
         m = o.modulation()[t];
         if (m.dim() == 1) m = m.unsqueeze(-1).expand({B, O});
@@ -61,6 +62,10 @@ inline std::tuple<at::Tensor, PlasticState> reference_scan(const at::Tensor& z, 
       case Rule::Retroactive:
         H = H + m.unsqueeze(-1) * E;
         E = (1 - eta) * E + eta * outer;
+        break;
+      case Rule::Abcd:  // A y pᵀ + B p + C y + D, as Najarro & Risi 2020
+        H = H + eta * (o.abcd()[0] * outer + o.abcd()[1] * p.unsqueeze(-2) +
+                       o.abcd()[2] * y.unsqueeze(-1) + o.abcd()[3]);
         break;
     }
     if (o.clip()) H = torch::clamp(H, -*o.clip(), *o.clip());

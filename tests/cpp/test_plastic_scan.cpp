@@ -34,8 +34,8 @@ Inputs make_inputs(const Case& c, int64_t T = 5, int64_t B = 3, int64_t O = 4, i
   Inputs in;
   in.z = leaf(torch::randn({T, B, O}, opts), in);
   in.alpha = leaf(0.5 * torch::randn({O, I}, opts), in);
-  // Rule modulated has no η.
-  if (c.rule != Rule::Modulated) in.eta = leaf(0.1 + 0.3 * torch::rand({O, 1}, opts), in);
+  const RuleInfo rule = rule_info(c.rule);
+  if (rule.uses_eta) in.eta = leaf(0.1 + 0.3 * torch::rand({O, 1}, opts), in);
   in.trace = leaf(0.3 * torch::randn({B, O, I}, opts), in);
   in.options.rule(c.rule);
   if (c.recurrent) {
@@ -44,7 +44,11 @@ Inputs make_inputs(const Case& c, int64_t T = 5, int64_t B = 3, int64_t O = 4, i
   } else {
     in.options.x(leaf(torch::randn({T, B, I}, opts), in));
   }
-  if (c.rule == Rule::Modulated || c.rule == Rule::Retroactive) {
+  if (rule.coefficients) {
+    in.options.abcd(leaf(0.5 * torch::randn({4, O, I}, opts), in));
+    in.options.clip(1.0);
+  }
+  if (rule.modulated) {
     if (c.source == Modulation::External) {
       in.options.modulation(leaf(torch::randn({T, B}, opts), in));
     } else {
@@ -57,7 +61,7 @@ Inputs make_inputs(const Case& c, int64_t T = 5, int64_t B = 3, int64_t O = 4, i
     }
     in.options.clip(1.0);
   }
-  if (c.rule == Rule::Retroactive) in.options.eligibility(leaf(0.2 * torch::randn({B, O, I}, opts), in));
+  if (rule.eligibility) in.options.eligibility(leaf(0.2 * torch::randn({B, O, I}, opts), in));
   return in;
 }
 
@@ -108,7 +112,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{Rule::Modulated, true, Modulation::Internal},
                       Case{Rule::Modulated, false, Modulation::External},
                       Case{Rule::Retroactive, true, Modulation::Fanout},
-                      Case{Rule::Retroactive, false, Modulation::External}));
+                      Case{Rule::Retroactive, false, Modulation::External},
+                      Case{Rule::Abcd, false, Modulation::Internal},
+                      Case{Rule::Abcd, true, Modulation::Internal}));
 
 TEST(PlasticScan, ZeroStepsReturnTheStateUnchanged) {
   Inputs in = make_inputs({Rule::Hebb, true, Modulation::Internal}, /*T=*/0);

@@ -6,7 +6,9 @@ from typing import Dict, Optional
 
 import torch
 
-RULES = ("hebb", "oja", "modulated", "retroactive")
+import torchplastic as tp
+
+RULES = tuple(tp.rules.RULES)
 MOD_SOURCES = ("external", "external_per_neuron", "internal", "fanout")
 
 
@@ -18,6 +20,7 @@ class Config:
     activation: str = "tanh"
     alpha: str = "connection"     # granularity of α: connection | neuron | scalar
     eta: str = "scalar"
+    abcd: str = "connection"      # granularity of the coefficients of rule abcd
     clip: Optional[float] = None
     scaling: Optional[float] = None
     threshold: Optional[float] = None
@@ -33,7 +36,7 @@ class Config:
         parts = [self.rule, "rec" if self.recurrent else "ff"]
         if self.source:
             parts.append(self.source)
-        for name in ("activation", "alpha", "eta", "clip", "scaling", "threshold"):
+        for name in ("activation", "alpha", "eta", "abcd", "clip", "scaling", "threshold"):
             value = getattr(self, name)
             if value not in (None, "tanh", "connection", "scalar"):
                 parts.append(f"{name}={value}")
@@ -61,14 +64,18 @@ def make_inputs(cfg: Config, dtype=torch.float64, device="cpu", seed: int = 0,
                                  checkpoint_every=cfg.checkpoint_every)
     kw["z"] = randn(T, B, O)
     kw["alpha"] = _granular(cfg.alpha, O, I, gen, dtype, device, 1.0, -0.5)
-    kw["eta"] = None if cfg.rule == "modulated" else _granular(cfg.eta, O, I, gen, dtype, device, 0.4, 0.05)
+    info = tp.rules.rule_info(cfg.rule)
+    kw["eta"] = _granular(cfg.eta, O, I, gen, dtype, device, 0.4, 0.05) if info.uses_eta else None
+    if info.coefficients:
+        kw["abcd"] = torch.stack([_granular(cfg.abcd, O, I, gen, dtype, device, 1.0, -0.5)
+                                  for _ in range(4)])
     kw["trace"] = randn(B, O, I, scale=0.3) if cfg.initial_state else None
     if cfg.recurrent:
         kw["weight"] = randn(O, O, scale=0.5)
         kw["hidden"] = randn(B, O, scale=0.5) if cfg.initial_state else None
     else:
         kw["x"] = randn(T, B, I)
-    if cfg.rule in ("modulated", "retroactive"):
+    if info.modulated:
         source = cfg.source or "internal"
         if source == "external":
             kw["modulation"] = randn(T, B)
@@ -80,7 +87,7 @@ def make_inputs(cfg: Config, dtype=torch.float64, device="cpu", seed: int = 0,
             if source == "fanout":
                 kw["mod_fanout_weight"] = randn(O)
                 kw["mod_fanout_bias"] = randn(O)
-    if cfg.rule == "retroactive" and cfg.initial_state:
+    if info.eligibility and cfg.initial_state:
         kw["eligibility"] = randn(B, O, I, scale=0.3)
     if cfg.threshold is not None and cfg.initial_state:
         kw["threshold"] = randn(B, O, scale=0.1)
@@ -117,8 +124,8 @@ def all_rule_mode_sources():
     """Every rule × mode × modulation source."""
     out = []
     for rule, recurrent in itertools.product(RULES, (False, True)):
-        sources = MOD_SOURCES if rule in ("modulated", "retroactive") else (None,)
+        info = tp.rules.rule_info(rule)
+        sources = MOD_SOURCES if info.modulated else (None,)
         for source in sources:
-            clip = 1.0 if rule in ("modulated", "retroactive") else None
-            out.append(Config(rule=rule, recurrent=recurrent, source=source, clip=clip))
+            out.append(Config(rule=rule, recurrent=recurrent, source=source, clip=info.default_clip))
     return out

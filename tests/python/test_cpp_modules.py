@@ -12,6 +12,8 @@ CASES = [
     ("PlasticRNN", dict(rule="modulated", modulation="internal", adaptive_threshold=0.1)),
     ("PlasticRNN", dict(rule="retroactive", modulation="external", batch_first=True)),
     ("PlasticRNNCell", dict(rule="retroactive", modulation="fanout")),
+    ("PlasticLinear", dict(rule="abcd")),
+    ("PlasticRNN", dict(rule="abcd", abcd="neuron", abcd_init=(0.5, 0.1, -0.2, 0.05), eta="neuron")),
 ]
 
 

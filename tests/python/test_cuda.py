@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torchplastic as tp
-from helpers import Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
+from helpers import RULES, Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
 from test_plastic_scan import OPTION_CASES, opcheck_args
 
 pytestmark = pytest.mark.skipif(
@@ -114,11 +114,11 @@ def test_cuda_half_precision_inputs(dtype, tol):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("rule", ["hebb", "oja", "modulated", "retroactive"])
+@pytest.mark.parametrize("rule", RULES)
 def test_cuda_gradcheck(rule):
     cfg = Config(rule=rule, recurrent=rule != "oja", source="fanout" if rule == "retroactive" else None,
-                 T=3, B=2, O=3, I=2, clip=2.0 if rule in ("modulated", "retroactive") else None,
-                 threshold=0.2 if rule == "hebb" else None, checkpoint_every=2)
+                 T=3, B=2, O=3, I=2, clip=None if tp.rules.rule_info(rule).default_clip is None else 2.0,
+                 threshold=0.2 if rule in ("hebb", "abcd") else None, checkpoint_every=2)
     kw = to_device(make_inputs(cfg), "cuda")
     leaves = tensor_inputs(kw)
     names = list(leaves)

@@ -50,6 +50,13 @@ BAD = [
     ("eligibility_for_hebb", lambda: with_(base(), eligibility=torch.zeros(3, 4, 4, dtype=D)), "eligibility", "retroactive"),
     ("threshold_without_rate", lambda: with_(base(), threshold=torch.zeros(3, 4, dtype=D)), "threshold", "adaptive_threshold"),
     ("device", lambda: with_(base(), alpha=torch.zeros(4, 4, dtype=D, device="meta")), "alpha", "device"),
+    ("abcd_missing", lambda: with_(base("abcd"), abcd=None), "abcd", "got None"),
+    ("abcd_for_hebb", lambda: with_(base(), abcd=torch.zeros(4, 4, 4, dtype=D)), "abcd", "'abcd'"),
+    ("abcd_three", lambda: with_(base("abcd"), abcd=torch.zeros(3, 4, 4, dtype=D)), "abcd", "[4, 4, 4]"),
+    ("abcd_2d", lambda: with_(base("abcd"), abcd=torch.zeros(4, 4, dtype=D)), "abcd", "[4, 1, 1]"),
+    ("abcd_columns", lambda: with_(base("abcd", recurrent=False), abcd=torch.zeros(4, 4, 4, dtype=D)), "abcd", "[4, 4, 6]"),
+    ("abcd_dtype", lambda: with_(base("abcd"), abcd=torch.zeros(4, 4, 4, dtype=torch.float32)), "abcd", "dtype"),
+    ("abcd_device", lambda: with_(base("abcd"), abcd=torch.zeros(4, 4, 4, dtype=D, device="meta")), "abcd", "device"),
 ]
 
 
@@ -102,6 +109,7 @@ def test_modules_reject_bad_input(module):
 
 @pytest.mark.parametrize("kwargs,argument", [
     (dict(rule="stdp"), "rule"), (dict(alpha="row"), "alpha"), (dict(eta="column"), "eta"),
+    (dict(rule="abcd", abcd="row"), "abcd"), (dict(rule="abcd", abcd_init=(1.0, 0.0)), "abcd_init"),
     (dict(activation="elu"), "activation"), (dict(modulation="dopamine"), "modulation"),
     (dict(clip=0.0), "clip"), (dict(synaptic_scaling=-1.0), "synaptic_scaling"),
     (dict(adaptive_threshold=0.0), "adaptive_threshold"), (dict(checkpoint_every=0), "checkpoint_every")])

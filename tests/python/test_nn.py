@@ -14,6 +14,8 @@ KW_CASES = [
     dict(rule="retroactive", modulation="fanout", synaptic_scaling=2.0),
     dict(rule="retroactive", modulation="external", adaptive_threshold=0.1, target_activity=0.1),
     dict(rule="hebb", activation="relu", alpha="scalar", clip=0.5),
+    dict(rule="abcd", abcd="neuron", eta="neuron"),
+    dict(rule="abcd", abcd="scalar", clip=None, synaptic_scaling=1.0),
 ]
 MODULES = [tp.PlasticLinear, tp.PlasticRNN]
 
@@ -41,7 +43,7 @@ def reference_of(m, x, state, modulation):
         mod_fanout_weight=getattr(m, "mod_fanout_weight", None),
         mod_fanout_bias=getattr(m, "mod_fanout_bias", None), eligibility=state.eligibility,
         synaptic_scaling=m.synaptic_scaling, adaptive_threshold=m.adaptive_threshold,
-        target_activity=m.target_activity, threshold=state.threshold)
+        target_activity=m.target_activity, threshold=state.threshold, abcd=m.abcd)
 
 
 def inputs(m, T=6, B=3, seed=1):
@@ -84,6 +86,11 @@ def test_parameter_names_and_shapes():
     assert mod.clip == 1.0 and tp.PlasticRNN(5, 4).clip is None  # clip="auto"
     assert torch.all(rnn.eta == 0.01) and 0 <= rnn.alpha.min() and rnn.alpha.max() <= 0.01
     assert "rule='retroactive'" in repr(rnn) and "modulation='fanout'" in repr(rnn)
+    abcd = tp.PlasticLinear(5, 4, rule="abcd", abcd="neuron", abcd_init=(0.5, 0.1, -0.2, 0.0))
+    assert {k: tuple(v.shape) for k, v in abcd.named_parameters()} == {
+        "alpha": (4, 5), "eta": (1, 1), "abcd": (4, 4, 1), "weight": (4, 5), "bias": (4,)}
+    assert abcd.clip == 1.0 and "abcd='neuron'" in repr(abcd)
+    torch.testing.assert_close(abcd.abcd[:, 0, 0], torch.tensor([0.5, 0.1, -0.2, 0.0]))
 
 
 @pytest.mark.parametrize("cls", MODULES)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import torchplastic as tp
-from helpers import Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
+from helpers import RULES, Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
+from torchplastic.functional import SCAN_ARGUMENTS
 
 VALUE_TOL = dict(rtol=1e-10, atol=1e-12)
 GRAD_TOL = dict(rtol=1e-9, atol=1e-11)
@@ -56,6 +57,15 @@ OPTION_CASES = [
     Config(rule="hebb", initial_state=False),
     Config(rule="retroactive", recurrent=False, source="fanout", initial_state=False, threshold=0.1),
     Config(rule="hebb", B=1, O=1, I=1, T=3),
+    # Rule abcd: every coefficient granularity in both modes, clipped and not; with η per
+    # connection and per neuron; with synaptic scaling and the adaptive threshold.
+    *[Config(rule="abcd", recurrent=r, abcd=g, clip=c) for r in (False, True)
+      for g in ("connection", "neuron", "scalar") for c in (None, 0.3)],
+    Config(rule="abcd", eta="connection", alpha="neuron", clip=1.0),
+    Config(rule="abcd", recurrent=False, eta="neuron", abcd="neuron", clip=0.5),
+    Config(rule="abcd", abcd="scalar", scaling=0.5),
+    Config(rule="abcd", recurrent=False, clip=0.4, scaling=0.6, threshold=0.2, target_activity=0.1),
+    Config(rule="abcd", initial_state=False, threshold=0.1),
 ]
 
 
@@ -64,13 +74,13 @@ def test_options_match_reference(cfg):
     assert_matches_reference(cfg)
 
 
-@pytest.mark.parametrize("rule", ["hebb", "oja", "modulated", "retroactive"])
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("recurrent", [False, True])
 def test_gradcheck(rule, recurrent):
     cfg = Config(rule=rule, recurrent=recurrent, source="fanout" if rule == "retroactive" else None,
-                 T=3, B=2, O=3, I=2, clip=2.0 if rule in ("modulated", "retroactive") else None,
-                 threshold=0.2 if rule == "hebb" else None, scaling=1.5 if rule == "oja" else None,
-                 checkpoint_every=2)
+                 T=3, B=2, O=3, I=2, clip=None if tp.rules.rule_info(rule).default_clip is None else 2.0,
+                 threshold=0.2 if rule in ("hebb", "abcd") else None,
+                 scaling=1.5 if rule in ("oja", "abcd") else None, checkpoint_every=2)
     kw = make_inputs(cfg)
     leaves = tensor_inputs(kw)
     names = list(leaves)
@@ -91,6 +101,7 @@ K_INVARIANCE_CASES = [
     (dict(rule="hebb"), torch.float32),
     (dict(rule="oja", eta="connection", clip=0.5), torch.float32),
     (dict(rule="modulated", source="fanout", scaling=1.0), torch.float64),
+    (dict(rule="abcd", eta="connection", abcd="neuron", clip=0.5), torch.float32),
 ]
 
 
@@ -214,18 +225,16 @@ def test_checkpoint_buffers_are_reused_only_once_freed():
 # ---------------------------------------------------------------- registration
 
 def opcheck_args(cfg):
+    """The op's arguments for cfg, positionally, in the schema's order."""
     kw = make_inputs(cfg)
-    return (kw["z"], kw["alpha"], kw["eta"], kw["trace"], kw.get("x"), kw.get("weight"),
-            kw.get("hidden"), kw.get("eligibility"), kw.get("threshold"), kw.get("modulation"),
-            kw.get("mod_weight"), kw.get("mod_bias"), kw.get("mod_fanout_weight"),
-            kw.get("mod_fanout_bias"), cfg.rule, cfg.activation, cfg.clip, cfg.scaling,
-            cfg.threshold, cfg.target_activity, cfg.checkpoint_every)
+    return tuple(kw.get(name) for name in SCAN_ARGUMENTS)
 
 
 @pytest.mark.parametrize("cfg", [Config(rule="hebb"),
                                  Config(rule="retroactive", recurrent=False, source="fanout", clip=1.0,
                                         threshold=0.1),
-                                 Config(rule="modulated", source="external", clip=1.0)], ids=Config.id)
+                                 Config(rule="modulated", source="external", clip=1.0),
+                                 Config(rule="abcd", abcd="neuron", clip=1.0, scaling=1.0)], ids=Config.id)
 def test_opcheck(cfg):
     torch.library.opcheck(torch.ops.torchplastic.plastic_scan.default, opcheck_args(cfg))
 
@@ -254,6 +263,25 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(compiled_loss, eager_loss)
     g_eager = torch.autograd.grad(eager_loss, (u, w_in, kw["alpha"], kw["eta"]))
     g_compiled = torch.autograd.grad(compiled_loss, (u, w_in, kw["alpha"], kw["eta"]))
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_fullgraph_abcd():
+    torch._dynamo.reset()
+    cfg = Config(rule="abcd", recurrent=False, abcd="neuron", clip=1.0, T=5)
+    kw = make_inputs(cfg)
+
+    def model(z, abcd):
+        y, state = call(tp.functional.plastic_scan, dict(kw, z=z, abcd=abcd))
+        return y.square().sum() + state.trace.sum()
+
+    compiled = torch.compile(model, fullgraph=True)
+    eager_loss = model(kw["z"], kw["abcd"])
+    compiled_loss = compiled(kw["z"], kw["abcd"])
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    g_eager = torch.autograd.grad(eager_loss, (kw["z"], kw["abcd"], kw["eta"]))
+    g_compiled = torch.autograd.grad(compiled_loss, (kw["z"], kw["abcd"], kw["eta"]))
     for a, b in zip(g_compiled, g_eager):
         torch.testing.assert_close(a, b)
 

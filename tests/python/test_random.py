@@ -17,7 +17,7 @@ import torch
 import torchplastic as tp
 from helpers import call, loss_of, tensor_inputs
 
-RULES = ("hebb", "oja", "modulated", "retroactive")
+RULES = tuple(tp.rules.RULES)
 SOURCES = ("external", "external_per_neuron", "internal", "fanout")
 GRAN = {"connection": lambda O, I: (O, I), "neuron": lambda O, I: (O, 1), "scalar": lambda O, I: (1, 1)}
 
@@ -41,6 +41,7 @@ def random_case(seed: int):
     g = torch.Generator().manual_seed(seed)
     D = torch.float64
     rule = rng.choice(RULES)
+    info = tp.rules.rule_info(rule)
     recurrent = rng.random() < 0.5
     T, B, O = rng.choice([0, 1, 2, rng.randint(3, 50)]), rng.choice([1, rng.randint(2, 5)]), rng.choice([1, rng.randint(2, 9)])
     I = O if recurrent else rng.choice([1, rng.randint(2, 9)])
@@ -52,7 +53,7 @@ def random_case(seed: int):
               checkpoint_every=rng.choice([None, 1, rng.randint(1, 60)]))
     # Keep long, unclipped, identity-activation runs from overflowing.
     bounded = kw["activation"] in ("tanh", "sigmoid")
-    kw["clip"] = rng.choice([None, 0.5, 2.0]) if rule in ("hebb", "oja") else rng.choice([0.5, 1.0])
+    kw["clip"] = rng.choice([None, 0.5, 2.0]) if info.default_clip is None else rng.choice([0.5, 1.0])
     kw["synaptic_scaling"] = rng.choice([None, None, 0.7, 3.0])
     if not bounded and kw["clip"] is None and kw["synaptic_scaling"] is None:
         kw["synaptic_scaling"] = 1.0
@@ -61,7 +62,9 @@ def random_case(seed: int):
     kw["z"] = randn(T, B, O)
     ga, ge = rng.choice(list(GRAN)), rng.choice(list(GRAN))
     kw["alpha"] = randn(*GRAN[ga](O, I), scale=0.3)
-    kw["eta"] = None if rule == "modulated" else 0.05 + 0.3 * torch.rand(GRAN[ge](O, I), generator=g, dtype=D)
+    kw["eta"] = 0.05 + 0.3 * torch.rand(GRAN[ge](O, I), generator=g, dtype=D) if info.uses_eta else None
+    if info.coefficients:
+        kw["abcd"] = randn(4, *GRAN[rng.choice(list(GRAN))](O, I), scale=0.5)
     kw["trace"] = rng.choice([None, randn(B, O, I, scale=0.2)])
     scale = 0.3 if bounded else 0.1
     if recurrent:
@@ -69,7 +72,7 @@ def random_case(seed: int):
         kw["hidden"] = rng.choice([None, randn(B, O, scale=0.3)])
     else:
         kw["x"] = randn(T, B, I, scale=0.5)
-    if rule in ("modulated", "retroactive"):
+    if info.modulated:
         source = rng.choice(SOURCES)
         if source == "external":
             kw["modulation"] = randn(T, B, scale=0.5)
@@ -79,7 +82,7 @@ def random_case(seed: int):
             kw["mod_weight"], kw["mod_bias"] = randn(O), randn(1)
             if source == "fanout":
                 kw["mod_fanout_weight"], kw["mod_fanout_bias"] = randn(O), randn(O)
-    if rule == "retroactive":
+    if info.eligibility:
         kw["eligibility"] = rng.choice([None, randn(B, O, I, scale=0.2)])
     if kw["adaptive_threshold"] is not None:
         kw["threshold"] = rng.choice([None, randn(B, O, scale=0.1)])

@@ -13,6 +13,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <array>
 #include <ostream>
 #include <tuple>
 
@@ -21,8 +22,12 @@
 
 namespace torchplastic {
 
+// A, B, C, D of Rule::Abcd.
+using AbcdCoefficients = std::array<double, 4>;
+
 // The keywords every plastic module takes, after its two sizes.
-//   clip: unset is "auto" (1.0 for the modulated rules, none otherwise); infinity means none.
+//   clip: unset is "auto" (the rule's default: 1.0 for modulated, retroactive and abcd, none
+//   otherwise); infinity means none.
 #define TORCHPLASTIC_MODULE_ARGS()                                                        \
   TORCH_ARG(bool, bias) = true;                                                           \
   TORCH_ARG(Rule, rule) = Rule::Hebb;                                                     \
@@ -36,6 +41,8 @@ namespace torchplastic {
   TORCH_ARG(double, target_activity) = 0.0;                                               \
   TORCH_ARG(double, alpha_init) = 0.01;                                                   \
   TORCH_ARG(double, eta_init) = 0.01;                                                     \
+  TORCH_ARG(Granularity, abcd) = Granularity::Connection;                                 \
+  TORCH_ARG(AbcdCoefficients, abcd_init) = AbcdCoefficients{1.0, 0.0, 0.0, 0.0};          \
   TORCH_ARG(c10::optional<int64_t>, checkpoint_every) = c10::nullopt;                     \
   TORCH_ARG(bool, batch_first) = false
 
@@ -76,7 +83,7 @@ class PlasticCore {
   PlasticLinearOptions options{1, 1};
   c10::optional<double> clip;  // resolved from "auto"
   bool recurrent = false;
-  at::Tensor alpha, eta, mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias;
+  at::Tensor alpha, eta, abcd, mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias;
 };
 
 PlasticLinearOptions as_linear_options(const PlasticRNNOptions& options);

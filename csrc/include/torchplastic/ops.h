@@ -44,6 +44,7 @@ struct ScanOptions {
   TORCH_ARG(double, target_activity) = 0.0;
   TORCH_ARG(at::Tensor, threshold);          // [B, O]     θ_0
   TORCH_ARG(c10::optional<int64_t>, checkpoint_every) = c10::nullopt;
+  TORCH_ARG(at::Tensor, abcd);               // [4, O, I|1] | [4, 1, 1]  A–D of Rule::Abcd
 };
 
 // Runs T steps of a plastic layer (SPEC §2). z [T, B, O]; alpha and eta [O, I], [O, 1] or

@@ -11,7 +11,8 @@ namespace torchplastic {
   X(Hebb, "hebb")               \
   X(Oja, "oja")                 \
   X(Modulated, "modulated")     \
-  X(Retroactive, "retroactive")
+  X(Retroactive, "retroactive") \
+  X(Abcd, "abcd")
 
 // Trace update rule.
 enum class Rule {
