@@ -1,6 +1,7 @@
 // CUDA registration of plastic_scan: plans the launch, takes scratch from the caching allocator
-// and launches on the current stream (kernels: cuda/plastic_scan.cu); everything else is
-// shared with the CPU (csrc/ops/scan.h). No host synchronisation.
+// and launches on the current stream (kernels: cuda/forward.cu and cuda/backward.cu; planning:
+// cuda/plan.cu); everything else is shared with the CPU (csrc/ops/scan.h). No host
+// synchronisation.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

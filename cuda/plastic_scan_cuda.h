@@ -1,6 +1,6 @@
-// Launchers of the CUDA plastic_scan kernels (cuda/plastic_scan.cu). Torch-free, so the .cu
-// file compiles without torch headers; cuda/plastic_scan_cuda.cpp calls these with memory
-// from the caching allocator and the current stream.
+// Launchers of the CUDA plastic_scan kernels (cuda/*.cu). Torch-free, so the .cu files
+// compile without torch headers; cuda/plastic_scan_cuda.cpp calls these with memory from the
+// caching allocator and the current stream.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -63,9 +63,8 @@ struct SequenceGrads {
 //
 // Rows rows from o per call (2 in the fused passes, else 1): element i of both rows in one loop
 // iteration, so p_t, p_{t+1} and the replayed steps' p are loaded, and dL/dp_t and dL/dp_{t+1}
-// loaded and stored, once for the two (one sequence's backward: 8% faster than one row per
-// call; four rows per call ran out of registers and was slower). The rows' order in the sums
-// over rows (dL/dp) is the same as one at a time.
+// loaded and stored, once for the two (four rows per call run out of registers). The rows'
+// order in the sums over rows (dL/dp) is the same as one at a time.
 // Ht, Et: row o of H_{t-1}, E_{t-1}. With Replay > 0 (fused passes only), row o of tr's anchor,
 // Replay steps before them: each element is stepped forward through those steps in registers
 // first.

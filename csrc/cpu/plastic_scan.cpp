@@ -85,12 +85,8 @@ void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
   run_units(P.B, [&](const auto& next) {
     using Workspace = BackwardWorkspace<T>;
     const int64_t K = P.checkpoint_every;
-    // The workspace's arrays must start on 64-byte boundaries; the vector's data need not.
-    std::vector<T> memory(Workspace::size(K, P.O, P.I, retro, P.has_scaling) + Workspace::kAlign);
-    const auto address = reinterpret_cast<uintptr_t>(memory.data());
-    const uintptr_t align = Workspace::kAlignBytes;
-    T* base = reinterpret_cast<T*>((address + align - 1) / align * align);
-    const auto W = Workspace::carve(base, K, P.O, P.I, retro, P.has_scaling);
+    std::vector<T> memory(Workspace::size(K, P.O, P.I, retro, P.has_scaling));
+    const auto W = Workspace::carve(memory.data(), K, P.O, P.I, retro, P.has_scaling);
     for (int64_t b = next(); b >= 0; b = next()) {
       switch (cpu_isa()) {
         case Isa::Avx512: avx512::backward_range(P, G, b, b + 1, W); break;

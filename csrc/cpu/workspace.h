@@ -32,37 +32,41 @@ struct BackwardWorkspace {
 
   // Each array starts kSkew elements further past a 4 KiB boundary than the one before: with
   // equal offsets, the kernels' streams (H_{t-1}, dL/dH, ...) alias in the store-to-load
-  // disambiguation by address bits 0-11, which stalls loads behind unrelated stores (one
-  // sequence's backward, N=256: 0.078-0.088 ms/step unskewed, 0.068-0.072 skewed; best of 15).
+  // disambiguation by address bits 0-11, which stalls loads behind unrelated stores.
   static constexpr int64_t kSkew = 80;
-  // And every array starts on a 64-byte boundary (the memory given to carve must too, and
-  // kSkew keeps it): a vector load that straddles two cache lines costs two, and with
-  // malloc's 16-byte alignment every AVX-512 access to these arrays did (one sequence's
-  // backward: 34.4-35.3 -> 31.7-32.5 us/step aligned).
+  // And every array starts on a 64-byte boundary (carve aligns its base, and kSkew keeps the
+  // alignment): a vector load that straddles two cache lines costs two, and with malloc's
+  // 16-byte alignment every AVX-512 access to these arrays would.
   static constexpr int64_t kAlignBytes = 64;
   static constexpr int64_t kAlign = kAlignBytes / static_cast<int64_t>(sizeof(T));
   static constexpr int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
   static_assert(kSkew % kAlign == 0, "BackwardWorkspace: kSkew must keep arrays aligned");
 
   // Anchors every kAnchorEvery steps: the backward replays at most kAnchorEvery − 1 steps
-  // per element and step (1.5 on average); at 4 the anchors of one segment (K = 8)
-  // take 256 KiB at N = 256 instead of the 1.75 MiB of every step's trace, which had pushed
-  // the backward's working set out of the L2 cache of the benchmark machine.
+  // per element and step (1.5 on average), and the anchors of a segment take a quarter of the
+  // memory every step's trace would, which keeps the backward's working set in L2.
   static constexpr int64_t kAnchorEvery = 4;
   static int64_t anchor_stride(bool synaptic_scaling) { return synaptic_scaling ? 1 : kAnchorEvery; }
   static int64_t anchor_slots(int64_t K, int64_t every) { return (K - 1) / every; }
 
-  // Elements needed for one worker (from a 64-byte aligned base).
+  // Elements of memory one worker needs, from any base with T's alignment: the arrays plus
+  // the slack carve takes to align them.
   static int64_t size(int64_t K, int64_t O, int64_t I, bool retro, bool synaptic_scaling) {
     int64_t total = 0;
     carve(nullptr, K, O, I, retro, synaptic_scaling, &total);
-    return total;
+    return total + kAlign;
   }
-  // The arrays, laid out from base, which must be 64-byte aligned (nullptr: only count them,
-  // into *total).
-  static BackwardWorkspace carve(T* base, int64_t K, int64_t O, int64_t I, bool retro,
+  // The arrays, laid out from the first 64-byte boundary at or after `memory`, which holds
+  // size() elements (nullptr: only count the arrays, into *total).
+  static BackwardWorkspace carve(T* memory, int64_t K, int64_t O, int64_t I, bool retro,
                                  bool synaptic_scaling, int64_t* total = nullptr) {
     BackwardWorkspace w{};
+    T* base = nullptr;
+    if (memory) {
+      const auto address = reinterpret_cast<uintptr_t>(memory);
+      const uintptr_t align = kAlignBytes;
+      base = reinterpret_cast<T*>((address + align - 1) / align * align);
+    }
     int64_t at = 0;
     auto take = [&](T*& array, int64_t n) {
       array = base ? base + at : nullptr;

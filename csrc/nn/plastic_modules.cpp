@@ -85,8 +85,8 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
   else if (std::isinf(*o.clip()) && *o.clip() > 0) clip = c10::nullopt;           // none
   else clip = o.clip();
   // The op's own checks, run here so that a bad option fails where the module is built.
-  check_scan_options(owner.c_str(), clip, o.synaptic_scaling(), o.adaptive_threshold(),
-                     o.checkpoint_every());
+  check_scan_options(owner.c_str(), to_string(o.activation()), clip, o.synaptic_scaling(),
+                     o.adaptive_threshold(), o.checkpoint_every());
 
   const int64_t O = out_features, I = presynaptic;
   alpha = module.register_parameter("alpha", torch::empty(shape_of(o.alpha(), O, I)));

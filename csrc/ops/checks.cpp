@@ -71,10 +71,12 @@ int64_t checkpoint_interval(int64_t T, const c10::optional<int64_t>& requested) 
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(T)))));
 }
 
-void check_scan_options(const char* owner, const c10::optional<double>& clip,
+void check_scan_options(const char* owner, const std::string& activation,
+                        const c10::optional<double>& clip,
                         const c10::optional<double>& synaptic_scaling,
                         const c10::optional<double>& adaptive_threshold,
                         const c10::optional<int64_t>& checkpoint_every) {
+  torchplastic::activation_from_string(activation, (std::string(owner) + ": activation").c_str());
   check_positive(owner, clip, "clip");
   check_positive(owner, synaptic_scaling, "synaptic_scaling");
   check_positive(owner, adaptive_threshold, "adaptive_threshold");
@@ -235,8 +237,8 @@ ScanConfig check_scan_args(const ScanArgs& a) {
     }
   }
 
-  check_scan_options("plastic_scan", a.clip, a.synaptic_scaling, a.adaptive_threshold,
-                     a.checkpoint_every);
+  check_scan_options("plastic_scan", a.activation, a.clip, a.synaptic_scaling,
+                     a.adaptive_threshold, a.checkpoint_every);
   TORCH_CHECK_VALUE(std::isfinite(a.target_activity),
                     "plastic_scan: target_activity: expected a finite value, got ",
                     a.target_activity);

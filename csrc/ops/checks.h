@@ -5,6 +5,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/plastic_step.h"
 #include "ops/scan_args.h"
@@ -29,7 +30,8 @@ struct ScanConfig {
 ScanConfig check_scan_args(const ScanArgs& args);
 
 // The options alone, where a module is built: `owner` starts the messages ("PlasticRNN").
-void check_scan_options(const char* owner, const c10::optional<double>& clip,
+void check_scan_options(const char* owner, const std::string& activation,
+                        const c10::optional<double>& clip,
                         const c10::optional<double>& synaptic_scaling,
                         const c10::optional<double>& adaptive_threshold,
                         const c10::optional<int64_t>& checkpoint_every);

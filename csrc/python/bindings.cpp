@@ -151,13 +151,13 @@ PYBIND11_MODULE(_C, m) {
       "K of SPEC §3: `requested` capped at T, or about sqrt(T) when None (what the op uses).");
   m.def(
       "check_scan_options",
-      [](const std::string& owner, c10::optional<double> clip,
+      [](const std::string& owner, const std::string& activation, c10::optional<double> clip,
          c10::optional<double> synaptic_scaling, c10::optional<double> adaptive_threshold,
          c10::optional<int64_t> checkpoint_every) {
-        torchplastic::detail::check_scan_options(owner.c_str(), clip, synaptic_scaling,
+        torchplastic::detail::check_scan_options(owner.c_str(), activation, clip, synaptic_scaling,
                                                  adaptive_threshold, checkpoint_every);
       },
-      py::arg("owner"), py::arg("clip"), py::arg("synaptic_scaling"),
+      py::arg("owner"), py::arg("activation"), py::arg("clip"), py::arg("synaptic_scaling"),
       py::arg("adaptive_threshold"), py::arg("checkpoint_every"),
       "The op's checks of its options, for modules to run where they are built.");
 

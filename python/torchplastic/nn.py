@@ -18,7 +18,6 @@ from .state import PlasticState
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
 
-_ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 _GRANULARITIES = ("connection", "neuron", "scalar")
 _MODULATIONS = ("internal", "fanout", "external")
 
@@ -62,7 +61,6 @@ class _PlasticBase(nn.Module):
         abcd_init = tuple(abcd_init)
         if len(abcd_init) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in abcd_init):
             raise ValueError(f"{owner}: abcd_init: expected four numbers (A, B, C, D), got {abcd_init!r}")
-        _check_choice(owner, "activation", activation, _ACTIVATIONS)
         _check_choice(owner, "modulation", modulation, _MODULATIONS)
         if clip == "auto":
             clip = info.default_clip
@@ -73,7 +71,10 @@ class _PlasticBase(nn.Module):
             raise ValueError(f"{owner}: checkpoint_every: expected an int >= 1 or None, got {checkpoint_every!r}")
         # The op's own checks (csrc/ops/checks.cpp), run here so that a bad option fails where
         # the module is built rather than at its first call.
-        _C.check_scan_options(owner, clip, synaptic_scaling, adaptive_threshold, checkpoint_every)
+        if not isinstance(activation, str):
+            raise ValueError(f"{owner}: activation: expected a str, got {activation!r}")
+        _C.check_scan_options(owner, activation, clip, synaptic_scaling, adaptive_threshold,
+                              checkpoint_every)
 
         self.in_features, self.out_features = in_features, out_features
         self.rule, self.activation, self.clip = rule, activation, clip

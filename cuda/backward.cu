@@ -1,0 +1,281 @@
+// The CUDA backward of plastic_scan (equations: csrc/kernels/plastic_step.h and the rules,
+// csrc/kernels/rules/; the launch shape: common.cuh).
+//
+// The backward walks segments of K steps in reverse: each block recomputes its rows' traces of
+// the segment from the checkpoint into global scratch, then sweeps the segment backward with
+// dL/dH, dL/dα (and α, W) on chip where they fit. dL/dp sums over all rows: per-warp partials,
+// then per-block partials exchanged through distributed shared memory.
+#include "cuda/common.cuh"
+
+namespace torchplastic {
+namespace cuda {
+
+template <typename T, typename R>
+__global__ void __launch_bounds__(kThreads)
+    plastic_scan_backward_kernel(const ScanParams<T> P, const ScanGradParams<T> G, const Plan L,
+                                 T* scratch) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  BackwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
+  const int C = L.cluster;
+  const int rank = cluster_rank(C);
+  const int64_t b = blockIdx.x / C;
+  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, K = P.checkpoint_every, OI = O * I;
+  const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
+  const int64_t r1 = min(O, r0 + L.rows);
+  const int64_t n = (r1 - r0) * I;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr bool retro = R::eligibility, modulated = R::modulated;
+  const bool row_local = !P.internal_modulation();
+  const bool eta_pc = P.eta_per_connection;
+
+  // Global scratch: [B, K, O, I] recomputed traces (and eligibilities), then what is off chip.
+  T* seg_H = scratch + b * K * OI;
+  T* seg_E = retro ? scratch + B * K * OI + b * K * OI : nullptr;
+  T* rest = scratch + (retro ? 2 : 1) * B * K * OI;
+  T* partials = L.partials ? S.partials : rest + static_cast<int64_t>(blockIdx.x) * kWarps * I;
+  rest += L.partials ? 0 : static_cast<int64_t>(gridDim.x) * kWarps * I;
+  T* gH = L.grad_trace ? S.gH : rest + (b * O + r0) * I;
+  rest += L.grad_trace ? 0 : B * OI;
+  T* gE = retro ? (L.grad_elig ? S.gE : rest + (b * O + r0) * I) : nullptr;
+  T* gA = L.grad_alpha ? S.galpha : G.grad_alpha + (b * O + r0) * I;
+  const T* A = L.alpha ? S.alpha : P.alpha + r0 * I;
+  const T* W = P.recurrent ? (L.weight ? S.weight : P.weight + r0 * I) : nullptr;
+  T* my_partials = partials + static_cast<int64_t>(warp) * I;
+
+  for (int64_t k = threadIdx.x; k < n; k += kThreads) {
+    gH[k] = G.grad_trace[(b * O + r0) * I + k];
+    if (retro) gE[k] = G.grad_elig[(b * O + r0) * I + k];
+    if (L.grad_alpha) S.galpha[k] = T(0);
+    if (L.alpha) S.alpha[k] = P.alpha[r0 * I + k];
+    if (P.recurrent && L.weight) S.weight[k] = P.weight[r0 * I + k];
+  }
+  for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+    S.gtheta[o] = P.has_threshold ? G.grad_theta[b * O + o] : T(0);
+    S.gh[o] = P.recurrent ? G.grad_hidden[b * O + o] : T(0);
+  }
+  __syncthreads();
+
+  // y_t and p_t of a step into shared memory, read there by every row.
+  auto stage_step = [&](int64_t t) {
+    const T* p_src = P.presynaptic(t, b);
+    const T* y_src = P.y + (t * B + b) * O;
+    for (int64_t i = threadIdx.x; i < I; i += kThreads) S.pbuf[i] = p_src[i];
+    for (int64_t o = threadIdx.x; o < O; o += kThreads) S.ybuf[o] = y_src[o];
+  };
+
+  int parity = 0;
+  for (int64_t seg = P.num_checkpoints() - 1; seg >= 0; --seg) {
+    const int64_t t0 = seg * K, len = min(K, T_ - t0);
+
+    // Recompute this block's rows of H_{t-1} (E_{t-1}) for every step of the segment.
+    for (int64_t k = threadIdx.x; k < n; k += kThreads) {
+      seg_H[r0 * I + k] = P.trace_ckpt[(seg * B + b) * OI + r0 * I + k];
+      if (retro) seg_E[r0 * I + k] = P.elig_ckpt[(seg * B + b) * OI + r0 * I + k];
+    }
+    __syncthreads();
+    for (int64_t j = 0; j + 1 < len; ++j) {
+      const int64_t t = t0 + j;
+      stage_step(t);
+      __syncthreads();
+      const T* p = S.pbuf;
+      const T* y = S.ybuf;
+      const T s = P.internal_modulation() ? modulation_signal(P, y, S.red) : T(0);
+      for (int64_t o = r0 + warp; o < r1; o += kWarps) {
+        const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
+        const int64_t row = o * I;
+        update_row_warp<R>(P, o, y[o], m, p, seg_H + j * OI + row, seg_H + (j + 1) * OI + row,
+                           retro ? seg_E + j * OI + row : nullptr,
+                           retro ? seg_E + (j + 1) * OI + row : nullptr, lane);
+      }
+      __syncthreads();  // before the next step's staging overwrites y and p
+    }
+
+    // Sweep the segment backward.
+    for (int64_t j = len - 1; j >= 0; --j, parity ^= 1) {
+      const int64_t t = t0 + j;
+      stage_step(t);
+      const T* p = S.pbuf;
+      const T* y = S.ybuf;
+      const T* H_prev = seg_H + j * OI;
+      const T* E_prev = retro ? seg_E + j * OI : nullptr;
+
+      for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+        T g = G.grad_y[(t * B + b) * O + o];
+        if (P.recurrent) g += S.gh[o];
+        if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
+        S.gy[o] = g;
+      }
+      for (int64_t i = lane; i < I; i += 32) my_partials[i] = T(0);
+      __syncthreads();
+      const T s = P.internal_modulation() ? modulation_signal(P, y, S.red) : T(0);
+
+      // dL/da of row o, then its α, H_{t-1} and p terms.
+      auto finish_row = [&](int64_t o, T gy_total) {
+        const T ga = gy_total * kernels::activation_grad(P.activation, y[o]);
+        if (lane == 0) {
+          G.grad_z[(t * B + b) * O + o] = ga;
+          if (P.has_threshold) S.gtheta[o] -= ga;
+        }
+        const T* A_row = A + (o - r0) * I;
+        const T* H_row = H_prev + o * I;
+        T* gH_row = gH + (o - r0) * I;
+        T* gA_row = gA + (o - r0) * I;
+        const T* W_row = P.recurrent ? W + (o - r0) * I : nullptr;
+        for (int64_t i = lane; i < I; i += 32) {
+          const T a = A_row[i], h = H_row[i];
+          gH_row[i] += ga * a * p[i];
+          gA_row[i] += ga * h * p[i];
+          my_partials[i] += ga * (a * h + (P.recurrent ? W_row[i] : T(0)));
+        }
+      };
+
+      for (int64_t o = r0 + warp; o < r1; o += kWarps) {
+        const T yo = y[o];
+        const T mo = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
+        const T* eta = P.eta_row(o);
+        const T eta_o = eta[0];
+        const T* H_row = H_prev + o * I;
+        const T* E_row = retro ? E_prev + o * I : nullptr;
+        T* gH_row = gH + (o - r0) * I;
+        T* gE_row = retro ? gE + (o - r0) * I : nullptr;
+
+        T scale = 1, scale_grad = 0;
+        if (P.has_scaling) {
+          T sumsq = 0, dot = 0;
+          for (int64_t i = lane; i < I; i += 32) {
+            const T eta_i = eta_pc ? eta[i] : eta_o;
+            T Cv = R::candidate(
+                synapse<R>(P, o * I + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i));
+            if (P.has_clip) Cv = kernels::clip_value(Cv, P.clip);
+            sumsq += Cv * Cv;
+            dot += gH_row[i] * Cv;
+          }
+          sumsq = warp_sum(sumsq);
+          dot = warp_sum(dot);
+          const T norm = sqrt(sumsq);
+          if (norm > P.scaling) {
+            scale = P.scaling / norm;
+            scale_grad = P.scaling * dot / (norm * norm * norm);
+          }
+        }
+        T gy_row = 0, gm_row = 0, geta_row = 0;
+        T* geta_conn = (G.grad_eta && eta_pc) ? G.grad_eta + (b * O + o) * I : nullptr;
+        for (int64_t i = lane; i < I; i += 32) {
+          const T eta_i = eta_pc ? eta[i] : eta_o;
+          const Synapse<T> syn =
+              synapse<R>(P, o * I + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
+          const T Cv = R::candidate(syn);
+          const T Hc = P.has_clip ? kernels::clip_value(Cv, P.clip) : Cv;
+          T gC = scale * gH_row[i] - scale_grad * Hc;
+          if (P.has_clip) gC *= kernels::clip_grad_mask(Cv, P.clip);
+          T gE_prev = 0;
+          SynapseGrad<T> sg;
+          gH_row[i] = R::backward(gC, retro ? gE_row[i] : T(0), syn, sg, gE_prev);
+          if (retro) gE_row[i] = gE_prev;
+          if (geta_conn) geta_conn[i] += sg.eta;
+          if constexpr (R::coefficients)
+            for (int j = 0; j < 4; ++j) G.grad_coefficients[(b * 4 + j) * OI + o * I + i] += sg.k[j];
+          gy_row += sg.y;
+          gm_row += sg.m;
+          geta_row += sg.eta;
+          my_partials[i] += sg.p;
+        }
+        gy_row = warp_sum(gy_row);
+        gm_row = warp_sum(gm_row);
+        geta_row = warp_sum(geta_row);
+        const T gy_total = S.gy[o] + gy_row;
+        __syncwarp();
+        if (lane == 0) {
+          if (G.grad_eta && !eta_pc) G.grad_eta[b * O + o] += geta_row;
+          if (modulated) G.grad_mod[(t * B + b) * O + o] = gm_row;
+          S.gm[o] = gm_row;
+          S.gy[o] = gy_total;
+        }
+        if (row_local) finish_row(o, gy_total);
+      }
+
+      if (!row_local) {
+        // m = s (· f + g), s = tanh(y·v + c): dL/ds sums over every row of every block.
+        __syncthreads();
+        T part = 0;
+        for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
+          part += P.mod_source == ModSource::Fanout ? S.gm[o] * P.fanout_weight[o] : S.gm[o];
+        part = block_sum(part, S.red);
+        if (threadIdx.x < C) peer(S.gs_part + parity * kMaxCluster, threadIdx.x, C)[rank] = part;
+        cluster_barrier(C);
+        T gs = 0;
+        for (int r = 0; r < C; ++r) gs += S.gs_part[parity * kMaxCluster + r];
+        const T gpre = gs * (T(1) - s * s);
+        if (rank == 0 && threadIdx.x == 0) {
+          G.grad_mod_pre[t * B + b] = gpre;
+          G.mod_signal[t * B + b] = s;
+        }
+        for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) S.gy[o] += gpre * P.mod_weight[o];
+        __syncthreads();
+        for (int64_t o = r0 + warp; o < r1; o += kWarps) finish_row(o, S.gy[o]);
+      }
+
+      // dL/dp_t = Σ over warps, then over the cluster's blocks.
+      __syncthreads();
+      T* gp_part = S.gp_part + parity * I;
+      for (int64_t i = threadIdx.x; i < I; i += kThreads) {
+        T acc = 0;
+        for (int w = 0; w < kWarps; ++w) acc += partials[static_cast<int64_t>(w) * I + i];
+        gp_part[i] = acc;
+      }
+      cluster_barrier(C);
+      if (P.recurrent) {
+        for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+          T acc = 0;
+          for (int r = 0; r < C; ++r) acc += peer(gp_part, r, C)[o];
+          S.gh[o] = acc;
+        }
+      } else {
+        const int64_t share = (I + C - 1) / C;
+        const int64_t i0 = min(I, rank * share), i1 = min(I, i0 + share);
+        for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) {
+          T acc = 0;
+          for (int r = 0; r < C; ++r) acc += peer(gp_part, r, C)[i];
+          G.grad_x[(t * B + b) * I + i] = acc;
+        }
+      }
+      __syncthreads();
+    }
+  }
+
+  for (int64_t k = threadIdx.x; k < n; k += kThreads) {
+    G.grad_trace0[(b * O + r0) * I + k] = gH[k];
+    if (retro) G.grad_elig0[(b * O + r0) * I + k] = gE[k];
+    if (L.grad_alpha) G.grad_alpha[(b * O + r0) * I + k] = S.galpha[k];
+  }
+  for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+    if (P.has_threshold) G.grad_theta0[b * O + o] = S.gtheta[o];
+    if (P.recurrent) G.grad_hidden0[b * O + o] = S.gh[o];
+  }
+  cluster_barrier(C);  // no block leaves while a peer may still read its shared memory
+}
+
+template <typename T>
+const void* backward_kernel_for_occupancy() {
+  return reinterpret_cast<const void*>(plastic_scan_backward_kernel<T, kernels::rules::Hebb>);
+}
+
+template <typename T>
+void launch_backward(const ScanParams<T>& P, const ScanGradParams<T>& G, const Plan& L,
+                     T* scratch, cudaStream_t stream) {
+  if (P.B == 0 || P.O == 0) return;
+  kernels::with_rule(P.rule, [&](auto rule) {
+    launch(plastic_scan_backward_kernel<T, decltype(rule)>, L, P.B, stream, "backward", P, G, L,
+           scratch);
+  });
+}
+
+template const void* backward_kernel_for_occupancy<float>();
+template const void* backward_kernel_for_occupancy<double>();
+template void launch_backward<float>(const ScanParams<float>&, const ScanGradParams<float>&,
+                                     const Plan&, float*, cudaStream_t);
+template void launch_backward<double>(const ScanParams<double>&, const ScanGradParams<double>&,
+                                      const Plan&, double*, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace torchplastic

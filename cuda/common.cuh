@@ -1,0 +1,255 @@
+// What the CUDA kernels of plastic_scan share (forward.cu, backward.cu, plan.cu): the launch
+// shape, device helpers, the shared-memory layouts, and the launch itself.
+//
+// One persistent kernel runs all T steps. Sequences are independent, so each one gets a thread
+// block cluster of C blocks (C = 1, 2, 4 or 8); block `rank` of the cluster owns the
+// postsynaptic rows [rank·R, rank·R + R). Per step every warp takes rows, its lanes take
+// columns: the row's matrix-vector product is a warp reduction, and the trace update of the
+// row follows while it is in registers / L1. Where they fit, the block's slices of H, E, α and
+// W stay in shared memory for all T steps; otherwise the same code reads them from global
+// memory (the streaming fallback). Plan (plastic_scan_cuda.h) says which.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cuda/plastic_scan_cuda.h"
+#include "kernels/plastic_step.h"
+
+namespace torchplastic {
+namespace cuda {
+
+namespace cg = cooperative_groups;
+using kernels::Activation;
+using kernels::ModSource;
+using kernels::Rule;
+using kernels::ScanGradParams;
+using kernels::ScanParams;
+using kernels::Synapse;
+using kernels::SynapseGrad;
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxCluster = 8;
+
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("plastic_scan (CUDA): ") + what + ": " +
+                             cudaGetErrorString(err));
+}
+
+// ------------------------------------------------------------------ device helpers
+
+__device__ __forceinline__ int cluster_rank(int C) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (C > 1) return static_cast<int>(cg::this_cluster().block_rank());
+#endif
+  return 0;
+}
+
+// Barrier over the sequence's blocks (a plain block barrier when the cluster is one block).
+// It orders shared and distributed-shared memory accesses before it against those after it.
+__device__ __forceinline__ void cluster_barrier(int C) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (C > 1) {
+    cg::this_cluster().sync();
+    return;
+  }
+#endif
+  __syncthreads();
+}
+
+// The same shared-memory variable in block `rank` of the cluster.
+template <typename T>
+__device__ __forceinline__ T* peer(T* p, int rank, int C) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (C > 1) return cg::this_cluster().map_shared_rank(p, rank);
+#endif
+  return p;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Sum over the block; every thread gets it. `red` holds kWarps values.
+template <typename T>
+__device__ T block_sum(T v, T* red) {
+  v = warp_sum(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  T total = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += red[w];
+  return total;
+}
+
+// s_t = tanh(y_t · v + c) over all O outputs (internal modulation), computed by every block.
+template <typename T>
+__device__ T modulation_signal(const ScanParams<T>& P, const T* y, T* red) {
+  T part = 0;
+  for (int64_t o = threadIdx.x; o < P.O; o += kThreads) part += y[o] * P.mod_weight[o];
+  return tanh(block_sum(part, red) + P.mod_bias[0]);
+}
+
+template <typename T>
+__device__ __forceinline__ T modulation_of_row(const ScanParams<T>& P, int64_t t, int64_t b,
+                                               int64_t o, T s) {
+  switch (P.mod_source) {
+    case ModSource::External: return P.modulation[(t * P.B + b) * P.O + o];
+    case ModSource::Internal: return s;
+    case ModSource::Fanout: return s * P.fanout_weight[o] + P.fanout_bias[o];
+    default: return T(0);
+  }
+}
+
+// What rule R sees of connection oi = o·I + i; its coefficients (A–D) are read here.
+template <typename R, typename T>
+__device__ __forceinline__ Synapse<T> synapse(const ScanParams<T>& P, int64_t oi, T H, T E, T y,
+                                              T p, T m, T eta) {
+  Synapse<T> s;
+  s.H = H;
+  s.E = E;
+  s.y = y;
+  s.p = p;
+  s.m = m;
+  s.eta = R::uses_eta ? eta : T(0);
+  if constexpr (R::coefficients)
+    for (int j = 0; j < 4; ++j) s.k[j] = P.coefficients[j * P.O * P.I + oi];
+  return s;
+}
+
+// Row o of the trace update by one warp: H_src (E_src) → H_dst (E_dst); src may equal dst
+// (each element is read and written by the same lane).
+template <typename R, typename T>
+__device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, const T* p,
+                                const T* H_src, T* H_dst, const T* E_src, T* E_dst, int lane) {
+  const int64_t I = P.I;
+  const T* eta = P.eta_row(o);
+  const T eta_o = eta[0];
+  T sumsq = 0;
+  for (int64_t i = lane; i < I; i += 32) {
+    const T E = R::eligibility ? E_src[i] : T(0);
+    const T eta_i = P.eta_per_connection ? eta[i] : eta_o;
+    const Synapse<T> s = synapse<R>(P, o * I + i, H_src[i], E, y, p[i], m, eta_i);
+    T C = R::candidate(s);
+    if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
+    if (P.has_clip) C = kernels::clip_value(C, P.clip);
+    H_dst[i] = C;
+    sumsq += C * C;
+  }
+  if (P.has_scaling) {
+    const T norm = sqrt(warp_sum(sumsq));
+    if (norm > P.scaling) {
+      const T scale = P.scaling / norm;
+      for (int64_t i = lane; i < I; i += 32) H_dst[i] *= scale;
+    }
+  }
+}
+
+// Shared memory of a block, in elements of T, carved in this order.
+template <typename T>
+struct ForwardSmem {
+  T *ybuf, *pbuf, *zbuf, *mbuf, *theta, *red, *H, *E, *alpha, *weight;
+  int64_t total;
+  __host__ __device__ ForwardSmem(T* base, const ScanParams<T>& P, const Plan& L) {
+    const int64_t O = P.O, I = P.I, mat = static_cast<int64_t>(L.rows) * I;
+    T* at = base;
+    auto take = [&](int64_t n, bool keep) {
+      T* q = keep ? at : nullptr;
+      if (keep) at += n;
+      return q;
+    };
+    ybuf = take(3 * O, true);  // y of steps t-1, t, t+1 (triple buffer)
+    pbuf = take(I, true);      // x_t (feedforward)
+    zbuf = take(O, true);      // z_t, staged once per step (this block's rows)
+    mbuf = take(O, true);      // external m_t, likewise
+    theta = take(O, true);     // θ of this block's rows, for all T steps
+    red = take(32, true);
+    H = take(mat, L.trace);
+    E = take(mat, L.elig);
+    alpha = take(mat, L.alpha);
+    weight = take(mat, L.weight);
+    total = at - base;
+  }
+};
+
+template <typename T>
+struct BackwardSmem {
+  T *gy, *gm, *gh, *gtheta, *ybuf, *pbuf, *red, *gp_part, *gs_part, *partials, *gH, *gE, *galpha,
+      *alpha, *weight;
+  int64_t total;
+  __host__ __device__ BackwardSmem(T* base, const ScanParams<T>& P, const Plan& L) {
+    const int64_t O = P.O, I = P.I, mat = static_cast<int64_t>(L.rows) * I;
+    T* at = base;
+    auto take = [&](int64_t n, bool keep) {
+      T* q = keep ? at : nullptr;
+      if (keep) at += n;
+      return q;
+    };
+    gy = take(O, true);
+    gm = take(O, true);
+    gh = take(O, true);
+    gtheta = take(O, true);
+    ybuf = take(O, true);  // y_t, staged once per step
+    pbuf = take(I, true);  // p_t
+    red = take(32, true);
+    gp_part = take(2 * I, true);          // this block's dL/dp, double-buffered by step parity
+    gs_part = take(2 * kMaxCluster, true);  // dL/ds partials of the cluster's blocks
+    partials = take(static_cast<int64_t>(kWarps) * I, L.partials);
+    gH = take(mat, L.grad_trace);
+    gE = take(mat, L.grad_elig);
+    galpha = take(mat, L.grad_alpha);
+    alpha = take(mat, L.alpha);
+    weight = take(mat, L.weight);
+    total = at - base;
+  }
+};
+
+
+// ------------------------------------------------------------------ launch
+
+inline cudaLaunchConfig_t launch_config(const Plan& L, int64_t B, cudaStream_t stream,
+                                 cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(B * L.cluster));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = L.smem_bytes;
+  cfg.stream = stream;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(L.cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = L.cluster > 1 ? 1 : 0;
+  return cfg;
+}
+
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, const Plan& L, int64_t B, cudaStream_t stream, const char* what,
+            Args... args) {
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(L.smem_bytes)),
+             "cudaFuncSetAttribute");
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = launch_config(L, B, stream, attr);
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, args...), what);
+}
+
+
+// The hebb kernels, which stand in for every rule where the planner asks the driver about
+// occupancy (rules share block size and shared memory).
+template <typename T>
+const void* forward_kernel_for_occupancy();
+template <typename T>
+const void* backward_kernel_for_occupancy();
+
+}  // namespace cuda
+}  // namespace torchplastic

@@ -1,0 +1,144 @@
+// The CUDA forward of plastic_scan (equations: csrc/kernels/plastic_step.h and the rules,
+// csrc/kernels/rules/, whose structs the kernel is templated on; the launch shape: common.cuh).
+//
+// The step's outputs y are written into every block's shared memory through distributed
+// shared memory (triple-buffered, so one cluster barrier per step is enough), which is where
+// the next step reads its presynaptic input. H is written to global memory only at
+// checkpoints and at the end.
+#include "cuda/common.cuh"
+
+namespace torchplastic {
+namespace cuda {
+
+template <typename T, typename R>
+__global__ void __launch_bounds__(kThreads)
+    plastic_scan_forward_kernel(const ScanParams<T> P, const Plan L) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ForwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
+  const int C = L.cluster;
+  const int rank = cluster_rank(C);
+  const int64_t b = blockIdx.x / C;
+  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, K = P.checkpoint_every;
+  const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
+  const int64_t r1 = min(O, r0 + L.rows);
+  const int64_t n = (r1 - r0) * I;  // elements of this block's slice of a [O, I] matrix
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr bool retro = R::eligibility, modulated = R::modulated;
+  const bool row_local = !P.internal_modulation();
+
+  // Row slices: on chip, or in place in the outputs / inputs.
+  T* H = L.trace ? S.H : P.trace + (b * O + r0) * I;
+  T* E = retro ? (L.elig ? S.E : P.elig + (b * O + r0) * I) : nullptr;
+  const T* A = L.alpha ? S.alpha : P.alpha + r0 * I;
+  const T* W = P.recurrent ? (L.weight ? S.weight : P.weight + r0 * I) : nullptr;
+
+  for (int64_t k = threadIdx.x; k < n; k += kThreads) {
+    H[k] = P.trace0[(b * O + r0) * I + k];
+    if (retro) E[k] = P.elig0[(b * O + r0) * I + k];
+    if (L.alpha) S.alpha[k] = P.alpha[r0 * I + k];
+    if (P.recurrent && L.weight) S.weight[k] = P.weight[r0 * I + k];
+  }
+  // Per-step inputs of this block's rows are staged in shared memory one step ahead, so no
+  // warp waits on a global load in the middle of its row.
+  auto stage = [&](int64_t t) {
+    if (t >= T_) return;
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+      S.zbuf[o] = P.z[(t * B + b) * O + o];
+      if (P.mod_source == ModSource::External) S.mbuf[o] = P.modulation[(t * B + b) * O + o];
+    }
+  };
+  stage(0);
+  for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
+    S.theta[o] = P.has_threshold ? P.theta0[b * O + o] : T(0);
+  if (P.recurrent)
+    for (int64_t o = threadIdx.x; o < O; o += kThreads) S.ybuf[2 * O + o] = P.hidden0[b * O + o];
+  __syncthreads();
+
+  for (int64_t t = 0; t < T_; ++t) {
+    if (P.trace_ckpt && t % K == 0) {
+      const int64_t slot = ((t / K) * B + b) * O * I + r0 * I;
+      for (int64_t k = threadIdx.x; k < n; k += kThreads) {
+        P.trace_ckpt[slot + k] = H[k];
+        if (retro) P.elig_ckpt[slot + k] = E[k];
+      }
+    }
+    const T* p;
+    if (P.recurrent) {
+      p = S.ybuf + ((t + 2) % 3) * O;
+    } else {
+      const T* x = P.x + (t * B + b) * I;
+      for (int64_t i = threadIdx.x; i < I; i += kThreads) S.pbuf[i] = x[i];
+      __syncthreads();
+      p = S.pbuf;
+    }
+    T* y_now = S.ybuf + (t % 3) * O;
+
+    for (int64_t o = r0 + warp; o < r1; o += kWarps) {
+      T* H_row = H + (o - r0) * I;
+      const T* A_row = A + (o - r0) * I;
+      T acc = 0;
+      if (P.recurrent) {
+        const T* W_row = W + (o - r0) * I;
+        for (int64_t i = lane; i < I; i += 32) acc += (A_row[i] * H_row[i] + W_row[i]) * p[i];
+      } else {
+        for (int64_t i = lane; i < I; i += 32) acc += A_row[i] * H_row[i] * p[i];
+      }
+      acc = warp_sum(acc);
+      const T y = kernels::activate(P.activation, S.zbuf[o] + acc - S.theta[o]);
+      if (lane == 0) P.y[(t * B + b) * O + o] = y;
+      if (lane < C) peer(y_now, lane, C)[o] = y;
+      if (row_local) {
+        const T m = modulated ? S.mbuf[o] : T(0);
+        T* E_row = retro ? E + (o - r0) * I : nullptr;
+        update_row_warp<R>(P, o, y, m, p, H_row, H_row, E_row, E_row, lane);
+      }
+    }
+    cluster_barrier(C);  // every block now holds all of y_t
+
+    if (!row_local) {
+      const T s = modulated ? modulation_signal(P, y_now, S.red) : T(0);
+      for (int64_t o = r0 + warp; o < r1; o += kWarps) {
+        const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
+        T* H_row = H + (o - r0) * I;
+        T* E_row = retro ? E + (o - r0) * I : nullptr;
+        update_row_warp<R>(P, o, y_now[o], m, p, H_row, H_row, E_row, E_row, lane);
+      }
+    }
+    if (P.has_threshold)
+      for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
+        S.theta[o] += P.threshold_rate * (y_now[o] - P.target_activity);
+    stage(t + 1);  // this step's reads of zbuf and mbuf all came before the cluster barrier
+    __syncthreads();
+  }
+  if (P.has_threshold)
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.theta[b * O + o] = S.theta[o];
+
+  if (L.trace || (retro && L.elig)) {
+    for (int64_t k = threadIdx.x; k < n; k += kThreads) {
+      if (L.trace) P.trace[(b * O + r0) * I + k] = H[k];
+      if (retro && L.elig) P.elig[(b * O + r0) * I + k] = E[k];
+    }
+  }
+  cluster_barrier(C);  // no block leaves while a peer may still write into its shared memory
+}
+
+template <typename T>
+const void* forward_kernel_for_occupancy() {
+  return reinterpret_cast<const void*>(plastic_scan_forward_kernel<T, kernels::rules::Hebb>);
+}
+
+template <typename T>
+void launch_forward(const ScanParams<T>& P, const Plan& L, cudaStream_t stream) {
+  if (P.B == 0 || P.O == 0) return;
+  kernels::with_rule(P.rule, [&](auto rule) {
+    launch(plastic_scan_forward_kernel<T, decltype(rule)>, L, P.B, stream, "forward", P, L);
+  });
+}
+
+template const void* forward_kernel_for_occupancy<float>();
+template const void* forward_kernel_for_occupancy<double>();
+template void launch_forward<float>(const ScanParams<float>&, const Plan&, cudaStream_t);
+template void launch_forward<double>(const ScanParams<double>&, const Plan&, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace torchplastic

@@ -1,0 +1,179 @@
+// Planning of the CUDA plastic_scan kernels: the cluster size, which matrices stay on chip, and
+// the backward's global scratch, from the sizes and the device (plastic_scan_cuda.h).
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+#include "cuda/common.cuh"
+
+namespace torchplastic {
+namespace cuda {
+namespace {
+
+// Whether at least one cluster of this plan can be resident at once (the driver refuses a
+// launch otherwise). Rules share block size and shared memory, so the hebb kernel stands in.
+template <typename T>
+bool plan_runs(const Plan& L, bool backward) {
+  if (L.cluster <= 1) return true;
+  const void* kernel =
+      backward ? backward_kernel_for_occupancy<T>() : forward_kernel_for_occupancy<T>();
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(L.smem_bytes)) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = launch_config(L, L.cluster, nullptr, attr);
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return clusters > 0;
+}
+
+struct Device {
+  int sms = 1, major = 0;
+  size_t smem_optin = 48 << 10;
+};
+
+Device query_device(int device) {
+  Device d;
+  int v = 0;
+  check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device), "device query");
+  check_cuda(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device), "device query");
+  check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "device query");
+  d.smem_optin = static_cast<size_t>(v);
+  return d;
+}
+
+// Device attributes, queried once per device.
+Device device_info(int device) {
+  static std::mutex mutex;
+  static std::map<int, Device> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it == cache.end()) it = cache.emplace(device, query_device(device)).first;
+  return it->second;
+}
+
+// Test hooks: TORCHPLASTIC_CUDA_CLUSTER=1|2|4|8 forces the cluster size, and
+// TORCHPLASTIC_CUDA_OFF_CHIP=1 keeps every matrix in global memory (the streaming fallback).
+int forced_cluster() {
+  const char* v = std::getenv("TORCHPLASTIC_CUDA_CLUSTER");
+  return v ? std::atoi(v) : 0;
+}
+bool forced_off_chip() {
+  const char* v = std::getenv("TORCHPLASTIC_CUDA_OFF_CHIP");
+  return v && std::atoi(v) != 0;
+}
+
+// Puts the optional buffers on chip in priority order while they fit.
+template <typename T>
+size_t place(Plan& L, const ScanParams<T>& P, bool backward, size_t budget) {
+  auto smem_of = [&](Plan& q) {
+    return backward ? BackwardSmem<T>(nullptr, P, q).total * sizeof(T)
+                    : ForwardSmem<T>(nullptr, P, q).total * sizeof(T);
+  };
+  const bool retro = kernels::traits(P.rule).eligibility;
+  bool* order_fwd[] = {&L.trace, &L.alpha, &L.elig, &L.weight};
+  bool* order_bwd[] = {&L.partials, &L.grad_trace, &L.grad_alpha, &L.alpha, &L.grad_elig, &L.weight};
+  auto wanted = [&](bool* flag) {
+    if (flag == &L.elig || flag == &L.grad_elig) return retro;
+    if (flag == &L.weight) return P.recurrent;
+    return true;
+  };
+  auto try_flag = [&](bool* flag) {
+    if (!wanted(flag)) return;
+    *flag = true;
+    if (smem_of(L) > budget) *flag = false;
+  };
+  if (backward)
+    for (bool* f : order_bwd) try_flag(f);
+  else
+    for (bool* f : order_fwd) try_flag(f);
+  return smem_of(L);
+}
+
+template <typename T>
+bool all_on_chip(const Plan& L, const ScanParams<T>& P, bool backward) {
+  const bool retro = kernels::traits(P.rule).eligibility;
+  if (backward)
+    return L.partials && L.grad_trace && L.grad_alpha && L.alpha && (!retro || L.grad_elig) &&
+           (!P.recurrent || L.weight);
+  return L.trace && L.alpha && (!retro || L.elig) && (!P.recurrent || L.weight);
+}
+
+template <typename T>
+Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
+  const Device d = device_info(device);
+  const size_t budget = d.smem_optin;
+  const int max_cluster = d.major >= 9 ? kMaxCluster : 1;
+  const size_t needed = backward ? BackwardSmem<T>(nullptr, P, Plan{}).total * sizeof(T)
+                                 : ForwardSmem<T>(nullptr, P, Plan{}).total * sizeof(T);
+  if (needed > budget) {
+    std::ostringstream msg;
+    msg << "plastic_scan (CUDA): sizes O=" << P.O << ", I=" << P.I << " need " << needed
+        << " bytes of shared memory per block for their vectors; this device allows " << budget;
+    throw std::runtime_error(msg.str());
+  }
+  const bool off_chip = forced_off_chip();
+  auto plan_for = [&](int C) {
+    Plan L;
+    L.cluster = C;
+    L.rows = static_cast<int>((P.O + C - 1) / C);
+    L.smem_bytes = place(L, P, backward, off_chip ? 0 : budget);  // budget 0: nothing fits
+    return L;
+  };
+  const int forced = forced_cluster();
+  if (forced == 1 || (forced > 1 && forced <= max_cluster && (forced & (forced - 1)) == 0))
+    return plan_for(forced);
+  // The smallest cluster that holds everything on chip; then no more blocks than SMs (a second
+  // wave would double the time), or more blocks while SMs are idle.
+  Plan best = plan_for(1);
+  for (int C = 1; C <= max_cluster && C <= std::max<int64_t>(P.O, 1); C *= 2) {
+    best = plan_for(C);
+    if (all_on_chip(best, P, backward)) break;
+  }
+  while (best.cluster > 1 && P.B * best.cluster > d.sms) best = plan_for(best.cluster / 2);
+  while (best.cluster < max_cluster && P.B * best.cluster * 2 <= d.sms &&
+         best.cluster * 2 <= P.O)
+    best = plan_for(best.cluster * 2);
+  while (best.cluster > 1 && !plan_runs<T>(best, backward)) best = plan_for(best.cluster / 2);
+  return best;
+}
+
+}  // namespace
+
+template <typename T>
+Plan plan_forward(const ScanParams<T>& P, int device) {
+  return make_plan(P, device, false);
+}
+template <typename T>
+Plan plan_backward(const ScanParams<T>& P, int device) {
+  return make_plan(P, device, true);
+}
+
+template <typename T>
+int64_t backward_scratch_elems(const ScanParams<T>& P, const Plan& L) {
+  const bool retro = kernels::traits(P.rule).eligibility;
+  const int64_t OI = P.O * P.I;
+  int64_t n = (retro ? 2 : 1) * P.B * P.checkpoint_every * OI;
+  if (!L.partials) n += P.B * L.cluster * static_cast<int64_t>(kWarps) * P.I;
+  if (!L.grad_trace) n += P.B * OI;
+  if (retro && !L.grad_elig) n += P.B * OI;
+  return n;
+}
+
+#define TORCHPLASTIC_INSTANTIATE(T)                                                            \
+  template Plan plan_forward<T>(const ScanParams<T>&, int);                                    \
+  template Plan plan_backward<T>(const ScanParams<T>&, int);                                   \
+  template int64_t backward_scratch_elems<T>(const ScanParams<T>&, const Plan&);
+
+TORCHPLASTIC_INSTANTIATE(float)
+TORCHPLASTIC_INSTANTIATE(double)
+
+}  // namespace cuda
+}  // namespace torchplastic
