@@ -2,7 +2,9 @@
 //
 // The forward runs plastic_scan_forward, which also returns the trace checkpoints (every K
 // steps, SPEC §3); the backward op recomputes each segment from its checkpoint. What this node
-// keeps for the backward: the inputs, y, and ceil(T/K) traces (two with rule retroactive).
+// keeps for the backward: the inputs, y, and ceil(T/K) traces (two with an eligibility trace);
+// with one segment (T ≤ K, as for a cell's single step) the only checkpoint is the initial
+// trace, an input kept anyway, so the node keeps no copy of it.
 // Inputs, options and gradients go through ScanArgs and ScanGrads (csrc/ops/scan_args.h), by
 // name.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -22,6 +24,15 @@ using detail::StateOutputs;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The checkpoint of a call with one segment: the initial trace (or eligibility trace) as
+// [1, B, O, I], zeros where none was given.
+at::Tensor initial_state(const c10::optional<at::Tensor>& state, const ScanArgs& args,
+                         const at::Tensor& y) {
+  if (state) return state->unsqueeze(0);
+  const int64_t B = args.z.size(1), O = args.z.size(2), I = args.x ? args.x->size(2) : O;
+  return at::zeros({1, B, O, I}, y.options());
+}
+
 class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, TORCHPLASTIC_SCAN_PARAMS) {
@@ -39,10 +50,13 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     auto [y, h, H, E, theta, trace_ckpt, elig_ckpt] =
         args.apply([&](auto&&... a) { return op.call(a...); });
 
-    // Saved: the tensor arguments in table order, then y and the checkpoints.
+    // Saved: the tensor arguments in table order, then y and the checkpoints (none when the
+    // only one is the initial state).
     std::vector<at::Tensor> saved;
     for (const auto& t : args.tensors()) saved.push_back(t.tensor);
-    saved.insert(saved.end(), {y, trace_ckpt, elig_ckpt});
+    const bool one_segment = trace_ckpt.size(0) == 1;
+    saved.insert(saved.end(), {y, one_segment ? at::Tensor() : trace_ckpt,
+                               one_segment ? at::Tensor() : elig_ckpt});
     ctx->save_for_backward(saved);
     for (auto& [name, value] : args.options()) ctx->saved_data[name] = value;
     return {y, h, H, E, theta};
@@ -54,6 +68,13 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     args.set_tensors(saved);
     for (const auto& [name, value] : args.options()) args.set_option(name, ctx->saved_data[name]);
     const auto kept = saved.end() - 3;  // y, trace checkpoints, eligibility checkpoints
+    at::Tensor trace_ckpt = kept[1], elig_ckpt = kept[2];
+    if (!trace_ckpt.defined()) {  // one segment: its checkpoint is the initial state
+      trace_ckpt = initial_state(args.trace, args, kept[0]);
+      elig_ckpt = rule_info(rule_from_string(args.rule)).eligibility
+                      ? initial_state(args.eligibility, args, kept[0])
+                      : at::empty({0}, kept[0].options());
+    }
     static auto op =
         c10::Dispatcher::singleton()
             .findSchemaOrThrow("torchplastic::plastic_scan_backward", "")
@@ -62,8 +83,8 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                 TORCHPLASTIC_SCAN_PARAMS)>();
     auto list = args.apply([&](auto&&... a) {
-      return op.call(grads[0], grads[1], grads[2], grads[3], grads[4], kept[0], kept[1], kept[2],
-                     a...);
+      return op.call(grads[0], grads[1], grads[2], grads[3], grads[4], kept[0], trace_ckpt,
+                     elig_ckpt, a...);
     });
     // The backward op returns an empty tensor for each input that was not given; autograd
     // wants none there.

@@ -40,6 +40,14 @@ std::pair<at::Tensor, bool> sequence_input(const std::string& owner, const at::T
   return {batch_first ? x.transpose(0, 1) : x, false};
 }
 
+// External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)].
+at::Tensor sequence_modulation(const at::Tensor& m, bool batch_first, bool unbatched) {
+  if (!m.defined() || !batch_first || unbatched) return m;
+  TORCH_CHECK_VALUE(m.dim() >= 2, "modulation: expected a tensor [B, T] or [B, T, O] (batch_first), got shape ",
+                    m.sizes());
+  return m.transpose(0, 1);
+}
+
 PlasticState map_state(const PlasticState& s, at::Tensor (*f)(const at::Tensor&)) {
   auto g = [&](const at::Tensor& t) { return t.defined() ? f(t) : t; };
   return {g(s.hidden), g(s.trace), g(s.eligibility), g(s.threshold)};
@@ -221,6 +229,7 @@ void PlasticLinearImpl::reset_parameters() {
 
 void PlasticLinearImpl::pretty_print(std::ostream& s) const {
   s << "torchplastic::PlasticLinear(" << options.in_features() << ", " << options.out_features();
+  if (!options.bias()) s << ", bias=false";
   core.print(s);
   s << ")";
 }
@@ -231,7 +240,9 @@ std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor
   auto [xs, unbatched] = detail::sequence_input(core.owner, x, "x", options.in_features(),
                                                 options.batch_first());
   const at::Tensor z = torch::nn::functional::linear(xs, weight, bias);
-  auto [y, out] = core.scan(z, xs, {}, state, modulation, unbatched);
+  auto [y, out] = core.scan(z, xs, {}, state,
+                            detail::sequence_modulation(modulation, options.batch_first(), unbatched),
+                            unbatched);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};
 }
@@ -258,6 +269,7 @@ void reset_rnn_weights(const PlasticRNNOptions& o, at::Tensor& weight_ih, at::Te
 void print_rnn(std::ostream& s, const char* name, const PlasticRNNOptions& o,
                const detail::PlasticCore& core) {
   s << "torchplastic::" << name << "(" << o.input_size() << ", " << o.hidden_size();
+  if (!o.bias()) s << ", bias=false";
   core.print(s);
   s << ")";
 }
@@ -288,7 +300,9 @@ std::tuple<at::Tensor, PlasticState> PlasticRNNImpl::forward(const at::Tensor& u
   auto [us, unbatched] = detail::sequence_input(core.owner, u, "input", options.input_size(),
                                                 options.batch_first());
   const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
-  auto [y, out] = core.scan(z, {}, weight_hh, state, modulation, unbatched);
+  auto [y, out] = core.scan(z, {}, weight_hh, state,
+                            detail::sequence_modulation(modulation, options.batch_first(), unbatched),
+                            unbatched);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};
 }

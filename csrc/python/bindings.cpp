@@ -6,6 +6,7 @@
 #include <torch/python.h>
 
 #include <limits>
+#include <sstream>
 
 #include "ops/checks.h"
 #include "torchplastic/torchplastic.h"
@@ -85,6 +86,54 @@ py::tuple call(Impl& self, const at::Tensor& input, const py::object& state,
   return py::make_tuple(y, to_python(s));
 }
 
+// The members that hold a module's parameters, by parameter name.
+using Members = std::vector<std::pair<const char*, at::Tensor*>>;
+Members core_members(torchplastic::detail::PlasticCore& c) {
+  return {{"alpha", &c.alpha},
+          {"eta", &c.eta},
+          {"abcd", &c.abcd},
+          {"mod_weight", &c.mod_weight},
+          {"mod_bias", &c.mod_bias},
+          {"mod_fanout_weight", &c.mod_fanout_weight},
+          {"mod_fanout_bias", &c.mod_fanout_bias}};
+}
+Members parameter_members(torchplastic::PlasticLinearImpl& m) {
+  auto members = core_members(m.core);
+  members.insert(members.end(), {{"weight", &m.weight}, {"bias", &m.bias}});
+  return members;
+}
+template <typename Impl>  // PlasticRNNImpl, PlasticRNNCellImpl
+Members parameter_members(Impl& m) {
+  auto members = core_members(m.core);
+  members.insert(members.end(),
+                 {{"weight_ih", &m.weight_ih}, {"weight_hh", &m.weight_hh}, {"bias", &m.bias}});
+  return members;
+}
+
+// forward with the parameters a Python module owns (torchplastic/cpp.py): the module's
+// parameter members point at them for the length of the call.
+template <typename Impl>
+py::tuple call_with(Impl& self, const py::dict& parameters, const at::Tensor& input,
+                    const py::object& state, const c10::optional<at::Tensor>& modulation) {
+  Members members = parameter_members(self);
+  std::vector<at::Tensor> own;
+  for (auto& [name, member] : members) own.push_back(*member);
+  struct Restore {
+    Members& members;
+    std::vector<at::Tensor>& own;
+    ~Restore() {
+      for (size_t k = 0; k < members.size(); ++k) *members[k].second = own[k];
+    }
+  } restore{members, own};
+  for (auto& [name, member] : members) {
+    if (!member->defined()) continue;
+    TORCH_CHECK_VALUE(parameters.contains(name), self.core.owner, ": parameters: expected a tensor '",
+                      name, "', got none");
+    *member = parameters[name].template cast<at::Tensor>();
+  }
+  return call(self, input, state, modulation);
+}
+
 template <typename Impl, typename Options>
 void bind_plastic_module(py::module_& m, const char* name, const char* first, const char* second) {
   torch::python::bind_module<Impl, /*force_enable=*/true>(m, name)
@@ -99,7 +148,14 @@ void bind_plastic_module(py::module_& m, const char* name, const char* first, co
            py::arg("modulation") = py::none())
       .def("__call__", &call<Impl>, py::arg("input"), py::arg("state") = py::none(),
            py::arg("modulation") = py::none())
-      .def("reset_parameters", &Impl::reset_parameters);
+      .def("forward_with", &call_with<Impl>, py::arg("parameters"), py::arg("input"),
+           py::arg("state") = py::none(), py::arg("modulation") = py::none())
+      .def("reset_parameters", &Impl::reset_parameters)
+      .def("describe", [](const Impl& self) {
+        std::ostringstream text;
+        self.pretty_print(text);  // torchplastic::PlasticRNN(5, 4, rule=hebb, ...)
+        return text.str();
+      });
 }
 
 }  // namespace

@@ -12,8 +12,7 @@ fused C++/CUDA kernels that keep one trace per sequence and recompute the rest i
 import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # loads libtorchplastic, whose static initialisers register the ops
-from ._C import cpp  # the C++ modules, bound with pybind11: cpp.PlasticLinear, ...
-from . import functional, reference
+from . import cpp, functional, reference, rules  # cpp: the C++ modules as nn.Modules
 from .nn import PlasticLinear, PlasticRNN, PlasticRNNCell
 from .state import PlasticState
 
@@ -27,4 +26,4 @@ def build_info() -> dict:
 
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticState", "cpp", "functional",
-           "reference", "build_info", "__version__"]
+           "reference", "rules", "build_info", "__version__"]

@@ -125,7 +125,10 @@ class _PlasticBase(nn.Module):
                 self.mod_fanout_bias.uniform_(-1.0, 1.0)
 
     def extra_repr(self) -> str:
-        s = f"{self.in_features}, {self.out_features}, rule={self.rule!r}"
+        s = f"{self.in_features}, {self.out_features}"
+        if getattr(self, "bias", None) is None:
+            s += ", bias=False"
+        s += f", rule={self.rule!r}"
         if self.modulation is not None:
             s += f", modulation={self.modulation!r}"
         s += f", alpha={self.alpha_granularity!r}, eta={self.eta_granularity!r}"
@@ -205,6 +208,16 @@ class _PlasticBase(nn.Module):
     def _output(self, y: Tensor, unbatched: bool) -> Tensor:
         return y.transpose(0, 1) if (self.batch_first and not unbatched) else y
 
+    def _sequence_modulation(self, modulation: Optional[Tensor], unbatched: bool) -> Optional[Tensor]:
+        """External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)]."""
+        if modulation is not None and self.batch_first and not unbatched:
+            if not isinstance(modulation, Tensor) or modulation.dim() < 2:
+                raise ValueError(f"{type(self).__name__}: modulation: expected a tensor [B, T] or "
+                                 f"[B, T, O] (batch_first=True), got "
+                                 f"{list(modulation.shape) if isinstance(modulation, Tensor) else modulation!r}")
+            modulation = modulation.transpose(0, 1)
+        return modulation
+
 
 class PlasticLinear(_PlasticBase):
     r"""A feedforward plastic layer: ``y_t = φ(x_t Wᵀ + b + (α ⊙ H_{t-1}) x_t)``, with the
@@ -249,8 +262,22 @@ class PlasticLinear(_PlasticBase):
 
     def forward(self, x: Tensor, state: Optional[PlasticState] = None,
                 modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+        """Runs the layer over a sequence.
+
+        Args:
+            x: ``[T, B, I]`` (``[B, T, I]`` if ``batch_first``), or unbatched ``[T, I]``.
+            state: the :class:`~torchplastic.PlasticState` a previous call returned, or
+                ``None`` for zeros.
+            modulation: external neuromodulation (``modulation="external"`` only): ``[T, B]``
+                or ``[T, B, O]`` (``[B, T]`` or ``[B, T, O]`` if ``batch_first``; ``[T]`` or
+                ``[T, O]`` unbatched).
+
+        Returns:
+            ``y`` in the layout of ``x`` with O features, and the state after the last step.
+        """
         x, unbatched = self._sequence_input(x, "x", self.in_features)
         z = nn.functional.linear(x, self.weight, self.bias)
+        modulation = self._sequence_modulation(modulation, unbatched)
         y, state = self._scan(z, x, state, modulation, unbatched)
         return self._output(y, unbatched), state
 
@@ -286,8 +313,24 @@ class PlasticRNN(_PlasticBase):
 
     def forward(self, u: Tensor, state: Optional[PlasticState] = None,
                 modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+        """Runs the network over a sequence.
+
+        Args:
+            u: ``[T, B, input_size]`` (``[B, T, input_size]`` if ``batch_first``), or
+                unbatched ``[T, input_size]``.
+            state: the :class:`~torchplastic.PlasticState` a previous call returned (hidden
+                state, traces), or ``None`` for zeros.
+            modulation: external neuromodulation (``modulation="external"`` only): ``[T, B]``
+                or ``[T, B, H]`` (``[B, T]`` or ``[B, T, H]`` if ``batch_first``; ``[T]`` or
+                ``[T, H]`` unbatched).
+
+        Returns:
+            ``out`` (every step's hidden state, in the layout of ``u``) and the state after
+            the last step.
+        """
         u, unbatched = self._sequence_input(u, "input", self.input_size)
         z = nn.functional.linear(u, self.weight_ih, self.bias)
+        modulation = self._sequence_modulation(modulation, unbatched)
         y, state = self._scan(z, None, state, modulation, unbatched)
         return self._output(y, unbatched), state
 
@@ -299,6 +342,9 @@ class PlasticRNNCell(PlasticRNN):
 
     def forward(self, u: Tensor, state: Optional[PlasticState] = None,
                 modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+        """One step: ``u [B, input_size]`` (or unbatched ``[input_size]``), the state of the
+        previous step (``None`` for zeros) and, with ``modulation="external"``, ``m_t`` as
+        ``[B]`` or ``[B, H]`` → ``h [B, hidden_size]`` and the new state."""
         owner = type(self).__name__
         if not isinstance(u, Tensor):
             raise TypeError(f"{owner}: input: expected a Tensor, got {type(u).__name__}")

@@ -24,3 +24,7 @@ class PlasticState(NamedTuple):
     def detach(self) -> "PlasticState":
         """The same state cut from the graph, for truncated backpropagation through time."""
         return PlasticState(*(None if t is None else t.detach() for t in self))
+
+
+# A saved state loads under torch.load's default weights_only=True.
+torch.serialization.add_safe_globals([PlasticState])

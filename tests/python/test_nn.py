@@ -1,5 +1,6 @@
 """The Python modules: against the reference, parameters, state, layouts, compile."""
 
+import io
 import itertools
 
 import pytest
@@ -177,3 +178,37 @@ def test_torch_compile_module_fullgraph():
     g_e = torch.autograd.grad(total(y_e, s_e), list(model.parameters()))
     for a, b in zip(g_c, g_e):
         torch.testing.assert_close(a, b)
+
+
+def test_state_loads_with_weights_only():
+    m = tp.PlasticRNN(5, 4, rule="retroactive", adaptive_threshold=0.1)
+    _, state = m(torch.randn(3, 2, 5))
+    buf = io.BytesIO()
+    torch.save(state.detach(), buf)
+    buf.seek(0)
+    loaded = torch.load(buf)  # weights_only=True, torch's default
+    assert isinstance(loaded, tp.PlasticState)
+    for a, b in zip(loaded, state):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("module", [tp.PlasticLinear, tp.PlasticRNN, tp.cpp.PlasticLinear, tp.cpp.PlasticRNN])
+def test_external_modulation_follows_batch_first(module):
+    torch.manual_seed(0)
+    m = module(5, 4, rule="modulated", modulation="external")
+    torch.manual_seed(0)
+    m_bf = module(5, 4, rule="modulated", modulation="external", batch_first=True)
+    x, mod = torch.randn(6, 3, 5), torch.randn(6, 3, 4)
+    y, _ = m(x, None, mod)
+    y_bf, _ = m_bf(x.transpose(0, 1), None, mod.transpose(0, 1))
+    torch.testing.assert_close(y_bf, y.transpose(0, 1))
+    y_bf2, _ = m_bf(x.transpose(0, 1), None, mod[..., 0].transpose(0, 1))  # [B, T]
+    y2, _ = m(x, None, mod[..., 0])
+    torch.testing.assert_close(y_bf2, y2.transpose(0, 1))
+
+
+def test_repr_and_docstrings():
+    assert "bias=False" in repr(tp.PlasticRNN(5, 4, bias=False))
+    assert "bias" not in repr(tp.PlasticRNN(5, 4))
+    for cls in (tp.PlasticLinear, tp.PlasticRNN, tp.PlasticRNNCell):
+        assert cls.forward.__doc__ and "state" in cls.forward.__doc__

@@ -188,8 +188,32 @@ def test_memory_saved_for_backward_is_checkpoints_not_every_trace(K):
     assert reference > T * trace_bytes  # the reference keeps every trace
 
 
+@pytest.mark.parametrize("rule", ["hebb", "retroactive"])
+def test_single_segment_keeps_no_copy_of_the_initial_trace(rule):
+    # A call with T <= K (a cell's single step) has one checkpoint, the initial state, which is
+    # an input and kept anyway: the node must not keep a copy of it too.
+    cfg = Config(rule=rule, T=1, B=4, O=16, source="internal", clip=1.0 if rule != "hebb" else None)
+    kw = make_inputs(cfg)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, state = call(tp.functional.plastic_scan, kw)
+    trace_sized = [s for s in shapes if math.prod(s) == cfg.B * cfg.O * cfg.O]
+    assert len(trace_sized) == (2 if rule == "retroactive" else 1), shapes
+    # and the gradients are those of the reference
+    grads = torch.autograd.grad(loss_of(y, state), list(tensor_inputs(kw).values()))
+    y_ref, state_ref = call(tp.reference.plastic_scan, kw)
+    grads_ref = torch.autograd.grad(loss_of(y_ref, state_ref), list(tensor_inputs(kw).values()))
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, **GRAD_TOL)
+
+
 def test_checkpoint_buffers_are_reused_only_once_freed():
-    # Checkpoints of at least 4 MiB come from a cache of freed buffers (csrc/ops/scan_common.cpp):
+    # Checkpoints of at least 4 MiB come from a cache of freed buffers (csrc/cpu/memory.cpp):
     # a live one is never handed out again, a freed one is, and reuse changes no value.
     cfg = Config(rule="retroactive", source="internal", clip=1.0, T=16, B=4, O=256, I=256,
                  checkpoint_every=4)

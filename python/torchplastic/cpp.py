@@ -1,0 +1,100 @@
+"""The C++ modules of torchplastic (``torchplastic/nn.h``) as ``torch.nn.Module`` s.
+
+The modules LibTorch programs use, reached from Python: ``torchplastic.cpp.PlasticLinear``,
+``PlasticRNN`` and ``PlasticRNNCell`` take the same arguments as their Python counterparts and
+compute the same function; their C++ constructor initialises the parameters (from the same
+seed, the same values as the Python modules).
+
+The parameters belong to the Python module, so ``.to()``, ``.double()``, ``deepcopy``,
+``pickle``, ``torch.save``, ``state_dict`` and ``torch.func.functional_call`` behave as for any
+``nn.Module``; each call hands them to the C++ module's ``forward``. Under ``torch.compile``
+the C++ call is a graph break: the rest of the model compiles, ``fullgraph=True`` is refused.
+
+    import torchplastic as tp
+    rnn = tp.cpp.PlasticRNN(10, 64, rule="retroactive").double()
+    out, state = rnn(u)                     # u [T, B, 10] → out [T, B, 64]
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import _C
+from .state import PlasticState
+
+__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
+
+
+@torch.compiler.disable(reason="torchplastic.cpp modules run in C++, outside the compiled graph; "
+                                "the Python modules (torchplastic.PlasticRNN, ...) compile whole")
+def _run(impl, parameters, input, state, modulation):
+    return impl.forward_with(parameters, input, state, modulation)
+
+
+class _CppModule(nn.Module):
+    """A C++ module (the pybind11 class ``_bound``) whose parameters this module owns."""
+
+    _bound = None  # the bound C++ class
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self._arguments = (args, dict(kwargs))
+        impl = type(self)._bound(*args, **kwargs)
+        object.__setattr__(self, "_impl", impl)  # not a submodule, not a parameter
+        for name, value in impl.named_parameters().items():
+            self.register_parameter(name, nn.Parameter(value.detach()))
+
+    def forward(self, input: Tensor, state: Optional[PlasticState] = None,
+                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+        """Runs the C++ module's ``forward`` with this module's parameters (whatever
+        ``functional_call`` or an assignment put there). Arguments and results as the Python
+        module of the same name."""
+        parameters = {name: getattr(self, name) for name in self._parameters}
+        return _run(self._impl, parameters, input, state, modulation)
+
+    def reset_parameters(self) -> None:
+        """Initialises the parameters again, as the C++ module's constructor does."""
+        impl = type(self)._bound(*self._arguments[0], **self._arguments[1])
+        with torch.no_grad():
+            for name, value in impl.named_parameters().items():
+                getattr(self, name).copy_(value)
+
+    def extra_repr(self) -> str:
+        text = self._impl.describe()  # "torchplastic::PlasticRNN(5, 4, rule=hebb, ...)"
+        return text[text.index("(") + 1:text.rindex(")")]
+
+    # Pickling (and so deepcopy and torch.save) rebuilds the C++ module from the constructor's
+    # arguments; the parameters travel with the Python state.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_impl"]
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        args, kwargs = self._arguments
+        object.__setattr__(self, "_impl", type(self)._bound(*args, **kwargs))
+
+
+class PlasticLinear(_CppModule):
+    """``torchplastic::PlasticLinear``: ``PlasticLinear(in_features, out_features, bias=True,
+    **keywords)``, the keywords of :class:`torchplastic.PlasticLinear`.
+    ``x [T, B, I]`` → ``y [T, B, O]`` and the :class:`~torchplastic.PlasticState`."""
+
+    _bound = _C.cpp.PlasticLinear
+
+
+class PlasticRNN(_CppModule):
+    """``torchplastic::PlasticRNN``: ``PlasticRNN(input_size, hidden_size, bias=True,
+    **keywords)``, the keywords of :class:`torchplastic.PlasticRNN`.
+    ``u [T, B, input_size]`` → ``out [T, B, hidden_size]`` and the state."""
+
+    _bound = _C.cpp.PlasticRNN
+
+
+class PlasticRNNCell(_CppModule):
+    """``torchplastic::PlasticRNNCell``: one step of :class:`PlasticRNN`,
+    ``u_t [B, input_size]`` → ``h [B, hidden_size]`` and the state."""
+
+    _bound = _C.cpp.PlasticRNNCell
