@@ -9,6 +9,7 @@
 // name.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "ops/checks.h"
@@ -63,6 +64,14 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // With create_graph=True the engine runs this with grad mode on and expects a backward it
+    // can differentiate; the backward op has no derivative of its own, so refuse rather than
+    // hand out gradients whose own gradients would silently be zero.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "plastic_scan: double backward (a backward with create_graph=True through the "
+                "op, as a gradient penalty or MAML needs) is not supported yet; "
+                "torchplastic.reference.plastic_scan computes the same function in plain "
+                "PyTorch and supports it");
     const auto saved = ctx->get_saved_variables();
     ScanArgs args;
     args.set_tensors(saved);
@@ -98,8 +107,14 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
 StateOutputs plastic_scan_autograd(TORCHPLASTIC_SCAN_PARAMS) {
   const ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
   bool any_requires_grad = false;
-  for (const auto& t : args.tensors())
+  for (const auto& t : args.tensors()) {
     any_requires_grad |= t.tensor.defined() && t.tensor.requires_grad();
+    // The op has no forward derivative: a tangent on any input would be dropped.
+    TORCH_CHECK(!torch::autograd::isFwGradDefined(t.tensor), "plastic_scan: ", t.name,
+                ": forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not supported "
+                "yet; use reverse mode (torch.autograd.grad, torch.func.vjp), or "
+                "torchplastic.reference.plastic_scan");
+  }
   if (!at::GradMode::is_enabled() || !any_requires_grad) {
     // Nothing to differentiate: skip the checkpoints.
     at::AutoDispatchBelowADInplaceOrView guard;
