@@ -30,8 +30,10 @@ using torch::autograd::variable_list;
 at::Tensor initial_state(const c10::optional<at::Tensor>& state, const ScanArgs& args,
                          const at::Tensor& y) {
   if (state) return state->unsqueeze(0);
-  const int64_t B = args.z.size(1), O = args.z.size(2), I = args.x ? args.x->size(2) : O;
-  return at::zeros({1, B, O, I}, y.options());
+  // Sizes through sym_size: under torch.compile they may be symbolic.
+  const c10::SymInt B = args.z.sym_size(1), O = args.z.sym_size(2);
+  const c10::SymInt I = args.x ? args.x->sym_size(2) : O;
+  return at::zeros_symint({1, B, O, I}, y.options());
 }
 
 class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction> {
@@ -44,7 +46,8 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     TORCH_CHECK_VALUE(z.dim() == 3, "plastic_scan: z: expected a 3-D tensor [T, B, O], got ",
                       z.dim(), " dimensions");
     const int64_t T = z.sym_size(0).guard_int(__FILE__, __LINE__);
-    args.checkpoint_every = detail::checkpoint_interval(T, checkpoint_every);
+    const int64_t K = detail::checkpoint_interval(T, checkpoint_every);
+    args.checkpoint_every = K;
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("torchplastic::plastic_scan_forward", "")
                          .typed<ForwardOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
@@ -55,7 +58,7 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     // only one is the initial state).
     std::vector<at::Tensor> saved;
     for (const auto& t : args.tensors()) saved.push_back(t.tensor);
-    const bool one_segment = trace_ckpt.size(0) == 1;
+    const bool one_segment = T >= 1 && T <= K;
     saved.insert(saved.end(), {y, one_segment ? at::Tensor() : trace_ckpt,
                                one_segment ? at::Tensor() : elig_ckpt});
     ctx->save_for_backward(saved);

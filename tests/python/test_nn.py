@@ -212,3 +212,23 @@ def test_repr_and_docstrings():
     assert "bias" not in repr(tp.PlasticRNN(5, 4))
     for cls in (tp.PlasticLinear, tp.PlasticRNN, tp.PlasticRNNCell):
         assert cls.forward.__doc__ and "state" in cls.forward.__doc__
+
+
+def test_compiled_cell_step_with_dynamic_batch():
+    # One time step is one checkpoint segment, whose checkpoint the backward rebuilds from the
+    # initial state: with symbolic sizes under torch.compile too.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cell = tp.PlasticRNNCell(5, 4, dtype=torch.float64)
+
+    def loss(u):
+        h, state = cell(u)
+        return h.square().sum() + state.trace.sum()
+
+    compiled = torch.compile(loss, dynamic=True, fullgraph=True)
+    for B in (3, 6):
+        u = torch.randn(B, 5, dtype=torch.float64)
+        g = torch.autograd.grad(compiled(u), list(cell.parameters()))
+        g_ref = torch.autograd.grad(loss(u), list(cell.parameters()))
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a, b)
