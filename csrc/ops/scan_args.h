@@ -210,6 +210,15 @@ struct ScanArgs {
 #undef TORCHPLASTIC_SCAN_TENSOR_
     return out;
   }
+  // f(member, name, role) for every tensor argument: member is an at::Tensor& or a
+  // c10::optional<at::Tensor>& (see scan_arg::as_tensor and from_tensor), to read or replace.
+  template <typename F>
+  void for_each_tensor(F&& f) {
+#define TORCHPLASTIC_SCAN_EACH_TENSOR_(kind, name, role, dflt) \
+  TORCHPLASTIC_IF_TENSOR(kind, f(name, #name, scan_arg::Role::role);)
+    TORCHPLASTIC_SCAN_ARGUMENTS(TORCHPLASTIC_SCAN_EACH_TENSOR_, TORCHPLASTIC_NOTHING)
+#undef TORCHPLASTIC_SCAN_EACH_TENSOR_
+  }
   // Takes the first kNumScanTensorArgs of `tensors`, in the order tensors() gives them.
   void set_tensors(const std::vector<at::Tensor>& tensors);
 

@@ -164,3 +164,18 @@ def test_cuda_does_not_synchronize():
         (y.sum() + state.trace.sum()).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_runs_half_with_float32_traces(dtype):
+    torch.manual_seed(0)
+    m = tp.PlasticRNN(5, 16, rule="retroactive", modulation="fanout").cuda()
+    x = torch.randn(6, 3, 5, device="cuda")
+    with torch.no_grad():
+        y_fp32, _ = m(x)
+    with torch.autocast("cuda", dtype=dtype):
+        y, state = m(x)
+    assert y.dtype == dtype and state.trace.dtype == torch.float32
+    torch.testing.assert_close(y.float(), y_fp32, rtol=0.05, atol=0.05)
+    y.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())

@@ -232,3 +232,30 @@ def test_compiled_cell_step_with_dynamic_batch():
         g_ref = torch.autograd.grad(loss(u), list(cell.parameters()))
         for a, b in zip(g, g_ref):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", MODULES)
+def test_trains_under_cpu_autocast(cls):
+    # Under torch.autocast the drive comes out of `linear` in bfloat16; the op runs in float32.
+    torch.manual_seed(0)
+    m = cls(5, 8, rule="retroactive", modulation="fanout")
+    head = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD([*m.parameters(), *head.parameters()], lr=0.1)
+    x = torch.randn(6, 3, 5)
+    with torch.no_grad():
+        y_fp32, _ = m(x)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, state = m(x)
+            loss = head(y).float().square().mean()
+        assert y.dtype == torch.float32 and state.trace.dtype == torch.float32
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+        opt.step()
+    torch.manual_seed(0)
+    fresh = cls(5, 8, rule="retroactive", modulation="fanout")
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        y_bf16, _ = fresh(x)
+    # Only the drive's bfloat16 rounding differs from float32.
+    torch.testing.assert_close(y_bf16, y_fp32, rtol=0.05, atol=0.05)

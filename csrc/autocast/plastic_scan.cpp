@@ -1,0 +1,55 @@
+// Autocast of plastic_scan: under torch.autocast the drive z comes out of a linear layer in
+// float16/bfloat16 while α, η and the states stay float32, a mix the op refuses. These kernels
+// cast the tensors to what the device's kernels run, then call the op again below autocast
+// (so autograd records the casts):
+//   CPU:  everything to float32 (the CPU kernels run float32 and float64);
+//   CUDA: the inputs to the autocast dtype (float16 or bfloat16, run natively) and the states
+//         (trace, hidden excepted, eligibility, threshold) to float32, the dtype of the traces.
+// float64 tensors are left alone, as autocast does.
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "ops/scan.h"
+
+namespace torchplastic {
+namespace {
+
+using detail::ScanArgs;
+using detail::StateOutputs;
+using detail::scan_arg::Role;
+
+template <c10::DeviceType Device, c10::DispatchKey Key>
+StateOutputs plastic_scan_autocast(TORCHPLASTIC_SCAN_PARAMS) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(Key);
+  ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
+  const at::ScalarType inputs =
+      Device == c10::DeviceType::CPU ? at::kFloat : at::autocast::get_autocast_dtype(Device);
+  args.for_each_tensor([&](auto& member, const char* name, Role role) {
+    const at::Tensor t = detail::scan_arg::as_tensor(member);
+    if (!t.defined()) return;
+    // The states the traces accumulate in float32; h_0 is a previous output, like the inputs.
+    const bool float32_state = role == Role::state && std::strcmp(name, "hidden") != 0;
+    detail::scan_arg::from_tensor(
+        member, at::autocast::cached_cast(float32_state ? at::kFloat : inputs, t, Device));
+  });
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchplastic::plastic_scan", "")
+                       .typed<StateOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
+  return args.apply([&](auto&&... a) { return op.call(a...); });
+}
+
+}  // namespace
+}  // namespace torchplastic
+
+TORCH_LIBRARY_IMPL(torchplastic, AutocastCPU, m) {
+  m.impl("plastic_scan", &torchplastic::plastic_scan_autocast<c10::DeviceType::CPU,
+                                                              c10::DispatchKey::AutocastCPU>);
+}
+
+TORCH_LIBRARY_IMPL(torchplastic, AutocastCUDA, m) {
+  m.impl("plastic_scan", &torchplastic::plastic_scan_autocast<c10::DeviceType::CUDA,
+                                                              c10::DispatchKey::AutocastCUDA>);
+}
