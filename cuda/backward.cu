@@ -144,8 +144,8 @@ __global__ void __launch_bounds__(kThreads)
           T sumsq = 0, dot = 0;
           for (int64_t i = lane; i < I; i += 32) {
             const T eta_i = eta_pc ? eta[i] : eta_o;
-            T Cv = R::candidate(
-                synapse<R>(P, o * I + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i));
+            T Cv = R::candidate(kernels::synapse<R>(P, o * I + i, H_row[i],
+                                                    retro ? E_row[i] : T(0), yo, p[i], mo, eta_i));
             if (P.has_clip) Cv = kernels::clip_value(Cv, P.clip);
             sumsq += Cv * Cv;
             dot += gH_row[i] * Cv;
@@ -162,8 +162,8 @@ __global__ void __launch_bounds__(kThreads)
         T* geta_conn = (G.grad_eta && eta_pc) ? G.grad_eta + (b * O + o) * I : nullptr;
         for (int64_t i = lane; i < I; i += 32) {
           const T eta_i = eta_pc ? eta[i] : eta_o;
-          const Synapse<T> syn =
-              synapse<R>(P, o * I + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
+          const Synapse<T> syn = kernels::synapse<R>(P, o * I + i, H_row[i],
+                                                     retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
           const T Cv = R::candidate(syn);
           const T Hc = P.has_clip ? kernels::clip_value(Cv, P.clip) : Cv;
           T gC = scale * gH_row[i] - scale_grad * Hc;

@@ -110,22 +110,6 @@ __device__ __forceinline__ T modulation_of_row(const ScanParams<T>& P, int64_t t
   }
 }
 
-// What rule R sees of connection oi = o·I + i; its coefficients (A–D) are read here.
-template <typename R, typename T>
-__device__ __forceinline__ Synapse<T> synapse(const ScanParams<T>& P, int64_t oi, T H, T E, T y,
-                                              T p, T m, T eta) {
-  Synapse<T> s;
-  s.H = H;
-  s.E = E;
-  s.y = y;
-  s.p = p;
-  s.m = m;
-  s.eta = R::uses_eta ? eta : T(0);
-  if constexpr (R::coefficients)
-    for (int j = 0; j < 4; ++j) s.k[j] = P.coefficients[j * P.O * P.I + oi];
-  return s;
-}
-
 // Row o of the trace update by one warp: H_src (E_src) → H_dst (E_dst); src may equal dst
 // (each element is read and written by the same lane).
 template <typename R, typename T>
@@ -138,7 +122,7 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
   for (int64_t i = lane; i < I; i += 32) {
     const T E = R::eligibility ? E_src[i] : T(0);
     const T eta_i = P.eta_per_connection ? eta[i] : eta_o;
-    const Synapse<T> s = synapse<R>(P, o * I + i, H_src[i], E, y, p[i], m, eta_i);
+    const Synapse<T> s = kernels::synapse<R>(P, o * I + i, H_src[i], E, y, p[i], m, eta_i);
     T C = R::candidate(s);
     if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
     if (P.has_clip) C = kernels::clip_value(C, P.clip);

@@ -3,14 +3,12 @@
 // cast the tensors to what the device's kernels run, then call the op again below autocast
 // (so autograd records the casts):
 //   CPU:  everything to float32 (the CPU kernels run float32 and float64);
-//   CUDA: the inputs to the autocast dtype (float16 or bfloat16, run natively) and the states
-//         (trace, hidden excepted, eligibility, threshold) to float32, the dtype of the traces.
+//   CUDA: the inputs to the autocast dtype (float16 or bfloat16, run natively) and the trace
+//         states (role state in the argument table: H_0, E_0, θ_0) to float32.
 // float64 tensors are left alone, as autocast does.
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
-
-#include <cstring>
 
 #include "ops/scan.h"
 
@@ -27,13 +25,11 @@ StateOutputs plastic_scan_autocast(TORCHPLASTIC_SCAN_PARAMS) {
   ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
   const at::ScalarType inputs =
       Device == c10::DeviceType::CPU ? at::kFloat : at::autocast::get_autocast_dtype(Device);
-  args.for_each_tensor([&](auto& member, const char* name, Role role) {
+  args.for_each_tensor([&](auto& member, Role role) {
     const at::Tensor t = detail::scan_arg::as_tensor(member);
     if (!t.defined()) return;
-    // The states the traces accumulate in float32; h_0 is a previous output, like the inputs.
-    const bool float32_state = role == Role::state && std::strcmp(name, "hidden") != 0;
     detail::scan_arg::from_tensor(
-        member, at::autocast::cached_cast(float32_state ? at::kFloat : inputs, t, Device));
+        member, at::autocast::cached_cast(role == Role::state ? at::kFloat : inputs, t, Device));
   });
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchplastic::plastic_scan", "")

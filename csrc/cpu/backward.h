@@ -164,7 +164,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
                             eta_i);
         T C = 0;
         if (Trace && (Finish || decltype(scaled)::value || V::clip))
-          C = R::candidate(synapse<V>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i));
+          C = R::candidate(kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i));
         if (Finish) {
           const T a = alpha[ri], gap = ga[r] * pf[i];
           const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[ri];
@@ -185,8 +185,8 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
                              ux[r][l], gce[r][l]);
           } else {
             kernels::SynapseGrad<T> dg;
-            g = R::backward(gC, retro ? gE[ri] : T(0),
-                            synapse<V>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i), dg, gE_prev);
+            const auto s = kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i);
+            g = R::backward(gC, retro ? gE[ri] : T(0), s, dg, gE_prev);
             gy[r][l] += dg.y;
             gp_i += dg.p;
             gm[r][l] += dg.m;

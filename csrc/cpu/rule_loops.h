@@ -40,22 +40,6 @@ TP_ALWAYS_INLINE inline T eta_at(const T* eta_row, T eta_first, int64_t i) {
   return V::eta_per_connection ? eta_row[i] : eta_first;
 }
 
-// What the rule sees of connection oi = o·I + i; its coefficients (A–D) are read here.
-template <typename V, typename T>
-TP_ALWAYS_INLINE inline Synapse<T> synapse(const ScanParams<T>& P, int64_t oi, T H, T E, T y, T p,
-                                           T m, T eta) {
-  Synapse<T> s;
-  s.H = H;
-  s.E = E;
-  s.y = y;
-  s.p = p;
-  s.m = m;
-  s.eta = eta;
-  if constexpr (V::Rule::coefficients)
-    for (int j = 0; j < 4; ++j) s.k[j] = P.coefficients[j * P.O * P.I + oi];
-  return s;
-}
-
 // The rule's row-sum backward (Rule::RowBackward) where it has one; a stand-in that is never
 // called where it has none.
 template <typename R, typename T, bool = R::row_form>
@@ -76,7 +60,7 @@ template <typename V, typename T>
 TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, int64_t oi, T H, T& E, T y, T p, T m,
                                      T eta) {
   using R = typename V::Rule;
-  const Synapse<T> s = synapse<V>(P, oi, H, E, y, p, m, eta);
+  const Synapse<T> s = kernels::synapse<R>(P, oi, H, E, y, p, m, eta);
   const T C = R::candidate(s);
   if constexpr (R::eligibility) E = R::eligibility_next(s);
   return V::clip ? kernels::clip_value(C, P.clip) : C;

@@ -147,6 +147,21 @@ TP_HD T activation_grad(Activation act, T y) {
   return T(1);
 }
 
+// What rule R sees of connection oi = o·I + i of a step; its coefficients (A–D) are read here.
+template <typename R, typename T>
+TP_HD Synapse<T> synapse(const ScanParams<T>& P, int64_t oi, T H, T E, T y, T p, T m, T eta) {
+  Synapse<T> s;
+  s.H = H;
+  s.E = E;
+  s.y = y;
+  s.p = p;
+  s.m = m;
+  s.eta = R::uses_eta ? eta : T(0);
+  if constexpr (R::coefficients)
+    for (int j = 0; j < 4; ++j) s.k[j] = P.coefficients[j * P.O * P.I + oi];
+  return s;
+}
+
 template <typename T>
 TP_HD T clip_value(T v, T c) {
   return v < -c ? -c : (v > c ? c : v);

@@ -86,8 +86,8 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
   recurrent = is_recurrent;
   TORCH_CHECK_VALUE(in_features > 0 && out_features > 0, owner,
                     ": sizes: expected positive sizes, got ", in_features, " and ", out_features);
-  const bool modulated = is_modulated(o.rule());
   const RuleInfo rule = rule_info(o.rule());
+  const bool modulated = rule.modulated;
   if (!o.clip())  // "auto"
     clip = rule.default_clip > 0 ? c10::optional<double>(rule.default_clip) : c10::nullopt;
   else if (std::isinf(*o.clip()) && *o.clip() > 0) clip = c10::nullopt;           // none
@@ -99,7 +99,7 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
   const int64_t O = out_features, I = presynaptic;
   alpha = module.register_parameter("alpha", torch::empty(shape_of(o.alpha(), O, I)));
   // A rule without η gets no parameter: one without gradient would break DDP.
-  eta = rule_info(o.rule()).uses_eta
+  eta = rule.uses_eta
             ? module.register_parameter("eta", torch::empty(shape_of(o.eta(), O, I)))
             : at::Tensor();
   // A, B, C, D of rule abcd, stacked.

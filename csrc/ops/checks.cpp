@@ -120,30 +120,14 @@ ScanConfig check_scan_args(const ScanArgs& a) {
                          : "float32 or float64 (CPU)",
                     ", got ", dtype);
   c.compute_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  auto check_tensor = [&](const c10::optional<at::Tensor>& t, const char* name, bool state) {
-    if (!t) return;
-    TORCH_CHECK_VALUE(t->device() == a.z.device(), "plastic_scan: ", name,
-                      ": expected a tensor on ", a.z.device(), " (the device of z), got ",
-                      t->device());
-    const auto want = state ? c.compute_dtype : dtype;
-    const bool ok = t->scalar_type() == want || t->scalar_type() == dtype;
-    TORCH_CHECK_VALUE(ok, "plastic_scan: ", name, ": expected dtype ", want,
-                      " (matching z), got ", t->scalar_type());
-  };
-  check_tensor(a.alpha, "alpha", false);
-  check_tensor(a.eta, "eta", false);
-  check_tensor(a.trace, "trace", true);
-  check_tensor(a.x, "x", false);
-  check_tensor(a.weight, "weight", false);
-  check_tensor(a.hidden, "hidden", false);
-  check_tensor(a.eligibility, "eligibility", true);
-  check_tensor(a.threshold, "threshold", true);
-  check_tensor(a.modulation, "modulation", false);
-  check_tensor(a.mod_weight, "mod_weight", false);
-  check_tensor(a.mod_bias, "mod_bias", false);
-  check_tensor(a.mod_fanout_weight, "mod_fanout_weight", false);
-  check_tensor(a.mod_fanout_bias, "mod_fanout_bias", false);
-  check_tensor(a.abcd, "abcd", false);
+  check_devices(a);
+  for (const auto& t : a.tensors()) {
+    if (!t.tensor.defined()) continue;
+    const auto want = t.role == scan_arg::Role::state ? c.compute_dtype : dtype;
+    const bool ok = t.tensor.scalar_type() == want || t.tensor.scalar_type() == dtype;
+    TORCH_CHECK_VALUE(ok, "plastic_scan: ", t.name, ": expected dtype ", want,
+                      " (matching z), got ", t.tensor.scalar_type());
+  }
 
   // Mode: feedforward when x is given, recurrent otherwise.
   if (c.recurrent) {

@@ -8,8 +8,10 @@
 // list back from the registered schema (python/torchplastic/functional.py).
 //
 //   kind     Tensor | OptTensor | Str | Float | OptFloat | OptInt (the structs in scan_arg::)
-//   role     input:  a tensor the output depends on, differentiated;
-//            state:  an initial state (H_0, h_0, E_0, θ_0), differentiated;
+//   role     input:  a tensor the output depends on, in z's dtype, differentiated (h_0, a
+//                    previous output, is one);
+//            state:  an initial trace state (H_0, E_0, θ_0), which may come in the compute
+//                    dtype (float32 for float16/bfloat16 inputs), differentiated;
 //            option: a hyper-parameter, never differentiated
 //   default  the schema's default ("" for none): arguments added after the first release
 //            take one, so that programs saved with the older schema still load.
@@ -48,7 +50,7 @@
   X(OptTensor, trace, state, "") SEP()                      \
   X(OptTensor, x, input, "") SEP()                          \
   X(OptTensor, weight, input, "") SEP()                     \
-  X(OptTensor, hidden, state, "") SEP()                     \
+  X(OptTensor, hidden, input, "") SEP()                     \
   X(OptTensor, eligibility, state, "") SEP()                \
   X(OptTensor, threshold, state, "") SEP()                  \
   X(OptTensor, modulation, input, "") SEP()                 \
@@ -62,7 +64,7 @@
   X(OptFloat, synaptic_scaling, option, "") SEP()           \
   X(OptFloat, adaptive_threshold, option, "") SEP()         \
   X(Float, target_activity, option, "") SEP()               \
-  X(OptInt, checkpoint_every, option, "") SEP()            \
+  X(OptInt, checkpoint_every, option, "") SEP()             \
   X(OptTensor, abcd, input, "=None")
 
 // Separators for expanding the list; TORCHPLASTIC_IF_TENSOR(kind, ...) keeps its tail for the
@@ -210,12 +212,12 @@ struct ScanArgs {
 #undef TORCHPLASTIC_SCAN_TENSOR_
     return out;
   }
-  // f(member, name, role) for every tensor argument: member is an at::Tensor& or a
+  // f(member, role) for every tensor argument: member is an at::Tensor& or a
   // c10::optional<at::Tensor>& (see scan_arg::as_tensor and from_tensor), to read or replace.
   template <typename F>
   void for_each_tensor(F&& f) {
 #define TORCHPLASTIC_SCAN_EACH_TENSOR_(kind, name, role, dflt) \
-  TORCHPLASTIC_IF_TENSOR(kind, f(name, #name, scan_arg::Role::role);)
+  TORCHPLASTIC_IF_TENSOR(kind, f(name, scan_arg::Role::role);)
     TORCHPLASTIC_SCAN_ARGUMENTS(TORCHPLASTIC_SCAN_EACH_TENSOR_, TORCHPLASTIC_NOTHING)
 #undef TORCHPLASTIC_SCAN_EACH_TENSOR_
   }
