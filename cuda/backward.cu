@@ -64,13 +64,15 @@ __global__ void __launch_bounds__(kThreads)
   };
 
   int parity = 0;
-  for (int64_t seg = P.num_checkpoints() - 1; seg >= 0; --seg) {
+  for (int64_t seg = P.num_segments() - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = min(K, T_ - t0);
 
     // Recompute this block's rows of H_{t-1} (E_{t-1}) for every step of the segment.
+    const T* ckpt_H = P.segment_trace(seg, b) + r0 * I;
+    const T* ckpt_E = retro ? P.segment_elig(seg, b) + r0 * I : nullptr;
     for (int64_t k = threadIdx.x; k < n; k += kThreads) {
-      seg_H[r0 * I + k] = P.trace_ckpt[(seg * B + b) * OI + r0 * I + k];
-      if (retro) seg_E[r0 * I + k] = P.elig_ckpt[(seg * B + b) * OI + r0 * I + k];
+      seg_H[r0 * I + k] = ckpt_H[k];
+      if (retro) seg_E[r0 * I + k] = ckpt_E[k];
     }
     __syncthreads();
     for (int64_t j = 0; j + 1 < len; ++j) {

@@ -18,7 +18,7 @@ __global__ void __launch_bounds__(kThreads)
   const int C = L.cluster;
   const int rank = cluster_rank(C);
   const int64_t b = blockIdx.x / C;
-  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, K = P.checkpoint_every;
+  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I;
   const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
   const int64_t r1 = min(O, r0 + L.rows);
   const int64_t n = (r1 - r0) * I;  // elements of this block's slice of a [O, I] matrix
@@ -55,11 +55,11 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   for (int64_t t = 0; t < T_; ++t) {
-    if (P.trace_ckpt && t % K == 0) {
-      const int64_t slot = ((t / K) * B + b) * O * I + r0 * I;
+    if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) {
+      T* elig_slot = P.checkpoint_slot(P.elig_ckpt, t, b);
       for (int64_t k = threadIdx.x; k < n; k += kThreads) {
-        P.trace_ckpt[slot + k] = H[k];
-        if (retro) P.elig_ckpt[slot + k] = E[k];
+        slot[r0 * I + k] = H[k];
+        if (retro) elig_slot[r0 * I + k] = E[k];
       }
     }
     const T* p;

@@ -1,10 +1,14 @@
 // Autograd of plastic_scan in C++, so LibTorch programs get gradients too.
 //
-// The forward runs plastic_scan_forward, which also returns the trace checkpoints (every K
-// steps, SPEC §3); the backward op recomputes each segment from its checkpoint. What this node
-// keeps for the backward: the inputs, y, and ceil(T/K) traces (two with an eligibility trace);
-// with one segment (T ≤ K, as for a cell's single step) the only checkpoint is the initial
-// trace, an input kept anyway, so the node keeps no copy of it.
+// The forward runs plastic_scan_forward, which also returns the trace checkpoints (SPEC §3:
+// the traces before steps K, 2K, ...; the one before step 0 is the initial trace, an input
+// kept anyway); the backward op recomputes each segment from its checkpoint. What this node
+// keeps for the backward: the inputs, y, and ceil(T/K) − 1 traces (twice that with an
+// eligibility trace), so a single step, as a cell takes, keeps no trace copy at all.
+//
+// T is never read here, so nothing specialises it: under torch.compile the fake kernel sizes
+// the checkpoints with an expression in T (functional._checkpoint_count), and one graph serves
+// every sequence length.
 // Inputs, options and gradients go through ScanArgs and ScanGrads (csrc/ops/scan_args.h), by
 // name.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -12,7 +16,6 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
-#include "ops/checks.h"
 #include "ops/scan.h"
 
 namespace torchplastic {
@@ -25,42 +28,21 @@ using detail::StateOutputs;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The checkpoint of a call with one segment: the initial trace (or eligibility trace) as
-// [1, B, O, I], zeros where none was given.
-at::Tensor initial_state(const c10::optional<at::Tensor>& state, const ScanArgs& args,
-                         const at::Tensor& y) {
-  if (state) return state->unsqueeze(0);
-  // Sizes through sym_size: under torch.compile they may be symbolic.
-  const c10::SymInt B = args.z.sym_size(1), O = args.z.sym_size(2);
-  const c10::SymInt I = args.x ? args.x->sym_size(2) : O;
-  return at::zeros_symint({1, B, O, I}, y.options());
-}
-
 class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, TORCHPLASTIC_SCAN_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
-    // Under torch.compile the tensors may carry symbolic sizes: read T through sym_size (a
-    // guard specialises it) and leave every other check to the kernels, which see real tensors.
-    TORCH_CHECK_VALUE(z.dim() == 3, "plastic_scan: z: expected a 3-D tensor [T, B, O], got ",
-                      z.dim(), " dimensions");
-    const int64_t T = z.sym_size(0).guard_int(__FILE__, __LINE__);
-    const int64_t K = detail::checkpoint_interval(T, checkpoint_every);
-    args.checkpoint_every = K;
+    const ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("torchplastic::plastic_scan_forward", "")
                          .typed<ForwardOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
     auto [y, h, H, E, theta, trace_ckpt, elig_ckpt] =
         args.apply([&](auto&&... a) { return op.call(a...); });
 
-    // Saved: the tensor arguments in table order, then y and the checkpoints (none when the
-    // only one is the initial state).
+    // Saved: the tensor arguments in table order, then y and the checkpoints.
     std::vector<at::Tensor> saved;
     for (const auto& t : args.tensors()) saved.push_back(t.tensor);
-    const bool one_segment = T >= 1 && T <= K;
-    saved.insert(saved.end(), {y, one_segment ? at::Tensor() : trace_ckpt,
-                               one_segment ? at::Tensor() : elig_ckpt});
+    saved.insert(saved.end(), {y, trace_ckpt, elig_ckpt});
     ctx->save_for_backward(saved);
     for (auto& [name, value] : args.options()) ctx->saved_data[name] = value;
     return {y, h, H, E, theta};
@@ -80,13 +62,6 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     args.set_tensors(saved);
     for (const auto& [name, value] : args.options()) args.set_option(name, ctx->saved_data[name]);
     const auto kept = saved.end() - 3;  // y, trace checkpoints, eligibility checkpoints
-    at::Tensor trace_ckpt = kept[1], elig_ckpt = kept[2];
-    if (!trace_ckpt.defined()) {  // one segment: its checkpoint is the initial state
-      trace_ckpt = initial_state(args.trace, args, kept[0]);
-      elig_ckpt = rule_info(rule_from_string(args.rule)).eligibility
-                      ? initial_state(args.eligibility, args, kept[0])
-                      : at::empty({0}, kept[0].options());
-    }
     static auto op =
         c10::Dispatcher::singleton()
             .findSchemaOrThrow("torchplastic::plastic_scan_backward", "")
@@ -95,8 +70,8 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                 TORCHPLASTIC_SCAN_PARAMS)>();
     auto list = args.apply([&](auto&&... a) {
-      return op.call(grads[0], grads[1], grads[2], grads[3], grads[4], kept[0], trace_ckpt,
-                     elig_ckpt, a...);
+      return op.call(grads[0], grads[1], grads[2], grads[3], grads[4], kept[0], kept[1],
+                     kept[2], a...);
     });
     // The backward op returns an empty tensor for each input that was not given; autograd
     // wants none there.

@@ -351,13 +351,12 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   };
 
   StepView<T> pending;  // the traced step whose finish is still due
-  const int64_t num_segments = P.num_checkpoints();
-  for (int64_t seg = num_segments - 1; seg >= 0; --seg) {
+  for (int64_t seg = P.num_segments() - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
 
     // m_t of the segment's steps (the replays need them), then its anchors.
-    const T* ckpt_H = P.trace_ckpt + (seg * B + b) * OI;
-    const T* ckpt_E = retro ? P.elig_ckpt + (seg * B + b) * OI : nullptr;
+    const T* ckpt_H = P.segment_trace(seg, b);
+    const T* ckpt_E = retro ? P.segment_elig(seg, b) : nullptr;
     if (modulated)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t t = t0 + j;

@@ -79,7 +79,7 @@ void activate_block(Activation act, const T* a, T* y, int n) {
 template <typename V, typename T>
 void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   constexpr bool elig = V::Rule::eligibility, modulated = V::Rule::modulated;
-  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
+  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I;
   const bool row_local = !P.internal_modulation();
   T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
   for (int s = 0; s < n; ++s) {
@@ -103,11 +103,8 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     T* y[kForwardGroup];
     for (int s = 0; s < n; ++s) {
       const int64_t b = b0 + s;
-      if (P.trace_ckpt && t % K == 0) {
-        const int64_t slot = (t / K) * B + b;
-        copy_to_checkpoint(P.trace_ckpt + slot * OI, H[s], OI);
-        if (E[s]) copy_to_checkpoint(P.elig_ckpt + slot * OI, E[s], OI);
-      }
+      if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) copy_to_checkpoint(slot, H[s], OI);
+      if (T* slot = P.checkpoint_slot(P.elig_ckpt, t, b)) copy_to_checkpoint(slot, E[s], OI);
       p[s] = P.presynaptic(t, b);
       z[s] = P.z + (t * B + b) * O;
       y[s] = P.y + (t * B + b) * O;

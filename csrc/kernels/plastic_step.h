@@ -73,16 +73,30 @@ struct ScanParams {
   scalar_t* trace = nullptr;        // [B, O, I]  H_T
   scalar_t* elig = nullptr;         // [B, O, I]  E_T
   scalar_t* theta = nullptr;        // [B, O]     θ_T
-  scalar_t* trace_ckpt = nullptr;   // [S, B, O, I]  H before steps 0, K, 2K, ... (nullptr: not saved)
-  scalar_t* elig_ckpt = nullptr;    // [S, B, O, I]
-  scalar_t* theta_ckpt = nullptr;   // [S, B, O]
+  // Checkpoints: H (and E) before steps K, 2K, ...; before step 0 they are trace0 and elig0,
+  // inputs the caller keeps anyway. nullptr: not saved.
+  scalar_t* trace_ckpt = nullptr;   // [num_checkpoints(), B, O, I]
+  scalar_t* elig_ckpt = nullptr;    // [num_checkpoints(), B, O, I]
 
   TP_HD bool internal_modulation() const {
     return mod_source == ModSource::Internal || mod_source == ModSource::Fanout;
   }
   TP_HD const scalar_t* eta_row(int64_t o) const { return eta + o * eta_row_stride; }
-  TP_HD int64_t num_checkpoints() const {
-    return (T + checkpoint_every - 1) / checkpoint_every;
+  // The backward recomputes the steps segment by segment, K steps each (the last one shorter).
+  TP_HD int64_t num_segments() const { return (T + checkpoint_every - 1) / checkpoint_every; }
+  TP_HD int64_t num_checkpoints() const { return T > 0 ? num_segments() - 1 : 0; }
+  // The state before segment `seg` of sequence b, [O, I].
+  TP_HD const scalar_t* segment_trace(int64_t seg, int64_t b) const {
+    return seg == 0 ? trace0 + b * O * I : trace_ckpt + ((seg - 1) * B + b) * O * I;
+  }
+  TP_HD const scalar_t* segment_elig(int64_t seg, int64_t b) const {
+    return seg == 0 ? elig0 + b * O * I : elig_ckpt + ((seg - 1) * B + b) * O * I;
+  }
+  // Where the forward saves the state before step t of sequence b: nullptr unless t starts a
+  // segment other than the first and checkpoints are being saved.
+  TP_HD scalar_t* checkpoint_slot(scalar_t* ckpt, int64_t t, int64_t b) const {
+    if (!ckpt || t == 0 || t % checkpoint_every != 0) return nullptr;
+    return ckpt + ((t / checkpoint_every - 1) * B + b) * O * I;
   }
   // Presynaptic activity of step t for sequence b: x_t, h_0 or y_{t-1}.
   TP_HD const scalar_t* presynaptic(int64_t t, int64_t b) const {

@@ -43,5 +43,9 @@ void check_devices(const ScanArgs& args);
 // K of SPEC §3: `requested` (≥ 1) capped at T, or about √T when not given.
 int64_t checkpoint_interval(int64_t T, const c10::optional<int64_t>& requested);
 
+// The traces a call with checkpoints saves: one before each segment of K steps but the first,
+// whose state is the initial trace (an input, kept anyway).
+inline int64_t checkpoint_count(int64_t T, int64_t K) { return T > 0 ? (T + K - 1) / K - 1 : 0; }
+
 }  // namespace detail
 }  // namespace torchplastic

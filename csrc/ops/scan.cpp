@@ -45,7 +45,7 @@ ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
   at::Tensor trace = at::empty({B, O, I}, opts);
   at::Tensor elig = retro ? at::empty({B, O, I}, opts) : at::Tensor();
   at::Tensor theta = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
-  const int64_t S = save_checkpoints ? (T + c.K - 1) / c.K : 0;
+  const int64_t S = save_checkpoints ? checkpoint_count(T, c.K) : 0;
   at::Tensor trace_ckpt = backend.empty_checkpoints({S, B, O, I}, opts);
   at::Tensor elig_ckpt = retro ? backend.empty_checkpoints({S, B, O, I}, opts) : at::Tensor();
 
@@ -79,7 +79,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   const bool retro = c.traits.eligibility;
   const bool modulated = c.traits.modulated;
   const bool internal = c.mod_source == ModSource::Internal || c.mod_source == ModSource::Fanout;
-  const int64_t S = (T + c.K - 1) / c.K;
+  const int64_t S = checkpoint_count(T, c.K);
 
   // Gradients that did not flow arrive as undefined or empty tensors: zeros of the right shape.
   auto grad_or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {

@@ -15,7 +15,8 @@ TORCH_LIBRARY(torchplastic, m) {
   def("plastic_scan(" + args +
       ") -> (Tensor y, Tensor hidden, Tensor trace, Tensor eligibility, Tensor threshold)");
   // plastic_scan that also returns what its backward needs: the traces H (and E) before
-  // steps 0, K, 2K, ..., as [ceil(T/K), B, O, I] (SPEC §3).
+  // steps K, 2K, ... < T, as [ceil(T/K) - 1, B, O, I] (SPEC §3; before step 0 they are the
+  // initial states, which the backward takes from its arguments).
   def("plastic_scan_forward(" + args +
       ") -> (Tensor y, Tensor hidden, Tensor trace, Tensor eligibility, Tensor threshold, "
       "Tensor trace_checkpoints, Tensor eligibility_checkpoints)");

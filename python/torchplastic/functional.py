@@ -4,6 +4,7 @@ The math lives in C++ (``torch.ops.torchplastic``); this module maps the SPEC §
 the op's schema and registers the shape functions ``torch.compile`` traces with.
 """
 
+import math
 from types import SimpleNamespace
 from typing import Optional, Tuple
 
@@ -176,6 +177,18 @@ def _plastic_scan_fake(*args, **kwargs):
     return _fake_states(a)
 
 
+def _checkpoint_count(T, checkpoint_every: Optional[int]):
+    """How many traces plastic_scan_forward saves: one before each segment of K steps but the
+    first (csrc/ops/checks.h). Under torch.compile T may be symbolic: K and the count are then
+    expressions in T, the same arithmetic as the C++ (checkpoint_interval), so that one graph
+    serves every sequence length."""
+    if isinstance(T, int):
+        return max(-(-T // _C.checkpoint_interval(T, checkpoint_every)) - 1, 0)
+    # T >= 1 here, and ceil(T / min(K, T)) = ceil(T / K).
+    K = checkpoint_every if checkpoint_every is not None else math.ceil(torch.sym_sqrt(T))
+    return torch.sym_max((T + K - 1) // K - 1, 0)
+
+
 @torch.library.register_fake("torchplastic::plastic_scan_forward")
 def _plastic_scan_forward_fake(*args, **kwargs):
     a = _bind("plastic_scan_forward", args, kwargs)
@@ -183,8 +196,7 @@ def _plastic_scan_forward_fake(*args, **kwargs):
     y, h, H, E, theta = _fake_states(a)
     T, B, O = a.z.shape
     I = H.shape[-1]
-    K = _C.checkpoint_interval(int(T), a.checkpoint_every)
-    S = (T + K - 1) // K
+    S = _checkpoint_count(T, a.checkpoint_every)
     sd = _state_dtype(a.z)
     trace_ckpt = a.z.new_empty(S, B, O, I, dtype=sd)
     elig_ckpt = a.z.new_empty(S, B, O, I, dtype=sd) if E.dim() > 1 else a.z.new_empty(0, dtype=sd)

@@ -215,8 +215,8 @@ def test_repr_and_docstrings():
 
 
 def test_compiled_cell_step_with_dynamic_batch():
-    # One time step is one checkpoint segment, whose checkpoint the backward rebuilds from the
-    # initial state: with symbolic sizes under torch.compile too.
+    # One time step is one segment, whose starting trace is the initial one: no checkpoint, with
+    # symbolic sizes under torch.compile too.
     torch._dynamo.reset()
     torch.manual_seed(0)
     cell = tp.PlasticRNNCell(5, 4, dtype=torch.float64)

@@ -215,7 +215,7 @@ def test_single_segment_keeps_no_copy_of_the_initial_trace(rule):
 def test_checkpoint_buffers_are_reused_only_once_freed():
     # Checkpoints of at least 4 MiB come from a cache of freed buffers (csrc/cpu/memory.cpp):
     # a live one is never handed out again, a freed one is, and reuse changes no value.
-    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=16, B=4, O=256, I=256,
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=20, B=4, O=256, I=256,
                  checkpoint_every=4)
     args = opcheck_args(cfg)
     args = tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
