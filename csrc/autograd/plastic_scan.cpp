@@ -9,13 +9,22 @@
 // T is never read here, so nothing specialises it: under torch.compile the fake kernel sizes
 // the checkpoints with an expression in T (functional._checkpoint_count), and one graph serves
 // every sequence length.
+//
+// Derivatives the fused kernels do not compute go through aten_scan (csrc/autograd/
+// aten_scan.h), the same steps as ATen operations, at the memory of T traces:
+//   - double backward: a backward asked to build a graph (create_graph=True, grad mode on in
+//     the backward) recomputes the outputs with aten_scan and differentiates them with a graph;
+//   - forward-mode AD: a call with a tangent on any input runs aten_scan instead of the kernels;
+//   - functorch's reverse-mode transforms (torch.func.grad, vjp, jacrev): the same.
 // Inputs, options and gradients go through ScanArgs and ScanGrads (csrc/ops/scan_args.h), by
 // name.
+#include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include "autograd/aten_scan.h"
 #include "ops/scan.h"
 
 namespace torchplastic {
@@ -49,18 +58,11 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    // With create_graph=True the engine runs this with grad mode on and expects a backward it
-    // can differentiate; the backward op has no derivative of its own, so refuse rather than
-    // hand out gradients whose own gradients would silently be zero.
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "plastic_scan: double backward (a backward with create_graph=True through the "
-                "op, as a gradient penalty or MAML needs) is not supported yet; "
-                "torchplastic.reference.plastic_scan computes the same function in plain "
-                "PyTorch and supports it");
     const auto saved = ctx->get_saved_variables();
     ScanArgs args;
     args.set_tensors(saved);
     for (const auto& [name, value] : args.options()) args.set_option(name, ctx->saved_data[name]);
+    if (at::GradMode::is_enabled()) return differentiable_backward(args, grads);
     const auto kept = saved.end() - 3;  // y, trace checkpoints, eligibility checkpoints
     static auto op =
         c10::Dispatcher::singleton()
@@ -80,20 +82,73 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
       if (!inputs[k].tensor.defined()) list[k] = at::Tensor();
     return ScanGrads::from_list(list).per_argument();
   }
+
+ private:
+  // The backward of create_graph=True: gradients that are themselves differentiable, through
+  // the outputs recomputed by aten_scan. Each input enters the recomputation through a view
+  // of its own: asked for the gradient at that view, autograd counts only the input's uses
+  // in this op, where at the input itself it would also count the paths through the other
+  // inputs that depend on it (z computed from x, say), which reach it through other nodes.
+  static variable_list differentiable_backward(ScanArgs args, const variable_list& grads) {
+    std::vector<at::Tensor> wrt;
+    std::vector<size_t> position;
+    size_t k = 0;
+    args.for_each_tensor([&](auto& member, detail::scan_arg::Role) {
+      const at::Tensor t = detail::scan_arg::as_tensor(member);
+      if (t.defined() && t.requires_grad()) {
+        const at::Tensor own = t.view_as(t);
+        detail::scan_arg::from_tensor(member, own);
+        wrt.push_back(own);
+        position.push_back(k);
+      }
+      ++k;
+    });
+    const auto [y, h, H, E, theta] = detail::aten_scan(args);
+    std::vector<at::Tensor> outputs, grad_outputs;
+    for (const auto& [out, grad] : {std::pair{y, grads[0]}, {h, grads[1]}, {H, grads[2]},
+                                    {E, grads[3]}, {theta, grads[4]}})
+      if (grad.defined() && out.numel() > 0 && out.requires_grad()) {
+        outputs.push_back(out);
+        grad_outputs.push_back(grad);
+      }
+    std::vector<at::Tensor> list(detail::kNumScanTensorArgs);
+    if (!outputs.empty() && !wrt.empty()) {
+      const auto g = torch::autograd::grad(outputs, wrt, grad_outputs, /*retain_graph=*/true,
+                                           /*create_graph=*/true, /*allow_unused=*/true);
+      for (size_t j = 0; j < g.size(); ++j) list[position[j]] = g[j];
+    }
+    return ScanGrads::from_list(list).per_argument();
+  }
 };
+
+// False inside a functorch transform that refuses a C++ autograd::Function (the test is
+// torch's own, which Function::apply would make).
+bool autograd_function_allowed() {
+  const auto& functorch = at::functorch::functorchTLSAccessor();
+  if (!functorch) return true;
+  try {
+    functorch->checkSupportsCppAutogradFunction();
+    return true;
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
 
 StateOutputs plastic_scan_autograd(TORCHPLASTIC_SCAN_PARAMS) {
   const ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
-  bool any_requires_grad = false;
+  bool any_requires_grad = false, any_tangent = false;
   for (const auto& t : args.tensors()) {
     any_requires_grad |= t.tensor.defined() && t.tensor.requires_grad();
-    // The op has no forward derivative: a tangent on any input would be dropped.
-    TORCH_CHECK(!torch::autograd::isFwGradDefined(t.tensor), "plastic_scan: ", t.name,
-                ": forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not supported "
-                "yet; use reverse mode (torch.autograd.grad, torch.func.vjp), or "
-                "torchplastic.reference.plastic_scan");
+    any_tangent |= torch::autograd::isFwGradDefined(t.tensor);
   }
-  if (!at::GradMode::is_enabled() || !any_requires_grad) {
+  // The kernels have no forward derivative; ATen operations carry the tangents (and reverse
+  // mode too).
+  if (any_tangent) return detail::aten_scan(args);
+  const bool differentiable = at::GradMode::is_enabled() && any_requires_grad;
+  // functorch's reverse-mode transforms (torch.func.grad, vjp, jacrev, hessian) refuse a C++
+  // autograd::Function, and transform ATen operations as any other.
+  if (differentiable && !autograd_function_allowed()) return detail::aten_scan(args);
+  if (!differentiable) {
     // Nothing to differentiate: skip the checkpoints.
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = c10::Dispatcher::singleton()

@@ -104,6 +104,27 @@ TEST_P(PlasticScanTest, MatchesAtenLoopInValuesAndGradients) {
     EXPECT_TRUE(torch::allclose(grads[i], grads_ref[i], 1e-9, 1e-11)) << "gradient of leaf " << i;
 }
 
+// create_graph=True: the op's gradients are differentiable, here through a penalty on them.
+TEST_P(PlasticScanTest, DoubleBackwardMatchesAtenLoop) {
+  Inputs in = make_inputs(GetParam(), /*T=*/4);
+  auto penalty_grads = [&](const at::Tensor& y, const PlasticState& state) {
+    auto first = torch::autograd::grad({loss_of(y, state)}, in.leaves, {}, true, /*create_graph=*/true);
+    at::Tensor penalty = torch::zeros({}, y.options());
+    for (const auto& g : first) penalty = penalty + g.square().sum();
+    return torch::autograd::grad({penalty}, in.leaves, {}, false, false, /*allow_unused=*/true);
+  };
+  auto [y, state] = plastic_scan(in.z, in.alpha, in.eta, in.trace, in.options);
+  auto [y_ref, state_ref] = test_reference::reference_scan(in.z, in.alpha, in.eta, in.trace, in.options);
+  auto grads = penalty_grads(y, state);
+  auto grads_ref = penalty_grads(y_ref, state_ref);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    ASSERT_EQ(grads[i].defined(), grads_ref[i].defined()) << "leaf " << i;
+    if (grads[i].defined()) {
+      EXPECT_TRUE(torch::allclose(grads[i], grads_ref[i], 1e-9, 1e-11)) << "leaf " << i;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     RulesAndModes, PlasticScanTest,
     ::testing::Values(Case{Rule::Hebb, false, Modulation::Internal},

@@ -179,3 +179,37 @@ def test_cuda_autocast_runs_half_with_float32_traces(dtype):
     torch.testing.assert_close(y.float(), y_fp32, rtol=0.05, atol=0.05)
     y.float().square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("cfg", [Config(rule="retroactive", source="fanout", clip=1.0, threshold=0.1),
+                                 Config(rule="abcd", recurrent=False, scaling=1.0)], ids=Config.id)
+def test_cuda_double_backward_and_jvp_match_the_reference(cfg):
+    # Both run the ATen loop of csrc/autograd/aten_scan.cpp, here on CUDA tensors.
+    kw = to_device(make_inputs(cfg), "cuda")
+    leaves = list(tensor_inputs(kw).values())
+
+    def penalty_gradients(fn):
+        first = torch.autograd.grad(loss_of(*call(fn, kw)), leaves, create_graph=True, allow_unused=True)
+        penalty = sum(g.square().sum() for g in first if g is not None)
+        return torch.autograd.grad(penalty, leaves, allow_unused=True)
+
+    for a, b in zip(penalty_gradients(tp.functional.plastic_scan),
+                    penalty_gradients(tp.reference.plastic_scan)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+    names = list(tensor_inputs(kw))
+    primals = tuple(t.detach() for t in leaves)
+    v = tuple(torch.randn_like(t) for t in primals)
+
+    def function_of(fn):
+        def f(*tensors):
+            y, state = call(fn, dict(kw, **dict(zip(names, tensors))))
+            return (y, *[t for t in state if t is not None])
+        return f
+
+    _, t_fused = torch.func.jvp(function_of(tp.functional.plastic_scan), primals, v)
+    _, t_ref = torch.func.jvp(function_of(tp.reference.plastic_scan), primals, v)
+    for a, b in zip(t_fused, t_ref):
+        torch.testing.assert_close(a, b)
