@@ -78,14 +78,14 @@ PlasticLinearOptions as_linear_options(const PlasticRNNOptions& o) {
   return l;
 }
 
-void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64_t in_features,
-                        int64_t out_features, int64_t presynaptic, bool is_recurrent,
-                        const PlasticLinearOptions& o) {
+void PlasticCore::build(torch::nn::Module& module, const char* owner_name, Size in, Size out,
+                        int64_t presynaptic, bool is_recurrent, const PlasticLinearOptions& o) {
   owner = owner_name;
   options = o;
   recurrent = is_recurrent;
-  TORCH_CHECK_VALUE(in_features > 0 && out_features > 0, owner,
-                    ": sizes: expected positive sizes, got ", in_features, " and ", out_features);
+  for (const Size& size : {in, out})
+    TORCH_CHECK_VALUE(size.value > 0, owner, ": ", size.name, ": expected a positive int, got ",
+                      size.value);
   const RuleInfo rule = rule_info(o.rule());
   const bool modulated = rule.modulated;
   if (!o.clip())  // "auto"
@@ -96,7 +96,7 @@ void PlasticCore::build(torch::nn::Module& module, const char* owner_name, int64
   check_scan_options(owner.c_str(), to_string(o.activation()), clip, o.synaptic_scaling(),
                      o.adaptive_threshold(), o.checkpoint_every());
 
-  const int64_t O = out_features, I = presynaptic;
+  const int64_t O = out.value, I = presynaptic;
   alpha = module.register_parameter("alpha", torch::empty(shape_of(o.alpha(), O, I)));
   // A rule without η gets no parameter: one without gradient would break DDP.
   eta = rule.uses_eta
@@ -209,8 +209,9 @@ PlasticLinearImpl::PlasticLinearImpl(PlasticLinearOptions options_) : options(st
 }
 
 void PlasticLinearImpl::reset() {
-  core.build(*this, "PlasticLinear", options.in_features(), options.out_features(),
-             options.in_features(), /*recurrent=*/false, options);
+  core.build(*this, "PlasticLinear", {"in_features", options.in_features()},
+             {"out_features", options.out_features()}, options.in_features(),
+             /*recurrent=*/false, options);
   weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
   bias = options.bias() ? register_parameter("bias", torch::empty({options.out_features()}))
                         : at::Tensor();
@@ -281,8 +282,9 @@ PlasticRNNImpl::PlasticRNNImpl(PlasticRNNOptions options_) : options(std::move(o
 }
 
 void PlasticRNNImpl::reset() {
-  core.build(*this, "PlasticRNN", options.input_size(), options.hidden_size(),
-             options.hidden_size(), /*recurrent=*/true, detail::as_linear_options(options));
+  core.build(*this, "PlasticRNN", {"input_size", options.input_size()},
+             {"hidden_size", options.hidden_size()}, options.hidden_size(),
+             /*recurrent=*/true, detail::as_linear_options(options));
   register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
   reset_parameters();
 }
@@ -315,8 +317,9 @@ PlasticRNNCellImpl::PlasticRNNCellImpl(PlasticRNNCellOptions options_)
 }
 
 void PlasticRNNCellImpl::reset() {
-  core.build(*this, "PlasticRNNCell", options.input_size(), options.hidden_size(),
-             options.hidden_size(), /*recurrent=*/true, detail::as_linear_options(options));
+  core.build(*this, "PlasticRNNCell", {"input_size", options.input_size()},
+             {"hidden_size", options.hidden_size()}, options.hidden_size(),
+             /*recurrent=*/true, detail::as_linear_options(options));
   register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
   reset_parameters();
 }

@@ -40,6 +40,8 @@ class _PlasticBase(nn.Module):
     """Parameters and options shared by the three modules; subclasses define the drive z."""
 
     recurrent: bool = False
+    # The names of the two sizes in the subclass's signature, for error messages.
+    _size_names: Tuple[str, str] = ("in_features", "out_features")
 
     def __init__(self, in_features: int, out_features: int, *, rule: str = "hebb",
                  alpha: str = "connection", eta: str = "scalar", activation: str = "tanh",
@@ -51,7 +53,7 @@ class _PlasticBase(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         owner = type(self).__name__
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
+        for name, value in zip(self._size_names, (in_features, out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{owner}: {name}: expected a positive int, got {value!r}")
         info = rule_info(rule, owner)
@@ -292,6 +294,7 @@ class PlasticRNN(_PlasticBase):
     """
 
     recurrent = True
+    _size_names = ("input_size", "hidden_size")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **kwargs):
         super().__init__(input_size, hidden_size, **kwargs)

@@ -127,3 +127,14 @@ def test_cpp_module_under_torch_compile():
     torch._dynamo.reset()
     with pytest.raises(Exception, match="outside the compiled graph"):
         torch.compile(m, fullgraph=True)(x)
+
+
+@pytest.mark.parametrize("python", [True, False], ids=["python", "cpp"])
+@pytest.mark.parametrize("cls, sizes, name", [
+    ("PlasticRNN", (4, 0), "hidden_size"), ("PlasticRNN", (0, 4), "input_size"),
+    ("PlasticRNNCell", (4, -1), "hidden_size"), ("PlasticLinear", (3, 0), "out_features"),
+    ("PlasticLinear", (0, 3), "in_features")])
+def test_size_errors_name_the_modules_own_argument(python, cls, sizes, name):
+    module = getattr(tp if python else tp.cpp, cls)
+    with pytest.raises(ValueError, match=rf"{cls}: {name}: expected a positive int, got {min(sizes)}"):
+        module(*sizes)

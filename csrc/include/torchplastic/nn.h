@@ -68,10 +68,14 @@ namespace detail {
 // What the three modules share: options resolved to the op's, α, η and the modulation head.
 class PlasticCore {
  public:
+  // A size of the module, with the name its options give it (in_features, hidden_size, ...).
+  struct Size {
+    const char* name;
+    int64_t value;
+  };
   // Registers alpha, eta and the modulation head on `module` and initialises them.
-  void build(torch::nn::Module& module, const char* owner, int64_t in_features,
-             int64_t out_features, int64_t presynaptic, bool recurrent,
-             const PlasticLinearOptions& options);
+  void build(torch::nn::Module& module, const char* owner, Size in, Size out,
+             int64_t presynaptic, bool recurrent, const PlasticLinearOptions& options);
   void reset_parameters();
   // Runs the op over z [T, B, O]; x [T, B, I] in feedforward mode.
   std::tuple<at::Tensor, PlasticState> scan(const at::Tensor& z, const at::Tensor& x,
