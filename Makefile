@@ -52,7 +52,9 @@ test-python: build
 	$(PY) -m pytest -q tests/python
 
 # The installed library used the way a C++ user uses it: cmake --install into a scratch prefix,
-# then examples/cpp built against it with find_package(TorchPlastic) and run for a few steps.
+# then examples/cpp built against it with find_package(TorchPlastic) and run for a few steps;
+# then a model exported and compiled by AOTInductor in Python, run by the C++ deploy program,
+# whose outputs must equal Python's.
 test-install: build
 	rm -rf $(BUILD)/prefix $(BUILD)/example
 	cmake --install $(BUILD) --prefix $(BUILD)/prefix > /dev/null
@@ -60,6 +62,7 @@ test-install: build
 	    -DCMAKE_PREFIX_PATH="$(abspath $(BUILD)/prefix);$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" > /dev/null
 	cmake --build $(BUILD)/example
 	$(BUILD)/example/train_pattern --steps 3 --batch 4
+	$(PY) examples/export_model.py --out $(BUILD)/example/pt2 --check $(BUILD)/example/deploy
 
 test: test-cpp test-python test-install
 

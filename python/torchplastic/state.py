@@ -28,3 +28,6 @@ class PlasticState(NamedTuple):
 
 # A saved state loads under torch.load's default weights_only=True.
 torch.serialization.add_safe_globals([PlasticState])
+# A pytree node with a stable name, so that torch.export.save can write a program whose
+# outputs hold a PlasticState.
+torch.utils._pytree._register_namedtuple(PlasticState, serialized_type_name="torchplastic.PlasticState")

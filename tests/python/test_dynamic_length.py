@@ -6,6 +6,7 @@ included), so nothing specialises T. The checkpoint count, ceil(T/K) - 1, is 0 f
 for T = 3..6; torch specialises sizes 0 and 1, so those lengths get graphs of their own.
 """
 
+import io
 import math
 
 import pytest
@@ -115,3 +116,24 @@ def test_checkpoint_count(T, K):
     expected = len(range(every, T, every))
     assert out[5].shape == (expected, B, O, I)
     assert out[6].shape == (expected, B, O, I)
+
+
+def test_exported_program_saves_and_loads():
+    # PlasticState is a registered pytree node, so torch.export.save can write its outputs' spec.
+    m = model()
+    T = torch.export.Dim("T", min=2, max=4096)
+    program = torch.export.export(m, (torch.randn(10, 3, 5, dtype=torch.float64),),
+                                  dynamic_shapes=({0: T},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer).module()
+    x = torch.randn(23, 3, 5, dtype=torch.float64)
+    y, state = loaded(x)
+    y_ref, state_ref = m(x)
+    assert isinstance(state, tp.PlasticState)
+    torch.testing.assert_close(y, y_ref)
+    for a, b in zip(state, state_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)

@@ -24,7 +24,7 @@ def test_pattern_example_runs_and_resumes(tmp_path):
 
 
 def test_examples_have_help():
-    for script in ("pattern.py", "maze.py", "omniglot.py"):
+    for script in ("pattern.py", "maze.py", "omniglot.py", "export_model.py"):
         assert "--seed" in run(script, "--help")
 
 
