@@ -19,7 +19,8 @@ __global__ void __launch_bounds__(kThreads)
   const int C = L.cluster;
   const int rank = cluster_rank(C);
   const int64_t b = blockIdx.x / C;
-  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, K = P.checkpoint_every, OI = O * I;
+  // T_: this sequence's steps.
+  const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I, K = P.checkpoint_every, OI = O * I;
   const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
   const int64_t r1 = min(O, r0 + L.rows);
   const int64_t n = (r1 - r0) * I;
@@ -27,6 +28,19 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
   const bool eta_pc = P.eta_per_connection;
+
+  // Past its length a sequence's gradients are zero.
+  for (int64_t t = T_; t < P.T; ++t) {
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+      G.grad_z[(t * B + b) * O + o] = T(0);
+      if (modulated) G.grad_mod[(t * B + b) * O + o] = T(0);
+    }
+    if (rank == 0) {
+      if (!P.recurrent)
+        for (int64_t i = threadIdx.x; i < I; i += kThreads) G.grad_x[(t * B + b) * I + i] = T(0);
+      if (!row_local && threadIdx.x == 0) G.grad_mod_pre[t * B + b] = G.mod_signal[t * B + b] = T(0);
+    }
+  }
 
   // Global scratch: [B, K, O, I] recomputed traces (and eligibilities), then what is off chip.
   T* seg_H = scratch + b * K * OI;
@@ -64,7 +78,7 @@ __global__ void __launch_bounds__(kThreads)
   };
 
   int parity = 0;
-  for (int64_t seg = P.num_segments() - 1; seg >= 0; --seg) {
+  for (int64_t seg = P.num_segments(b) - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = min(K, T_ - t0);
 
     // Recompute this block's rows of H_{t-1} (E_{t-1}) for every step of the segment.

@@ -18,7 +18,7 @@ __global__ void __launch_bounds__(kThreads)
   const int C = L.cluster;
   const int rank = cluster_rank(C);
   const int64_t b = blockIdx.x / C;
-  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I;
+  const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I;  // T_: this sequence's steps
   const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
   const int64_t r1 = min(O, r0 + L.rows);
   const int64_t n = (r1 - r0) * I;  // elements of this block's slice of a [O, I] matrix
@@ -110,6 +110,9 @@ __global__ void __launch_bounds__(kThreads)
     stage(t + 1);  // this step's reads of zbuf and mbuf all came before the cluster barrier
     __syncthreads();
   }
+  // Past its length a sequence's outputs are zero; its state was held by stopping there.
+  for (int64_t t = T_; t < P.T; ++t)
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.y[(t * B + b) * O + o] = T(0);
   if (P.has_threshold)
     for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.theta[b * O + o] = S.theta[o];
 

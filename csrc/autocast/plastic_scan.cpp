@@ -27,7 +27,7 @@ StateOutputs plastic_scan_autocast(TORCHPLASTIC_SCAN_PARAMS) {
       Device == c10::DeviceType::CPU ? at::kFloat : at::autocast::get_autocast_dtype(Device);
   args.for_each_tensor([&](auto& member, Role role) {
     const at::Tensor t = detail::scan_arg::as_tensor(member);
-    if (!t.defined()) return;
+    if (!t.defined() || role == Role::index) return;  // lengths stay integers
     detail::scan_arg::from_tensor(
         member, at::autocast::cached_cast(role == Role::state ? at::kFloat : inputs, t, Device));
   });

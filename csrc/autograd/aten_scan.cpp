@@ -74,6 +74,7 @@ StateOutputs aten_scan(const ScanArgs& a) {
   at::Tensor theta = a.adaptive_threshold ? given_or_zeros(a.threshold, {B, O}) : at::Tensor();
   const at::Tensor modulation = a.modulation ? compute(*a.modulation) : at::Tensor();
   const at::Tensor coefficients = c.traits.coefficients ? compute(*a.abcd) : at::Tensor();
+  const at::Tensor lengths = a.lengths ? a.lengths->to(a.z.device(), at::kLong) : at::Tensor();
 
   std::vector<at::Tensor> ys;
   ys.reserve(T);
@@ -86,7 +87,6 @@ StateOutputs aten_scan(const ScanArgs& a) {
       if (c.recurrent) pre = pre + p.matmul(weight.t());
       if (theta.defined()) pre = pre - theta;
       const at::Tensor y = activate(c.activation, pre);  // [B, O]
-      ys.push_back(y);
 
       at::Tensor m;  // [B, O] or [B, 1]
       if (c.mod_source == ModSource::External) {
@@ -108,31 +108,47 @@ StateOutputs aten_scan(const ScanArgs& a) {
       if constexpr (R::uses_eta) syn.eta = compute(*a.eta);
       if constexpr (R::coefficients)
         for (int j = 0; j < 4; ++j) syn.k[j] = coefficients[j];
-      H = R::candidate(syn).t;
-      if constexpr (R::eligibility) E = R::eligibility_next(syn).t;
+      at::Tensor H_next = R::candidate(syn).t, E_next = E, theta_next = theta;
+      if constexpr (R::eligibility) E_next = R::eligibility_next(syn).t;
 
-      if (a.clip) H = at::clamp(H, -*a.clip, *a.clip);
+      if (a.clip) H_next = at::clamp(H_next, -*a.clip, *a.clip);
       if (a.synaptic_scaling) {
         // Rows at or under κ are untouched, with no gradient through the scale (SPEC §2).
         const double kappa = *a.synaptic_scaling;
-        const at::Tensor norm = at::linalg_vector_norm(H, 2, {-1}, /*keepdim=*/true);
-        H = H * (kappa / at::where(norm > kappa, norm, at::full_like(norm, kappa)));
+        const at::Tensor norm = at::linalg_vector_norm(H_next, 2, {-1}, /*keepdim=*/true);
+        H_next = H_next * (kappa / at::where(norm > kappa, norm, at::full_like(norm, kappa)));
       }
-      if (theta.defined()) theta = theta + *a.adaptive_threshold * (y - a.target_activity);
-      if (c.recurrent) h = y;
+      if (theta.defined()) theta_next = theta + *a.adaptive_threshold * (y - a.target_activity);
+
+      if (!lengths.defined()) {
+        ys.push_back(y);
+        H = H_next;
+        E = E_next;
+        theta = theta_next;
+        if (c.recurrent) h = y;
+        continue;
+      }
+      // Past its length a sequence holds its state and outputs zeros.
+      const at::Tensor running = (lengths > t).view({B, 1});
+      const at::Tensor running3 = running.view({B, 1, 1});
+      ys.push_back(at::where(running, y, at::zeros_like(y)));
+      H = at::where(running3, H_next, H);
+      if (E.defined()) E = at::where(running3, E_next, E);
+      if (theta.defined()) theta = at::where(running, theta_next, theta);
+      if (c.recurrent) h = at::where(running, y, h);
     }
   });
 
   // New tensors, as the op's schema promises: with T = 0 the states would otherwise be the
-  // inputs themselves, and h_T is a view of y.
+  // inputs themselves.
   auto state_output = [&](const at::Tensor& state) {
     if (!state.defined()) return at::empty({0}, opts);
     return T > 0 ? state : state.clone();
   };
   const at::Tensor y = T > 0 ? at::stack(ys).to(a.z.scalar_type()) : at::zeros({0, B, O}, a.z.options());
-  const at::Tensor hidden = !c.recurrent ? at::empty({0}, a.z.options())
-                            : T > 0      ? y[T - 1].clone()
-                                         : h0.to(a.z.scalar_type()).clone();
+  // h_T: with lengths, each sequence's h after its last step, held since.
+  const at::Tensor hidden = c.recurrent ? state_output(h).to(a.z.scalar_type())
+                                        : at::empty({0}, a.z.options());
   return {y, hidden, state_output(H), state_output(E), state_output(theta)};
 }
 

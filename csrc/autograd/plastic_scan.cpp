@@ -75,11 +75,12 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
       return op.call(grads[0], grads[1], grads[2], grads[3], grads[4], kept[0], kept[1],
                      kept[2], a...);
     });
-    // The backward op returns an empty tensor for each input that was not given; autograd
-    // wants none there.
+    // The backward op returns an empty tensor for each input that was not given, and for
+    // lengths, which has no gradient; autograd wants none there.
     const auto inputs = args.tensors();
     for (size_t k = 0; k < inputs.size(); ++k)
-      if (!inputs[k].tensor.defined()) list[k] = at::Tensor();
+      if (!inputs[k].tensor.defined() || inputs[k].role == detail::scan_arg::Role::index)
+        list[k] = at::Tensor();
     return ScanGrads::from_list(list).per_argument();
   }
 

@@ -10,6 +10,7 @@
 // to GEMMs over the stored per-step vectors after the loop.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -323,9 +324,16 @@ template <typename V, typename T>
 void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
                        const BackwardWorkspace<T>& S) {
   constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
-  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
+  // T_: this sequence's steps; past them its outputs, held state and gradients are zero.
+  const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
   const bool row_local = !P.internal_modulation();
   constexpr bool eta_per_connection = V::eta_per_connection;
+  for (int64_t t = T_; t < P.T; ++t) {
+    std::fill_n(G.grad_z + (t * B + b) * O, O, T(0));
+    if (!P.recurrent) std::fill_n(G.grad_x + (t * B + b) * I, I, T(0));
+    if (modulated) std::fill_n(G.grad_mod + (t * B + b) * O, O, T(0));
+    if (!row_local) G.grad_mod_pre[t * B + b] = G.mod_signal[t * B + b] = T(0);
+  }
   // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed here,
   // just before the passes add to them (a separate pass over all the slabs first had cost a
   // trip through memory).
@@ -351,7 +359,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   };
 
   StepView<T> pending;  // the traced step whose finish is still due
-  for (int64_t seg = P.num_segments() - 1; seg >= 0; --seg) {
+  for (int64_t seg = P.num_segments(b) - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
 
     // m_t of the segment's steps (the replays need them), then its anchors.

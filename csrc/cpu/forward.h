@@ -10,6 +10,7 @@
 // of y_t, defers the updates until every row's y is known.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 
 #include "cpu/plastic_scan_isa.h"
@@ -82,8 +83,13 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I;
   const bool row_local = !P.internal_modulation();
   T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
+  // Steps of each sequence: past them its state is held and its outputs are zero.
+  int64_t len[kForwardGroup], steps = 0;
   for (int s = 0; s < n; ++s) {
     const int64_t b = b0 + s;
+    len[s] = P.length(b);
+    steps = len[s] > steps ? len[s] : steps;
+    for (int64_t t = len[s]; t < T_; ++t) std::fill_n(P.y + (t * B + b) * O, O, T(0));
     H[s] = P.trace + b * OI;
     std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
     E[s] = nullptr;
@@ -98,11 +104,12 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     }
   }
 
-  for (int64_t t = 0; t < T_; ++t) {
+  for (int64_t t = 0; t < steps; ++t) {
     const T *p[kForwardGroup], *z[kForwardGroup], *m_ext[kForwardGroup];
     T* y[kForwardGroup];
     for (int s = 0; s < n; ++s) {
       const int64_t b = b0 + s;
+      if (t >= len[s]) continue;
       if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) copy_to_checkpoint(slot, H[s], OI);
       if (T* slot = P.checkpoint_slot(P.elig_ckpt, t, b)) copy_to_checkpoint(slot, E[s], OI);
       p[s] = P.presynaptic(t, b);
@@ -117,6 +124,7 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     for (int64_t o0 = 0; o0 < O; o0 += kBlock) {
       const int64_t o1 = o0 + kBlock < O ? o0 + kBlock : O;
       for (int s = 0; s < n; ++s) {
+        if (t >= len[s]) continue;
         T a[kBlock];
         int64_t o = o0;
         for (; o + 4 <= o1; o += 4)
@@ -132,6 +140,7 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
       }
     }
     for (int s = 0; s < n; ++s) {
+      if (t >= len[s]) continue;
       if (!row_local) {
         if (modulated) modulation_of_step(P, t, b0 + s, y[s], m);
         for (int64_t o = 0; o < O; ++o) {

@@ -67,6 +67,9 @@ struct ScanParams {
   const scalar_t* fanout_weight = nullptr;  // [O]    fanout only
   const scalar_t* fanout_bias = nullptr;    // [O]
   const scalar_t* coefficients = nullptr;   // [4, O, I]  A–D of rule abcd, broadcast
+  // [B] steps of each sequence (nullptr: T each). Past its length a sequence's state is held
+  // and its outputs (and their gradients) are zero.
+  const int64_t* lengths = nullptr;
 
   // Outputs of the forward.
   scalar_t* y = nullptr;            // [T, B, O]
@@ -82,8 +85,13 @@ struct ScanParams {
     return mod_source == ModSource::Internal || mod_source == ModSource::Fanout;
   }
   TP_HD const scalar_t* eta_row(int64_t o) const { return eta + o * eta_row_stride; }
+  TP_HD int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
   // The backward recomputes the steps segment by segment, K steps each (the last one shorter).
   TP_HD int64_t num_segments() const { return (T + checkpoint_every - 1) / checkpoint_every; }
+  // Those that sequence b reaches.
+  TP_HD int64_t num_segments(int64_t b) const {
+    return (length(b) + checkpoint_every - 1) / checkpoint_every;
+  }
   TP_HD int64_t num_checkpoints() const { return T > 0 ? num_segments() - 1 : 0; }
   // The state before segment `seg` of sequence b, [O, I].
   TP_HD const scalar_t* segment_trace(int64_t seg, int64_t b) const {

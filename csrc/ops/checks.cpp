@@ -1,5 +1,6 @@
 #include "ops/checks.h"
 
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -87,10 +88,14 @@ void check_scan_options(const char* owner, const std::string& activation,
 
 void check_devices(const ScanArgs& args) {
   TORCH_CHECK_VALUE(args.z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got None");
-  for (const auto& t : args.tensors())
-    TORCH_CHECK_VALUE(!t.tensor.defined() || t.tensor.device() == args.z.device(), "plastic_scan: ",
-                      t.name, ": expected a tensor on ", args.z.device(), " (the device of z), got ",
+  for (const auto& t : args.tensors()) {
+    // lengths may stay on the CPU, where torch.nn.utils.rnn keeps them.
+    const bool cpu_lengths = t.role == scan_arg::Role::index && t.tensor.defined() && t.tensor.is_cpu();
+    TORCH_CHECK_VALUE(!t.tensor.defined() || cpu_lengths || t.tensor.device() == args.z.device(),
+                      "plastic_scan: ", t.name, ": expected a tensor on ", args.z.device(),
+                      " (the device of z)", args.z.is_cpu() ? "" : " or the CPU", ", got ",
                       t.tensor.device());
+  }
 }
 
 
@@ -122,7 +127,7 @@ ScanConfig check_scan_args(const ScanArgs& a) {
   c.compute_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
   check_devices(a);
   for (const auto& t : a.tensors()) {
-    if (!t.tensor.defined()) continue;
+    if (!t.tensor.defined() || t.role == scan_arg::Role::index) continue;
     const auto want = t.role == scan_arg::Role::state ? c.compute_dtype : dtype;
     const bool ok = t.tensor.scalar_type() == want || t.tensor.scalar_type() == dtype;
     TORCH_CHECK_VALUE(ok, "plastic_scan: ", t.name, ": expected dtype ", want,
@@ -231,6 +236,20 @@ ScanConfig check_scan_args(const ScanArgs& a) {
   } else {
     TORCH_CHECK_VALUE(!a.threshold, "plastic_scan: threshold: expected None without "
                       "adaptive_threshold, got a tensor");
+  }
+  if (a.lengths) {
+    const at::Tensor& L = *a.lengths;
+    TORCH_CHECK_VALUE(L.scalar_type() == at::kLong || L.scalar_type() == at::kInt,
+                      "plastic_scan: lengths: expected an integer tensor (int64 or int32), got ",
+                      L.scalar_type());
+    check_shape(L, "lengths", {B}, "[B]");
+    if (B > 0) {
+      // On CUDA this reads the lengths back: pass them on the CPU to avoid the wait.
+      const auto [lo, hi] = at::aminmax(L);
+      const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
+      TORCH_CHECK_VALUE(min >= 0 && max <= T, "plastic_scan: lengths: expected values in [0, ",
+                        T, "] (T, from z), got values from ", min, " to ", max);
+    }
   }
   c.K = checkpoint_interval(T, a.checkpoint_every);
   return c;

@@ -45,6 +45,7 @@ Prepared prepare(const ScanArgs& a, const ScanConfig& c) {
       p.fanout_bias = to_compute(*a.mod_fanout_bias, dt);
     }
   }
+  if (a.lengths) p.lengths = a.lengths->to(a.z.device(), at::kLong).contiguous();
   return p;
 }
 
@@ -89,6 +90,7 @@ kernels::ScanParams<T> make_params(const ScanArgs& a, const ScanConfig& c, const
   P.fanout_weight = ptr<T>(p.fanout_weight);
   P.fanout_bias = ptr<T>(p.fanout_bias);
   P.coefficients = ptr<T>(p.coefficients);
+  P.lengths = ptr<int64_t>(p.lengths);
   return P;
 }
 

@@ -13,10 +13,10 @@ namespace detail {
 
 // Every input in the compute dtype, contiguous; α broadcast to [O, I]; η at its own
 // granularity (the kernels read it through a row stride); external modulation as [T, B, O];
-// initial states zeros where not given.
+// initial states zeros where not given; lengths as int64 on z's device (undefined: all T).
 struct Prepared {
   at::Tensor z, x, alpha, eta, weight, hidden0, trace0, elig0, theta0, modulation, mod_weight,
-      mod_bias, fanout_weight, fanout_bias, coefficients;
+      mod_bias, fanout_weight, fanout_bias, coefficients, lengths;
 };
 
 Prepared prepare(const ScanArgs& args, const ScanConfig& config);

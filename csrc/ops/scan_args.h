@@ -12,6 +12,7 @@
 //                    previous output, is one);
 //            state:  an initial trace state (H_0, E_0, θ_0), which may come in the compute
 //                    dtype (float32 for float16/bfloat16 inputs), differentiated;
+//            index:  an integer tensor (lengths), never differentiated nor cast
 //            option: a hyper-parameter, never differentiated
 //   default  the schema's default ("" for none): arguments added after the first release
 //            take one, so that programs saved with the older schema still load.
@@ -29,6 +30,7 @@
 //   mod_weight [O], mod_bias [1]         internal neuromodulation head
 //   mod_fanout_weight [O], mod_fanout_bias [O]   its fan-out
 //   abcd [4, O|1, I|1]      coefficients A, B, C, D of rule abcd, stacked
+//   lengths [B] int64       steps of each sequence (None: T each); on the CPU or z's device
 //
 // Adding an argument: one line here, then the code that uses it (its check in checks.cpp,
 // its pointer in kernels::ScanParams, the kernels, the Python signature).
@@ -65,7 +67,8 @@
   X(OptFloat, adaptive_threshold, option, "") SEP()         \
   X(Float, target_activity, option, "") SEP()               \
   X(OptInt, checkpoint_every, option, "") SEP()             \
-  X(OptTensor, abcd, input, "=None")
+  X(OptTensor, abcd, input, "=None") SEP()                 \
+  X(OptTensor, lengths, index, "=None")
 
 // Separators for expanding the list; TORCHPLASTIC_IF_TENSOR(kind, ...) keeps its tail for the
 // tensor kinds only, TORCHPLASTIC_IF_OPTION(kind, ...) for the others.
@@ -130,7 +133,7 @@ struct OptInt {
   static constexpr const char* schema = "int?";
 };
 
-enum class Role { input, state, option };
+enum class Role { input, state, index, option };
 
 // A tensor argument as a plain tensor (undefined when not given), and back.
 inline at::Tensor as_tensor(const at::Tensor& t) { return t; }

@@ -41,6 +41,7 @@ def plastic_scan(
     threshold: Optional[torch.Tensor] = None,
     checkpoint_every: Optional[int] = None,
     abcd: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, PlasticState]:
     """Run T steps of a plastic layer (SPEC §2) with the fused kernel.
 
@@ -68,6 +69,11 @@ def plastic_scan(
             (default ``ceil(sqrt(T))``); memory for the backward is O((T/K + K)·B·O·I).
         abcd: coefficients A, B, C, D of rule ``"abcd"``, stacked: ``[4, O, I]``, ``[4, O, 1]``
             or ``[4, 1, 1]``; ΔH = η (A y pᵀ + B p + C y + D).
+        lengths: ``[B]`` integers in ``[0, T]``: sequence b runs its first ``lengths[b]`` steps,
+            after which its state is held and its output is zero; the final state is the one
+            after its last step. On the CPU (as ``torch.nn.utils.rnn`` keeps them) or z's
+            device (on CUDA the range check then waits for the device). The fused kernels skip
+            the steps past each length, so the cost follows the sum of the lengths.
 
     Returns:
         ``y [T, B, O]`` and the final :class:`PlasticState`; fields the configuration does not
@@ -85,7 +91,8 @@ def plastic_scan(
         mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
         mod_fanout_bias=mod_fanout_bias, rule=rule, activation=activation, clip=clip,
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
-        target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd))
+        target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
+        lengths=lengths))
     return y, PlasticState(
         hidden=h if x is None else None,
         trace=H,
@@ -152,6 +159,8 @@ def _check_devices(a: SimpleNamespace):
     # refuse the mix as the real kernels do.
     for name in SCAN_TENSOR_ARGUMENTS:
         t = getattr(a, name)
+        if name == "lengths" and t is not None and t.device.type == "cpu":
+            continue  # lengths may stay on the CPU
         if t is not None and t.device != a.z.device:
             raise ValueError(f"plastic_scan: {name}: expected a tensor on {a.z.device} (the device "
                              f"of z), got {t.device}")

@@ -117,11 +117,13 @@ def plastic_scan(
     threshold: Optional[torch.Tensor] = None,
     checkpoint_every: Optional[int] = None,
     abcd: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, PlasticState]:
     """Reference ``plastic_scan`` (SPEC §2, §4). ``checkpoint_every`` is accepted and ignored.
 
     Feedforward mode when ``x`` ([T, B, I]) is given, recurrent mode otherwise
-    (``weight`` [O, O] required, ``hidden`` [B, O] optional).
+    (``weight`` [O, O] required, ``hidden`` [B, O] optional). With ``lengths`` ([B]), sequence
+    b runs its first ``lengths[b]`` steps; after them its state is held and its output is zero.
     Returns ``y`` [T, B, O] and the final :class:`PlasticState`.
     """
     info = rule_info(rule)
@@ -143,11 +145,24 @@ def plastic_scan(
     ys = []
     for t in range(T):
         m_t = None if modulation is None else modulation[t]
-        y, h, H, E, theta = step(
+        new = step(
             z[t], None if recurrent else x[t], h, H, E, theta, alpha, eta, weight, m_t,
             mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias, rule=rule,
             activation=activation, clip=clip, synaptic_scaling=synaptic_scaling,
             adaptive_threshold=adaptive_threshold, target_activity=target_activity, abcd=abcd)
+        if lengths is None:
+            y, h, H, E, theta = new
+        else:
+            running = t < lengths.to(z.device)  # [B]
+
+            def held(new_value, old_value):
+                if new_value is None:
+                    return None
+                mask = running.view(-1, *([1] * (new_value.dim() - 1)))
+                return torch.where(mask, new_value, old_value)
+
+            y = held(new[0], torch.zeros_like(new[0]))
+            h, H, E, theta = (held(n, o) for n, o in zip(new[1:], (h, H, E, theta)))
         ys.append(y)
 
     y_all = torch.stack(ys) if ys else z.new_zeros(0, B, O)

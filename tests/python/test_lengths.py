@@ -1,0 +1,102 @@
+"""Variable-length batches (SPEC §2): sequence b runs its first lengths[b] steps, then holds its
+state and outputs zeros. The fused kernels against the reference, in values and gradients;
+the modules with lengths= and with PackedSequence inputs, as torch.nn.RNN takes them."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import torchplastic as tp
+from helpers import Config, call, loss_of, make_inputs, tensor_inputs
+
+CONFIGS = [
+    Config(rule="hebb"),
+    Config(rule="oja", recurrent=False, T=9, checkpoint_every=3),
+    Config(rule="modulated", source="internal", clip=1.0, checkpoint_every=2, T=7),
+    Config(rule="modulated", source="external", clip=1.0),
+    Config(rule="retroactive", recurrent=False, source="fanout", clip=1.0, threshold=0.1),
+    Config(rule="abcd", scaling=1.0, clip=1.0),
+]
+
+
+def with_lengths(cfg, lengths):
+    kw = make_inputs(cfg)
+    kw["lengths"] = torch.tensor(lengths)
+    return kw
+
+
+def outputs_and_gradients(fn, kw):
+    leaves = list(tensor_inputs(kw).values())
+    leaves = [t for t in leaves if t.is_floating_point()]
+    y, state = call(fn, kw)
+    return y, state, torch.autograd.grad(loss_of(y, state), leaves, allow_unused=True)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=Config.id)
+def test_matches_reference_in_values_and_gradients(cfg):
+    kw = with_lengths(cfg, [cfg.T, 0, cfg.T // 2])  # full, empty and half sequences
+    y, state, grads = outputs_and_gradients(tp.functional.plastic_scan, kw)
+    y_ref, state_ref, grads_ref = outputs_and_gradients(tp.reference.plastic_scan, kw)
+    torch.testing.assert_close(y, y_ref)
+    assert y[:, 1].abs().max() == 0 and y[cfg.T // 2:, 2].abs().max() == 0
+    for a, b in zip(state, state_ref):
+        if b is not None:
+            torch.testing.assert_close(a, b)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_sequence_of_length_zero_returns_its_initial_state():
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, threshold=0.1)
+    kw = with_lengths(cfg, [0, 5, 0])
+    _, state = call(tp.functional.plastic_scan, kw)
+    torch.testing.assert_close(state.trace[0], kw["trace"][0])
+    torch.testing.assert_close(state.eligibility[2], kw["eligibility"][2])
+    torch.testing.assert_close(state.hidden[0], kw["hidden"][0])
+    torch.testing.assert_close(state.threshold[2], kw["threshold"][2])
+
+
+def test_equals_running_each_sequence_alone():
+    cfg = Config(rule="modulated", source="fanout", clip=1.0, T=8)
+    kw = with_lengths(cfg, [8, 3, 5])
+    y, state = call(tp.functional.plastic_scan, kw)
+    for b, L in enumerate([8, 3, 5]):
+        alone = {k: v for k, v in kw.items() if k != "lengths"}
+        for name in ("z", "modulation"):
+            if alone.get(name) is not None:
+                alone[name] = alone[name][:L, b:b + 1]
+        for name in ("trace", "hidden", "eligibility", "threshold"):
+            if alone.get(name) is not None:
+                alone[name] = alone[name][b:b + 1]
+        y_b, state_b = call(tp.functional.plastic_scan, alone)
+        torch.testing.assert_close(y[:L, b:b + 1], y_b)
+        torch.testing.assert_close(state.trace[b:b + 1], state_b.trace)
+        torch.testing.assert_close(state.hidden[b:b + 1], state_b.hidden)
+
+
+@pytest.mark.parametrize("rule", ["hebb", "retroactive"])
+def test_gradcheck(rule):
+    cfg = Config(rule=rule, source="internal" if rule == "retroactive" else None, T=4, B=3, O=3,
+                 clip=1.0 if rule == "retroactive" else None, checkpoint_every=2)
+    kw = with_lengths(cfg, [4, 1, 2])
+    names = [n for n, t in tensor_inputs(kw).items() if t.is_floating_point()]
+
+    def fn(*tensors):
+        y, state = call(tp.functional.plastic_scan, dict(kw, **dict(zip(names, tensors))))
+        return (y, *[t for t in state if t is not None])
+
+    assert torch.autograd.gradcheck(fn, tuple(kw[n] for n in names), atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lengths, message", [
+    (torch.tensor([5, 6, 1]), r"lengths: expected values in \[0, 5\] \(T, from z\), got values from 1 to 6"),
+    (torch.tensor([5, -1, 1]), r"lengths: expected values in \[0, 5\]"),
+    (torch.tensor([5, 5]), r"lengths: expected shape \[3\]"),
+    (torch.tensor([5.0, 5.0, 5.0]), r"lengths: expected an integer tensor \(int64 or int32\), got Float"),
+    (torch.tensor([5, 5, 5], device="meta"), r"lengths: expected a tensor on cpu"),
+])
+def test_bad_lengths_are_refused(lengths, message):
+    kw = make_inputs(Config(rule="hebb"), requires_grad=False)
+    kw["lengths"] = lengths
+    with pytest.raises(ValueError, match=message):
+        call(tp.functional.plastic_scan, kw)
