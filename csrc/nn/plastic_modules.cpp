@@ -139,12 +139,16 @@ void PlasticCore::reset_parameters() {
 std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, const at::Tensor& x,
                                                        const at::Tensor& weight_hh,
                                                        PlasticState state, at::Tensor modulation,
-                                                       bool unbatched) const {
+                                                       bool unbatched, at::Tensor lengths) const {
   if (unbatched) {
     state = map_state(state, add_batch);
     if (modulation.defined()) modulation = modulation.unsqueeze(1);
+    if (lengths.defined() && lengths.numel() == 1) lengths = lengths.reshape({1});
   }
   const int64_t B = z.size(1);
+  TORCH_CHECK_VALUE(!lengths.defined() || (lengths.dim() == 1 && lengths.size(0) == B), owner,
+                    ": lengths: expected shape [", B, "] (the batch size of the input), got ",
+                    lengths.sizes());
   for (const auto& [name, t] : {std::pair<const char*, at::Tensor>{"hidden", state.hidden},
                                 {"trace", state.trace},
                                 {"eligibility", state.eligibility},
@@ -178,7 +182,8 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
       .target_activity(options.target_activity())
       .threshold(state.threshold)
       .checkpoint_every(options.checkpoint_every())
-      .abcd(abcd);
+      .abcd(abcd)
+      .lengths(lengths);
   auto [y, out] = plastic_scan(z, alpha, eta, state.trace, so);
   if (unbatched) {
     y = y.squeeze(1);
@@ -237,13 +242,14 @@ void PlasticLinearImpl::pretty_print(std::ostream& s) const {
 
 std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor& x,
                                                                 const PlasticState& state,
-                                                                const at::Tensor& modulation) {
+                                                                const at::Tensor& modulation,
+                                                                const at::Tensor& lengths) {
   auto [xs, unbatched] = detail::sequence_input(core.owner, x, "x", options.in_features(),
                                                 options.batch_first());
   const at::Tensor z = torch::nn::functional::linear(xs, weight, bias);
   auto [y, out] = core.scan(z, xs, {}, state,
                             detail::sequence_modulation(modulation, options.batch_first(), unbatched),
-                            unbatched);
+                            unbatched, lengths);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};
 }
@@ -298,13 +304,14 @@ void PlasticRNNImpl::pretty_print(std::ostream& s) const { print_rnn(s, "Plastic
 
 std::tuple<at::Tensor, PlasticState> PlasticRNNImpl::forward(const at::Tensor& u,
                                                              const PlasticState& state,
-                                                             const at::Tensor& modulation) {
+                                                             const at::Tensor& modulation,
+                                                             const at::Tensor& lengths) {
   auto [us, unbatched] = detail::sequence_input(core.owner, u, "input", options.input_size(),
                                                 options.batch_first());
   const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
   auto [y, out] = core.scan(z, {}, weight_hh, state,
                             detail::sequence_modulation(modulation, options.batch_first(), unbatched),
-                            unbatched);
+                            unbatched, lengths);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};
 }

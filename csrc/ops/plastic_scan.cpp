@@ -137,6 +137,7 @@ std::tuple<at::Tensor, PlasticState> plastic_scan(const at::Tensor& z, const at:
   a.target_activity = o.target_activity();
   a.checkpoint_every = o.checkpoint_every();
   a.abcd = given(o.abcd());
+  a.lengths = given(o.lengths());
   detail::check_devices(a);
   auto out = a.apply([&](auto&&... args) { return op.call(args...); });
   PlasticState state{state_or_undefined(std::get<1>(out)), std::get<2>(out),

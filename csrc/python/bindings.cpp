@@ -7,6 +7,7 @@
 
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "ops/checks.h"
 #include "torchplastic/torchplastic.h"
@@ -78,12 +79,19 @@ void apply_keywords(Options& o, const py::kwargs& kw, const char* owner) {
   }
 }
 
-// forward(input, state=None, modulation=None) -> (output, torchplastic.PlasticState)
+// forward(input, state=None, modulation=None, lengths=None) -> (output, torchplastic.PlasticState)
 template <typename Impl>
 py::tuple call(Impl& self, const at::Tensor& input, const py::object& state,
-               const c10::optional<at::Tensor>& modulation) {
-  auto [y, s] = self.forward(input, from_python(state), modulation.value_or(at::Tensor()));
-  return py::make_tuple(y, to_python(s));
+               const c10::optional<at::Tensor>& modulation, const c10::optional<at::Tensor>& lengths) {
+  if constexpr (std::is_same_v<Impl, torchplastic::PlasticRNNCellImpl>) {
+    TORCH_CHECK_VALUE(!lengths, self.core.owner, ": lengths: a cell takes one step; expected None");
+    auto [y, s] = self.forward(input, from_python(state), modulation.value_or(at::Tensor()));
+    return py::make_tuple(y, to_python(s));
+  } else {
+    auto [y, s] = self.forward(input, from_python(state), modulation.value_or(at::Tensor()),
+                               lengths.value_or(at::Tensor()));
+    return py::make_tuple(y, to_python(s));
+  }
 }
 
 // The members that hold a module's parameters, by parameter name.
@@ -114,7 +122,8 @@ Members parameter_members(Impl& m) {
 // parameter members point at them for the length of the call.
 template <typename Impl>
 py::tuple call_with(Impl& self, const py::dict& parameters, const at::Tensor& input,
-                    const py::object& state, const c10::optional<at::Tensor>& modulation) {
+                    const py::object& state, const c10::optional<at::Tensor>& modulation,
+                    const c10::optional<at::Tensor>& lengths) {
   Members members = parameter_members(self);
   std::vector<at::Tensor> own;
   for (auto& [name, member] : members) own.push_back(*member);
@@ -131,7 +140,7 @@ py::tuple call_with(Impl& self, const py::dict& parameters, const at::Tensor& in
                       name, "', got none");
     *member = parameters[name].template cast<at::Tensor>();
   }
-  return call(self, input, state, modulation);
+  return call(self, input, state, modulation, lengths);
 }
 
 template <typename Impl, typename Options>
@@ -145,11 +154,12 @@ void bind_plastic_module(py::module_& m, const char* name, const char* first, co
            }),
            py::arg(first), py::arg(second), py::arg("bias") = true)
       .def("forward", &call<Impl>, py::arg("input"), py::arg("state") = py::none(),
-           py::arg("modulation") = py::none())
+           py::arg("modulation") = py::none(), py::arg("lengths") = py::none())
       .def("__call__", &call<Impl>, py::arg("input"), py::arg("state") = py::none(),
-           py::arg("modulation") = py::none())
+           py::arg("modulation") = py::none(), py::arg("lengths") = py::none())
       .def("forward_with", &call_with<Impl>, py::arg("parameters"), py::arg("input"),
-           py::arg("state") = py::none(), py::arg("modulation") = py::none())
+           py::arg("state") = py::none(), py::arg("modulation") = py::none(),
+           py::arg("lengths") = py::none())
       .def("reset_parameters", &Impl::reset_parameters)
       .def("describe", [](const Impl& self) {
         std::ostringstream text;

@@ -15,12 +15,14 @@ the C++ call is a graph break: the rest of the model compiles, ``fullgraph=True`
     out, state = rnn(u)                     # u [T, B, 10] → out [T, B, 64]
 """
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _C
+from .nn import _packed_like
 from .state import PlasticState
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
@@ -28,8 +30,8 @@ __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
 
 @torch.compiler.disable(reason="torchplastic.cpp modules run in C++, outside the compiled graph; "
                                 "the Python modules (torchplastic.PlasticRNN, ...) compile whole")
-def _run(impl, parameters, input, state, modulation):
-    return impl.forward_with(parameters, input, state, modulation)
+def _run(impl, parameters, input, state, modulation, lengths):
+    return impl.forward_with(parameters, input, state, modulation, lengths)
 
 
 class _CppModule(nn.Module):
@@ -45,13 +47,28 @@ class _CppModule(nn.Module):
         for name, value in impl.named_parameters().items():
             self.register_parameter(name, nn.Parameter(value.detach()))
 
-    def forward(self, input: Tensor, state: Optional[PlasticState] = None,
-                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+    def forward(self, input: Union[Tensor, PackedSequence], state: Optional[PlasticState] = None,
+                modulation: Optional[Tensor] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Union[Tensor, PackedSequence], PlasticState]:
         """Runs the C++ module's ``forward`` with this module's parameters (whatever
         ``functional_call`` or an assignment put there). Arguments and results as the Python
-        module of the same name."""
+        module of the same name (a ``PackedSequence`` input is padded here, the C++ module
+        runs with its lengths, and the output is packed the same way)."""
         parameters = {name: getattr(self, name) for name in self._parameters}
-        return _run(self._impl, parameters, input, state, modulation)
+        if isinstance(lengths, (list, tuple)):
+            lengths = torch.tensor(lengths, dtype=torch.long)
+        if not isinstance(input, PackedSequence):
+            return _run(self._impl, parameters, input, state, modulation, lengths)
+        name = type(self).__name__
+        if lengths is not None:
+            raise ValueError(f"{name}: lengths: expected None with a PackedSequence input, which "
+                             f"carries its lengths, got {lengths!r}")
+        batch_first = self._arguments[1].get("batch_first", False)
+        padded, lengths = pad_packed_sequence(input, batch_first=batch_first)
+        if isinstance(modulation, PackedSequence):
+            modulation = pad_packed_sequence(modulation, batch_first=batch_first)[0]
+        y, state = _run(self._impl, parameters, padded, state, modulation, lengths)
+        return _packed_like(y.transpose(0, 1) if batch_first else y, input, lengths), state
 
     def reset_parameters(self) -> None:
         """Initialises the parameters again, as the C++ module's constructor does."""

@@ -11,12 +11,23 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _C, functional
 from .rules import rule_info
 from .state import PlasticState
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
+
+
+def _packed_like(y: Tensor, packed: PackedSequence, lengths: Tensor) -> PackedSequence:
+    """y [T, B, O], in the batch's own order, packed as `packed` is (its batch sizes and
+    order), as torch.nn.RNN returns its output."""
+    order = packed.sorted_indices
+    if order is not None:
+        y, lengths = y.index_select(1, order), lengths.index_select(0, order.cpu())
+    data = pack_padded_sequence(y, lengths, enforce_sorted=True).data
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
 _GRANULARITIES = ("connection", "neuron", "scalar")
 _MODULATIONS = ("internal", "fanout", "external")
@@ -148,7 +159,8 @@ class _PlasticBase(nn.Module):
     # ------------------------------------------------------------------ the call
 
     def _scan(self, z: Tensor, x: Optional[Tensor], state: Optional[PlasticState],
-              modulation: Optional[Tensor], unbatched: bool) -> Tuple[Tensor, PlasticState]:
+              modulation: Optional[Tensor], unbatched: bool,
+              lengths: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
         owner = type(self).__name__
         if state is None:
             state = PlasticState()
@@ -182,28 +194,72 @@ class _PlasticBase(nn.Module):
             mod_fanout_bias=getattr(self, "mod_fanout_bias", None),
             eligibility=state.eligibility, synaptic_scaling=self.synaptic_scaling,
             adaptive_threshold=self.adaptive_threshold, target_activity=self.target_activity,
-            threshold=state.threshold, checkpoint_every=self.checkpoint_every, abcd=self.abcd)
+            threshold=state.threshold, checkpoint_every=self.checkpoint_every, abcd=self.abcd,
+            lengths=lengths)
         if unbatched:
             y = y.squeeze(1)
             new_state = PlasticState(*(None if t is None else t.squeeze(0) for t in new_state))
         return y, new_state
 
-    def _sequence_input(self, x: Tensor, name: str, size: int) -> Tuple[Tensor, bool]:
-        """[T, B, F] (or [B, T, F] if batch_first, or unbatched [T, F]) → [T, B, F]."""
+    def _forward_sequence(self, inp, name: str, size: int, weight: Tensor, bias: Optional[Tensor],
+                          state, modulation, lengths):
+        """The forward of PlasticLinear and PlasticRNN: inp [T, B, size] in the module's layout,
+        or a PackedSequence (then the output is one too, as torch.nn.RNN does)."""
+        packed = isinstance(inp, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError(f"{type(self).__name__}: lengths: expected None with a "
+                                 f"PackedSequence {name}, which carries its lengths, got {lengths!r}")
+            x, lengths = pad_packed_sequence(inp)  # [T, B, F] in the batch's own order
+            x, unbatched = self._sequence_input(x, name, size, layout="[T, B, F]")
+            if isinstance(modulation, PackedSequence):
+                modulation = pad_packed_sequence(modulation)[0]
+        else:
+            x, unbatched = self._sequence_input(inp, name, size)
+            modulation = self._sequence_modulation(modulation, unbatched)
+            lengths = self._lengths(lengths, x, unbatched)
+        z = nn.functional.linear(x, weight, bias)
+        y, state = self._scan(z, None if self.recurrent else x, state, modulation, unbatched, lengths)
+        if packed:
+            return _packed_like(y, inp, lengths), state
+        return self._output(y, unbatched), state
+
+    def _lengths(self, lengths, x: Tensor, unbatched: bool) -> Optional[Tensor]:
+        """lengths= as a [B] integer tensor (a list or tuple of ints also does)."""
+        if lengths is None:
+            return None
+        owner = type(self).__name__
+        if isinstance(lengths, (list, tuple)):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in lengths):
+                raise ValueError(f"{owner}: lengths: expected a [B] tensor or list of ints, got {lengths!r}")
+            lengths = torch.tensor(lengths, dtype=torch.long)
+        if not isinstance(lengths, Tensor):
+            raise TypeError(f"{owner}: lengths: expected a [B] integer tensor, got {type(lengths).__name__}")
+        if unbatched and lengths.numel() == 1:
+            lengths = lengths.reshape(1)
+        B = x.shape[1]
+        if lengths.shape != (B,):
+            raise ValueError(f"{owner}: lengths: expected shape [{B}] (the batch size of the input), "
+                             f"got {list(lengths.shape)}")
+        return lengths
+
+    def _sequence_input(self, x: Tensor, name: str, size: int, layout: Optional[str] = None) -> Tuple[Tensor, bool]:
+        """[T, B, F] (or [B, T, F] if batch_first, or unbatched [T, F]) → [T, B, F]. `layout`
+        overrides batch_first (a padded PackedSequence is [T, B, F] whatever the module's)."""
         owner = type(self).__name__
         if not isinstance(x, Tensor):
-            raise TypeError(f"{owner}: {name}: expected a Tensor, got {type(x).__name__}")
+            raise TypeError(f"{owner}: {name}: expected a Tensor or a PackedSequence, got {type(x).__name__}")
+        layout = layout or ("[B, T, F]" if self.batch_first else "[T, B, F]")
         if x.dim() not in (2, 3):
-            raise ValueError(f"{owner}: {name}: expected a 3-D tensor "
-                             f"{'[B, T, F]' if self.batch_first else '[T, B, F]'} or an unbatched 2-D "
+            raise ValueError(f"{owner}: {name}: expected a 3-D tensor {layout} or an unbatched 2-D "
                              f"[T, F], got shape {list(x.shape)}")
         if x.shape[-1] != size:
-            raise ValueError(f"{owner}: {name}: expected last dimension {size} (in_features), "
-                             f"got shape {list(x.shape)}")
+            raise ValueError(f"{owner}: {name}: expected last dimension {size} "
+                             f"({self._size_names[0]}), got shape {list(x.shape)}")
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(1)
-        elif self.batch_first:
+        elif layout == "[B, T, F]":
             x = x.transpose(0, 1)
         return x, unbatched
 
@@ -262,8 +318,9 @@ class PlasticLinear(_PlasticBase):
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor, state: Optional[PlasticState] = None,
-                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+    def forward(self, x: Union[Tensor, PackedSequence], state: Optional[PlasticState] = None,
+                modulation: Optional[Tensor] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Union[Tensor, PackedSequence], PlasticState]:
         """Runs the layer over a sequence.
 
         Args:
@@ -273,15 +330,17 @@ class PlasticLinear(_PlasticBase):
             modulation: external neuromodulation (``modulation="external"`` only): ``[T, B]``
                 or ``[T, B, O]`` (``[B, T]`` or ``[B, T, O]`` if ``batch_first``; ``[T]`` or
                 ``[T, O]`` unbatched).
+            lengths: ``[B]`` steps of each sequence (a tensor, on the CPU or the input's
+                device, or a list of ints): past its length a sequence holds its state and
+                outputs zeros, and costs nothing. ``x`` may instead be a
+                ``torch.nn.utils.rnn.PackedSequence``; ``y`` is then one too.
 
         Returns:
-            ``y`` in the layout of ``x`` with O features, and the state after the last step.
+            ``y`` in the layout of ``x`` with O features, and the state after the last step
+            (of each sequence's own length).
         """
-        x, unbatched = self._sequence_input(x, "x", self.in_features)
-        z = nn.functional.linear(x, self.weight, self.bias)
-        modulation = self._sequence_modulation(modulation, unbatched)
-        y, state = self._scan(z, x, state, modulation, unbatched)
-        return self._output(y, unbatched), state
+        return self._forward_sequence(x, "x", self.in_features, self.weight, self.bias, state,
+                                      modulation, lengths)
 
 
 class PlasticRNN(_PlasticBase):
@@ -314,8 +373,9 @@ class PlasticRNN(_PlasticBase):
             if w is not None:
                 nn.init.uniform_(w, -bound, bound)
 
-    def forward(self, u: Tensor, state: Optional[PlasticState] = None,
-                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+    def forward(self, u: Union[Tensor, PackedSequence], state: Optional[PlasticState] = None,
+                modulation: Optional[Tensor] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Union[Tensor, PackedSequence], PlasticState]:
         """Runs the network over a sequence.
 
         Args:
@@ -326,16 +386,17 @@ class PlasticRNN(_PlasticBase):
             modulation: external neuromodulation (``modulation="external"`` only): ``[T, B]``
                 or ``[T, B, H]`` (``[B, T]`` or ``[B, T, H]`` if ``batch_first``; ``[T]`` or
                 ``[T, H]`` unbatched).
+            lengths: ``[B]`` steps of each sequence (a tensor, on the CPU or the input's
+                device, or a list of ints): past its length a sequence holds its state and
+                outputs zeros, and costs nothing. ``u`` may instead be a
+                ``torch.nn.utils.rnn.PackedSequence``; ``out`` is then one too.
 
         Returns:
             ``out`` (every step's hidden state, in the layout of ``u``) and the state after
-            the last step.
+            the last step (of each sequence's own length).
         """
-        u, unbatched = self._sequence_input(u, "input", self.input_size)
-        z = nn.functional.linear(u, self.weight_ih, self.bias)
-        modulation = self._sequence_modulation(modulation, unbatched)
-        y, state = self._scan(z, None, state, modulation, unbatched)
-        return self._output(y, unbatched), state
+        return self._forward_sequence(u, "input", self.input_size, self.weight_ih, self.bias,
+                                      state, modulation, lengths)
 
 
 class PlasticRNNCell(PlasticRNN):

@@ -62,6 +62,22 @@ TEST(Modules, CellEqualsOneStepOfTheSequenceModule) {
   }
 }
 
+TEST(Modules, LengthsEqualRunningEachSequenceAlone) {
+  torch::manual_seed(0);
+  PlasticRNN rnn(PlasticRNNOptions(3, 4).rule(Rule::Retroactive));
+  rnn->to(torch::kFloat64);
+  const auto u = torch::randn({6, 3, 3}, torch::kFloat64);
+  const std::vector<int64_t> lengths{6, 0, 4};
+  auto [out, state] = rnn->forward(u, {}, {}, torch::tensor(lengths));
+  for (int64_t b = 0; b < 3; ++b) {
+    const int64_t L = lengths[b];
+    auto [out_b, state_b] = rnn->forward(u.slice(0, 0, L).select(1, b));  // unbatched
+    EXPECT_TRUE(torch::allclose(out.slice(0, 0, L).select(1, b), out_b)) << "b=" << b;
+    EXPECT_TRUE(torch::all(out.slice(0, L).select(1, b) == 0).item<bool>()) << "b=" << b;
+    EXPECT_TRUE(torch::allclose(state.trace[b], state_b.trace)) << "b=" << b;
+  }
+}
+
 TEST(Modules, BadInputNamesTheArgument) {
   PlasticRNN rnn(5, 4);
   try {

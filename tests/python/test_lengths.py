@@ -100,3 +100,63 @@ def test_bad_lengths_are_refused(lengths, message):
     kw["lengths"] = lengths
     with pytest.raises(ValueError, match=message):
         call(tp.functional.plastic_scan, kw)
+
+
+# ---------------------------------------------------------------- modules
+
+MODULES = [tp.PlasticRNN, tp.PlasticLinear, tp.cpp.PlasticRNN, tp.cpp.PlasticLinear]
+MODULE_IDS = ["PlasticRNN", "PlasticLinear", "cpp.PlasticRNN", "cpp.PlasticLinear"]
+
+
+@pytest.mark.parametrize("cls", MODULES, ids=MODULE_IDS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_module_lengths_equal_running_each_sequence_alone(cls, batch_first):
+    torch.manual_seed(0)
+    m = cls(3, 4, rule="retroactive", batch_first=batch_first).double()
+    lengths = [6, 2, 4]
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    y, state = m(x.transpose(0, 1) if batch_first else x, lengths=lengths)
+    if batch_first:
+        y = y.transpose(0, 1)
+    for b, L in enumerate(lengths):
+        y_b, state_b = m(x[:L, b])  # unbatched, its own length
+        torch.testing.assert_close(y[:L, b], y_b)
+        assert torch.all(y[L:, b] == 0)
+        torch.testing.assert_close(state.trace[b], state_b.trace)
+
+
+@pytest.mark.parametrize("cls", MODULES, ids=MODULE_IDS)
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_sequence_in_packed_sequence_out(cls, enforce_sorted):
+    torch.manual_seed(0)
+    m = cls(3, 4, rule="modulated", modulation="fanout", batch_first=True).double()
+    lengths = torch.tensor([5, 3, 2]) if enforce_sorted else torch.tensor([2, 5, 3])
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    out, state = m(packed)
+    assert isinstance(out, torch.nn.utils.rnn.PackedSequence)
+    assert torch.equal(out.batch_sizes, packed.batch_sizes) and out.data.shape == (10, 4)
+    if not enforce_sorted:
+        assert torch.equal(out.sorted_indices, packed.sorted_indices)
+    y_pad, out_lengths = pad_packed_sequence(out)
+    assert torch.equal(out_lengths, lengths)
+    y_ref, state_ref = m(x.transpose(0, 1), lengths=lengths)  # batch_first for a tensor input
+    torch.testing.assert_close(y_pad, y_ref.transpose(0, 1))
+    torch.testing.assert_close(state.trace, state_ref.trace)
+    g, = torch.autograd.grad(out.data.square().sum(), x)
+    g_ref, = torch.autograd.grad(y_ref.square().sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("cls", [tp.PlasticRNN, tp.cpp.PlasticRNN], ids=["python", "cpp"])
+def test_module_refuses_bad_lengths(cls):
+    m = cls(3, 4)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(ValueError, match=r"PlasticRNN: lengths: expected shape \[2\] \(the batch size"):
+        m(x, lengths=[5, 5, 5])
+    with pytest.raises(ValueError, match="plastic_scan: lengths: expected values in"):
+        m(x, lengths=[5, 6])
+    with pytest.raises(ValueError, match="lengths: expected None with a PackedSequence"):
+        m(pack_padded_sequence(x, torch.tensor([5, 3])), lengths=[5, 3])
+    with pytest.raises(ValueError, match=r"input: expected last dimension 3"):
+        m(pack_padded_sequence(torch.randn(5, 2, 7), torch.tensor([5, 3])))

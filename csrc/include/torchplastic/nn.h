@@ -80,7 +80,8 @@ class PlasticCore {
   // Runs the op over z [T, B, O]; x [T, B, I] in feedforward mode.
   std::tuple<at::Tensor, PlasticState> scan(const at::Tensor& z, const at::Tensor& x,
                                             const at::Tensor& weight_hh, PlasticState state,
-                                            at::Tensor modulation, bool unbatched) const;
+                                            at::Tensor modulation, bool unbatched,
+                                            at::Tensor lengths = {}) const;
   void print(std::ostream& stream) const;
 
   std::string owner;
@@ -107,8 +108,10 @@ class PlasticLinearImpl : public torch::nn::Cloneable<PlasticLinearImpl> {
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
+  // lengths [B]: sequence b runs its first lengths[b] steps (undefined: all of them).
   std::tuple<at::Tensor, PlasticState> forward(const at::Tensor& x, const PlasticState& state = {},
-                                               const at::Tensor& modulation = {});
+                                               const at::Tensor& modulation = {},
+                                               const at::Tensor& lengths = {});
 
   PlasticLinearOptions options;
   at::Tensor weight, bias;
@@ -129,8 +132,10 @@ class PlasticRNNImpl : public torch::nn::Cloneable<PlasticRNNImpl> {
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
+  // lengths [B]: sequence b runs its first lengths[b] steps (undefined: all of them).
   std::tuple<at::Tensor, PlasticState> forward(const at::Tensor& u, const PlasticState& state = {},
-                                               const at::Tensor& modulation = {});
+                                               const at::Tensor& modulation = {},
+                                               const at::Tensor& lengths = {});
 
   PlasticRNNOptions options;
   at::Tensor weight_ih, weight_hh, bias;

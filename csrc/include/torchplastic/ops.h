@@ -45,6 +45,9 @@ struct ScanOptions {
   TORCH_ARG(at::Tensor, threshold);          // [B, O]     θ_0
   TORCH_ARG(c10::optional<int64_t>, checkpoint_every) = c10::nullopt;
   TORCH_ARG(at::Tensor, abcd);               // [4, O, I|1] | [4, 1, 1]  A–D of Rule::Abcd
+  // [B] integers: sequence b runs its first lengths[b] steps, then holds its state and
+  // outputs zeros (undefined: T steps each). On the CPU or z's device.
+  TORCH_ARG(at::Tensor, lengths);
 };
 
 // Runs T steps of a plastic layer (SPEC §2). z [T, B, O]; alpha and eta [O, I], [O, 1] or
