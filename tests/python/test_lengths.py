@@ -160,3 +160,16 @@ def test_module_refuses_bad_lengths(cls):
         m(pack_padded_sequence(x, torch.tensor([5, 3])), lengths=[5, 3])
     with pytest.raises(ValueError, match=r"input: expected last dimension 3"):
         m(pack_padded_sequence(torch.randn(5, 2, 7), torch.tensor([5, 3])))
+
+
+def test_lengths_under_torch_compile():
+    torch._dynamo.reset()
+    m = tp.PlasticRNN(3, 4, rule="retroactive").double()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x, lengths = torch.randn(9, 3, 3, dtype=torch.float64), torch.tensor([9, 2, 5])
+    (y, state), (y_ref, state_ref) = compiled(x, lengths=lengths), m(x, lengths=lengths)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(state.trace, state_ref.trace)
+    for a, b in zip(torch.autograd.grad(y.sum(), list(m.parameters())),
+                    torch.autograd.grad(y_ref.sum(), list(m.parameters()))):
+        torch.testing.assert_close(a, b)
