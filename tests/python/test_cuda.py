@@ -213,3 +213,26 @@ def test_cuda_double_backward_and_jvp_match_the_reference(cfg):
     _, t_ref = torch.func.jvp(function_of(tp.reference.plastic_scan), primals, v)
     for a, b in zip(t_fused, t_ref):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cfg", [Config(rule="retroactive", source="internal", clip=1.0, threshold=0.1,
+                                        checkpoint_every=2, T=7),
+                                 Config(rule="hebb", recurrent=False, scaling=1.0)], ids=Config.id)
+@pytest.mark.parametrize("lengths_device", ["cpu", "cuda"])
+def test_cuda_lengths_match_cpu(cfg, lengths_device, layout):
+    kw_cpu = make_inputs(cfg)
+    kw_cpu["lengths"] = torch.tensor([cfg.T, 0, cfg.T // 2])
+    kw_gpu = to_device(kw_cpu, "cuda")
+    kw_gpu["lengths"] = kw_cpu["lengths"].to(lengths_device)
+    out = []
+    for kw in (kw_cpu, kw_gpu):
+        leaves = [t for t in tensor_inputs(kw).values() if t.is_floating_point()]
+        y, state = call(tp.functional.plastic_scan, kw)
+        out.append((y, state, torch.autograd.grad(loss_of(y, state), leaves)))
+    (y_c, s_c, g_c), (y_g, s_g, g_g) = out
+    torch.testing.assert_close(y_g.cpu(), y_c)
+    for a, b in zip(s_g, s_c):
+        if b is not None:
+            torch.testing.assert_close(a.cpu(), b)
+    for a, b in zip(g_g, g_c):
+        torch.testing.assert_close(a.cpu(), b)
