@@ -10,6 +10,21 @@
 namespace torchplastic {
 namespace cuda {
 
+// The records of H_t (tp.inspect), when recording: this block's share of Σ H_t² and, every R
+// steps, its rows of H_t (n elements from row r0). Every thread of the block calls it.
+template <typename T>
+__device__ void record_trace(const ScanParams<T>& P, int64_t t, int64_t b, const T* H,
+                             int64_t r0, int64_t n, T* red) {
+  if (P.record_norm) {
+    T part = 0;
+    for (int64_t k = threadIdx.x; k < n; k += kThreads) part += H[k] * H[k];
+    part = block_sum(part, red);
+    if (threadIdx.x == 0) atomicAdd(P.record_norm + t * P.B + b, part);
+  }
+  if (T* slot = P.record_slot(t, b))
+    for (int64_t k = threadIdx.x; k < n; k += kThreads) slot[r0 * P.I + k] = H[k];
+}
+
 template <typename T, typename R>
 __global__ void __launch_bounds__(kThreads)
     plastic_scan_forward_kernel(const ScanParams<T> P, const Plan L) {
@@ -89,6 +104,7 @@ __global__ void __launch_bounds__(kThreads)
       if (lane < C) peer(y_now, lane, C)[o] = y;
       if (row_local) {
         const T m = modulated ? S.mbuf[o] : T(0);
+        if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
         T* E_row = retro ? E + (o - r0) * I : nullptr;
         update_row_warp<R>(P, o, y, m, p, H_row, H_row, E_row, E_row, lane);
       }
@@ -99,6 +115,7 @@ __global__ void __launch_bounds__(kThreads)
       const T s = modulated ? modulation_signal(P, y_now, S.red) : T(0);
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
         const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
+        if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
         T* H_row = H + (o - r0) * I;
         T* E_row = retro ? E + (o - r0) * I : nullptr;
         update_row_warp<R>(P, o, y_now[o], m, p, H_row, H_row, E_row, E_row, lane);
@@ -109,10 +126,17 @@ __global__ void __launch_bounds__(kThreads)
         S.theta[o] += P.threshold_rate * (y_now[o] - P.target_activity);
     stage(t + 1);  // this step's reads of zbuf and mbuf all came before the cluster barrier
     __syncthreads();
+    if (P.record_norm || P.record_trace) {
+      record_trace(P, t, b, H, r0, n, S.red);
+      __syncthreads();  // before the next step writes H
+    }
   }
-  // Past its length a sequence's outputs are zero; its state was held by stopping there.
-  for (int64_t t = T_; t < P.T; ++t)
+  // Past its length a sequence's outputs are zero; its state was held by stopping there, and
+  // so are its trace records.
+  for (int64_t t = T_; t < P.T; ++t) {
     for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.y[(t * B + b) * O + o] = T(0);
+    if (P.record_norm || P.record_trace) record_trace(P, t, b, H, r0, n, S.red);
+  }
   if (P.has_threshold)
     for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.theta[b * O + o] = S.theta[o];
 

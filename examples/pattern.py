@@ -12,8 +12,9 @@ at the last step and the full pattern; the metric is the fraction of bits of the
 The plastic network stores the patterns in its Hebbian trace within the episode; the
 non-plastic one has only its hidden state, and cannot. Batched: B episodes per step.
 
-Writes to --out: errors.png (both learning curves), trace.png (the final Hebbian trace of one
-episode: the stored patterns' outer products), checkpoint.pt (resume with --resume).
+Writes to --out: errors.png (both learning curves), trace.png (the Hebbian trace at the end of
+one episode: the stored patterns' outer products), recording.png (that episode's trace over
+time, recorded by tp.inspect), checkpoint.pt (resume with --resume).
 """
 
 import argparse
@@ -180,10 +181,15 @@ def main():
 
     eval_gen = torch.Generator().manual_seed(10_000 + args.seed)
     final = {k: evaluate(m, args.eval_batches, eval_gen, args.batch, device) for k, m in nets.items()}
-    with torch.no_grad():
+    # One episode looked into with tp.inspect: the trace every 2 steps (the last one is step
+    # 106, the end), its norm every step.
+    with torch.no_grad(), tp.inspect.record(nets["plastic"], every=2) as rec:
         inputs, _ = make_episode(1, torch.Generator().manual_seed(args.seed), device)
-        _, state = nets["plastic"](inputs)
-    plot(args.out, history, state.trace[0].cpu(), inputs[0, 0].cpu())
+        nets["plastic"](inputs)
+    recording = rec["rnn"][0]
+    tp.inspect.plot(recording, os.path.join(args.out, "recording.png"),
+                    title="Hebbian trace over one episode (tp.inspect)")
+    plot(args.out, history, recording.trace[-1, 0].cpu(), inputs[0, 0].cpu())
     print(f"pattern memorization: plastic error {final['plastic']:.3f}, non-plastic error "
           f"{final['non-plastic']:.3f} ({args.episodes} episodes, {seconds:.0f} s)")
 

@@ -72,6 +72,19 @@ void activate_block(Activation act, const T* a, T* y, int n) {
   for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
 }
 
+// The records of H_t (tp.inspect), when recording: Σ H_t² and, every R steps, H_t itself.
+template <typename T>
+void record_trace(const ScanParams<T>& P, int64_t t, int64_t b, const T* H) {
+  const int64_t OI = P.O * P.I;
+  if (P.record_norm) {
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < OI; ++k) sum += H[k] * H[k];
+    P.record_norm[t * P.B + b] = sum;
+  }
+  if (T* slot = P.record_slot(t, b)) std::memcpy(slot, H, sizeof(T) * OI);
+}
+
 // The forward of sequences b0 .. b0 + n − 1 (n ≤ kForwardGroup), in lockstep: each block of
 // rows is done for every sequence of the group in turn, so the block's rows of α and W, read
 // from L2 by the first sequence, are in L1 for the others (per sequence and step, the L2
@@ -152,8 +165,15 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
       if (theta[s])
         for (int64_t o = 0; o < O; ++o)
           theta[s][o] += P.threshold_rate * (y[s][o] - P.target_activity);
+      if (P.record_modulation && modulated)
+        std::memcpy(P.record_modulation + (t * B + b0 + s) * O, row_local ? m_ext[s] : m,
+                    sizeof(T) * O);
+      record_trace(P, t, b0 + s, H[s]);
     }
   }
+  // Past its length a sequence's trace records hold.
+  for (int s = 0; s < n; ++s)
+    for (int64_t t = len[s]; t < T_; ++t) record_trace(P, t, b0 + s, H[s]);
 }
 
 }  // namespace TORCHPLASTIC_CPU_ISA

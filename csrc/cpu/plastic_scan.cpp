@@ -119,5 +119,6 @@ TORCH_LIBRARY_IMPL(torchplastic, CPU, m) {
   using Kernels = torchplastic::detail::ScanKernels<torchplastic::cpu::backend>;
   m.impl("plastic_scan", &Kernels::plastic_scan);
   m.impl("plastic_scan_forward", &Kernels::plastic_scan_forward);
+  m.impl("plastic_scan_record", &Kernels::plastic_scan_record);
   m.impl("plastic_scan_backward", &Kernels::plastic_scan_backward);
 }

@@ -76,6 +76,12 @@ struct ScanParams {
   scalar_t* trace = nullptr;        // [B, O, I]  H_T
   scalar_t* elig = nullptr;         // [B, O, I]  E_T
   scalar_t* theta = nullptr;        // [B, O]     θ_T
+  // Recording (tp.inspect; nullptr when not recording). Past its length a sequence's trace
+  // records hold and its modulation records are zero.
+  int64_t record_every = 0;                // R
+  scalar_t* record_trace = nullptr;        // [T / R, B, O, I]  H after steps R, 2R, ...
+  scalar_t* record_norm = nullptr;         // [T, B]  Σ H_t², zeroed by the caller, who takes √
+  scalar_t* record_modulation = nullptr;   // [T, B, O]  m_t, zeroed by the caller
   // Checkpoints: H (and E) before steps K, 2K, ...; before step 0 they are trace0 and elig0,
   // inputs the caller keeps anyway. nullptr: not saved.
   scalar_t* trace_ckpt = nullptr;   // [num_checkpoints(), B, O, I]
@@ -99,6 +105,12 @@ struct ScanParams {
   }
   TP_HD const scalar_t* segment_elig(int64_t seg, int64_t b) const {
     return seg == 0 ? elig0 + b * O * I : elig_ckpt + ((seg - 1) * B + b) * O * I;
+  }
+  // Where the trace after step t of sequence b is recorded: nullptr unless recording and
+  // t + 1 is a multiple of R.
+  TP_HD scalar_t* record_slot(int64_t t, int64_t b) const {
+    if (!record_trace || (t + 1) % record_every != 0) return nullptr;
+    return record_trace + (((t + 1) / record_every - 1) * B + b) * O * I;
   }
   // Where the forward saves the state before step t of sequence b: nullptr unless t starts a
   // segment other than the first and checkpoints are being saved.

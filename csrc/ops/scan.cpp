@@ -34,7 +34,7 @@ at::Tensor or_none(const at::Tensor& t, const at::Tensor& z) {
 }  // namespace
 
 ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
-                            bool save_checkpoints) {
+                            bool save_checkpoints, Records* records) {
   const ScanConfig c = check_scan_args(a);
   const Prepared p = prepare(a, c);
   const auto opts = a.z.options().dtype(c.compute_dtype);
@@ -48,6 +48,11 @@ ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
   const int64_t S = save_checkpoints ? checkpoint_count(T, c.K) : 0;
   at::Tensor trace_ckpt = backend.empty_checkpoints({S, B, O, I}, opts);
   at::Tensor elig_ckpt = retro ? backend.empty_checkpoints({S, B, O, I}, opts) : at::Tensor();
+  if (records) {
+    records->trace = at::empty({T / records->every, B, O, I}, opts);
+    records->trace_norm = at::zeros({T, B}, opts);  // Σ H² until the square root below
+    records->modulation = c.traits.modulated ? at::zeros({T, B, O}, opts) : at::empty({0}, opts);
+  }
 
   AT_DISPATCH_FLOATING_TYPES(c.compute_dtype, "plastic_scan_forward", [&] {
     auto P = make_params<scalar_t>(a, c, p);
@@ -59,8 +64,15 @@ ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
       P.trace_ckpt = mut_ptr<scalar_t>(trace_ckpt);
       P.elig_ckpt = mut_ptr<scalar_t>(elig_ckpt);
     }
+    if (records) {
+      P.record_every = records->every;
+      P.record_trace = mut_ptr<scalar_t>(records->trace);
+      P.record_norm = mut_ptr<scalar_t>(records->trace_norm);
+      P.record_modulation = c.traits.modulated ? mut_ptr<scalar_t>(records->modulation) : nullptr;
+    }
     run(backend, P);
   });
+  if (records) records->trace_norm.sqrt_();
 
   at::Tensor y_out = y.to(a.z.scalar_type());
   at::Tensor hidden_out;

@@ -45,8 +45,18 @@ struct BackwardInputs {
   at::Tensor y, trace_checkpoints, eligibility_checkpoints;
 };
 
+// What plastic_scan_record returns (tp.inspect): the trace after steps R, 2R, ...
+// [T / R, B, O, I], its Frobenius norm after every step [T, B], and the neuromodulation m_t
+// [T, B, O] of the modulated rules (an empty [0] tensor for the others).
+struct Records {
+  int64_t every = 1;
+  at::Tensor trace, trace_norm, modulation;
+};
+using RecordOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// `records`, when given, receives the records of the call.
 ForwardOutputs scan_forward(const ScanArgs& args, const ScanBackend& backend,
-                            bool save_checkpoints);
+                            bool save_checkpoints, Records* records = nullptr);
 ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& args,
                         const ScanBackend& backend);
 // What the backward op returns: grads.to_list(), with an empty [0] tensor (z's options) for
@@ -63,6 +73,14 @@ struct ScanKernels {
   }
   static ForwardOutputs plastic_scan_forward(TORCHPLASTIC_SCAN_PARAMS) {
     return scan_forward(ScanArgs::from(TORCHPLASTIC_SCAN_ARGS), Backend, true);
+  }
+  static RecordOutputs plastic_scan_record(TORCHPLASTIC_SCAN_PARAMS, int64_t every) {
+    TORCH_CHECK_VALUE(every >= 1, "plastic_scan_record: every: expected an integer >= 1, got ",
+                      every);
+    Records records;
+    records.every = every;
+    scan_forward(ScanArgs::from(TORCHPLASTIC_SCAN_ARGS), Backend, false, &records);
+    return {records.trace, records.trace_norm, records.modulation};
   }
   // Gradients of the tensor arguments, in the schema's order (ScanGrads::to_list); an empty
   // [0] tensor for each input that was not given.

@@ -20,6 +20,10 @@ TORCH_LIBRARY(torchplastic, m) {
   def("plastic_scan_forward(" + args +
       ") -> (Tensor y, Tensor hidden, Tensor trace, Tensor eligibility, Tensor threshold, "
       "Tensor trace_checkpoints, Tensor eligibility_checkpoints)");
+  // tp.inspect: what a call stores, recorded by the forward kernels (csrc/ops/scan.h, Records);
+  // no autograd: the records are detached.
+  def("plastic_scan_record(" + args +
+      ", int every=1) -> (Tensor trace, Tensor trace_norm, Tensor modulation)");
   // Gradients of the tensor arguments, in their order (an empty [0] tensor for each input not
   // given), from the output gradients, the outputs y and the checkpoints.
   def("plastic_scan_backward(Tensor grad_y, Tensor grad_hidden, Tensor grad_trace, "

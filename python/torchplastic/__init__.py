@@ -12,7 +12,7 @@ fused C++/CUDA kernels that keep one trace per sequence and recompute the rest i
 import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # loads libtorchplastic, whose static initialisers register the ops
-from . import cpp, functional, reference, rules  # cpp: the C++ modules as nn.Modules
+from . import cpp, functional, inspect, reference, rules  # cpp: the C++ modules as nn.Modules
 from .nn import PlasticLinear, PlasticRNN, PlasticRNNCell
 from .state import PlasticState
 
@@ -26,4 +26,4 @@ def build_info() -> dict:
 
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticState", "cpp", "functional",
-           "reference", "rules", "build_info", "__version__"]
+           "inspect", "reference", "rules", "build_info", "__version__"]

@@ -85,20 +85,33 @@ def plastic_scan(
         raise TypeError(f"plastic_scan: activation: expected a str, got {type(activation).__name__}")
     # By name: the op's arguments are declared once, in C++ (csrc/ops/scan_args.h), and
     # tests/python/test_registration.py checks that this signature names each of them.
-    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan(**_as_op_arguments(
+    arguments = _as_op_arguments(
         z=z, alpha=alpha, eta=eta, trace=trace, x=x, weight=weight, hidden=hidden,
         eligibility=eligibility, threshold=threshold, modulation=modulation,
         mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
         mod_fanout_bias=mod_fanout_bias, rule=rule, activation=activation, clip=clip,
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
-        lengths=lengths))
+        lengths=lengths)
+    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan(**arguments)
+    if _recording_sink is not None:
+        # tp.inspect.record is on: the same call once more, by the kernels that record, its
+        # records detached.
+        sink, every = _recording_sink
+        with torch.no_grad():
+            sink(torch.ops.torchplastic.plastic_scan_record(
+                **{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in arguments.items()},
+                every=every))
     return y, PlasticState(
         hidden=h if x is None else None,
         trace=H,
         eligibility=E if rule_info(rule).eligibility else None,
         threshold=theta if adaptive_threshold is not None else None,
     )
+
+
+# Set by tp.inspect.record around a module's call: (sink(records), every); None otherwise.
+_recording_sink = None
 
 
 # ---------------------------------------------------------------- the op's arguments
@@ -210,6 +223,18 @@ def _plastic_scan_forward_fake(*args, **kwargs):
     trace_ckpt = a.z.new_empty(S, B, O, I, dtype=sd)
     elig_ckpt = a.z.new_empty(S, B, O, I, dtype=sd) if E.dim() > 1 else a.z.new_empty(0, dtype=sd)
     return y, h, H, E, theta, trace_ckpt, elig_ckpt
+
+
+@torch.library.register_fake("torchplastic::plastic_scan_record")
+def _plastic_scan_record_fake(*args, **kwargs):
+    a = _bind("plastic_scan_record", args, kwargs)
+    _check_devices(a)
+    T, B, O = a.z.shape
+    I = O if a.x is None else a.x.shape[-1]
+    sd = _state_dtype(a.z)
+    modulation = (a.z.new_empty(T, B, O, dtype=sd) if rule_info(a.rule).modulated
+                  else a.z.new_empty(0, dtype=sd))
+    return a.z.new_empty(T // a.every, B, O, I, dtype=sd), a.z.new_empty(T, B, dtype=sd), modulation
 
 
 @torch.library.register_fake("torchplastic::plastic_scan_backward")

@@ -236,3 +236,19 @@ def test_cuda_lengths_match_cpu(cfg, lengths_device, layout):
             torch.testing.assert_close(a.cpu(), b)
     for a, b in zip(g_g, g_c):
         torch.testing.assert_close(a.cpu(), b)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_cuda_records_match_cpu(every, layout):
+    # tp.inspect's records: Σ H² is summed over the cluster's blocks by atomics on CUDA.
+    torch.manual_seed(0)
+    m = tp.PlasticRNN(3, 40, rule="retroactive", modulation="fanout", dtype=torch.float64)
+    u = torch.randn(7, 3, 3, dtype=torch.float64)
+    records = []
+    for device in ("cpu", "cuda"):
+        m.to(device)
+        with tp.inspect.record(m, every=every) as rec:
+            m(u.to(device), lengths=torch.tensor([7, 2, 5]))
+        records.append(rec[""][0])
+    for a, b in zip(records[1][:3], records[0][:3]):
+        torch.testing.assert_close(a.cpu(), b)

@@ -16,7 +16,7 @@ def test_pattern_example_runs_and_resumes(tmp_path):
     out = run("pattern.py", "--episodes", "3", "--batch", "4", "--eval-batches", "1",
               "--out", str(tmp_path), "--no-progress")
     assert out.strip().startswith("pattern memorization: plastic error")
-    for f in ("errors.png", "trace.png", "checkpoint.pt"):
+    for f in ("errors.png", "trace.png", "recording.png", "checkpoint.pt"):
         assert (tmp_path / f).exists(), f
     out = run("pattern.py", "--episodes", "5", "--batch", "4", "--eval-batches", "1",
               "--out", str(tmp_path), "--no-progress", "--resume")
