@@ -7,6 +7,7 @@
 #   make test-cpp    GoogleTest only          make test-python   pytest only
 #   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
 #   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmark; logs under $$OUT
+#   make docs        the documentation site (Sphinx, warnings are errors) into $(BUILD)/docs
 #   make clean       remove the build (keeps .venv)
 
 PYTHON3 ?= python3
@@ -15,7 +16,7 @@ PY      := $(VENV)/bin/python
 BUILD   ?= build
 CMAKE_ARGS ?=
 
-.PHONY: all demo test test-asan test-cpp test-python test-install build deps system-deps bench gpu-check clean
+.PHONY: all demo test test-asan test-cpp test-python test-install build deps system-deps bench gpu-check docs clean
 
 all: build
 
@@ -65,6 +66,11 @@ test-install: build
 	$(PY) examples/export_model.py --out $(BUILD)/example/pt2 --check $(BUILD)/example/deploy
 
 test: test-cpp test-python test-install
+
+# The documentation site: docs/ (Markdown, MyST) plus the API reference from the docstrings.
+docs: build
+	$(PY) -m sphinx -W --keep-going -q -b html docs $(BUILD)/docs
+	@echo "docs: $(BUILD)/docs/index.html"
 
 # The README's first command: set up as `make test` does, then train the pattern-memorization
 # task of Miconi et al. 2018 (plastic vs non-plastic RNN), about 3 minutes on 2 cores.

@@ -1,5 +1,5 @@
 """Looking inside a plastic network: what its traces store and when neuromodulation fires
-(SPEC §4), recorded by the fused kernels.
+(SPEC §4), recorded by the fused kernels::
 
     with tp.inspect.record(model, every=10) as rec:   # every plastic module inside model
         out, state = model(u)

@@ -21,6 +21,8 @@ class RuleInfo(NamedTuple):
     default_clip: Optional[float]  # the bound ``clip="auto"`` stands for
 
 
+#: Every rule by name: ``"hebb"``, ``"oja"``, ``"modulated"``, ``"retroactive"``, ``"abcd"``
+#: → its :class:`RuleInfo`.
 RULES = {r.name: r for r in (
     RuleInfo("hebb", uses_eta=True, modulated=False, eligibility=False, coefficients=False,
              default_clip=None),
