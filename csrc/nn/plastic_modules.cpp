@@ -342,7 +342,8 @@ void PlasticRNNCellImpl::pretty_print(std::ostream& s) const {
 
 std::tuple<at::Tensor, PlasticState> PlasticRNNCellImpl::forward(const at::Tensor& u,
                                                                  const PlasticState& state,
-                                                                 const at::Tensor& modulation) {
+                                                                 const at::Tensor& modulation,
+                                                                 const at::Tensor& lengths) {
   TORCH_CHECK_VALUE(u.defined() && (u.dim() == 1 || u.dim() == 2) &&
                         u.size(-1) == options.input_size(),
                     "PlasticRNNCell: input: expected shape [B, ", options.input_size(), "] or [",
@@ -353,7 +354,7 @@ std::tuple<at::Tensor, PlasticState> PlasticRNNCellImpl::forward(const at::Tenso
   const at::Tensor m = modulation.defined() ? modulation.unsqueeze(0) : modulation;
   // core.scan takes z [T = 1, B, H]; for an unbatched input B = 1 and the state and the
   // modulation carry no batch dimension.
-  auto [y, out] = core.scan(z, {}, weight_hh, state, m, unbatched);
+  auto [y, out] = core.scan(z, {}, weight_hh, state, m, unbatched, lengths);
   return {y[0], out};
 }
 

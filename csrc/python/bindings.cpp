@@ -7,7 +7,6 @@
 
 #include <limits>
 #include <sstream>
-#include <type_traits>
 
 #include "ops/checks.h"
 #include "torchplastic/torchplastic.h"
@@ -83,15 +82,9 @@ void apply_keywords(Options& o, const py::kwargs& kw, const char* owner) {
 template <typename Impl>
 py::tuple call(Impl& self, const at::Tensor& input, const py::object& state,
                const c10::optional<at::Tensor>& modulation, const c10::optional<at::Tensor>& lengths) {
-  if constexpr (std::is_same_v<Impl, torchplastic::PlasticRNNCellImpl>) {
-    TORCH_CHECK_VALUE(!lengths, self.core.owner, ": lengths: a cell takes one step; expected None");
-    auto [y, s] = self.forward(input, from_python(state), modulation.value_or(at::Tensor()));
-    return py::make_tuple(y, to_python(s));
-  } else {
-    auto [y, s] = self.forward(input, from_python(state), modulation.value_or(at::Tensor()),
-                               lengths.value_or(at::Tensor()));
-    return py::make_tuple(y, to_python(s));
-  }
+  auto [y, s] = self.forward(input, from_python(state), modulation.value_or(at::Tensor()),
+                             lengths.value_or(at::Tensor()));
+  return py::make_tuple(y, to_python(s));
 }
 
 // The members that hold a module's parameters, by parameter name.

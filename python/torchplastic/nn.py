@@ -405,10 +405,15 @@ class PlasticRNNCell(PlasticRNN):
     ``[B]`` or ``[B, H]``. Same parameters and keywords as :class:`PlasticRNN`."""
 
     def forward(self, u: Tensor, state: Optional[PlasticState] = None,
-                modulation: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
+                modulation: Optional[Tensor] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
         """One step: ``u [B, input_size]`` (or unbatched ``[input_size]``), the state of the
         previous step (``None`` for zeros) and, with ``modulation="external"``, ``m_t`` as
-        ``[B]`` or ``[B, H]`` → ``h [B, hidden_size]`` and the new state."""
+        ``[B]`` or ``[B, H]`` → ``h [B, hidden_size]`` and the new state.
+
+        ``lengths`` (``[B]``, 0 or 1, as for a sequence module of one step): the sequences with
+        0 skip the step, holding their state, with a zero output; for example the finished
+        episodes of a batch of environments."""
         owner = type(self).__name__
         if not isinstance(u, Tensor):
             raise TypeError(f"{owner}: input: expected a Tensor, got {type(u).__name__}")
@@ -420,5 +425,5 @@ class PlasticRNNCell(PlasticRNN):
         # the batch dimension of the state and the modulation itself.
         z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
         m = None if modulation is None else modulation.unsqueeze(0)
-        y, state = self._scan(z, None, state, m, unbatched)
+        y, state = self._scan(z, None, state, m, unbatched, self._lengths(lengths, z, unbatched))
         return y[0], state

@@ -173,3 +173,21 @@ def test_lengths_under_torch_compile():
     for a, b in zip(torch.autograd.grad(y.sum(), list(m.parameters())),
                     torch.autograd.grad(y_ref.sum(), list(m.parameters()))):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", [tp.PlasticRNNCell, tp.cpp.PlasticRNNCell], ids=["python", "cpp"])
+def test_cell_lengths_skip_the_step_of_finished_sequences(cls):
+    torch.manual_seed(0)
+    cell = cls(3, 4, rule="retroactive").double()
+    u = torch.randn(3, 3, dtype=torch.float64)
+    _, state = cell(torch.randn(3, 3, dtype=torch.float64))  # a state to carry
+    h, new = cell(u, state, lengths=torch.tensor([1, 0, 1]))
+    h_all, new_all = cell(u, state)
+    for b in (0, 2):
+        torch.testing.assert_close(h[b], h_all[b])
+        torch.testing.assert_close(new.trace[b], new_all.trace[b])
+    assert torch.all(h[1] == 0)
+    for name in ("hidden", "trace", "eligibility"):
+        torch.testing.assert_close(getattr(new, name)[1], getattr(state, name)[1])
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[0, 1\]"):
+        cell(u, state, lengths=torch.tensor([1, 2, 1]))

@@ -154,8 +154,10 @@ class PlasticRNNCellImpl : public torch::nn::Cloneable<PlasticRNNCellImpl> {
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
+  // lengths [B], 0 or 1: the sequences with 0 skip the step, holding their state (zero output).
   std::tuple<at::Tensor, PlasticState> forward(const at::Tensor& u, const PlasticState& state = {},
-                                               const at::Tensor& modulation = {});
+                                               const at::Tensor& modulation = {},
+                                               const at::Tensor& lengths = {});
 
   PlasticRNNCellOptions options;
   at::Tensor weight_ih, weight_hh, bias;
