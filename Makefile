@@ -63,6 +63,7 @@ test-install: build
 	    -DCMAKE_PREFIX_PATH="$(abspath $(BUILD)/prefix);$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" > /dev/null
 	cmake --build $(BUILD)/example
 	$(BUILD)/example/train_pattern --steps 3 --batch 4
+	$(BUILD)/example/quickstart
 	$(PY) examples/export_model.py --out $(BUILD)/example/pt2 --check $(BUILD)/example/deploy
 
 test: test-cpp test-python test-install
