@@ -21,7 +21,13 @@ __version__ = _C.build_info()["version"]
 
 def build_info() -> dict:
     """What this build holds: ``version``, ``with_cuda``, ``torch_version``, ``cuda_version``,
-    ``cuda_archs``."""
+    ``cuda_archs``.
+
+    Example:
+        >>> import torchplastic as tp
+        >>> sorted(tp.build_info())[:3]
+        ['cpu_kernels', 'cuda_archs', 'cuda_version']
+    """
     return dict(_C.build_info())
 
 

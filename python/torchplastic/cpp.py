@@ -97,7 +97,14 @@ class _CppModule(nn.Module):
 class PlasticLinear(_CppModule):
     """``torchplastic::PlasticLinear``: ``PlasticLinear(in_features, out_features, bias=True,
     **keywords)``, the keywords of :class:`torchplastic.PlasticLinear`.
-    ``x [T, B, I]`` → ``y [T, B, O]`` and the :class:`~torchplastic.PlasticState`."""
+    ``x [T, B, I]`` → ``y [T, B, O]`` and the :class:`~torchplastic.PlasticState`.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> y, state = tp.cpp.PlasticLinear(20, 5)(torch.randn(30, 8, 20))
+        >>> y.shape
+        torch.Size([30, 8, 5])
+    """
 
     _bound = _C.cpp.PlasticLinear
 
@@ -105,13 +112,29 @@ class PlasticLinear(_CppModule):
 class PlasticRNN(_CppModule):
     """``torchplastic::PlasticRNN``: ``PlasticRNN(input_size, hidden_size, bias=True,
     **keywords)``, the keywords of :class:`torchplastic.PlasticRNN`.
-    ``u [T, B, input_size]`` → ``out [T, B, hidden_size]`` and the state."""
+    ``u [T, B, input_size]`` → ``out [T, B, hidden_size]`` and the state.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> from torchplastic.cpp import PlasticRNN
+        >>> rnn = PlasticRNN(10, 64, rule="retroactive").double()
+        >>> out, state = rnn(torch.randn(100, 32, 10, dtype=torch.float64))
+        >>> out.shape, out.dtype
+        (torch.Size([100, 32, 64]), torch.float64)
+    """
 
     _bound = _C.cpp.PlasticRNN
 
 
 class PlasticRNNCell(_CppModule):
     """``torchplastic::PlasticRNNCell``: one step of :class:`PlasticRNN`,
-    ``u_t [B, input_size]`` → ``h [B, hidden_size]`` and the state."""
+    ``u_t [B, input_size]`` → ``h [B, hidden_size]`` and the state.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> h, state = tp.cpp.PlasticRNNCell(4, 16)(torch.randn(8, 4))
+        >>> h.shape
+        torch.Size([8, 16])
+    """
 
     _bound = _C.cpp.PlasticRNNCell

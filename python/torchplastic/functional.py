@@ -78,6 +78,15 @@ def plastic_scan(
     Returns:
         ``y [T, B, O]`` and the final :class:`PlasticState`; fields the configuration does not
         use are ``None``. On CUDA with float16/bfloat16 inputs the traces are float32.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> z = torch.randn(100, 32, 64)                      # the drive [T, B, O]
+        >>> alpha, eta = 0.01 * torch.rand(64, 64), torch.full((1, 1), 0.05)
+        >>> y, state = tp.functional.plastic_scan(z, alpha, eta, None,
+        ...                                       weight=0.1 * torch.randn(64, 64))
+        >>> y.shape, state.trace.shape
+        (torch.Size([100, 32, 64]), torch.Size([32, 64, 64]))
     """
     if not isinstance(rule, str):
         raise TypeError(f"plastic_scan: rule: expected a str, got {type(rule).__name__}")

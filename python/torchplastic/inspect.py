@@ -37,6 +37,15 @@ class Recording(NamedTuple):
     * ``trace_norm`` ``[T, B]``: ‖H_t‖ (Frobenius norm over O × I) after every step
     * ``modulation`` ``[T, B, O]``: the neuromodulation m_t (modulated rules; ``None`` otherwise)
     * ``every``      the recording interval
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> model = tp.PlasticLinear(3, 2, rule="modulated", modulation="external")
+        >>> with tp.inspect.record(model, every=5) as rec:
+        ...     _ = model(torch.randn(10, 4, 3), modulation=torch.randn(10, 4))
+        >>> r = rec[""][0]
+        >>> r.trace.shape, r.every
+        (torch.Size([2, 4, 2, 3]), 5)
     """
 
     trace: Tensor
@@ -55,6 +64,15 @@ class record:
             :class:`~torchplastic.PlasticRNN` or :class:`~torchplastic.PlasticRNNCell` modules.
         every: record the full trace every ``every`` steps (its norm is recorded at every
             step). An int ≥ 1.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> model = tp.PlasticRNN(8, 32, rule="modulated")
+        >>> with tp.inspect.record(model, every=4) as rec:
+        ...     out, state = model(torch.randn(40, 2, 8))
+        >>> r = rec[""][0]                        # model itself, first call
+        >>> r.trace.shape, r.trace_norm.shape, r.modulation.shape
+        (torch.Size([10, 2, 32, 32]), torch.Size([40, 2]), torch.Size([40, 2, 32]))
     """
 
     def __init__(self, model: nn.Module, every: int = 1):
@@ -110,7 +128,19 @@ def plot(recording: Recording, path: str, sequence: int = 0, snapshots: int = 4,
     """Draws one sequence of a :class:`Recording` into ``path`` (any format matplotlib
     writes): the trace as heatmaps at up to ``snapshots`` recorded steps, its norm over time
     and, for the modulated rules, the neuromodulation over time (mean and range over the
-    neurons). Imports matplotlib only when called."""
+    neurons). Imports matplotlib only when called.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> model = tp.PlasticRNN(8, 32, rule="modulated")
+        >>> with tp.inspect.record(model, every=4) as rec:
+        ...     _ = model(torch.randn(40, 2, 8))
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "recording.png")
+        >>> tp.inspect.plot(rec[""][0], path, sequence=1)
+        >>> os.path.getsize(path) > 0
+        True
+    """
     if not isinstance(recording, Recording):
         raise TypeError(f"plot: recording: expected a Recording, got {type(recording).__name__}")
     S, B = recording.trace.shape[0], recording.trace_norm.shape[1]

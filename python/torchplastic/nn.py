@@ -298,6 +298,13 @@ class PlasticLinear(_PlasticBase):
         batch_first: inputs and outputs are ``[B, T, F]``.
 
     Shape: ``x [T, B, I]`` → ``y [T, B, O]``, and the state with ``trace [B, O, I]``.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> layer = tp.PlasticLinear(20, 5, rule="hebb")
+        >>> y, state = layer(torch.randn(30, 8, 20))          # [T, B, I]
+        >>> y.shape, state.trace.shape
+        (torch.Size([30, 8, 5]), torch.Size([8, 5, 20]))
     """
 
     recurrent = False
@@ -350,6 +357,14 @@ class PlasticRNN(_PlasticBase):
 
     Shape: ``u [T, B, input_size]`` → ``out [T, B, hidden_size]``; the state holds
     ``hidden [B, H]`` and ``trace [B, H, H]``.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> rnn = tp.PlasticRNN(10, 64, rule="retroactive", modulation="fanout")
+        >>> out, state = rnn(torch.randn(100, 32, 10))        # [T, B, input_size]
+        >>> out.shape, state.trace.shape, state.eligibility.shape
+        (torch.Size([100, 32, 64]), torch.Size([32, 64, 64]), torch.Size([32, 64, 64]))
+        >>> out, state = rnn(torch.randn(50, 32, 10), state)  # carry the state on
     """
 
     recurrent = True
@@ -402,7 +417,17 @@ class PlasticRNN(_PlasticBase):
 class PlasticRNNCell(PlasticRNN):
     r"""One step of :class:`PlasticRNN`: ``u_t [B, input_size]`` (or unbatched
     ``[input_size]``) → ``h [B, hidden_size]`` and the new state. External modulation is
-    ``[B]`` or ``[B, H]``. Same parameters and keywords as :class:`PlasticRNN`."""
+    ``[B]`` or ``[B, H]``. Same parameters and keywords as :class:`PlasticRNN`.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> cell = tp.PlasticRNNCell(4, 16, rule="modulated")
+        >>> state = None
+        >>> for t in range(3):                                # one step per call
+        ...     h, state = cell(torch.randn(8, 4), state)
+        >>> h.shape, state.trace.shape
+        (torch.Size([8, 16]), torch.Size([8, 16, 16]))
+    """
 
     def forward(self, u: Tensor, state: Optional[PlasticState] = None,
                 modulation: Optional[Tensor] = None,

@@ -42,7 +42,19 @@ def step(z_t, x_t, h, H, E, theta, alpha, eta, weight, m_t, mod_weight, mod_bias
          mod_fanout_weight, mod_fanout_bias, *, rule, activation, clip, synaptic_scaling,
          adaptive_threshold, target_activity, abcd=None):
     """One time step of SPEC §2. Returns (y_t, h_t, H_t, E_t, θ_t); h is None in feedforward
-    mode (x_t given), E and θ are None when the configuration has none."""
+    mode (x_t given), E and θ are None when the configuration has none.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> B, O, I = 2, 3, 4
+        >>> y, h, H, E, theta = tp.reference.step(
+        ...     torch.randn(B, O), torch.randn(B, I), None, torch.zeros(B, O, I), None, None,
+        ...     torch.rand(O, I), torch.full((1, 1), 0.1), None, None, None, None, None, None,
+        ...     rule="hebb", activation="tanh", clip=None, synaptic_scaling=None,
+        ...     adaptive_threshold=None, target_activity=0.0)
+        >>> y.shape, H.shape, h is None
+        (torch.Size([2, 3]), torch.Size([2, 3, 4]), True)
+    """
     recurrent = x_t is None
     p = h if recurrent else x_t                                           # [B, I]
     B, O = z_t.shape
@@ -125,6 +137,15 @@ def plastic_scan(
     (``weight`` [O, O] required, ``hidden`` [B, O] optional). With ``lengths`` ([B]), sequence
     b runs its first ``lengths[b]`` steps; after them its state is held and its output is zero.
     Returns ``y`` [T, B, O] and the final :class:`PlasticState`.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> z, x = torch.randn(6, 2, 3, dtype=torch.float64), torch.randn(6, 2, 5, dtype=torch.float64)
+        >>> alpha, eta = torch.rand(3, 5, dtype=torch.float64), torch.full((1, 1), 0.1, dtype=torch.float64)
+        >>> y, _ = tp.reference.plastic_scan(z, alpha, eta, None, x=x)
+        >>> y_fused, _ = tp.functional.plastic_scan(z, alpha, eta, None, x=x)
+        >>> torch.allclose(y, y_fused)
+        True
     """
     info = rule_info(rule)
     T, B, O = z.shape

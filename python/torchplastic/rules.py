@@ -11,7 +11,13 @@ __all__ = ["RuleInfo", "RULES", "rule_info"]
 
 
 class RuleInfo(NamedTuple):
-    """What a rule uses."""
+    """What a rule uses.
+
+    Example:
+        >>> import torchplastic as tp
+        >>> [name for name, r in tp.rules.RULES.items() if r.modulated]
+        ['modulated', 'retroactive']
+    """
 
     name: str
     uses_eta: bool               # the trace rate η (a parameter ``eta``)
@@ -38,7 +44,13 @@ RULES = {r.name: r for r in (
 
 
 def rule_info(name: str, owner: str = "plastic_scan") -> RuleInfo:
-    """The rule called `name`; a ValueError naming ``rule`` for any other."""
+    """The rule called `name`; a ValueError naming ``rule`` for any other.
+
+    Example:
+        >>> import torchplastic as tp
+        >>> tp.rules.rule_info("retroactive").eligibility
+        True
+    """
     try:
         return RULES[name]
     except (KeyError, TypeError):

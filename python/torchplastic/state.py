@@ -14,6 +14,12 @@ class PlasticState(NamedTuple):
     * ``trace``       ``[B, O, I]`` Hebbian trace ``H_T``
     * ``eligibility`` ``[B, O, I]`` eligibility trace ``E_T`` (rule ``retroactive`` only)
     * ``threshold``   ``[B, O]`` adaptive threshold ``θ_T`` (adaptive threshold only)
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> _, state = tp.PlasticRNN(3, 4)(torch.randn(5, 2, 3))
+        >>> state.hidden.shape, state.trace.shape, state.eligibility
+        (torch.Size([2, 4]), torch.Size([2, 4, 4]), None)
     """
 
     hidden: Optional[torch.Tensor] = None

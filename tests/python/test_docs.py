@@ -35,3 +35,20 @@ def test_public_name_has_a_docstring(qualified, obj):
 def test_submodules_have_docstrings():
     for prefix, module in NAMESPACES.items():
         assert (module.__doc__ or "").strip(), prefix
+
+
+def test_public_classes_and_functions_have_an_example():
+    missing = [q for q, obj in public_names()
+               if (pyinspect.isclass(obj) or pyinspect.isfunction(obj)) and ">>>" not in (obj.__doc__ or "")]
+    assert not missing, f"no example (>>>) in the docstring of {missing}"
+
+
+@pytest.mark.parametrize("name", list(NAMESPACES) + ["torchplastic.nn", "torchplastic.state"])
+def test_docstring_examples_run(name, tmp_path, monkeypatch):
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed"
