@@ -38,3 +38,25 @@ def test_readme_cpp_quick_start_is_the_example_make_test_builds():
         block = re.search(r"^```cpp\n(// main\.cpp\n.*?)^```", f.read(), re.S | re.M).group(1)
     with open(os.path.join(ROOT, "examples", "cpp", "quickstart.cpp"), encoding="utf-8") as f:
         assert block == f.read(), "README's C++ quick start differs from examples/cpp/quickstart.cpp"
+
+
+def test_cpp_fragments_are_lines_of_the_examples_make_test_builds():
+    # A fragment of a C++ program in the docs: each of its lines (comments aside) is a line of
+    # one of the programs in examples/cpp, which make test-install compiles and runs.
+    sources = ""
+    for path in glob.glob(os.path.join(ROOT, "examples", "cpp", "*.cpp")):
+        with open(path, encoding="utf-8") as f:
+            sources += f.read()
+    program_lines = {line.split("//")[0].strip() for line in sources.splitlines()}
+    checked = 0
+    for path in FILES:
+        with open(path, encoding="utf-8") as f:
+            for block in re.findall(r"^```cpp\n(.*?)^```", f.read(), re.S | re.M):
+                if block.startswith("// main.cpp"):
+                    continue  # the quick start, checked whole above
+                for line in block.splitlines():
+                    code = line.split("//")[0].strip()
+                    if code:
+                        assert code in program_lines, f"{os.path.relpath(path, ROOT)}: {code!r} is in no example"
+                        checked += 1
+    assert checked >= 4
