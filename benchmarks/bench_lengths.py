@@ -9,34 +9,12 @@ T/2 long, and lengths spread evenly over 1 … T (the usual padded batch).
 """
 
 import argparse
-import time
 
 import torch
 
-from common import forward_backward, recurrent_hebb_inputs
+from common import forward_backward, paired_best_of, recurrent_hebb_inputs
 
 import torchplastic as tp
-
-
-def paired_best_of(a, b, rounds, calls=3):
-    """Medians over `rounds` of the best of `calls` timings of a and of b, taken alternately so
-    that both see the same drift of a shared machine; and the median of the ratios b / a."""
-    a(), b()
-    ta, tb, ratios = [], [], []
-    for _ in range(rounds):
-        round_a = min(_timed(a) for _ in range(calls))
-        round_b = min(_timed(b) for _ in range(calls))
-        ta.append(round_a)
-        tb.append(round_b)
-        ratios.append(round_b / round_a)
-    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return median(ta), median(tb), median(ratios)
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main():

@@ -8,17 +8,12 @@ recording, each call runs the fused forward a second time, by the kernels that r
 """
 
 import argparse
-import time
 
 import torch
 
+from common import paired_best_of
+
 import torchplastic as tp
-
-
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main():
@@ -43,17 +38,11 @@ def main():
         with torch.no_grad(), tp.inspect.record(model, every=args.every):
             model(u)
 
-    plain(), recording()
-    off, on = [], []
-    for _ in range(args.rounds):
-        off.append(min(timed(plain) for _ in range(3)))
-        on.append(min(timed(recording) for _ in range(3)))
-    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    off, on, ratio = paired_best_of(plain, recording, args.rounds)
     print(f"PlasticRNN({args.hidden}, {args.hidden}, rule={args.rule!r}), B={args.batch}, "
           f"T={args.steps}, float32, {torch.get_num_threads()} threads, forward (no grad)")
-    print(f"  not recording      {1e3 * median(off) / args.steps:.3f} ms/step")
-    print(f"  recording, R={args.every:<4}  {1e3 * median(on) / args.steps:.3f} ms/step "
-          f"({median(on) / median(off):.2f}x)")
+    print(f"  not recording      {1e3 * off / args.steps:.3f} ms/step")
+    print(f"  recording, R={args.every:<4}  {1e3 * on / args.steps:.3f} ms/step ({ratio:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -77,8 +77,11 @@ ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
   at::Tensor y_out = y.to(a.z.scalar_type());
   at::Tensor hidden_out;
   if (c.recurrent) {
-    hidden_out = T > 0 ? y_out[T - 1].clone() : p.hidden0.to(a.z.scalar_type()).clone();
-    if (p.lengths.defined() && T > 0) {
+    if (T == 0) {
+      hidden_out = p.hidden0.to(a.z.scalar_type()).clone();
+    } else if (!p.lengths.defined()) {
+      hidden_out = y_out[T - 1].clone();
+    } else {
       // h of sequence b after its last step L_b (h_0 where L_b = 0).
       const at::Tensor last = (p.lengths - 1).clamp_min(0).view({1, B, 1}).expand({1, B, O});
       hidden_out = at::where(p.lengths.view({B, 1}) > 0, y_out.gather(0, last).squeeze(0),
