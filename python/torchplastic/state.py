@@ -14,6 +14,7 @@ class PlasticState(NamedTuple):
     * ``trace``       ``[B, O, I]`` Hebbian trace ``H_T``
     * ``eligibility`` ``[B, O, I]`` eligibility trace ``E_T`` (rule ``retroactive`` only)
     * ``threshold``   ``[B, O]`` adaptive threshold ``θ_T`` (adaptive threshold only)
+    * ``cell``        ``[B, H]`` cell state ``c_T`` (plastic LSTM only)
 
     Example:
         >>> import torch, torchplastic as tp
@@ -26,6 +27,7 @@ class PlasticState(NamedTuple):
     trace: Optional[torch.Tensor] = None
     eligibility: Optional[torch.Tensor] = None
     threshold: Optional[torch.Tensor] = None
+    cell: Optional[torch.Tensor] = None
 
     def detach(self) -> "PlasticState":
         """The same state cut from the graph, for truncated backpropagation through time."""
