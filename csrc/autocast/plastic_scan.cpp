@@ -1,4 +1,4 @@
-// Autocast of plastic_scan: under torch.autocast the drive z comes out of a linear layer in
+// Autocast of plastic_scan and plastic_lstm_scan: under torch.autocast the drive z comes out of a linear layer in
 // float16/bfloat16 while α, η and the states stay float32, a mix the op refuses. These kernels
 // cast the tensors to what the device's kernels run, then call the op again below autocast
 // (so autograd records the casts):
@@ -16,13 +16,15 @@ namespace torchplastic {
 namespace {
 
 using detail::ScanArgs;
-using detail::StateOutputs;
 using detail::scan_arg::Role;
 
-template <c10::DeviceType Device, c10::DispatchKey Key>
-StateOutputs plastic_scan_autocast(TORCHPLASTIC_SCAN_PARAMS) {
+// plastic_scan (Lstm false) or plastic_lstm_scan (true).
+template <bool Lstm, c10::DeviceType Device, c10::DispatchKey Key>
+std::conditional_t<Lstm, detail::LstmStateOutputs, detail::StateOutputs> scan_autocast(
+    TORCHPLASTIC_SCAN_PARAMS) {
+  using Outputs = std::conditional_t<Lstm, detail::LstmStateOutputs, detail::StateOutputs>;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(Key);
-  ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
+  ScanArgs args = ScanArgs::from(Lstm, TORCHPLASTIC_SCAN_ARGS);
   const at::ScalarType inputs =
       Device == c10::DeviceType::CPU ? at::kFloat : at::autocast::get_autocast_dtype(Device);
   args.for_each_tensor([&](auto& member, Role role) {
@@ -32,8 +34,10 @@ StateOutputs plastic_scan_autocast(TORCHPLASTIC_SCAN_PARAMS) {
         member, at::autocast::cached_cast(role == Role::state ? at::kFloat : inputs, t, Device));
   });
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchplastic::plastic_scan", "")
-                       .typed<StateOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
+                       .findSchemaOrThrow(args.lstm ? "torchplastic::plastic_lstm_scan"
+                                                    : "torchplastic::plastic_scan",
+                                          "")
+                       .typed<Outputs(TORCHPLASTIC_SCAN_PARAMS)>();
   return args.apply([&](auto&&... a) { return op.call(a...); });
 }
 
@@ -41,11 +45,19 @@ StateOutputs plastic_scan_autocast(TORCHPLASTIC_SCAN_PARAMS) {
 }  // namespace torchplastic
 
 TORCH_LIBRARY_IMPL(torchplastic, AutocastCPU, m) {
-  m.impl("plastic_scan", &torchplastic::plastic_scan_autocast<c10::DeviceType::CPU,
-                                                              c10::DispatchKey::AutocastCPU>);
+  using c10::DeviceType;
+  using c10::DispatchKey;
+  m.impl("plastic_scan",
+         &torchplastic::scan_autocast<false, DeviceType::CPU, DispatchKey::AutocastCPU>);
+  m.impl("plastic_lstm_scan",
+         &torchplastic::scan_autocast<true, DeviceType::CPU, DispatchKey::AutocastCPU>);
 }
 
 TORCH_LIBRARY_IMPL(torchplastic, AutocastCUDA, m) {
-  m.impl("plastic_scan", &torchplastic::plastic_scan_autocast<c10::DeviceType::CUDA,
-                                                              c10::DispatchKey::AutocastCUDA>);
+  using c10::DeviceType;
+  using c10::DispatchKey;
+  m.impl("plastic_scan",
+         &torchplastic::scan_autocast<false, DeviceType::CUDA, DispatchKey::AutocastCUDA>);
+  m.impl("plastic_lstm_scan",
+         &torchplastic::scan_autocast<true, DeviceType::CUDA, DispatchKey::AutocastCUDA>);
 }

@@ -57,7 +57,7 @@ at::Tensor activate(Activation activation, const at::Tensor& a) {
 
 }  // namespace
 
-StateOutputs aten_scan(const ScanArgs& a) {
+ForwardResult aten_scan(const ScanArgs& a) {
   const ScanConfig c = check_scan_args(a);
   const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
   const auto opts = a.z.options().dtype(c.compute_dtype);
@@ -75,6 +75,7 @@ StateOutputs aten_scan(const ScanArgs& a) {
   const at::Tensor modulation = a.modulation ? compute(*a.modulation) : at::Tensor();
   const at::Tensor coefficients = c.traits.coefficients ? compute(*a.abcd) : at::Tensor();
   const at::Tensor lengths = a.lengths ? a.lengths->to(a.z.device(), at::kLong) : at::Tensor();
+  at::Tensor cell = a.lstm ? given_or_zeros(a.cell, {B, O}) : at::Tensor();
 
   std::vector<at::Tensor> ys;
   ys.reserve(T);
@@ -83,17 +84,30 @@ StateOutputs aten_scan(const ScanArgs& a) {
     using R = decltype(rule);
     for (int64_t t = 0; t < T; ++t) {
       const at::Tensor p = c.recurrent ? h : x[t];  // [B, I]
-      at::Tensor pre = z[t] + (alpha * H).matmul(p.unsqueeze(-1)).squeeze(-1);
-      if (c.recurrent) pre = pre + p.matmul(weight.t());
-      if (theta.defined()) pre = pre - theta;
-      const at::Tensor y = activate(c.activation, pre);  // [B, O]
+      const at::Tensor plastic = (alpha * H).matmul(p.unsqueeze(-1)).squeeze(-1);
+      at::Tensor pre, y, out, cell_next;  // y: the rule's postsynaptic activity; out: h_t
+      if (a.lstm) {
+        // SPEC §2b: the gates (i, f, g, o), plasticity on g.
+        const auto gates = (z[t] + p.matmul(weight.t())).chunk(4, -1);
+        pre = gates[2] + plastic;
+        if (theta.defined()) pre = pre - theta;
+        y = at::tanh(pre);
+        cell_next = at::sigmoid(gates[1]) * cell + at::sigmoid(gates[0]) * y;
+        out = at::sigmoid(gates[3]) * at::tanh(cell_next);
+      } else {
+        pre = z[t] + plastic;
+        if (c.recurrent) pre = pre + p.matmul(weight.t());
+        if (theta.defined()) pre = pre - theta;
+        y = activate(c.activation, pre);  // [B, O]
+        out = y;
+      }
 
       at::Tensor m;  // [B, O] or [B, 1]
       if (c.mod_source == ModSource::External) {
         m = modulation[t];
         if (m.dim() == 1) m = m.unsqueeze(-1);
       } else if (c.mod_source != ModSource::None) {
-        const at::Tensor s = at::tanh(y.matmul(compute(*a.mod_weight)) + compute(*a.mod_bias));
+        const at::Tensor s = at::tanh(out.matmul(compute(*a.mod_weight)) + compute(*a.mod_bias));
         m = s.unsqueeze(-1);
         if (c.mod_source == ModSource::Fanout)
           m = m * compute(*a.mod_fanout_weight) + compute(*a.mod_fanout_bias);
@@ -121,21 +135,23 @@ StateOutputs aten_scan(const ScanArgs& a) {
       if (theta.defined()) theta_next = theta + *a.adaptive_threshold * (y - a.target_activity);
 
       if (!lengths.defined()) {
-        ys.push_back(y);
+        ys.push_back(out);
         H = H_next;
         E = E_next;
         theta = theta_next;
-        if (c.recurrent) h = y;
+        if (c.recurrent) h = out;
+        if (a.lstm) cell = cell_next;
         continue;
       }
       // Past its length a sequence holds its state and outputs zeros.
       const at::Tensor running = (lengths > t).view({B, 1});
       const at::Tensor running3 = running.view({B, 1, 1});
-      ys.push_back(at::where(running, y, at::zeros_like(y)));
+      ys.push_back(at::where(running, out, at::zeros_like(out)));
       H = at::where(running3, H_next, H);
       if (E.defined()) E = at::where(running3, E_next, E);
       if (theta.defined()) theta = at::where(running, theta_next, theta);
-      if (c.recurrent) h = at::where(running, y, h);
+      if (c.recurrent) h = at::where(running, out, h);
+      if (a.lstm) cell = at::where(running, cell_next, cell);
     }
   });
 
@@ -145,11 +161,15 @@ StateOutputs aten_scan(const ScanArgs& a) {
     if (!state.defined()) return at::empty({0}, opts);
     return T > 0 ? state : state.clone();
   };
-  const at::Tensor y = T > 0 ? at::stack(ys).to(a.z.scalar_type()) : at::zeros({0, B, O}, a.z.options());
+  ForwardResult r;
+  r.y = T > 0 ? at::stack(ys).to(a.z.scalar_type()) : at::zeros({0, B, O}, a.z.options());
   // h_T: with lengths, each sequence's h after its last step, held since.
-  const at::Tensor hidden = c.recurrent ? state_output(h).to(a.z.scalar_type())
-                                        : at::empty({0}, a.z.options());
-  return {y, hidden, state_output(H), state_output(E), state_output(theta)};
+  r.hidden = c.recurrent ? state_output(h).to(a.z.scalar_type()) : at::empty({0}, a.z.options());
+  r.trace = state_output(H);
+  r.eligibility = state_output(E);
+  r.threshold = state_output(theta);
+  r.cell = a.lstm ? state_output(cell).to(a.z.scalar_type()) : at::empty({0}, opts);
+  return r;
 }
 
 }  // namespace detail

@@ -1,4 +1,5 @@
-// plastic_scan as a loop of ATen operations, one time step at a time (SPEC §2), for the
+// plastic_scan and plastic_lstm_scan as a loop of ATen operations, one time step at a time
+// (SPEC §2, §2b), for the
 // derivatives the fused kernels do not compute: autograd differentiates it to any order and
 // carries forward-mode tangents through it. Each rule's trace update is the rule's own code
 // (csrc/kernels/rules/), instantiated on whole tensors, so a rule is still written once.
@@ -12,9 +13,10 @@
 namespace torchplastic {
 namespace detail {
 
-// The op's outputs, as the fused kernels give them (y and hidden in z's dtype, the trace states
-// in the compute dtype, an empty [0] tensor for a state the configuration does not use).
-StateOutputs aten_scan(const ScanArgs& args);
+// The op's outputs, as the fused kernels give them (y, hidden and cell in z's dtype, the trace
+// states in the compute dtype, an empty [0] tensor for a state the configuration does not use;
+// no checkpoints).
+ForwardResult aten_scan(const ScanArgs& args);
 
 }  // namespace detail
 }  // namespace torchplastic

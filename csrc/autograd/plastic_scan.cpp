@@ -1,4 +1,5 @@
-// Autograd of plastic_scan in C++, so LibTorch programs get gradients too.
+// Autograd of plastic_scan and plastic_lstm_scan in C++, so LibTorch programs get gradients
+// too.
 //
 // The forward runs plastic_scan_forward, which also returns the trace checkpoints (SPEC §3:
 // the traces before steps K, 2K, ...; the one before step 0 is the initial trace, an input
@@ -30,51 +31,113 @@
 namespace torchplastic {
 namespace {
 
-using detail::ForwardOutputs;
+using detail::ForwardResult;
 using detail::ScanArgs;
 using detail::ScanGrads;
-using detail::StateOutputs;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction> {
+// The ops of one family: plastic_scan* (Lstm false) or plastic_lstm_scan* (true). The LSTM's
+// outputs add the cell c_T, and its forward keeps its activations for the backward too.
+template <bool Lstm>
+struct Family {
+  static constexpr const char* kScan = Lstm ? "torchplastic::plastic_lstm_scan"
+                                            : "torchplastic::plastic_scan";
+  static constexpr const char* kForward = Lstm ? "torchplastic::plastic_lstm_scan_forward"
+                                               : "torchplastic::plastic_scan_forward";
+  static constexpr const char* kBackward = Lstm ? "torchplastic::plastic_lstm_scan_backward"
+                                                : "torchplastic::plastic_scan_backward";
+  static constexpr size_t kOutputs = Lstm ? 6 : 5;
+  using States = std::conditional_t<Lstm, detail::LstmStateOutputs, detail::StateOutputs>;
+  using ForwardOutputs = std::conditional_t<Lstm, detail::LstmForwardOutputs, detail::ForwardOutputs>;
+
+  static States states(const ForwardResult& r) {
+    if constexpr (Lstm) return r.lstm_states();
+    else return r.states();
+  }
+  static variable_list list(const ForwardResult& r) {
+    variable_list out{r.y, r.hidden, r.trace, r.eligibility, r.threshold};
+    if (Lstm) out.push_back(r.cell);
+    return out;
+  }
+  // The forward op's outputs by name.
+  static ForwardResult forward(const ScanArgs& args) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow(kForward, "")
+                         .typed<ForwardOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
+    const auto out = args.apply([&](auto&&... a) { return op.call(a...); });
+    ForwardResult r;
+    if constexpr (Lstm) {
+      std::tie(r.y, r.hidden, r.trace, r.eligibility, r.threshold, r.cell, r.trace_checkpoints,
+               r.eligibility_checkpoints, r.activations) = out;
+    } else {
+      std::tie(r.y, r.hidden, r.trace, r.eligibility, r.threshold, r.trace_checkpoints,
+               r.eligibility_checkpoints) = out;
+    }
+    return r;
+  }
+  // The public op's outputs below autograd (nothing to differentiate).
+  static States scan(const ScanArgs& args) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow(kScan, "")
+                         .typed<States(TORCHPLASTIC_SCAN_PARAMS)>();
+    return args.apply([&](auto&&... a) { return op.call(a...); });
+  }
+  // The backward op: `grads` the output gradients, `kept` y, the checkpoints (and the
+  // LSTM's activations).
+  static std::vector<at::Tensor> backward(const ScanArgs& args, const variable_list& g,
+                                          const at::Tensor* kept) {
+    using T = const at::Tensor&;
+    if constexpr (Lstm) {
+      static auto op = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow(kBackward, "")
+                           .typed<std::vector<at::Tensor>(T, T, T, T, T, T, T, T, T, T,
+                                                          TORCHPLASTIC_SCAN_PARAMS)>();
+      return args.apply([&](auto&&... a) {
+        return op.call(g[0], g[1], g[2], g[3], g[4], g[5], kept[0], kept[1], kept[2], kept[3],
+                       a...);
+      });
+    } else {
+      static auto op = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow(kBackward, "")
+                           .typed<std::vector<at::Tensor>(T, T, T, T, T, T, T, T,
+                                                          TORCHPLASTIC_SCAN_PARAMS)>();
+      return args.apply([&](auto&&... a) {
+        return op.call(g[0], g[1], g[2], g[3], g[4], kept[0], kept[1], kept[2], a...);
+      });
+    }
+  }
+};
+
+template <bool Lstm>
+class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction<Lstm>> {
+  using F = Family<Lstm>;
+  // What the forward keeps besides the arguments: y, the checkpoints (and the activations).
+  static constexpr size_t kKept = Lstm ? 4 : 3;
+
  public:
   static variable_list forward(AutogradContext* ctx, TORCHPLASTIC_SCAN_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("torchplastic::plastic_scan_forward", "")
-                         .typed<ForwardOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
-    auto [y, h, H, E, theta, trace_ckpt, elig_ckpt] =
-        args.apply([&](auto&&... a) { return op.call(a...); });
-
-    // Saved: the tensor arguments in table order, then y and the checkpoints.
+    const ScanArgs args = ScanArgs::from(Lstm, TORCHPLASTIC_SCAN_ARGS);
+    const ForwardResult r = F::forward(args);
+    // Saved: the tensor arguments in table order, then what the backward op takes.
     std::vector<at::Tensor> saved;
     for (const auto& t : args.tensors()) saved.push_back(t.tensor);
-    saved.insert(saved.end(), {y, trace_ckpt, elig_ckpt});
+    saved.insert(saved.end(), {r.y, r.trace_checkpoints, r.eligibility_checkpoints});
+    if (Lstm) saved.push_back(r.activations);
     ctx->save_for_backward(saved);
     for (auto& [name, value] : args.options()) ctx->saved_data[name] = value;
-    return {y, h, H, E, theta};
+    return F::list(r);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     ScanArgs args;
+    args.lstm = Lstm;
     args.set_tensors(saved);
     for (const auto& [name, value] : args.options()) args.set_option(name, ctx->saved_data[name]);
     if (at::GradMode::is_enabled()) return differentiable_backward(args, grads);
-    const auto kept = saved.end() - 3;  // y, trace checkpoints, eligibility checkpoints
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("torchplastic::plastic_scan_backward", "")
-            .typed<std::vector<at::Tensor>(
-                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                TORCHPLASTIC_SCAN_PARAMS)>();
-    auto list = args.apply([&](auto&&... a) {
-      return op.call(grads[0], grads[1], grads[2], grads[3], grads[4], kept[0], kept[1],
-                     kept[2], a...);
-    });
+    auto list = F::backward(args, grads, &*(saved.end() - kKept));
     // The backward op returns an empty tensor for each input that was not given, and for
     // lengths, which has no gradient; autograd wants none there.
     const auto inputs = args.tensors();
@@ -104,14 +167,15 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
       }
       ++k;
     });
-    const auto [y, h, H, E, theta] = detail::aten_scan(args);
+    const variable_list recomputed = F::list(detail::aten_scan(args));
     std::vector<at::Tensor> outputs, grad_outputs;
-    for (const auto& [out, grad] : {std::pair{y, grads[0]}, {h, grads[1]}, {H, grads[2]},
-                                    {E, grads[3]}, {theta, grads[4]}})
-      if (grad.defined() && out.numel() > 0 && out.requires_grad()) {
+    for (size_t j = 0; j < F::kOutputs; ++j) {
+      const at::Tensor& out = recomputed[j];
+      if (grads[j].defined() && out.numel() > 0 && out.requires_grad()) {
         outputs.push_back(out);
-        grad_outputs.push_back(grad);
+        grad_outputs.push_back(grads[j]);
       }
+    }
     std::vector<at::Tensor> list(detail::kNumScanTensorArgs);
     if (!outputs.empty() && !wrt.empty()) {
       const auto g = torch::autograd::grad(outputs, wrt, grad_outputs, /*retain_graph=*/true,
@@ -135,8 +199,10 @@ bool autograd_function_allowed() {
   }
 }
 
-StateOutputs plastic_scan_autograd(TORCHPLASTIC_SCAN_PARAMS) {
-  const ScanArgs args = ScanArgs::from(TORCHPLASTIC_SCAN_ARGS);
+template <bool Lstm>
+typename Family<Lstm>::States scan_autograd(TORCHPLASTIC_SCAN_PARAMS) {
+  using F = Family<Lstm>;
+  const ScanArgs args = ScanArgs::from(Lstm, TORCHPLASTIC_SCAN_ARGS);
   bool any_requires_grad = false, any_tangent = false;
   for (const auto& t : args.tensors()) {
     any_requires_grad |= t.tensor.defined() && t.tensor.requires_grad();
@@ -144,26 +210,31 @@ StateOutputs plastic_scan_autograd(TORCHPLASTIC_SCAN_PARAMS) {
   }
   // The kernels have no forward derivative; ATen operations carry the tangents (and reverse
   // mode too).
-  if (any_tangent) return detail::aten_scan(args);
+  if (any_tangent) return F::states(detail::aten_scan(args));
   const bool differentiable = at::GradMode::is_enabled() && any_requires_grad;
   // functorch's reverse-mode transforms (torch.func.grad, vjp, jacrev, hessian) refuse a C++
   // autograd::Function, and transform ATen operations as any other.
-  if (differentiable && !autograd_function_allowed()) return detail::aten_scan(args);
+  if (differentiable && !autograd_function_allowed()) return F::states(detail::aten_scan(args));
   if (!differentiable) {
     // Nothing to differentiate: skip the checkpoints.
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("torchplastic::plastic_scan", "")
-                         .typed<StateOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
-    return op.call(TORCHPLASTIC_SCAN_ARGS);
+    return F::scan(args);
   }
-  auto out = PlasticScanFunction::apply(TORCHPLASTIC_SCAN_ARGS);
-  return {out[0], out[1], out[2], out[3], out[4]};
+  const auto out = PlasticScanFunction<Lstm>::apply(TORCHPLASTIC_SCAN_ARGS);
+  ForwardResult r;
+  r.y = out[0];
+  r.hidden = out[1];
+  r.trace = out[2];
+  r.eligibility = out[3];
+  r.threshold = out[4];
+  if (Lstm) r.cell = out[5];
+  return F::states(r);
 }
 
 }  // namespace
 }  // namespace torchplastic
 
 TORCH_LIBRARY_IMPL(torchplastic, Autograd, m) {
-  m.impl("plastic_scan", &torchplastic::plastic_scan_autograd);
+  m.impl("plastic_scan", &torchplastic::scan_autograd<false>);
+  m.impl("plastic_lstm_scan", &torchplastic::scan_autograd<true>);
 }

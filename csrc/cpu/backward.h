@@ -320,6 +320,41 @@ void compute_anchors(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int6
   }
 }
 
+// The LSTM's cell backward at step t (csrc/kernels/plastic_step.h), once S.gh holds dL/dh_t
+// and S.gy the rule's and θ's shares of dL/dg_t: the gates' pre-activation gradients into
+// grad_z [4H] (S.ga: the g rows', which finish(t) takes through α, H and W), dL/dc_{t-1} into
+// S.gc, and the share of dL/dp_t = dL/dh_{t-1} through W_hh's i, f, o rows into S.gp.
+template <typename T>
+void lstm_cell_backward(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int64_t t,
+                        int64_t b, T* grad_z) {
+  const int64_t H = P.O;
+  const T* gi = P.lstm_value(ScanParams<T>::kGateI, t, b);
+  const T* gf = P.lstm_value(ScanParams<T>::kGateF, t, b);
+  const T* gg = P.lstm_value(ScanParams<T>::kGateG, t, b);
+  const T* go = P.lstm_value(ScanParams<T>::kGateO, t, b);
+  const T* c = P.lstm_value(ScanParams<T>::kCell, t, b);
+  const T* c_prev = P.previous_cell(t, b);
+  for (int64_t o = 0; o < H; ++o) {
+    const T tc = kernels::precise_tanh(c[o]), dh = S.gh[o];
+    const T dc = S.gc[o] + dh * go[o] * (T(1) - tc * tc);
+    const T dg = dc * gi[o] + S.gy[o];
+    grad_z[o] = dc * gg[o] * gi[o] * (T(1) - gi[o]);
+    grad_z[H + o] = dc * c_prev[o] * gf[o] * (T(1) - gf[o]);
+    grad_z[2 * H + o] = S.ga[o] = dg * (T(1) - gg[o] * gg[o]);
+    grad_z[3 * H + o] = dh * tc * go[o] * (T(1) - go[o]);
+    S.gc[o] = dc * gf[o];
+  }
+  // dL/dp_t += W_ifoᵀ dL/d(i, f, o pre-activations); W_g's share is finish(t)'s.
+  T* gp = S.gp;
+  for (int64_t j = 0; j < 4 * H; ++j) {
+    if (j == 2 * H) j = 3 * H;
+    const T d = grad_z[j];
+    const T* W = P.weight_hh + j * H;
+#pragma omp simd
+    for (int64_t k = 0; k < H; ++k) gp[k] += d * W[k];
+  }
+}
+
 template <typename V, typename T>
 void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
                        const BackwardWorkspace<T>& S) {
@@ -328,8 +363,9 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
   const bool row_local = !P.internal_modulation();
   constexpr bool eta_per_connection = V::eta_per_connection;
+  const int64_t Z = P.lstm ? 4 * O : O;  // z's width
   for (int64_t t = T_; t < P.T; ++t) {
-    std::fill_n(G.grad_z + (t * B + b) * O, O, T(0));
+    std::fill_n(G.grad_z + (t * B + b) * Z, Z, T(0));
     if (!P.recurrent) std::fill_n(G.grad_x + (t * B + b) * I, I, T(0));
     if (modulated) std::fill_n(G.grad_mod + (t * B + b) * O, O, T(0));
     if (!row_local) G.grad_mod_pre[t * B + b] = G.mod_signal[t * B + b] = T(0);
@@ -351,6 +387,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
   if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
   if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
+  if (P.lstm) std::memcpy(S.gc, G.grad_cell + b * O, sizeof(T) * O);
 
   // dL/dp of the finished step t: dL/dh_{t-1} (recurrent) or dL/dx_t (feedforward).
   auto deliver_grad_p = [&](int64_t t) {
@@ -368,7 +405,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
     if (modulated)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t t = t0 + j;
-        modulation_of_step(P, t, b, P.y + (t * B + b) * O, S.m_seg + j * O);
+        modulation_of_step(P, t, b, S.m_seg + j * O);
       }
     const int64_t every = S.anchor_every;
     compute_anchors<V>(P, S, b, t0, (len - 1) / every * every, ckpt_H, ckpt_E);
@@ -390,13 +427,14 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       step.replay = static_cast<int>(j - q * every);
       step.replay_m = S.m_seg + q * every * O;
       T s = 0;
-      if (modulated) s = modulation_of_step(P, t, b, step.y, S.m);
+      if (modulated) s = modulation_of_step(P, t, b, S.m);
 
       // dL/dy_t so far; the share through p_{t+1} (recurrent) is added once finish(t + 1) has
       // completed it.
+      // (In the LSTM, y is g, whose output is h: grad_y joins dL/dh_t below.)
       const T* grad_y = G.grad_y + (t * B + b) * O;
       for (int64_t o = 0; o < O; ++o) {
-        T g = grad_y[o];
+        T g = P.lstm ? T(0) : grad_y[o];
         if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
         S.gy[o] = g;
       }
@@ -406,7 +444,11 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
       backward_pass<V>(P, S, finish, true, pending, step, sg);
 
       if (finish) deliver_grad_p(t + 1);
-      if (P.recurrent)
+      // dL/dh_t so far: in the LSTM, into S.gh with the output's gradient; otherwise h_t is y_t.
+      T* grad_post = P.lstm ? S.gh : S.gy;
+      if (P.lstm)
+        for (int64_t o = 0; o < O; ++o) S.gh[o] += grad_y[o];
+      else if (P.recurrent)
         for (int64_t o = 0; o < O; ++o) S.gy[o] += S.gh[o];
       if (modulated) std::memcpy(G.grad_mod + (t * B + b) * O, S.gm, sizeof(T) * O);
       if (!row_local) {
@@ -417,16 +459,21 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         const T gpre = gs * (T(1) - s * s);
         G.grad_mod_pre[t * B + b] = gpre;
         G.mod_signal[t * B + b] = s;
-        for (int64_t o = 0; o < O; ++o) S.gy[o] += gpre * P.mod_weight[o];
+        for (int64_t o = 0; o < O; ++o) grad_post[o] += gpre * P.mod_weight[o];
       }
       // dL/da_t, now complete: its per-row part here, the rest in finish(t).
-      T* grad_z = G.grad_z + (t * B + b) * O;
-      for (int64_t o = 0; o < O; ++o) {
-        const T ga = S.gy[o] * kernels::activation_grad(P.activation, step.y[o]);
-        S.ga[o] = ga;
-        grad_z[o] = ga;
-        if (P.has_threshold) S.gtheta[o] -= ga;
+      T* grad_z = G.grad_z + (t * B + b) * Z;
+      if (P.lstm) {
+        lstm_cell_backward(P, S, t, b, grad_z);
+      } else {
+        for (int64_t o = 0; o < O; ++o) {
+          const T ga = S.gy[o] * kernels::activation_grad(P.activation, step.y[o]);
+          S.ga[o] = ga;
+          grad_z[o] = ga;
+        }
       }
+      if (P.has_threshold)
+        for (int64_t o = 0; o < O; ++o) S.gtheta[o] -= S.ga[o];
       pending = step;
     }
     // finish(t0) runs in the next segment's first pass, after the anchors are overwritten: it
@@ -442,6 +489,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   if (retro) std::memcpy(G.grad_elig0 + b * OI, S.gE, sizeof(T) * OI);
   if (P.has_threshold) std::memcpy(G.grad_theta0 + b * O, S.gtheta, sizeof(T) * O);
   if (P.recurrent) std::memcpy(G.grad_hidden0 + b * O, S.gh, sizeof(T) * O);
+  if (P.lstm) std::memcpy(G.grad_cell0 + b * O, S.gc, sizeof(T) * O);
 }
 
 }  // namespace TORCHPLASTIC_CPU_ISA

@@ -7,7 +7,9 @@
 // group. For one sequence, one pass computes the block's matrix-vector products (four rows at
 // a time, so the adds form independent chains), one vector loop their outputs, then a pass
 // per row (now in L1) their trace updates; only internal modulation, whose m_t depends on all
-// of y_t, defers the updates until every row's y is known.
+// of y_t, defers the updates until every row's y is known. The plastic LSTM is the same pass
+// over its cell candidate's rows, with its other gates, c_t and h_t computed beside them
+// (lstm_rows).
 #pragma once
 
 #include <algorithm>
@@ -72,6 +74,41 @@ void activate_block(Activation act, const T* a, T* y, int n) {
   for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
 }
 
+// The plastic LSTM around rows o0 .. o1 − 1 of step t, once their g_t is in y: the gates i,
+// f and o (their rows of W_hh against p = h_{t-1}), then c_t and h_t, into P.activations and
+// P.hseq. The three rows of a postsynaptic neuron go in one pass over p.
+template <typename T>
+void lstm_rows(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o0, int64_t o1,
+               const T* p) {
+  constexpr int L = kLanes<T>;
+  const int64_t H = P.O;
+  const T* z = P.z_row(t, b);
+  const T* c_prev = P.previous_cell(t, b);
+  T* gi = P.lstm_value(ScanParams<T>::kGateI, t, b);
+  T* gf = P.lstm_value(ScanParams<T>::kGateF, t, b);
+  const T* g = P.lstm_value(ScanParams<T>::kGateG, t, b);
+  T* go = P.lstm_value(ScanParams<T>::kGateO, t, b);
+  T* c = P.lstm_value(ScanParams<T>::kCell, t, b);
+  T* h = P.hseq + (t * P.B + b) * H;
+  for (int64_t o = o0; o < o1; ++o) {
+    const T* Wi = P.weight_hh + o * H;
+    const T* Wf = P.weight_hh + (H + o) * H;
+    const T* Wo = P.weight_hh + (3 * H + o) * H;
+    T ai[L] = {}, af[L] = {}, ao[L] = {};
+    for_lanes<T>(H, [&](int64_t k, int l) TP_ALWAYS_INLINE {
+      const T pk = p[k];
+      ai[l] += Wi[k] * pk;
+      af[l] += Wf[k] * pk;
+      ao[l] += Wo[k] * pk;
+    });
+    gi[o] = kernels::activate(Activation::Sigmoid, z[o] + sum_lanes<T>(ai));
+    gf[o] = kernels::activate(Activation::Sigmoid, z[H + o] + sum_lanes<T>(af));
+    go[o] = kernels::activate(Activation::Sigmoid, z[3 * H + o] + sum_lanes<T>(ao));
+    c[o] = gf[o] * c_prev[o] + gi[o] * g[o];
+    h[o] = go[o] * kernels::precise_tanh(c[o]);
+  }
+}
+
 // The records of H_t (tp.inspect), when recording: Σ H_t² and, every R steps, H_t itself.
 template <typename T>
 void record_trace(const ScanParams<T>& P, int64_t t, int64_t b, const T* H) {
@@ -102,7 +139,13 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     const int64_t b = b0 + s;
     len[s] = P.length(b);
     steps = len[s] > steps ? len[s] : steps;
-    for (int64_t t = len[s]; t < T_; ++t) std::fill_n(P.y + (t * B + b) * O, O, T(0));
+    for (int64_t t = len[s]; t < T_; ++t) {
+      std::fill_n(P.y + (t * B + b) * O, O, T(0));
+      if (P.lstm) {
+        std::fill_n(P.hseq + (t * B + b) * O, O, T(0));
+        for (int k = 0; k < 5; ++k) std::fill_n(P.lstm_value(k, t, b), O, T(0));
+      }
+    }
     H[s] = P.trace + b * OI;
     std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
     E[s] = nullptr;
@@ -126,7 +169,8 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
       if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) copy_to_checkpoint(slot, H[s], OI);
       if (T* slot = P.checkpoint_slot(P.elig_ckpt, t, b)) copy_to_checkpoint(slot, E[s], OI);
       p[s] = P.presynaptic(t, b);
-      z[s] = P.z + (t * B + b) * O;
+      // The LSTM's plastic rows are its cell candidates g, 2H into the gates.
+      z[s] = P.z_row(t, b) + (P.lstm ? 2 * O : 0);
       y[s] = P.y + (t * B + b) * O;
       m_ext[s] = P.mod_source == ModSource::External ? P.modulation + (t * B + b) * O : nullptr;
     }
@@ -144,6 +188,7 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
           preactivation_rows<4>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
         for (; o < o1; ++o) preactivation_rows<1>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
         activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
+        if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, p[s]);
         if (row_local)
           for (int64_t q = o0; q < o1; ++q) {
             T* E_row = E[s] ? E[s] + q * I : nullptr;
@@ -155,7 +200,7 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     for (int s = 0; s < n; ++s) {
       if (t >= len[s]) continue;
       if (!row_local) {
-        if (modulated) modulation_of_step(P, t, b0 + s, y[s], m);
+        if (modulated) modulation_of_step(P, t, b0 + s, m);
         for (int64_t o = 0; o < O; ++o) {
           T* E_row = E[s] ? E[s] + o * I : nullptr;
           update_row<V>(P, o, y[s][o], modulated ? m[o] : T(0), p[s], H[s] + o * I,

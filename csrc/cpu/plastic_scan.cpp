@@ -121,4 +121,8 @@ TORCH_LIBRARY_IMPL(torchplastic, CPU, m) {
   m.impl("plastic_scan_forward", &Kernels::plastic_scan_forward);
   m.impl("plastic_scan_record", &Kernels::plastic_scan_record);
   m.impl("plastic_scan_backward", &Kernels::plastic_scan_backward);
+  m.impl("plastic_lstm_scan", &Kernels::plastic_lstm_scan);
+  m.impl("plastic_lstm_scan_forward", &Kernels::plastic_lstm_scan_forward);
+  m.impl("plastic_lstm_scan_record", &Kernels::plastic_lstm_scan_record);
+  m.impl("plastic_lstm_scan_backward", &Kernels::plastic_lstm_scan_backward);
 }

@@ -66,16 +66,18 @@ TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, int64_t oi, T H, T&
   return V::clip ? kernels::clip_value(C, P.clip) : C;
 }
 
-// m_t for one sequence into m[O] (modulated rules); returns s_t for internal modulation.
+// m_t for one sequence into m[O] (modulated rules); returns s_t for internal modulation, whose
+// head reads y_t (h_t in the LSTM), which must be known.
 template <typename T>
-T modulation_of_step(const ScanParams<T>& P, int64_t t, int64_t b, const T* y_t, T* m) {
+T modulation_of_step(const ScanParams<T>& P, int64_t t, int64_t b, T* m) {
   const int64_t O = P.O;
   if (P.mod_source == ModSource::External) {
     std::memcpy(m, P.modulation + (t * P.B + b) * O, sizeof(T) * O);
     return T(0);
   }
+  const T* read = P.modulation_input(t, b);
   T u = P.mod_bias[0];
-  for (int64_t o = 0; o < O; ++o) u += y_t[o] * P.mod_weight[o];
+  for (int64_t o = 0; o < O; ++o) u += read[o] * P.mod_weight[o];
   const T s = std::tanh(u);
   for (int64_t o = 0; o < O; ++o)
     m[o] = P.mod_source == ModSource::Fanout ? s * P.fanout_weight[o] + P.fanout_bias[o] : s;

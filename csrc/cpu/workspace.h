@@ -23,6 +23,7 @@ struct BackwardWorkspace {
   T* gE;      // [O, I]     dL/dE_t
   T* gtheta;  // [O]        dL/dθ_t
   T* gh;      // [O]        dL/dh_t
+  T* gc;      // [O]        dL/dc_t (LSTM)
   T* gy;      // [O]        dL/dy_t of the step being traced
   T* m;       // [O]        m_t
   T* gm;      // [O]        dL/dm_t
@@ -86,6 +87,7 @@ struct BackwardWorkspace {
     take(w.row_E, I);
     take(w.gtheta, O);
     take(w.gh, O);
+    take(w.gc, O);
     take(w.gy, O);
     take(w.m, O);
     take(w.gm, O);

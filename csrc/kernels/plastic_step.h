@@ -17,6 +17,17 @@
 //   scaling (row norm n > κ, s = κ/n):  dL/dH'_clipped = s G − κ (G·H'_clipped) H'_clipped / n³
 //   clipping:                           dL/dC = dL/dH'_clipped · [−c ≤ C ≤ c]
 //   then Rule::backward, and the activation via φ'(a) written in y.
+//
+// The plastic LSTM (SPEC §2b, O = I = H) is the same step around gates: a is the cell
+// candidate's pre-activation g̃ (W: W_hh's g rows), y = g = tanh(g̃) the rule's postsynaptic
+// activity, and p_t = h_{t-1} with
+//   i, f, o = σ(z_i + W_i p), σ(z_f + W_f p), σ(z_o + W_o p)
+//   c_t = f c_{t-1} + i g,   h_t = o tanh(c_t)
+// the internal neuromodulation head reading h_t instead of y_t. Backward, with dL/dh_t and
+// dL/dc_t from the later steps:
+//   dL/do = dh tanh(c)                 dL/dc += dh o (1 − tanh²c)
+//   dL/di = dc g    dL/df = dc c_{t-1}  dL/dg = dc i + (the rule's and θ's shares)
+//   dL/dc_{t-1} = dc f,  and every gate's pre-activation through σ' or tanh'.
 #pragma once
 
 #include <cmath>
@@ -87,6 +98,14 @@ struct ScanParams {
   scalar_t* trace_ckpt = nullptr;   // [num_checkpoints(), B, O, I]
   scalar_t* elig_ckpt = nullptr;    // [num_checkpoints(), B, O, I]
 
+  // The plastic LSTM (SPEC §2b; O = I = H). z holds the four gates [T, B, 4H]; `weight` is
+  // the g rows of weight_hh; y holds the cell candidates g_t (inside `activations`).
+  bool lstm = false;
+  const scalar_t* weight_hh = nullptr;  // [4H, H]  W_hh, all four gates' rows
+  const scalar_t* cell0 = nullptr;      // [B, H]   c_0
+  scalar_t* hseq = nullptr;             // [T, B, H] h_t: the op's output
+  scalar_t* activations = nullptr;      // [5, T, B, H] i, f, g, o after their activations, c
+
   TP_HD bool internal_modulation() const {
     return mod_source == ModSource::Internal || mod_source == ModSource::Fanout;
   }
@@ -118,11 +137,29 @@ struct ScanParams {
     if (!ckpt || t == 0 || t % checkpoint_every != 0) return nullptr;
     return ckpt + ((t / checkpoint_every - 1) * B + b) * O * I;
   }
-  // Presynaptic activity of step t for sequence b: x_t, h_0 or y_{t-1}.
+  // Presynaptic activity of step t for sequence b: x_t, h_0 or h_{t-1} (y_{t-1} outside the
+  // LSTM).
   TP_HD const scalar_t* presynaptic(int64_t t, int64_t b) const {
     if (!recurrent) return x + (t * B + b) * I;
     if (t == 0) return hidden0 + b * O;
-    return y + ((t - 1) * B + b) * O;
+    return (lstm ? hseq : y) + ((t - 1) * B + b) * O;
+  }
+  // What the internal neuromodulation head reads at step t: y_t, or h_t in the LSTM.
+  TP_HD const scalar_t* modulation_input(int64_t t, int64_t b) const {
+    return (lstm ? hseq : y) + (t * B + b) * O;
+  }
+  // z of step t for sequence b: [O], or the LSTM's four gates [4H].
+  TP_HD const scalar_t* z_row(int64_t t, int64_t b) const {
+    return z + (t * B + b) * (lstm ? 4 * O : O);
+  }
+  // The LSTM's stored values of step t for sequence b, [H] each.
+  enum LstmValue { kGateI = 0, kGateF = 1, kGateG = 2, kGateO = 3, kCell = 4 };
+  TP_HD scalar_t* lstm_value(int k, int64_t t, int64_t b) const {
+    return activations + ((k * T + t) * B + b) * O;
+  }
+  // c_{t-1} of sequence b.
+  TP_HD const scalar_t* previous_cell(int64_t t, int64_t b) const {
+    return t == 0 ? cell0 + b * O : lstm_value(kCell, t - 1, b);
   }
 };
 
@@ -134,8 +171,10 @@ struct ScanGradParams {
   const scalar_t* grad_trace = nullptr;   // [B, O, I]
   const scalar_t* grad_elig = nullptr;    // [B, O, I]  retroactive only
   const scalar_t* grad_theta = nullptr;   // [B, O]     adaptive threshold only
+  const scalar_t* grad_cell = nullptr;    // [B, H]     LSTM only
 
-  scalar_t* grad_z = nullptr;        // [T, B, O]  = dL/da_t; also feeds the GEMMs for W and z's inputs
+  scalar_t* grad_z = nullptr;        // [T, B, O]  = dL/da_t ([T, B, 4H]: the LSTM's gates); also
+                                     //            feeds the GEMMs for W and z's inputs
   scalar_t* grad_x = nullptr;        // [T, B, I]  feedforward only
   scalar_t* grad_mod = nullptr;      // [T, B, O]  dL/dm_t (modulated rules)
   scalar_t* grad_mod_pre = nullptr;  // [T, B]     dL/d(y·v + c) (internal modulation)
@@ -144,6 +183,7 @@ struct ScanGradParams {
   scalar_t* grad_trace0 = nullptr;   // [B, O, I]
   scalar_t* grad_elig0 = nullptr;    // [B, O, I]
   scalar_t* grad_theta0 = nullptr;   // [B, O]
+  scalar_t* grad_cell0 = nullptr;    // [B, H]     LSTM only
   // dL/dα and dL/dη, one slab per sequence, summed over the batch by the caller.
   scalar_t* grad_alpha = nullptr;    // [B, O, I]
   scalar_t* grad_eta = nullptr;      // [B, O, I] per-connection η, else [B, O, 1]

@@ -50,7 +50,7 @@ at::Tensor sequence_modulation(const at::Tensor& m, bool batch_first, bool unbat
 
 PlasticState map_state(const PlasticState& s, at::Tensor (*f)(const at::Tensor&)) {
   auto g = [&](const at::Tensor& t) { return t.defined() ? f(t) : t; };
-  return {g(s.hidden), g(s.trace), g(s.eligibility), g(s.threshold)};
+  return {g(s.hidden), g(s.trace), g(s.eligibility), g(s.threshold), g(s.cell)};
 }
 at::Tensor add_batch(const at::Tensor& t) { return t.unsqueeze(0); }
 at::Tensor drop_batch(const at::Tensor& t) { return t.squeeze(0); }

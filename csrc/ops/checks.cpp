@@ -22,14 +22,6 @@ namespace {
 static_assert(static_cast<int>(torchplastic::Activation::Identity) == static_cast<int>(Activation::Identity),
               "options.h and kernels/plastic_step.h must list the activations in one order");
 
-Rule parse_rule(const std::string& s) {
-  return torchplastic::rule_from_string(s, "plastic_scan: rule");
-}
-
-Activation parse_activation(const std::string& s) {
-  return static_cast<Activation>(torchplastic::activation_from_string(s, "plastic_scan: activation"));
-}
-
 // The names of the rules with a trait, quoted: "'retroactive'".
 std::string rules_with(bool RuleInfo::*trait) {
   std::string names;
@@ -40,9 +32,9 @@ std::string rules_with(bool RuleInfo::*trait) {
   return names;
 }
 
-void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected,
+void check_shape(const char* op, const at::Tensor& t, const char* name, at::IntArrayRef expected,
                  const char* meaning) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, "plastic_scan: ", name, ": expected shape ", expected,
+  TORCH_CHECK_VALUE(t.sizes() == expected, op, ": ", name, ": expected shape ", expected,
                     " ", meaning, ", got ", t.sizes());
 }
 
@@ -53,11 +45,12 @@ void check_positive(const char* owner, const c10::optional<double>& v, const cha
 }
 
 // α and η: per connection [O, I], per postsynaptic neuron [O, 1], or one scalar [1, 1].
-void check_granularity(const at::Tensor& t, const char* name, int64_t O, int64_t I) {
+void check_granularity(const char* op, const at::Tensor& t, const char* name, int64_t O,
+                       int64_t I) {
   const bool ok = t.dim() == 2 && ((t.size(0) == O && t.size(1) == I) ||
                                    (t.size(0) == O && t.size(1) == 1) ||
                                    (t.size(0) == 1 && t.size(1) == 1));
-  TORCH_CHECK_VALUE(ok, "plastic_scan: ", name, ": expected shape [", O, ", ", I,
+  TORCH_CHECK_VALUE(ok, op, ": ", name, ": expected shape [", O, ", ", I,
                     "] (per connection), [", O, ", 1] (per neuron) or [1, 1] (scalar), got ",
                     t.sizes());
 }
@@ -87,12 +80,14 @@ void check_scan_options(const char* owner, const std::string& activation,
 }
 
 void check_devices(const ScanArgs& args) {
-  TORCH_CHECK_VALUE(args.z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got None");
+  const char* op = args.op_name();
+  TORCH_CHECK_VALUE(args.z.defined(), op, ": z: expected a tensor ",
+                    args.lstm ? "[T, B, 4H]" : "[T, B, O]", ", got None");
   for (const auto& t : args.tensors()) {
     // lengths may stay on the CPU, where torch.nn.utils.rnn keeps them.
     const bool cpu_lengths = t.role == scan_arg::Role::index && t.tensor.defined() && t.tensor.is_cpu();
     TORCH_CHECK_VALUE(!t.tensor.defined() || cpu_lengths || t.tensor.device() == args.z.device(),
-                      "plastic_scan: ", t.name, ": expected a tensor on ", args.z.device(),
+                      op, ": ", t.name, ": expected a tensor on ", args.z.device(),
                       " (the device of z)", args.z.is_cpu() ? "" : " or the CPU", ", got ",
                       t.tensor.device());
   }
@@ -100,18 +95,34 @@ void check_devices(const ScanArgs& args) {
 
 
 ScanConfig check_scan_args(const ScanArgs& a) {
+  const char* op = a.op_name();
   ScanConfig c{};
-  c.rule = parse_rule(a.rule);
+  c.rule = torchplastic::rule_from_string(a.rule, (std::string(op) + ": rule").c_str());
   c.traits = kernels::traits(c.rule);
-  c.activation = parse_activation(a.activation);
+  c.activation = static_cast<Activation>(
+      torchplastic::activation_from_string(a.activation, (std::string(op) + ": activation").c_str()));
 
-  TORCH_CHECK_VALUE(a.z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got None");
-  TORCH_CHECK_VALUE(a.z.dim() == 3, "plastic_scan: z: expected a 3-D tensor [T, B, O], got shape ",
+  const char* z_shape = a.lstm ? "[T, B, 4H]" : "[T, B, O]";
+  TORCH_CHECK_VALUE(a.z.defined(), op, ": z: expected a tensor ", z_shape, ", got None");
+  TORCH_CHECK_VALUE(a.z.dim() == 3, op, ": z: expected a 3-D tensor ", z_shape, ", got shape ",
                     a.z.sizes());
   c.T = a.z.size(0);
   c.B = a.z.size(1);
   c.O = a.z.size(2);
   c.recurrent = !a.x.has_value();
+  if (a.lstm) {
+    // O is the hidden size H; z holds the four gates.
+    TORCH_CHECK_VALUE(c.O % 4 == 0, op, ": z: expected a 3-D tensor [T, B, 4H] (the gates i, f, "
+                      "g, o), got shape ", a.z.sizes(), ", whose last size is not a multiple of 4");
+    c.O /= 4;
+    TORCH_CHECK_VALUE(c.recurrent, op, ": x: expected None (the plastic LSTM is recurrent), got a "
+                      "tensor of shape ", a.x->sizes());
+    TORCH_CHECK_VALUE(c.activation == Activation::Tanh, op, ": activation: expected 'tanh' (the "
+                      "LSTM's cell candidate), got '", a.activation, "'");
+  } else {
+    TORCH_CHECK_VALUE(!a.cell, op, ": cell: expected None (a cell state belongs to "
+                      "plastic_lstm_scan), got a tensor of shape ", a.cell->sizes());
+  }
 
   // Dtypes and devices: every tensor on z's device; inputs in z's dtype; the state traces in
   // the compute dtype (float32 for float16/bfloat16 inputs, whose traces accumulate in float32).
@@ -120,7 +131,7 @@ ScanConfig check_scan_args(const ScanArgs& a) {
   const bool supported =
       dtype == at::kFloat || dtype == at::kDouble ||
       (cuda && (dtype == at::kHalf || dtype == at::kBFloat16));
-  TORCH_CHECK_VALUE(supported, "plastic_scan: z: expected dtype ",
+  TORCH_CHECK_VALUE(supported, op, ": z: expected dtype ",
                     cuda ? "float32, float64, float16 or bfloat16 (CUDA)"
                          : "float32 or float64 (CPU)",
                     ", got ", dtype);
@@ -130,57 +141,64 @@ ScanConfig check_scan_args(const ScanArgs& a) {
     if (!t.tensor.defined() || t.role == scan_arg::Role::index) continue;
     const auto want = t.role == scan_arg::Role::state ? c.compute_dtype : dtype;
     const bool ok = t.tensor.scalar_type() == want || t.tensor.scalar_type() == dtype;
-    TORCH_CHECK_VALUE(ok, "plastic_scan: ", t.name, ": expected dtype ", want,
+    TORCH_CHECK_VALUE(ok, op, ": ", t.name, ": expected dtype ", want,
                       " (matching z), got ", t.tensor.scalar_type());
   }
 
   // Mode: feedforward when x is given, recurrent otherwise.
   if (c.recurrent) {
     c.I = c.O;
-    TORCH_CHECK_VALUE(a.weight.has_value(), "plastic_scan: weight: expected a tensor [", c.O,
-                      ", ", c.O, "] in recurrent mode (x is None), got None");
-    check_shape(*a.weight, "weight", {c.O, c.O}, "[O, O]");
-    if (a.hidden) check_shape(*a.hidden, "hidden", {c.B, c.O}, "[B, O]");
+    TORCH_CHECK_VALUE(a.weight.has_value(), op, ": weight: expected a tensor [",
+                      a.lstm ? 4 * c.O : c.O, ", ", c.O, "]",
+                      a.lstm ? " (W_hh)" : " in recurrent mode (x is None)", ", got None");
+    if (a.lstm) {
+      check_shape(op, *a.weight, "weight", {4 * c.O, c.O}, "[4H, H] (W_hh)");
+      if (a.hidden) check_shape(op, *a.hidden, "hidden", {c.B, c.O}, "[B, H]");
+      if (a.cell) check_shape(op, *a.cell, "cell", {c.B, c.O}, "[B, H]");
+    } else {
+      check_shape(op, *a.weight, "weight", {c.O, c.O}, "[O, O]");
+      if (a.hidden) check_shape(op, *a.hidden, "hidden", {c.B, c.O}, "[B, O]");
+    }
   } else {
     TORCH_CHECK_VALUE(a.x->dim() == 3 && a.x->size(0) == c.T && a.x->size(1) == c.B,
-                      "plastic_scan: x: expected a 3-D tensor [T, B, I] with T = ", c.T,
+                      op, ": x: expected a 3-D tensor [T, B, I] with T = ", c.T,
                       " and B = ", c.B, " (from z), got shape ", a.x->sizes());
     c.I = a.x->size(2);
-    TORCH_CHECK_VALUE(!a.weight, "plastic_scan: weight: expected None in feedforward mode "
+    TORCH_CHECK_VALUE(!a.weight, op, ": weight: expected None in feedforward mode "
                       "(x is given), got a tensor of shape ", a.weight->sizes());
-    TORCH_CHECK_VALUE(!a.hidden, "plastic_scan: hidden: expected None in feedforward mode "
+    TORCH_CHECK_VALUE(!a.hidden, op, ": hidden: expected None in feedforward mode "
                       "(x is given), got a tensor of shape ", a.hidden->sizes());
   }
   const int64_t B = c.B, O = c.O, I = c.I, T = c.T;
 
-  TORCH_CHECK_VALUE(a.alpha.defined(), "plastic_scan: alpha: expected a tensor, got None");
-  check_granularity(a.alpha, "alpha", O, I);
+  TORCH_CHECK_VALUE(a.alpha.defined(), op, ": alpha: expected a tensor, got None");
+  check_granularity(op, a.alpha, "alpha", O, I);
   if (!c.traits.uses_eta) {
-    if (a.eta) check_granularity(*a.eta, "eta", O, I);
+    if (a.eta) check_granularity(op, *a.eta, "eta", O, I);
   } else {
-    TORCH_CHECK_VALUE(a.eta.has_value(), "plastic_scan: eta: expected a tensor for rule '",
+    TORCH_CHECK_VALUE(a.eta.has_value(), op, ": eta: expected a tensor for rule '",
                       a.rule, "', got None");
-    check_granularity(*a.eta, "eta", O, I);
+    check_granularity(op, *a.eta, "eta", O, I);
   }
   if (c.traits.coefficients) {
-    TORCH_CHECK_VALUE(a.abcd.has_value(), "plastic_scan: abcd: expected a tensor [4, ", O, ", ",
+    TORCH_CHECK_VALUE(a.abcd.has_value(), op, ": abcd: expected a tensor [4, ", O, ", ",
                       I, "], [4, ", O, ", 1] or [4, 1, 1] for rule '", a.rule, "', got None");
     const auto& k = *a.abcd;
     const bool ok = k.dim() == 3 && k.size(0) == 4 &&
                     ((k.size(1) == O && k.size(2) == I) || (k.size(1) == O && k.size(2) == 1) ||
                      (k.size(1) == 1 && k.size(2) == 1));
-    TORCH_CHECK_VALUE(ok, "plastic_scan: abcd: expected shape [4, ", O, ", ", I,
+    TORCH_CHECK_VALUE(ok, op, ": abcd: expected shape [4, ", O, ", ", I,
                       "] (per connection), [4, ", O, ", 1] (per neuron) or [4, 1, 1] (scalar), got ",
                       k.sizes());
   } else {
-    TORCH_CHECK_VALUE(!a.abcd, "plastic_scan: abcd: expected None for rule '", a.rule, "' (only ",
+    TORCH_CHECK_VALUE(!a.abcd, op, ": abcd: expected None for rule '", a.rule, "' (only ",
                       rules_with(&RuleInfo::coefficients), " take coefficients), got a tensor");
   }
-  if (a.trace) check_shape(*a.trace, "trace", {B, O, I}, "[B, O, I]");
+  if (a.trace) check_shape(op, *a.trace, "trace", {B, O, I}, "[B, O, I]");
   if (c.traits.eligibility) {
-    if (a.eligibility) check_shape(*a.eligibility, "eligibility", {B, O, I}, "[B, O, I]");
+    if (a.eligibility) check_shape(op, *a.eligibility, "eligibility", {B, O, I}, "[B, O, I]");
   } else {
-    TORCH_CHECK_VALUE(!a.eligibility, "plastic_scan: eligibility: expected None for rule '",
+    TORCH_CHECK_VALUE(!a.eligibility, op, ": eligibility: expected None for rule '",
                       a.rule, "' (only ", rules_with(&RuleInfo::eligibility), " have an eligibility trace), got a tensor");
   }
 
@@ -190,64 +208,64 @@ ScanConfig check_scan_args(const ScanArgs& a) {
   const bool internal = a.mod_weight.has_value() || a.mod_bias.has_value();
   const bool fanout = a.mod_fanout_weight.has_value() || a.mod_fanout_bias.has_value();
   if (!needs_mod) {
-    TORCH_CHECK_VALUE(!external && !internal && !fanout, "plastic_scan: modulation: expected none "
+    TORCH_CHECK_VALUE(!external && !internal && !fanout, op, ": modulation: expected none "
                       "for rule '", a.rule, "', which takes no neuromodulation, got ",
                       external ? "modulation" : (internal ? "mod_weight/mod_bias"
                                                           : "mod_fanout_weight/mod_fanout_bias"));
     c.mod_source = ModSource::None;
   } else if (external) {
-    TORCH_CHECK_VALUE(!internal && !fanout, "plastic_scan: modulation: expected either an "
+    TORCH_CHECK_VALUE(!internal && !fanout, op, ": modulation: expected either an "
                       "external modulation tensor or mod_weight/mod_bias, got both");
     const auto& m = *a.modulation;
     const bool ok = (m.dim() == 2 && m.size(0) == T && m.size(1) == B) ||
                     (m.dim() == 3 && m.size(0) == T && m.size(1) == B && m.size(2) == O);
-    TORCH_CHECK_VALUE(ok, "plastic_scan: modulation: expected shape [", T, ", ", B, "] or [", T,
+    TORCH_CHECK_VALUE(ok, op, ": modulation: expected shape [", T, ", ", B, "] or [", T,
                       ", ", B, ", ", O, "] ([T, B] or [T, B, O]), got ", m.sizes());
     c.mod_source = ModSource::External;
   } else {
-    TORCH_CHECK_VALUE(a.mod_weight && a.mod_bias, "plastic_scan: modulation: rule '", a.rule,
+    TORCH_CHECK_VALUE(a.mod_weight && a.mod_bias, op, ": modulation: rule '", a.rule,
                       "' needs neuromodulation: expected a modulation tensor [T, B] or [T, B, O], "
                       "or mod_weight [O] and mod_bias [1], got ",
                       internal ? (a.mod_weight ? "mod_weight without mod_bias"
                                                : "mod_bias without mod_weight")
                                : "none");
-    check_shape(*a.mod_weight, "mod_weight", {O}, "[O]");
-    check_shape(*a.mod_bias, "mod_bias", {1}, "[1]");
+    check_shape(op, *a.mod_weight, "mod_weight", {O}, "[O]");
+    check_shape(op, *a.mod_bias, "mod_bias", {1}, "[1]");
     if (fanout) {
       TORCH_CHECK_VALUE(a.mod_fanout_weight && a.mod_fanout_bias,
-                        "plastic_scan: mod_fanout_weight/mod_fanout_bias: expected both or "
+                        op, ": mod_fanout_weight/mod_fanout_bias: expected both or "
                         "neither, got only ",
                         a.mod_fanout_weight ? "mod_fanout_weight" : "mod_fanout_bias");
-      check_shape(*a.mod_fanout_weight, "mod_fanout_weight", {O}, "[O]");
-      check_shape(*a.mod_fanout_bias, "mod_fanout_bias", {O}, "[O]");
+      check_shape(op, *a.mod_fanout_weight, "mod_fanout_weight", {O}, "[O]");
+      check_shape(op, *a.mod_fanout_bias, "mod_fanout_bias", {O}, "[O]");
       c.mod_source = ModSource::Fanout;
     } else {
       c.mod_source = ModSource::Internal;
     }
   }
 
-  check_scan_options("plastic_scan", a.activation, a.clip, a.synaptic_scaling,
+  check_scan_options(op, a.activation, a.clip, a.synaptic_scaling,
                      a.adaptive_threshold, a.checkpoint_every);
   TORCH_CHECK_VALUE(std::isfinite(a.target_activity),
-                    "plastic_scan: target_activity: expected a finite value, got ",
+                    op, ": target_activity: expected a finite value, got ",
                     a.target_activity);
   if (a.adaptive_threshold) {
-    if (a.threshold) check_shape(*a.threshold, "threshold", {B, O}, "[B, O]");
+    if (a.threshold) check_shape(op, *a.threshold, "threshold", {B, O}, "[B, O]");
   } else {
-    TORCH_CHECK_VALUE(!a.threshold, "plastic_scan: threshold: expected None without "
+    TORCH_CHECK_VALUE(!a.threshold, op, ": threshold: expected None without "
                       "adaptive_threshold, got a tensor");
   }
   if (a.lengths) {
     const at::Tensor& L = *a.lengths;
     TORCH_CHECK_VALUE(L.scalar_type() == at::kLong || L.scalar_type() == at::kInt,
-                      "plastic_scan: lengths: expected an integer tensor (int64 or int32), got ",
+                      op, ": lengths: expected an integer tensor (int64 or int32), got ",
                       L.scalar_type());
-    check_shape(L, "lengths", {B}, "[B]");
+    check_shape(op, L, "lengths", {B}, "[B]");
     if (B > 0) {
       // On CUDA this reads the lengths back: pass them on the CPU to avoid the wait.
       const auto [lo, hi] = at::aminmax(L);
       const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
-      TORCH_CHECK_VALUE(min >= 0 && max <= T, "plastic_scan: lengths: expected values in [0, ",
+      TORCH_CHECK_VALUE(min >= 0 && max <= T, op, ": lengths: expected values in [0, ",
                         T, "] (T, from z), got values from ", min, " to ", max);
     }
   }

@@ -27,6 +27,7 @@ Prepared prepare(const ScanArgs& a, const ScanConfig& c) {
     p.weight = to_compute(*a.weight, dt);
     p.hidden0 = a.hidden ? to_compute(*a.hidden, dt) : at::zeros({B, O}, opts);
   }
+  if (a.lstm) p.cell0 = a.cell ? to_compute(*a.cell, dt) : at::zeros({B, O}, opts);
   p.trace0 = a.trace ? to_compute(*a.trace, dt) : at::zeros({B, O, I}, opts);
   if (c.traits.coefficients) p.coefficients = a.abcd->to(dt).expand({4, O, I}).contiguous();
   if (c.traits.eligibility)
@@ -80,6 +81,12 @@ kernels::ScanParams<T> make_params(const ScanArgs& a, const ScanConfig& c, const
   P.eta_row_stride = p.eta.size(0) == 1 ? 0 : p.eta.size(1);
   P.eta_per_connection = eta_per_connection(p.eta, c);
   P.weight = ptr<T>(p.weight);
+  if (a.lstm) {
+    P.lstm = true;
+    P.weight_hh = P.weight;
+    P.weight = P.weight_hh + 2 * c.O * c.O;  // the g rows
+    P.cell0 = ptr<T>(p.cell0);
+  }
   P.hidden0 = ptr<T>(p.hidden0);
   P.trace0 = ptr<T>(p.trace0);
   P.elig0 = ptr<T>(p.elig0);

@@ -17,6 +17,7 @@ namespace detail {
 struct Prepared {
   at::Tensor z, x, alpha, eta, weight, hidden0, trace0, elig0, theta0, modulation, mod_weight,
       mod_bias, fanout_weight, fanout_bias, coefficients, lengths;
+  at::Tensor cell0;  // the LSTM's c_0 (its W_hh is `weight`)
 };
 
 Prepared prepare(const ScanArgs& args, const ScanConfig& config);

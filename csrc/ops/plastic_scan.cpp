@@ -93,7 +93,7 @@ Granularity granularity_from_string(const std::string& name, const char* argumen
 
 PlasticState PlasticState::detach() const {
   auto cut = [](const at::Tensor& t) { return t.defined() ? t.detach() : t; };
-  return {cut(hidden), cut(trace), cut(eligibility), cut(threshold)};
+  return {cut(hidden), cut(trace), cut(eligibility), cut(threshold), cut(cell)};
 }
 
 namespace {
@@ -104,17 +104,16 @@ at::Tensor state_or_undefined(const at::Tensor& t) {
   // The op returns unused states as empty [0] tensors.
   return t.dim() == 1 && t.numel() == 0 ? at::Tensor() : t;
 }
-}  // namespace
 
-std::tuple<at::Tensor, PlasticState> plastic_scan(const at::Tensor& z, const at::Tensor& alpha,
-                                                  const at::Tensor& eta, const at::Tensor& trace,
-                                                  const ScanOptions& o) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchplastic::plastic_scan", "")
-                       .typed<detail::StateOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
-  TORCH_CHECK_VALUE(z.defined(), "plastic_scan: z: expected a tensor [T, B, O], got undefined");
-  TORCH_CHECK_VALUE(alpha.defined(), "plastic_scan: alpha: expected a tensor, got undefined");
+// The op's arguments from the C++ signature; the devices checked before dispatch.
+detail::ScanArgs scan_args(const at::Tensor& z, const at::Tensor& alpha, const at::Tensor& eta,
+                           const at::Tensor& trace, const ScanOptions& o, bool lstm) {
+  const char* op = lstm ? "plastic_lstm_scan" : "plastic_scan";
+  TORCH_CHECK_VALUE(z.defined(), op, ": z: expected a tensor ", lstm ? "[T, B, 4H]" : "[T, B, O]",
+                    ", got undefined");
+  TORCH_CHECK_VALUE(alpha.defined(), op, ": alpha: expected a tensor, got undefined");
   detail::ScanArgs a;
+  a.lstm = lstm;
   a.z = z;
   a.alpha = alpha;
   a.eta = given(eta);
@@ -138,10 +137,49 @@ std::tuple<at::Tensor, PlasticState> plastic_scan(const at::Tensor& z, const at:
   a.checkpoint_every = o.checkpoint_every();
   a.abcd = given(o.abcd());
   a.lengths = given(o.lengths());
+  a.cell = given(o.cell());
   detail::check_devices(a);
+  return a;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, PlasticState> plastic_scan(const at::Tensor& z, const at::Tensor& alpha,
+                                                  const at::Tensor& eta, const at::Tensor& trace,
+                                                  const ScanOptions& o) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchplastic::plastic_scan", "")
+                       .typed<detail::StateOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
+  const detail::ScanArgs a = scan_args(z, alpha, eta, trace, o, /*lstm=*/false);
   auto out = a.apply([&](auto&&... args) { return op.call(args...); });
   PlasticState state{state_or_undefined(std::get<1>(out)), std::get<2>(out),
-                     state_or_undefined(std::get<3>(out)), state_or_undefined(std::get<4>(out))};
+                     state_or_undefined(std::get<3>(out)), state_or_undefined(std::get<4>(out)),
+                     at::Tensor()};
+  return {std::get<0>(out), state};
+}
+
+std::tuple<at::Tensor, PlasticState> plastic_lstm_scan(const at::Tensor& z,
+                                                       const at::Tensor& weight_hh,
+                                                       const at::Tensor& alpha,
+                                                       const at::Tensor& eta,
+                                                       const at::Tensor& trace,
+                                                       const ScanOptions& o) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchplastic::plastic_lstm_scan", "")
+                       .typed<detail::LstmStateOutputs(TORCHPLASTIC_SCAN_PARAMS)>();
+  TORCH_CHECK_VALUE(!o.weight().defined(), "plastic_lstm_scan: weight: expected none in the "
+                    "options (W_hh is the argument weight_hh), got a tensor");
+  TORCH_CHECK_VALUE(o.activation() == Activation::Tanh, "plastic_lstm_scan: activation: "
+                    "expected the default (tanh, the LSTM's cell candidate), got ",
+                    to_string(o.activation()));
+  TORCH_CHECK_VALUE(weight_hh.defined(), "plastic_lstm_scan: weight_hh: expected a tensor "
+                    "[4H, H], got undefined");
+  ScanOptions with_weight = o;
+  with_weight.weight(weight_hh);
+  const detail::ScanArgs a = scan_args(z, alpha, eta, trace, with_weight, /*lstm=*/true);
+  auto out = a.apply([&](auto&&... args) { return op.call(args...); });
+  PlasticState state{std::get<1>(out), std::get<2>(out), state_or_undefined(std::get<3>(out)),
+                     state_or_undefined(std::get<4>(out)), std::get<5>(out)};
   return {std::get<0>(out), state};
 }
 

@@ -33,15 +33,28 @@ at::Tensor or_none(const at::Tensor& t, const at::Tensor& z) {
 
 }  // namespace
 
-ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
-                            bool save_checkpoints, Records* records) {
+// The state after each sequence's last step, from the per-step values `seq` [T, B, O]: step
+// T − 1's, or with lengths step L_b − 1's (`initial` [B, O] where L_b = 0).
+at::Tensor last_state(const at::Tensor& seq, const at::Tensor& initial, const at::Tensor& lengths) {
+  const int64_t T = seq.size(0), B = seq.size(1), O = seq.size(2);
+  if (T == 0) return initial.clone();
+  if (!lengths.defined()) return seq[T - 1].clone();
+  const at::Tensor last = (lengths - 1).clamp_min(0).view({1, B, 1}).expand({1, B, O});
+  return at::where(lengths.view({B, 1}) > 0, seq.gather(0, last).squeeze(0), initial);
+}
+
+ForwardResult scan_forward(const ScanArgs& a, const ScanBackend& backend,
+                           bool save_checkpoints, Records* records) {
   const ScanConfig c = check_scan_args(a);
   const Prepared p = prepare(a, c);
   const auto opts = a.z.options().dtype(c.compute_dtype);
   const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
   const bool retro = c.traits.eligibility;
 
-  at::Tensor y = at::empty({T, B, O}, opts);
+  // The LSTM's y (its g_t) lives inside its activations; its output is h.
+  at::Tensor activations = a.lstm ? at::empty({5, T, B, O}, opts) : at::Tensor();
+  at::Tensor y = a.lstm ? activations[2] : at::empty({T, B, O}, opts);
+  at::Tensor hseq = a.lstm ? at::empty({T, B, O}, opts) : at::Tensor();
   at::Tensor trace = at::empty({B, O, I}, opts);
   at::Tensor elig = retro ? at::empty({B, O, I}, opts) : at::Tensor();
   at::Tensor theta = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
@@ -60,6 +73,8 @@ ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
     P.trace = mut_ptr<scalar_t>(trace);
     P.elig = mut_ptr<scalar_t>(elig);
     P.theta = mut_ptr<scalar_t>(theta);
+    P.hseq = mut_ptr<scalar_t>(hseq);
+    P.activations = mut_ptr<scalar_t>(activations);
     if (save_checkpoints) {
       P.trace_ckpt = mut_ptr<scalar_t>(trace_ckpt);
       P.elig_ckpt = mut_ptr<scalar_t>(elig_ckpt);
@@ -74,22 +89,23 @@ ForwardOutputs scan_forward(const ScanArgs& a, const ScanBackend& backend,
   });
   if (records) records->trace_norm.sqrt_();
 
-  at::Tensor y_out = y.to(a.z.scalar_type());
-  at::Tensor hidden_out;
-  if (c.recurrent) {
-    if (T == 0) {
-      hidden_out = p.hidden0.to(a.z.scalar_type()).clone();
-    } else if (!p.lengths.defined()) {
-      hidden_out = y_out[T - 1].clone();
-    } else {
-      // h of sequence b after its last step L_b (h_0 where L_b = 0).
-      const at::Tensor last = (p.lengths - 1).clamp_min(0).view({1, B, 1}).expand({1, B, O});
-      hidden_out = at::where(p.lengths.view({B, 1}) > 0, y_out.gather(0, last).squeeze(0),
-                             p.hidden0.to(a.z.scalar_type()));
-    }
+  ForwardResult r;
+  r.y = (a.lstm ? hseq : y).to(a.z.scalar_type());
+  r.hidden = c.recurrent ? last_state(r.y, p.hidden0.to(a.z.scalar_type()), p.lengths)
+                         : none_like(r.y);
+  r.trace = trace;
+  r.eligibility = or_none(elig, trace);
+  r.threshold = or_none(theta, trace);
+  r.trace_checkpoints = trace_ckpt;
+  r.eligibility_checkpoints = or_none(elig_ckpt, trace);
+  if (a.lstm) {
+    r.cell = last_state(activations[4], p.cell0, p.lengths).to(a.z.scalar_type());
+    r.activations = save_checkpoints ? activations : none_like(trace);
+  } else {
+    r.cell = none_like(trace);
+    r.activations = none_like(trace);
   }
-  return {y_out, or_none(hidden_out, y_out), trace, or_none(elig, trace), or_none(theta, trace),
-          trace_ckpt, or_none(elig_ckpt, trace)};
+  return r;
 }
 
 ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanBackend& backend) {
@@ -106,7 +122,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   // Gradients that did not flow arrive as undefined or empty tensors: zeros of the right shape.
   auto grad_or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
     if (!g.defined() || (g.numel() == 0 && g.sizes() != shape)) return at::zeros(shape, opts);
-    TORCH_CHECK_VALUE(g.sizes() == shape, "plastic_scan_backward: ", name, ": expected shape ",
+    TORCH_CHECK_VALUE(g.sizes() == shape, a.op_name(), "_backward: ", name, ": expected shape ",
                       shape, ", got ", g.sizes());
     return to_compute(g, dt);
   };
@@ -118,21 +134,31 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   const at::Tensor gth = a.adaptive_threshold
                              ? grad_or_zeros(in.grad_threshold, {B, O}, "grad_threshold")
                              : at::Tensor();
-  TORCH_CHECK_VALUE(in.y.sizes() == at::IntArrayRef({T, B, O}), "plastic_scan_backward: y: "
-                    "expected shape ", at::IntArrayRef({T, B, O}), ", got ", in.y.sizes());
+  const at::Tensor gc = a.lstm ? grad_or_zeros(in.grad_cell, {B, O}, "grad_cell") : at::Tensor();
+  TORCH_CHECK_VALUE(in.y.sizes() == at::IntArrayRef({T, B, O}), a.op_name(), "_backward: ",
+                    a.lstm ? "output" : "y", ": expected shape ", at::IntArrayRef({T, B, O}),
+                    ", got ", in.y.sizes());
+  if (a.lstm)
+    TORCH_CHECK_VALUE(in.activations.sizes() == at::IntArrayRef({5, T, B, O}), a.op_name(),
+                      "_backward: activations: expected shape ", at::IntArrayRef({5, T, B, O}),
+                      ", got ", in.activations.sizes());
   TORCH_CHECK_VALUE(in.trace_checkpoints.sizes() == at::IntArrayRef({S, B, O, I}),
-                    "plastic_scan_backward: trace_checkpoints: expected shape ",
+                    a.op_name(), "_backward: trace_checkpoints: expected shape ",
                     at::IntArrayRef({S, B, O, I}), " (checkpoint_every = ", c.K, "), got ",
                     in.trace_checkpoints.sizes());
   if (retro)
     TORCH_CHECK_VALUE(in.eligibility_checkpoints.sizes() == at::IntArrayRef({S, B, O, I}),
-                      "plastic_scan_backward: eligibility_checkpoints: expected shape ",
+                      a.op_name(), "_backward: eligibility_checkpoints: expected shape ",
                       at::IntArrayRef({S, B, O, I}), ", got ", in.eligibility_checkpoints.sizes());
   const at::Tensor y_c = to_compute(in.y, dt);
   const at::Tensor H_ckpt = to_compute(in.trace_checkpoints, dt);
   const at::Tensor E_ckpt = retro ? to_compute(in.eligibility_checkpoints, dt) : at::Tensor();
+  // The LSTM's stored values: y (g_t) is inside its activations, and y_c its output h.
+  const at::Tensor activations = a.lstm ? to_compute(in.activations, dt) : at::Tensor();
+  const at::Tensor post = a.lstm ? activations[2] : y_c;
 
-  at::Tensor grad_z = at::empty({T, B, O}, opts);
+  at::Tensor grad_z = at::empty({T, B, a.lstm ? 4 * O : O}, opts);
+  at::Tensor grad_cell0 = a.lstm ? at::empty({B, O}, opts) : at::Tensor();
   at::Tensor grad_x = c.recurrent ? at::Tensor() : at::empty({T, B, I}, opts);
   at::Tensor grad_mod = modulated ? at::empty({T, B, O}, opts) : at::Tensor();
   at::Tensor grad_mod_pre = internal ? at::empty({T, B}, opts) : at::Tensor();
@@ -155,7 +181,12 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
 
   AT_DISPATCH_FLOATING_TYPES(dt, "plastic_scan_backward", [&] {
     auto P = make_params<scalar_t>(a, c, p);
-    P.y = const_cast<scalar_t*>(ptr<scalar_t>(y_c));  // read only in the backward
+    // Read only in the backward.
+    P.y = const_cast<scalar_t*>(ptr<scalar_t>(post));
+    if (a.lstm) {
+      P.hseq = const_cast<scalar_t*>(ptr<scalar_t>(y_c));
+      P.activations = const_cast<scalar_t*>(ptr<scalar_t>(activations));
+    }
     P.trace_ckpt = const_cast<scalar_t*>(ptr<scalar_t>(H_ckpt));
     P.elig_ckpt = const_cast<scalar_t*>(ptr<scalar_t>(E_ckpt));
     kernels::ScanGradParams<scalar_t> G;
@@ -164,6 +195,8 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     G.grad_trace = ptr<scalar_t>(gH);
     G.grad_elig = ptr<scalar_t>(gE);
     G.grad_theta = ptr<scalar_t>(gth);
+    G.grad_cell = ptr<scalar_t>(gc);
+    G.grad_cell0 = mut_ptr<scalar_t>(grad_cell0);
     G.grad_z = mut_ptr<scalar_t>(grad_z);
     G.grad_x = mut_ptr<scalar_t>(grad_x);
     G.grad_mod = mut_ptr<scalar_t>(grad_mod);
@@ -195,17 +228,21 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   grads.trace = like(a.trace, grad_trace0);
   if (!c.recurrent) grads.x = like(a.x, grad_x);
   if (c.recurrent) {
-    // dL/dW = Σ_t dL/da_tᵀ h_{t-1}: one GEMM over the stored per-step vectors.
+    // dL/dW = Σ_t dL/da_tᵀ h_{t-1}: one GEMM over the stored per-step vectors (the LSTM's
+    // over its four gates: dL/dW_hh).
     const at::Tensor h_prev = at::cat({p.hidden0.unsqueeze(0), y_c}).slice(0, 0, T);
-    grads.weight = like(a.weight, grad_z.reshape({T * B, O}).t().mm(h_prev.reshape({T * B, O})));
+    grads.weight = like(a.weight, grad_z.reshape({T * B, grad_z.size(2)}).t().mm(
+                                      h_prev.reshape({T * B, O})));
     grads.hidden = like(a.hidden, grad_hidden0);
   }
+  if (a.lstm) grads.cell = like(a.cell, grad_cell0);
   if (retro) grads.eligibility = like(a.eligibility, grad_elig0);
   if (a.adaptive_threshold) grads.threshold = like(a.threshold, grad_theta0);
   if (c.mod_source == ModSource::External)
     grads.modulation = like(a.modulation, a.modulation->dim() == 2 ? grad_mod.sum(-1) : grad_mod);
   if (internal) {
-    // s_t = tanh(y_t·v + c): dL/dv = Σ_{t,b} dL/du y_t, dL/dc = Σ dL/du.
+    // s_t = tanh(y_t·v + c) (h_t·v + c in the LSTM, whose y_c is h): dL/dv = Σ_{t,b} dL/du
+    // y_t, dL/dc = Σ dL/du.
     grads.mod_weight = like(
         a.mod_weight, grad_mod_pre.reshape({1, T * B}).mm(y_c.reshape({T * B, O})).reshape({O}));
     grads.mod_bias = like(a.mod_bias, grad_mod_pre.sum().reshape({1}));

@@ -32,17 +32,34 @@ struct ScanBackend {
   bool zeroes_grad_slabs = false;
 };
 
-// y, hidden, trace, eligibility, threshold: the op's outputs. Outputs the configuration does
-// not use are empty tensors of shape [0].
+// y, hidden, trace, eligibility, threshold: plastic_scan's outputs; plastic_lstm_scan's add
+// the cell. Outputs the configuration does not use are empty tensors of shape [0].
 using StateOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-// The same plus what the backward needs: the traces H and E before steps 0, K, 2K, ...
+using LstmStateOutputs =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// The same plus what the backward needs: the traces H and E before steps K, 2K, ...; the
+// LSTM's also its activations.
 using ForwardOutputs =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using LstmForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                      at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Every output of a forward, by name (empty [0] tensors where unused).
+struct ForwardResult {
+  at::Tensor y, hidden, trace, eligibility, threshold;
+  at::Tensor cell;  // c_T (LSTM)
+  at::Tensor trace_checkpoints, eligibility_checkpoints;
+  // LSTM: [5, T, B, H], the gates i, f, g, o after their activations, then the cell c_t.
+  at::Tensor activations;
+
+  StateOutputs states() const { return {y, hidden, trace, eligibility, threshold}; }
+  LstmStateOutputs lstm_states() const { return {y, hidden, trace, eligibility, threshold, cell}; }
+};
 
 // The gradients flowing into the backward, and what the forward kept for it.
 struct BackwardInputs {
-  at::Tensor grad_y, grad_hidden, grad_trace, grad_eligibility, grad_threshold;
-  at::Tensor y, trace_checkpoints, eligibility_checkpoints;
+  at::Tensor grad_y, grad_hidden, grad_trace, grad_eligibility, grad_threshold, grad_cell;
+  at::Tensor y, trace_checkpoints, eligibility_checkpoints, activations;
 };
 
 // What plastic_scan_record returns (tp.inspect): the trace after steps R, 2R, ...
@@ -55,32 +72,28 @@ struct Records {
 using RecordOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // `records`, when given, receives the records of the call.
-ForwardOutputs scan_forward(const ScanArgs& args, const ScanBackend& backend,
-                            bool save_checkpoints, Records* records = nullptr);
+ForwardResult scan_forward(const ScanArgs& args, const ScanBackend& backend,
+                           bool save_checkpoints, Records* records = nullptr);
 ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& args,
                         const ScanBackend& backend);
 // What the backward op returns: grads.to_list(), with an empty [0] tensor (z's options) for
 // each input that was not given.
 std::vector<at::Tensor> backward_op_outputs(const ScanGrads& grads, const at::Tensor& z);
 
-// The three kernels a device registers, built from its backend.
+// The kernels a device registers, built from its backend: plastic_scan* and
+// plastic_lstm_scan* (see csrc/ops/schema.cpp).
 template <const ScanBackend& Backend>
 struct ScanKernels {
   static StateOutputs plastic_scan(TORCHPLASTIC_SCAN_PARAMS) {
-    auto out = scan_forward(ScanArgs::from(TORCHPLASTIC_SCAN_ARGS), Backend, false);
-    return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out),
-            std::get<4>(out)};
+    return scan_forward(ScanArgs::from(false, TORCHPLASTIC_SCAN_ARGS), Backend, false).states();
   }
   static ForwardOutputs plastic_scan_forward(TORCHPLASTIC_SCAN_PARAMS) {
-    return scan_forward(ScanArgs::from(TORCHPLASTIC_SCAN_ARGS), Backend, true);
+    const auto r = scan_forward(ScanArgs::from(false, TORCHPLASTIC_SCAN_ARGS), Backend, true);
+    return {r.y, r.hidden, r.trace, r.eligibility, r.threshold, r.trace_checkpoints,
+            r.eligibility_checkpoints};
   }
   static RecordOutputs plastic_scan_record(TORCHPLASTIC_SCAN_PARAMS, int64_t every) {
-    TORCH_CHECK_VALUE(every >= 1, "plastic_scan_record: every: expected an integer >= 1, got ",
-                      every);
-    Records records;
-    records.every = every;
-    scan_forward(ScanArgs::from(TORCHPLASTIC_SCAN_ARGS), Backend, false, &records);
-    return {records.trace, records.trace_norm, records.modulation};
+    return record(ScanArgs::from(false, TORCHPLASTIC_SCAN_ARGS), every);
   }
   // Gradients of the tensor arguments, in the schema's order (ScanGrads::to_list); an empty
   // [0] tensor for each input that was not given.
@@ -90,9 +103,46 @@ struct ScanKernels {
       const at::Tensor& trace_checkpoints, const at::Tensor& eligibility_checkpoints,
       TORCHPLASTIC_SCAN_PARAMS) {
     const BackwardInputs in{grad_y, grad_hidden, grad_trace, grad_eligibility, grad_threshold,
-                            y,      trace_checkpoints, eligibility_checkpoints};
-    return backward_op_outputs(scan_backward(in, ScanArgs::from(TORCHPLASTIC_SCAN_ARGS), Backend),
-                               z);
+                            at::Tensor(), y, trace_checkpoints, eligibility_checkpoints,
+                            at::Tensor()};
+    return backward_op_outputs(
+        scan_backward(in, ScanArgs::from(false, TORCHPLASTIC_SCAN_ARGS), Backend), z);
+  }
+
+  static LstmStateOutputs plastic_lstm_scan(TORCHPLASTIC_SCAN_PARAMS) {
+    return scan_forward(ScanArgs::from(true, TORCHPLASTIC_SCAN_ARGS), Backend, false)
+        .lstm_states();
+  }
+  static LstmForwardOutputs plastic_lstm_scan_forward(TORCHPLASTIC_SCAN_PARAMS) {
+    const auto r = scan_forward(ScanArgs::from(true, TORCHPLASTIC_SCAN_ARGS), Backend, true);
+    return {r.y,    r.hidden,           r.trace,
+            r.eligibility, r.threshold, r.cell,
+            r.trace_checkpoints, r.eligibility_checkpoints, r.activations};
+  }
+  static RecordOutputs plastic_lstm_scan_record(TORCHPLASTIC_SCAN_PARAMS, int64_t every) {
+    return record(ScanArgs::from(true, TORCHPLASTIC_SCAN_ARGS), every);
+  }
+  static std::vector<at::Tensor> plastic_lstm_scan_backward(
+      const at::Tensor& grad_y, const at::Tensor& grad_hidden, const at::Tensor& grad_trace,
+      const at::Tensor& grad_eligibility, const at::Tensor& grad_threshold,
+      const at::Tensor& grad_cell, const at::Tensor& y, const at::Tensor& trace_checkpoints,
+      const at::Tensor& eligibility_checkpoints, const at::Tensor& activations,
+      TORCHPLASTIC_SCAN_PARAMS) {
+    const BackwardInputs in{grad_y, grad_hidden, grad_trace, grad_eligibility, grad_threshold,
+                            grad_cell, y, trace_checkpoints, eligibility_checkpoints,
+                            activations};
+    return backward_op_outputs(
+        scan_backward(in, ScanArgs::from(true, TORCHPLASTIC_SCAN_ARGS), Backend), z);
+  }
+
+ private:
+  static RecordOutputs record(const ScanArgs& args, int64_t every) {
+    TORCH_CHECK_VALUE(every >= 1, args.op_name(), "_record: every: expected an integer >= 1, got ",
+                      every);
+    Records records;
+    records.every = every;
+    scan_forward(args, Backend, false, &records);
+    return {records.trace, records.trace_norm, records.modulation};
   }
 };
 

@@ -31,6 +31,12 @@
 //   mod_fanout_weight [O], mod_fanout_bias [O]   its fan-out
 //   abcd [4, O|1, I|1]      coefficients A, B, C, D of rule abcd, stacked
 //   lengths [B] int64       steps of each sequence (None: T each); on the CPU or z's device
+//   cell [B, H]             c_0 (plastic_lstm_scan only; None: zeros)
+//
+// The plastic LSTM's ops (plastic_lstm_scan*) take the same arguments, with O = I = H:
+//   z [T, B, 4H]            u W_ihᵀ + b, gate rows in torch.nn.LSTM's order (i, f, g, o)
+//   weight [4H, H]          W_hh, the same order; x None; activation "tanh" (of g)
+//   alpha, eta, trace, ...  on the h → g connections, [H, H] as above with O = I = H
 //
 // Adding an argument: one line here, then the code that uses it (its check in checks.cpp,
 // its pointer in kernels::ScanParams, the kernels, the Python signature).
@@ -68,7 +74,8 @@
   X(Float, target_activity, option, "") SEP()               \
   X(OptInt, checkpoint_every, option, "") SEP()             \
   X(OptTensor, abcd, input, "=None") SEP()                 \
-  X(OptTensor, lengths, index, "=None")
+  X(OptTensor, lengths, index, "=None") SEP()               \
+  X(OptTensor, cell, input, "=None")
 
 // Separators for expanding the list; TORCHPLASTIC_IF_TENSOR(kind, ...) keeps its tail for the
 // tensor kinds only, TORCHPLASTIC_IF_OPTION(kind, ...) for the others.
@@ -183,10 +190,16 @@ struct ScanArgs {
 #define TORCHPLASTIC_SCAN_MEMBER_(kind, name, role, dflt) scan_arg::kind::value name{};
   TORCHPLASTIC_SCAN_ARGUMENTS(TORCHPLASTIC_SCAN_MEMBER_, TORCHPLASTIC_NOTHING)
 #undef TORCHPLASTIC_SCAN_MEMBER_
+  // Which op family the call belongs to (not an argument: the op's name says it): the
+  // plastic layer (plastic_scan*) or the plastic LSTM (plastic_lstm_scan*).
+  bool lstm = false;
+  // The public op's name, which every message starts with.
+  const char* op_name() const { return lstm ? "plastic_lstm_scan" : "plastic_scan"; }
 
   // From a kernel's flat parameters; undefined tensors passed as given count as not given.
-  static ScanArgs from(TORCHPLASTIC_SCAN_PARAMS) {
+  static ScanArgs from(bool lstm, TORCHPLASTIC_SCAN_PARAMS) {
     ScanArgs a;
+    a.lstm = lstm;
 #define TORCHPLASTIC_SCAN_SET_(kind, name, role, dflt) a.name = scan_arg::normalized(name);
     TORCHPLASTIC_SCAN_ARGUMENTS(TORCHPLASTIC_SCAN_SET_, TORCHPLASTIC_NOTHING)
 #undef TORCHPLASTIC_SCAN_SET_

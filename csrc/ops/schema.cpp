@@ -1,6 +1,6 @@
 // The one TORCH_LIBRARY of torchplastic: every operator schema. Kernels are registered per
 // dispatch key elsewhere (cpu/, cuda/, autograd/); Python only adds fake implementations.
-// The arguments shared by the three ops come from their table (csrc/ops/scan_args.h).
+// The arguments shared by the ops come from their table (csrc/ops/scan_args.h).
 #include <torch/library.h>
 
 #include <string>
@@ -29,4 +29,21 @@ TORCH_LIBRARY(torchplastic, m) {
   def("plastic_scan_backward(Tensor grad_y, Tensor grad_hidden, Tensor grad_trace, "
       "Tensor grad_eligibility, Tensor grad_threshold, Tensor y, Tensor trace_checkpoints, "
       "Tensor eligibility_checkpoints, " + args + ") -> Tensor[]");
+
+  // The plastic LSTM (SPEC §2b), the same four ops with the same arguments: z [T, B, 4H],
+  // weight = W_hh [4H, H], cell = c_0 [B, H]. Outputs h [T, B, H] and the state, with c_T.
+  def("plastic_lstm_scan(" + args +
+      ") -> (Tensor output, Tensor hidden, Tensor trace, Tensor eligibility, Tensor threshold, "
+      "Tensor cell)");
+  // activations: [5, T, B, H], the gates i, f, g, o after their activations and the cells c_t.
+  def("plastic_lstm_scan_forward(" + args +
+      ") -> (Tensor output, Tensor hidden, Tensor trace, Tensor eligibility, Tensor threshold, "
+      "Tensor cell, Tensor trace_checkpoints, Tensor eligibility_checkpoints, "
+      "Tensor activations)");
+  def("plastic_lstm_scan_record(" + args +
+      ", int every=1) -> (Tensor trace, Tensor trace_norm, Tensor modulation)");
+  def("plastic_lstm_scan_backward(Tensor grad_output, Tensor grad_hidden, Tensor grad_trace, "
+      "Tensor grad_eligibility, Tensor grad_threshold, Tensor grad_cell, Tensor output, "
+      "Tensor trace_checkpoints, Tensor eligibility_checkpoints, Tensor activations, " +
+      args + ") -> Tensor[]");
 }

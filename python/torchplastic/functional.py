@@ -14,7 +14,7 @@ from . import _C
 from .rules import rule_info
 from .state import PlasticState
 
-__all__ = ["plastic_scan"]
+__all__ = ["plastic_scan", "plastic_lstm_scan"]
 
 
 def plastic_scan(
@@ -101,22 +101,102 @@ def plastic_scan(
         mod_fanout_bias=mod_fanout_bias, rule=rule, activation=activation, clip=clip,
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
-        lengths=lengths)
+        lengths=lengths, cell=None)
     y, h, H, E, theta = torch.ops.torchplastic.plastic_scan(**arguments)
-    if _recording_sink is not None:
-        # tp.inspect.record is on: the same call once more, by the kernels that record, its
-        # records detached.
-        sink, every = _recording_sink
-        with torch.no_grad():
-            sink(torch.ops.torchplastic.plastic_scan_record(
-                **{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in arguments.items()},
-                every=every))
+    _record(torch.ops.torchplastic.plastic_scan_record, arguments)
     return y, PlasticState(
         hidden=h if x is None else None,
         trace=H,
         eligibility=E if rule_info(rule).eligibility else None,
         threshold=theta if adaptive_threshold is not None else None,
     )
+
+
+def plastic_lstm_scan(
+    z: torch.Tensor,
+    weight_hh: torch.Tensor,
+    alpha: torch.Tensor,
+    eta: Optional[torch.Tensor],
+    trace: Optional[torch.Tensor],
+    *,
+    hidden: Optional[torch.Tensor] = None,
+    cell: Optional[torch.Tensor] = None,
+    rule: str = "hebb",
+    clip: Optional[float] = None,
+    modulation: Optional[torch.Tensor] = None,
+    mod_weight: Optional[torch.Tensor] = None,
+    mod_bias: Optional[torch.Tensor] = None,
+    mod_fanout_weight: Optional[torch.Tensor] = None,
+    mod_fanout_bias: Optional[torch.Tensor] = None,
+    eligibility: Optional[torch.Tensor] = None,
+    synaptic_scaling: Optional[float] = None,
+    adaptive_threshold: Optional[float] = None,
+    target_activity: float = 0.0,
+    threshold: Optional[torch.Tensor] = None,
+    checkpoint_every: Optional[int] = None,
+    abcd: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, PlasticState]:
+    """Run T steps of the plastic LSTM (SPEC §2b) with the fused kernel.
+
+    The LSTM of ``torch.nn.LSTM`` (gates i, f, g, o in its order), with plastic connections
+    from ``h_{t-1}`` to the cell candidate g: ``g̃ = z_g + W_g h_{t-1} + (α ⊙ H) h_{t-1}``. The
+    rule updates the trace with ``g_t`` as the postsynaptic and ``h_{t-1}`` as the presynaptic
+    activity; the internal neuromodulation head reads ``h_t``.
+
+    Args:
+        z: ``[T, B, 4H]``: ``u W_ihᵀ + b``, the gate rows in ``torch.nn.LSTM``'s order.
+        weight_hh: ``[4H, H]``, the same order.
+        alpha, eta: ``[H, H]``, ``[H, 1]`` or ``[1, 1]`` (``eta`` may be ``None`` for rule
+            ``"modulated"``).
+        trace: initial trace ``[B, H, H]``, or ``None`` for zeros.
+        hidden, cell: ``h_0`` and ``c_0``, ``[B, H]`` each, or ``None`` for zeros.
+        rule, clip, modulation, ..., lengths: as :func:`plastic_scan`, with O = I = H; the
+            adaptive threshold acts on g̃.
+
+    Returns:
+        ``h [T, B, H]`` and the final :class:`PlasticState`, whose ``cell`` is ``c_T``.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> T, B, H = 50, 8, 32
+        >>> z = torch.randn(T, B, 4 * H)                     # u W_ihᵀ + b
+        >>> weight_hh = 0.1 * torch.randn(4 * H, H)
+        >>> alpha, eta = 0.01 * torch.rand(H, H), torch.full((1, 1), 0.05)
+        >>> h, state = tp.functional.plastic_lstm_scan(z, weight_hh, alpha, eta, None)
+        >>> h.shape, state.cell.shape, state.trace.shape
+        (torch.Size([50, 8, 32]), torch.Size([8, 32]), torch.Size([8, 32, 32]))
+    """
+    if not isinstance(rule, str):
+        raise TypeError(f"plastic_lstm_scan: rule: expected a str, got {type(rule).__name__}")
+    arguments = _as_op_arguments(
+        z=z, alpha=alpha, eta=eta, trace=trace, x=None, weight=weight_hh, hidden=hidden,
+        eligibility=eligibility, threshold=threshold, modulation=modulation,
+        mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
+        mod_fanout_bias=mod_fanout_bias, rule=rule, activation="tanh", clip=clip,
+        synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
+        target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
+        lengths=lengths, cell=cell)
+    h_seq, h, H, E, theta, c = torch.ops.torchplastic.plastic_lstm_scan(**arguments)
+    _record(torch.ops.torchplastic.plastic_lstm_scan_record, arguments)
+    return h_seq, PlasticState(
+        hidden=h,
+        trace=H,
+        eligibility=E if rule_info(rule, "plastic_lstm_scan").eligibility else None,
+        threshold=theta if adaptive_threshold is not None else None,
+        cell=c,
+    )
+
+
+def _record(record_op, arguments):
+    """When tp.inspect.record is on: the same call once more, by the kernels that record, its
+    records detached."""
+    if _recording_sink is None:
+        return
+    sink, every = _recording_sink
+    with torch.no_grad():
+        sink(record_op(**{k: v.detach() if isinstance(v, torch.Tensor) else v
+                          for k, v in arguments.items()}, every=every))
 
 
 # Set by tp.inspect.record around a module's call: (sink(records), every); None otherwise.
@@ -188,16 +268,25 @@ def _check_devices(a: SimpleNamespace):
                              f"of z), got {t.device}")
 
 
-def _fake_states(a: SimpleNamespace):
+def _sizes(a: SimpleNamespace, lstm: bool):
+    """T, B, O, I of a call (the LSTM's z holds four gates of H = O = I)."""
+    T, B, O = a.z.shape
+    if lstm:
+        O = O // 4
+    return T, B, O, O if a.x is None else a.x.shape[-1]
+
+
+def _fake_states(a: SimpleNamespace, lstm: bool = False):
     z = a.z
-    T, B, O = z.shape
-    I = O if a.x is None else a.x.shape[-1]
+    T, B, O, I = _sizes(a, lstm)
     sd = _state_dtype(z)
     y = z.new_empty(T, B, O)
     hidden = z.new_empty(B, O) if a.x is None else z.new_empty(0)
     trace = z.new_empty(B, O, I, dtype=sd)
     elig = z.new_empty(B, O, I, dtype=sd) if rule_info(a.rule).eligibility else z.new_empty(0, dtype=sd)
     theta = z.new_empty(B, O, dtype=sd) if a.adaptive_threshold is not None else z.new_empty(0, dtype=sd)
+    if lstm:
+        return y, hidden, trace, elig, theta, z.new_empty(B, O)
     return y, hidden, trace, elig, theta
 
 
@@ -220,34 +309,69 @@ def _checkpoint_count(T, checkpoint_every: Optional[int]):
     return torch.sym_max((T + K - 1) // K - 1, 0)
 
 
+@torch.library.register_fake("torchplastic::plastic_lstm_scan")
+def _plastic_lstm_scan_fake(*args, **kwargs):
+    a = _bind("plastic_lstm_scan", args, kwargs)
+    _check_devices(a)
+    return _fake_states(a, lstm=True)
+
+
+def _fake_checkpoints(a: SimpleNamespace, lstm: bool, with_eligibility: bool):
+    T, B, O, I = _sizes(a, lstm)
+    S = _checkpoint_count(T, a.checkpoint_every)
+    sd = _state_dtype(a.z)
+    trace_ckpt = a.z.new_empty(S, B, O, I, dtype=sd)
+    elig_ckpt = a.z.new_empty(S, B, O, I, dtype=sd) if with_eligibility else a.z.new_empty(0, dtype=sd)
+    return trace_ckpt, elig_ckpt
+
+
 @torch.library.register_fake("torchplastic::plastic_scan_forward")
 def _plastic_scan_forward_fake(*args, **kwargs):
     a = _bind("plastic_scan_forward", args, kwargs)
     _check_devices(a)
     y, h, H, E, theta = _fake_states(a)
-    T, B, O = a.z.shape
-    I = H.shape[-1]
-    S = _checkpoint_count(T, a.checkpoint_every)
-    sd = _state_dtype(a.z)
-    trace_ckpt = a.z.new_empty(S, B, O, I, dtype=sd)
-    elig_ckpt = a.z.new_empty(S, B, O, I, dtype=sd) if E.dim() > 1 else a.z.new_empty(0, dtype=sd)
-    return y, h, H, E, theta, trace_ckpt, elig_ckpt
+    return (y, h, H, E, theta) + _fake_checkpoints(a, False, E.dim() > 1)
 
 
-@torch.library.register_fake("torchplastic::plastic_scan_record")
-def _plastic_scan_record_fake(*args, **kwargs):
-    a = _bind("plastic_scan_record", args, kwargs)
+@torch.library.register_fake("torchplastic::plastic_lstm_scan_forward")
+def _plastic_lstm_scan_forward_fake(*args, **kwargs):
+    a = _bind("plastic_lstm_scan_forward", args, kwargs)
     _check_devices(a)
-    T, B, O = a.z.shape
-    I = O if a.x is None else a.x.shape[-1]
+    y, h, H, E, theta, c = _fake_states(a, lstm=True)
+    T, B, O, _ = _sizes(a, True)
+    activations = a.z.new_empty(5, T, B, O, dtype=_state_dtype(a.z))
+    return (y, h, H, E, theta, c) + _fake_checkpoints(a, True, E.dim() > 1) + (activations,)
+
+
+def _fake_records(a: SimpleNamespace, lstm: bool):
+    _check_devices(a)
+    T, B, O, I = _sizes(a, lstm)
     sd = _state_dtype(a.z)
     modulation = (a.z.new_empty(T, B, O, dtype=sd) if rule_info(a.rule).modulated
                   else a.z.new_empty(0, dtype=sd))
     return a.z.new_empty(T // a.every, B, O, I, dtype=sd), a.z.new_empty(T, B, dtype=sd), modulation
 
 
-@torch.library.register_fake("torchplastic::plastic_scan_backward")
-def _plastic_scan_backward_fake(*args, **kwargs):
-    a = _bind("plastic_scan_backward", args, kwargs)
+@torch.library.register_fake("torchplastic::plastic_scan_record")
+def _plastic_scan_record_fake(*args, **kwargs):
+    return _fake_records(_bind("plastic_scan_record", args, kwargs), lstm=False)
+
+
+@torch.library.register_fake("torchplastic::plastic_lstm_scan_record")
+def _plastic_lstm_scan_record_fake(*args, **kwargs):
+    return _fake_records(_bind("plastic_lstm_scan_record", args, kwargs), lstm=True)
+
+
+def _fake_gradients(a: SimpleNamespace):
     inputs = [getattr(a, name) for name in SCAN_TENSOR_ARGUMENTS]
     return [a.z.new_empty(0) if t is None else t.new_empty(t.shape) for t in inputs]
+
+
+@torch.library.register_fake("torchplastic::plastic_scan_backward")
+def _plastic_scan_backward_fake(*args, **kwargs):
+    return _fake_gradients(_bind("plastic_scan_backward", args, kwargs))
+
+
+@torch.library.register_fake("torchplastic::plastic_lstm_scan_backward")
+def _plastic_lstm_scan_backward_fake(*args, **kwargs):
+    return _fake_gradients(_bind("plastic_lstm_scan_backward", args, kwargs))

@@ -78,7 +78,7 @@ inline std::tuple<at::Tensor, PlasticState> reference_scan(const at::Tensor& z, 
     if (recurrent) h = y;
   }
   at::Tensor y_all = ys.empty() ? torch::zeros({0, B, O}, z.options()) : torch::stack(ys);
-  return {y_all, PlasticState{h, H, E, theta}};
+  return {y_all, PlasticState{h, H, E, theta, at::Tensor()}};
 }
 
 }  // namespace test_reference

@@ -129,3 +129,34 @@ def all_rule_mode_sources():
         for source in sources:
             out.append(Config(rule=rule, recurrent=recurrent, source=source, clip=info.default_clip))
     return out
+
+
+def make_lstm_inputs(cfg: Config, dtype=torch.float64, device="cpu", seed: int = 0,
+                     requires_grad: bool = True) -> Dict[str, torch.Tensor]:
+    """Keyword arguments of plastic_lstm_scan for cfg (hidden size cfg.O; recurrent, tanh):
+    make_inputs' with z [T, B, 4H], weight_hh [4H, H] and an initial cell."""
+    kw = make_inputs(Config(**{**cfg.__dict__, "recurrent": True, "activation": "tanh"}),
+                     dtype, device, seed, requires_grad=False)
+    gen = torch.Generator().manual_seed(seed + 1)
+    T, B, H = cfg.T, cfg.B, cfg.O
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(shape, generator=gen, dtype=dtype)).to(device)
+
+    del kw["activation"]
+    kw["z"] = randn(T, B, 4 * H)
+    del kw["weight"]
+    kw["weight_hh"] = randn(4 * H, H, scale=0.5)
+    kw["cell"] = randn(B, H, scale=0.5) if cfg.initial_state else None
+    if requires_grad:
+        for v in kw.values():
+            if isinstance(v, torch.Tensor):
+                v.requires_grad_(True)
+    return kw
+
+
+def call_lstm(fn, kw):
+    """fn is tp.functional.plastic_lstm_scan or tp.reference.plastic_lstm_scan."""
+    kw = dict(kw)
+    args = [kw.pop(name) for name in ("z", "weight_hh", "alpha", "eta", "trace")]
+    return fn(*args, **kw)

@@ -13,19 +13,30 @@ def schema_arguments(op):
     return [a.name for a in getattr(torch.ops.torchplastic, op).default._schema.arguments]
 
 
-def test_the_three_ops_share_one_argument_list():
+def test_the_ops_share_one_argument_list():
     scan = schema_arguments("plastic_scan")
-    assert schema_arguments("plastic_scan_forward") == scan
-    backward = schema_arguments("plastic_scan_backward")
-    assert backward[-len(scan):] == scan
+    for family in ("plastic_scan", "plastic_lstm_scan"):
+        assert schema_arguments(family) == scan
+        assert schema_arguments(family + "_forward") == scan
+        assert schema_arguments(family + "_record")[:-1] == scan
+        backward = schema_arguments(family + "_backward")
+        assert backward[-len(scan):] == scan
     assert tuple(scan) == functional.SCAN_ARGUMENTS
 
 
 def test_functional_signature_names_every_op_argument():
     params = inspect.signature(tp.functional.plastic_scan).parameters
-    assert set(params) == set(functional.SCAN_ARGUMENTS)
+    # cell is the plastic LSTM's.
+    assert set(params) == set(functional.SCAN_ARGUMENTS) - {"cell"}
     # The reference, the executable spec, takes the same arguments.
     assert list(inspect.signature(tp.reference.plastic_scan).parameters) == list(params)
+
+
+def test_lstm_signature_names_every_op_argument():
+    params = inspect.signature(tp.functional.plastic_lstm_scan).parameters
+    # The LSTM is recurrent with a tanh cell candidate; W_hh is its weight.
+    assert set(params) == set(functional.SCAN_ARGUMENTS) - {"x", "activation", "weight"} | {"weight_hh"}
+    assert list(inspect.signature(tp.reference.plastic_lstm_scan).parameters) == list(params)
 
 
 def test_backward_returns_one_gradient_per_tensor_argument():

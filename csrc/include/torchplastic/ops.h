@@ -19,6 +19,7 @@ struct PlasticState {
   at::Tensor trace;        // [B, O, I]  H_T
   at::Tensor eligibility;  // [B, O, I]  E_T (rule retroactive)
   at::Tensor threshold;    // [B, O]     θ_T (adaptive threshold)
+  at::Tensor cell;         // [B, H]     c_T (plastic LSTM)
 
   // The same state cut from the graph, for truncated backpropagation through time.
   PlasticState detach() const;
@@ -48,6 +49,7 @@ struct ScanOptions {
   // [B] integers: sequence b runs its first lengths[b] steps, then holds its state and
   // outputs zeros (undefined: T steps each). On the CPU or z's device.
   TORCH_ARG(at::Tensor, lengths);
+  TORCH_ARG(at::Tensor, cell);               // [B, H]     c_0 (plastic_lstm_scan only)
 };
 
 // Runs T steps of a plastic layer (SPEC §2). z [T, B, O]; alpha and eta [O, I], [O, 1] or
@@ -56,5 +58,17 @@ struct ScanOptions {
 std::tuple<at::Tensor, PlasticState> plastic_scan(const at::Tensor& z, const at::Tensor& alpha,
                                                   const at::Tensor& eta, const at::Tensor& trace,
                                                   const ScanOptions& options = {});
+
+// Runs T steps of the plastic LSTM (SPEC §2b). z [T, B, 4H] (u W_ihᵀ + b, gates in
+// torch::nn::LSTM's order i, f, g, o); weight_hh [4H, H]; alpha, eta and trace on the h → g
+// connections ([H, H] granularities, [B, H, H]). options.x, options.weight and
+// options.activation do not apply; options.hidden and options.cell are h_0 and c_0.
+// Returns h [T, B, H] and the final state, with state.cell = c_T.
+std::tuple<at::Tensor, PlasticState> plastic_lstm_scan(const at::Tensor& z,
+                                                       const at::Tensor& weight_hh,
+                                                       const at::Tensor& alpha,
+                                                       const at::Tensor& eta,
+                                                       const at::Tensor& trace,
+                                                       const ScanOptions& options = {});
 
 }  // namespace torchplastic
