@@ -13,7 +13,7 @@ import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # loads libtorchplastic, whose static initialisers register the ops
 from . import cpp, functional, inspect, reference, rules  # cpp: the C++ modules as nn.Modules
-from .nn import PlasticLinear, PlasticRNN, PlasticRNNCell
+from .nn import PlasticLinear, PlasticLSTM, PlasticLSTMCell, PlasticRNN, PlasticRNNCell
 from .state import PlasticState
 
 __version__ = _C.build_info()["version"]
@@ -31,5 +31,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticState", "cpp", "functional",
+__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "PlasticLSTMCell", "PlasticState", "cpp", "functional",
            "inspect", "reference", "rules", "build_info", "__version__"]

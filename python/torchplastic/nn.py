@@ -1,7 +1,8 @@
-"""Plastic layers as ``torch.nn`` modules: PlasticLinear, PlasticRNN, PlasticRNNCell (SPEC §4).
+"""Plastic layers as ``torch.nn`` modules: PlasticLinear, PlasticRNN, PlasticRNNCell,
+PlasticLSTM and PlasticLSTMCell (SPEC §4).
 
-The modules own parameters and state only; every step of the math runs in the fused op
-(:func:`torchplastic.functional.plastic_scan`). They take ``[T, B, I]`` sequences (``[B, T, I]``
+The modules own parameters and state only; every step of the math runs in the fused ops
+(:func:`torchplastic.functional.plastic_scan`, :func:`~torchplastic.functional.plastic_lstm_scan`). They take ``[T, B, I]`` sequences (``[B, T, I]``
 with ``batch_first=True``) or unbatched ``[T, I]`` ones, like ``torch.nn.RNN``, and return the
 output and a :class:`~torchplastic.PlasticState` to pass to the next call.
 """
@@ -17,7 +18,7 @@ from . import _C, functional
 from .rules import rule_info
 from .state import PlasticState
 
-__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
+__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "PlasticLSTMCell"]
 
 
 def _packed_like(y: Tensor, packed: PackedSequence, lengths: Tensor) -> PackedSequence:
@@ -48,9 +49,10 @@ def _number(owner: str, name: str, value, kind=float):
 
 
 class _PlasticBase(nn.Module):
-    """Parameters and options shared by the three modules; subclasses define the drive z."""
+    """Parameters and options shared by the modules; subclasses define the drive z."""
 
     recurrent: bool = False
+    lstm: bool = False  # the plastic LSTM (plastic_lstm_scan): recurrent, its gates in z
     # The names of the two sizes in the subclass's signature, for error messages.
     _size_names: Tuple[str, str] = ("in_features", "out_features")
 
@@ -86,6 +88,9 @@ class _PlasticBase(nn.Module):
         # the module is built rather than at its first call.
         if not isinstance(activation, str):
             raise ValueError(f"{owner}: activation: expected a str, got {activation!r}")
+        if self.lstm and activation != "tanh":
+            raise ValueError(f"{owner}: activation: expected 'tanh' (the LSTM's cell candidate), "
+                             f"got {activation!r}")
         _C.check_scan_options(owner, activation, clip, synaptic_scaling, adaptive_threshold,
                               checkpoint_every)
 
@@ -165,7 +170,7 @@ class _PlasticBase(nn.Module):
         if state is None:
             state = PlasticState()
         elif not isinstance(state, PlasticState):
-            if isinstance(state, tuple) and len(state) == 4:
+            if isinstance(state, tuple) and len(state) in (4, 5):
                 state = PlasticState(*state)
             else:
                 raise TypeError(f"{owner}: state: expected a PlasticState or None, got {type(state).__name__}")
@@ -184,11 +189,8 @@ class _PlasticBase(nn.Module):
         if self.modulation != "external" and modulation is not None:
             raise ValueError(f"{owner}: modulation: this module computes its own "
                              f"(rule={self.rule!r}, modulation={self.modulation!r}), got a tensor")
-        y, new_state = functional.plastic_scan(
-            z, self.alpha, self.eta, state.trace, x=x,
-            weight=self.weight_hh if self.recurrent else None,
-            hidden=state.hidden if self.recurrent else None,
-            rule=self.rule, activation=self.activation, clip=self.clip, modulation=modulation,
+        options = dict(
+            rule=self.rule, clip=self.clip, modulation=modulation,
             mod_weight=getattr(self, "mod_weight", None), mod_bias=getattr(self, "mod_bias", None),
             mod_fanout_weight=getattr(self, "mod_fanout_weight", None),
             mod_fanout_bias=getattr(self, "mod_fanout_bias", None),
@@ -196,6 +198,16 @@ class _PlasticBase(nn.Module):
             adaptive_threshold=self.adaptive_threshold, target_activity=self.target_activity,
             threshold=state.threshold, checkpoint_every=self.checkpoint_every, abcd=self.abcd,
             lengths=lengths)
+        if self.lstm:
+            y, new_state = functional.plastic_lstm_scan(
+                z, self.weight_hh, self.alpha, self.eta, state.trace, hidden=state.hidden,
+                cell=state.cell, **options)
+        else:
+            y, new_state = functional.plastic_scan(
+                z, self.alpha, self.eta, state.trace, x=x,
+                weight=self.weight_hh if self.recurrent else None,
+                hidden=state.hidden if self.recurrent else None, activation=self.activation,
+                **options)
         if unbatched:
             y = y.squeeze(1)
             new_state = PlasticState(*(None if t is None else t.squeeze(0) for t in new_state))
@@ -452,3 +464,91 @@ class PlasticRNNCell(PlasticRNN):
         m = None if modulation is None else modulation.unsqueeze(0)
         y, state = self._scan(z, None, state, m, unbatched, self._lengths(lengths, z, unbatched))
         return y[0], state
+
+
+class PlasticLSTM(PlasticRNN):
+    r"""Backpropamine's plastic LSTM (Miconi et al. 2019; SPEC §2b): ``torch.nn.LSTM`` whose
+    connections from ``h_{t-1}`` to the cell candidate g are plastic,
+    ``g̃_t = z_g + (W_hg + α ⊙ H_{t-1}) h_{t-1}``, the trace H updated after each step by
+    ``rule`` with ``g_t`` as the postsynaptic activity (the internal neuromodulation head
+    reads ``h_t``). Keywords as :class:`PlasticLinear` (``activation`` is tanh, the LSTM's).
+
+    Parameters: ``weight_ih [4H, input_size]``, ``weight_hh [4H, H]`` and ``bias [4H]`` in
+    ``torch.nn.LSTM``'s gate order (i, f, g, o; ``bias`` is an ``nn.LSTM``'s
+    ``bias_ih + bias_hh``), then α, η etc. on the h → g connections ``[H, H]``. With α = 0 it
+    computes ``torch.nn.LSTM``.
+
+    Shape: ``u [T, B, input_size]`` → ``out [T, B, hidden_size]``; the state holds
+    ``hidden [B, H]``, ``cell [B, H]`` and ``trace [B, H, H]``.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> lstm = tp.PlasticLSTM(10, 64, rule="retroactive", modulation="fanout")
+        >>> out, state = lstm(torch.randn(100, 32, 10))       # [T, B, input_size]
+        >>> out.shape, state.cell.shape, state.trace.shape
+        (torch.Size([100, 32, 64]), torch.Size([32, 64]), torch.Size([32, 64, 64]))
+        >>> out, state = lstm(torch.randn(50, 32, 10), state) # carry the state on
+    """
+
+    lstm = True
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **kwargs):
+        _PlasticBase.__init__(self, input_size, hidden_size, **kwargs)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        kw = dict(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **kw))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **kw))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """W_ih, W_hh and b ~ U(−1/√H, 1/√H), as ``torch.nn.LSTM``; α, η and the modulation
+        head as :meth:`_PlasticBase.reset_parameters`."""
+        super().reset_parameters()
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, **kwargs) -> "PlasticLSTM":
+        """A plastic LSTM with the weights of a one-layer unidirectional ``torch.nn.LSTM``
+        (``bias = bias_ih + bias_hh``); keywords as the constructor's. α starts at
+        ``alpha_init · U(0, 1)``: pass ``alpha_init=0.0`` for exactly the LSTM's function.
+
+        Example:
+            >>> import torch, torchplastic as tp
+            >>> lstm = torch.nn.LSTM(3, 8)
+            >>> plastic = tp.PlasticLSTM.from_lstm(lstm, alpha_init=0.0)
+            >>> u = torch.randn(5, 2, 3)
+            >>> torch.allclose(plastic(u)[0], lstm(u)[0], atol=1e-6)
+            True
+        """
+        if lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size:
+            raise ValueError(f"{cls.__name__}.from_lstm: lstm: expected one unidirectional layer "
+                             f"without projection, got {lstm}")
+        kwargs.setdefault("batch_first", lstm.batch_first)
+        ref = lstm.weight_ih_l0
+        kwargs.setdefault("device", ref.device)
+        kwargs.setdefault("dtype", ref.dtype)
+        module = cls(lstm.input_size, lstm.hidden_size, bias=lstm.bias, **kwargs)
+        with torch.no_grad():
+            module.weight_ih.copy_(lstm.weight_ih_l0)
+            module.weight_hh.copy_(lstm.weight_hh_l0)
+            if lstm.bias:
+                module.bias.copy_(lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        return module
+
+
+class PlasticLSTMCell(PlasticLSTM):
+    r"""One step of :class:`PlasticLSTM`: ``u_t [B, input_size]`` (or unbatched
+    ``[input_size]``) → ``h [B, hidden_size]`` and the new state (with ``cell``). Same
+    parameters, keywords and step semantics as :class:`PlasticRNNCell`.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> cell = tp.PlasticLSTMCell(4, 16, rule="modulated")
+        >>> state = None
+        >>> for t in range(3):                                # one step per call
+        ...     h, state = cell(torch.randn(8, 4), state)
+        >>> h.shape, state.cell.shape, state.trace.shape
+        (torch.Size([8, 16]), torch.Size([8, 16]), torch.Size([8, 16, 16]))
+    """
+
+    forward = PlasticRNNCell.forward

@@ -18,7 +18,7 @@ KW_CASES = [
     dict(rule="abcd", abcd="neuron", eta="neuron"),
     dict(rule="abcd", abcd="scalar", clip=None, synaptic_scaling=1.0),
 ]
-MODULES = [tp.PlasticLinear, tp.PlasticRNN]
+MODULES = [tp.PlasticLinear, tp.PlasticRNN, tp.PlasticLSTM]
 
 
 def make(cls, kw, I=5, O=4, seed=0):
@@ -36,6 +36,15 @@ def reference_of(m, x, state, modulation):
     w = m.weight_ih if recurrent else m.weight
     z = torch.nn.functional.linear(x, w, m.bias)
     state = state or tp.PlasticState()
+    if isinstance(m, tp.PlasticLSTM):
+        return tp.reference.plastic_lstm_scan(
+            z, m.weight_hh, m.alpha, m.eta, state.trace, hidden=state.hidden, cell=state.cell,
+            rule=m.rule, clip=m.clip, modulation=modulation,
+            mod_weight=getattr(m, "mod_weight", None), mod_bias=getattr(m, "mod_bias", None),
+            mod_fanout_weight=getattr(m, "mod_fanout_weight", None),
+            mod_fanout_bias=getattr(m, "mod_fanout_bias", None), eligibility=state.eligibility,
+            synaptic_scaling=m.synaptic_scaling, adaptive_threshold=m.adaptive_threshold,
+            target_activity=m.target_activity, threshold=state.threshold, abcd=m.abcd)
     return tp.reference.plastic_scan(
         z, m.alpha, m.eta, state.trace, x=None if recurrent else x,
         weight=m.weight_hh if recurrent else None, hidden=state.hidden, rule=m.rule,
@@ -58,7 +67,9 @@ def total(y, state):
     return y.square().sum() + sum(t.sum() for t in state if t is not None)
 
 
-@pytest.mark.parametrize("cls,kw", list(itertools.product(MODULES, KW_CASES)),
+# The LSTM's cell candidate is tanh: the cases with another activation are not its.
+@pytest.mark.parametrize("cls,kw", [(cls, kw) for cls, kw in itertools.product(MODULES, KW_CASES)
+                                    if not (cls is tp.PlasticLSTM and "activation" in kw)],
                          ids=lambda v: v.__name__ if isinstance(v, type) else "-".join(f"{k}={w}" for k, w in v.items()))
 def test_module_matches_reference(cls, kw):
     m = make(cls, kw)
@@ -259,3 +270,82 @@ def test_trains_under_cpu_autocast(cls):
         y_bf16, _ = fresh(x)
     # Only the drive's bfloat16 rounding differs from float32.
     torch.testing.assert_close(y_bf16, y_fp32, rtol=0.05, atol=0.05)
+
+
+# ---------------------------------------------------------------- the plastic LSTM
+
+def test_lstm_parameter_names_and_shapes():
+    lstm = tp.PlasticLSTM(5, 4, rule="retroactive", modulation="fanout", alpha="neuron")
+    assert {k: tuple(v.shape) for k, v in lstm.named_parameters()} == {
+        "alpha": (4, 1), "eta": (1, 1), "mod_weight": (4,), "mod_bias": (1,),
+        "mod_fanout_weight": (4,), "mod_fanout_bias": (4,), "weight_ih": (16, 5),
+        "weight_hh": (16, 4), "bias": (16,)}
+    bound = 1 / 4 ** 0.5
+    assert lstm.weight_hh.abs().max() <= bound and lstm.bias.abs().max() <= bound
+    with pytest.raises(ValueError, match=r"PlasticLSTM: activation: expected 'tanh'.*got 'relu'"):
+        tp.PlasticLSTM(5, 4, activation="relu")
+
+
+def test_lstm_from_torch_lstm_with_alpha_zero_is_torch_lstm():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(5, 6, batch_first=True).double()
+    lstm = tp.PlasticLSTM.from_lstm(ref, alpha_init=0.0, rule="retroactive", modulation="internal")
+    assert lstm.batch_first and lstm.weight_hh.dtype == torch.float64
+    u = torch.randn(3, 7, 5, dtype=torch.float64)
+    out, state = lstm(u)
+    out_ref, (h, c) = ref(u)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(state.hidden, h[0])
+    torch.testing.assert_close(state.cell, c[0])
+
+
+def test_lstm_cell_equals_one_step_of_the_sequence_module():
+    lstm = make(tp.PlasticLSTM, dict(rule="retroactive", modulation="fanout"))
+    cell = tp.PlasticLSTMCell(5, 4, rule="retroactive", modulation="fanout", dtype=torch.float64)
+    cell.load_state_dict(lstm.state_dict())
+    x, _ = inputs(lstm, T=5)
+    y, state = lstm(x)
+    s = None
+    for t in range(5):
+        h, s = cell(x[t], s)
+        torch.testing.assert_close(h, y[t])
+    for a, b in zip(s, state):
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    h_u, s_u = cell(x[0, 0])  # unbatched
+    assert h_u.shape == (4,) and s_u.cell.shape == (4,) and s_u.trace.shape == (4, 4)
+
+
+def test_lstm_lengths_and_packed_sequence_equal_each_sequence_alone():
+    lstm = make(tp.PlasticLSTM, dict(rule="modulated", modulation="internal"))
+    x, _ = inputs(lstm, T=6, B=3)
+    lengths = torch.tensor([6, 2, 4])
+    out, state = lstm(x, lengths=lengths)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out_packed, state_packed = lstm(packed)
+    torch.testing.assert_close(torch.nn.utils.rnn.pad_packed_sequence(out_packed)[0], out)
+    for b, L in enumerate(lengths.tolist()):
+        alone, s = lstm(x[:L, b:b + 1])
+        torch.testing.assert_close(out[:L, b:b + 1], alone)
+        assert torch.all(out[L:, b] == 0)
+        for name in ("hidden", "cell", "trace"):
+            torch.testing.assert_close(getattr(state, name)[b], getattr(s, name)[0])
+            torch.testing.assert_close(getattr(state_packed, name)[b], getattr(s, name)[0])
+
+
+def test_lstm_module_compiles_fullgraph():
+    torch._dynamo.reset()
+    lstm = make(tp.PlasticLSTM, dict(rule="retroactive", modulation="fanout"))
+    x, _ = inputs(lstm)
+
+    def loss(u):
+        out, state = lstm(u)
+        return total(out, state)
+
+    eager = loss(x)
+    compiled = torch.compile(loss, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager)
+    g = torch.autograd.grad(compiled, list(lstm.parameters()))
+    g_ref = torch.autograd.grad(eager, list(lstm.parameters()))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
