@@ -79,10 +79,13 @@ PlasticLinearOptions as_linear_options(const PlasticRNNOptions& o) {
 }
 
 void PlasticCore::build(torch::nn::Module& module, const char* owner_name, Size in, Size out,
-                        int64_t presynaptic, bool is_recurrent, const PlasticLinearOptions& o) {
+                        int64_t presynaptic, Kind module_kind, const PlasticLinearOptions& o) {
   owner = owner_name;
   options = o;
-  recurrent = is_recurrent;
+  kind = module_kind;
+  TORCH_CHECK_VALUE(kind != Kind::Lstm || o.activation() == Activation::Tanh, owner,
+                    ": activation: expected tanh (the LSTM's cell candidate), got ",
+                    to_string(o.activation()));
   for (const Size& size : {in, out})
     TORCH_CHECK_VALUE(size.value > 0, owner, ": ", size.name, ": expected a positive int, got ",
                       size.value);
@@ -152,7 +155,8 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
   for (const auto& [name, t] : {std::pair<const char*, at::Tensor>{"hidden", state.hidden},
                                 {"trace", state.trace},
                                 {"eligibility", state.eligibility},
-                                {"threshold", state.threshold}}) {
+                                {"threshold", state.threshold},
+                                {"cell", state.cell}}) {
     TORCH_CHECK_VALUE(!t.defined() || (t.dim() >= 2 && t.size(0) == B), owner,
                       ": state: expected ", name, " for batch size ", B,
                       " (from the input), got shape ", t.defined() ? t.sizes() : at::IntArrayRef{});
@@ -164,12 +168,11 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
   TORCH_CHECK_VALUE(external || !modulation.defined(), owner,
                     ": modulation: this module computes its own (rule ", to_string(options.rule()),
                     "), got a tensor");
+  const bool recurrent = kind != Kind::Feedforward;
   ScanOptions so;
   so.x(recurrent ? at::Tensor() : x)
-      .weight(recurrent ? weight_hh : at::Tensor())
       .hidden(recurrent ? state.hidden : at::Tensor())
       .rule(options.rule())
-      .activation(options.activation())
       .clip(clip)
       .modulation(modulation)
       .mod_weight(mod_weight)
@@ -184,7 +187,15 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
       .checkpoint_every(options.checkpoint_every())
       .abcd(abcd)
       .lengths(lengths);
-  auto [y, out] = plastic_scan(z, alpha, eta, state.trace, so);
+  at::Tensor y;
+  PlasticState out;
+  if (kind == Kind::Lstm) {
+    so.cell(state.cell);
+    std::tie(y, out) = plastic_lstm_scan(z, weight_hh, alpha, eta, state.trace, so);
+  } else {
+    so.weight(recurrent ? weight_hh : at::Tensor()).activation(options.activation());
+    std::tie(y, out) = plastic_scan(z, alpha, eta, state.trace, so);
+  }
   if (unbatched) {
     y = y.squeeze(1);
     out = map_state(out, drop_batch);
@@ -216,7 +227,7 @@ PlasticLinearImpl::PlasticLinearImpl(PlasticLinearOptions options_) : options(st
 void PlasticLinearImpl::reset() {
   core.build(*this, "PlasticLinear", {"in_features", options.in_features()},
              {"out_features", options.out_features()}, options.in_features(),
-             /*recurrent=*/false, options);
+             detail::PlasticCore::Kind::Feedforward, options);
   weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
   bias = options.bias() ? register_parameter("bias", torch::empty({options.out_features()}))
                         : at::Tensor();
@@ -258,11 +269,13 @@ std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor
 
 namespace {
 
+// gates: 1 (RNN) or 4 (LSTM: i, f, g, o) rows of hidden_size in each weight and the bias.
 void register_rnn_weights(torch::nn::Module& m, const PlasticRNNOptions& o, at::Tensor& weight_ih,
-                          at::Tensor& weight_hh, at::Tensor& bias) {
-  weight_ih = m.register_parameter("weight_ih", torch::empty({o.hidden_size(), o.input_size()}));
-  weight_hh = m.register_parameter("weight_hh", torch::empty({o.hidden_size(), o.hidden_size()}));
-  bias = o.bias() ? m.register_parameter("bias", torch::empty({o.hidden_size()})) : at::Tensor();
+                          at::Tensor& weight_hh, at::Tensor& bias, int64_t gates = 1) {
+  const int64_t rows = gates * o.hidden_size();
+  weight_ih = m.register_parameter("weight_ih", torch::empty({rows, o.input_size()}));
+  weight_hh = m.register_parameter("weight_hh", torch::empty({rows, o.hidden_size()}));
+  bias = o.bias() ? m.register_parameter("bias", torch::empty({rows})) : at::Tensor();
 }
 
 void reset_rnn_weights(const PlasticRNNOptions& o, at::Tensor& weight_ih, at::Tensor& weight_hh,
@@ -281,6 +294,47 @@ void print_rnn(std::ostream& s, const char* name, const PlasticRNNOptions& o,
   s << ")";
 }
 
+// One step of a recurrent module (RNN or LSTM cell) through core.scan.
+std::tuple<at::Tensor, PlasticState> cell_step(const detail::PlasticCore& core,
+                                               const PlasticRNNOptions& options,
+                                               const at::Tensor& weight_ih,
+                                               const at::Tensor& weight_hh, const at::Tensor& bias,
+                                               const at::Tensor& u, const PlasticState& state,
+                                               const at::Tensor& modulation,
+                                               const at::Tensor& lengths) {
+  TORCH_CHECK_VALUE(u.defined() && (u.dim() == 1 || u.dim() == 2) &&
+                        u.size(-1) == options.input_size(),
+                    core.owner, ": input: expected shape [B, ", options.input_size(), "] or [",
+                    options.input_size(), "], got ", u.defined() ? u.sizes() : at::IntArrayRef{});
+  const bool unbatched = u.dim() == 1;
+  const at::Tensor ub = unbatched ? u.unsqueeze(0) : u;
+  const at::Tensor z = torch::nn::functional::linear(ub, weight_ih, bias).unsqueeze(0);
+  const at::Tensor m = modulation.defined() ? modulation.unsqueeze(0) : modulation;
+  // core.scan takes z [T = 1, B, H]; for an unbatched input B = 1 and the state and the
+  // modulation carry no batch dimension.
+  auto [y, out] = core.scan(z, {}, weight_hh, state, m, unbatched, lengths);
+  return {y[0], out};
+}
+
+// A sequence through a recurrent module (RNN or LSTM) through core.scan.
+std::tuple<at::Tensor, PlasticState> sequence(const detail::PlasticCore& core,
+                                              const PlasticRNNOptions& options,
+                                              const at::Tensor& weight_ih,
+                                              const at::Tensor& weight_hh, const at::Tensor& bias,
+                                              const at::Tensor& u, const PlasticState& state,
+                                              const at::Tensor& modulation,
+                                              const at::Tensor& lengths) {
+  auto [us, unbatched] = detail::sequence_input(core.owner, u, "input", options.input_size(),
+                                                options.batch_first());
+  const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
+  auto [y, out] = core.scan(z, {}, weight_hh, state,
+                            detail::sequence_modulation(modulation, options.batch_first(), unbatched),
+                            unbatched, lengths);
+  if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
+  return {y, out};
+}
+
+
 }  // namespace
 
 PlasticRNNImpl::PlasticRNNImpl(PlasticRNNOptions options_) : options(std::move(options_)) {
@@ -290,7 +344,7 @@ PlasticRNNImpl::PlasticRNNImpl(PlasticRNNOptions options_) : options(std::move(o
 void PlasticRNNImpl::reset() {
   core.build(*this, "PlasticRNN", {"input_size", options.input_size()},
              {"hidden_size", options.hidden_size()}, options.hidden_size(),
-             /*recurrent=*/true, detail::as_linear_options(options));
+             detail::PlasticCore::Kind::Recurrent, detail::as_linear_options(options));
   register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
   reset_parameters();
 }
@@ -306,14 +360,7 @@ std::tuple<at::Tensor, PlasticState> PlasticRNNImpl::forward(const at::Tensor& u
                                                              const PlasticState& state,
                                                              const at::Tensor& modulation,
                                                              const at::Tensor& lengths) {
-  auto [us, unbatched] = detail::sequence_input(core.owner, u, "input", options.input_size(),
-                                                options.batch_first());
-  const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
-  auto [y, out] = core.scan(z, {}, weight_hh, state,
-                            detail::sequence_modulation(modulation, options.batch_first(), unbatched),
-                            unbatched, lengths);
-  if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
-  return {y, out};
+  return sequence(core, options, weight_ih, weight_hh, bias, u, state, modulation, lengths);
 }
 
 // ------------------------------------------------------------------ PlasticRNNCell
@@ -326,7 +373,7 @@ PlasticRNNCellImpl::PlasticRNNCellImpl(PlasticRNNCellOptions options_)
 void PlasticRNNCellImpl::reset() {
   core.build(*this, "PlasticRNNCell", {"input_size", options.input_size()},
              {"hidden_size", options.hidden_size()}, options.hidden_size(),
-             /*recurrent=*/true, detail::as_linear_options(options));
+             detail::PlasticCore::Kind::Recurrent, detail::as_linear_options(options));
   register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
   reset_parameters();
 }
@@ -344,18 +391,66 @@ std::tuple<at::Tensor, PlasticState> PlasticRNNCellImpl::forward(const at::Tenso
                                                                  const PlasticState& state,
                                                                  const at::Tensor& modulation,
                                                                  const at::Tensor& lengths) {
-  TORCH_CHECK_VALUE(u.defined() && (u.dim() == 1 || u.dim() == 2) &&
-                        u.size(-1) == options.input_size(),
-                    "PlasticRNNCell: input: expected shape [B, ", options.input_size(), "] or [",
-                    options.input_size(), "], got ", u.defined() ? u.sizes() : at::IntArrayRef{});
-  const bool unbatched = u.dim() == 1;
-  const at::Tensor ub = unbatched ? u.unsqueeze(0) : u;
-  const at::Tensor z = torch::nn::functional::linear(ub, weight_ih, bias).unsqueeze(0);
-  const at::Tensor m = modulation.defined() ? modulation.unsqueeze(0) : modulation;
-  // core.scan takes z [T = 1, B, H]; for an unbatched input B = 1 and the state and the
-  // modulation carry no batch dimension.
-  auto [y, out] = core.scan(z, {}, weight_hh, state, m, unbatched, lengths);
-  return {y[0], out};
+  return cell_step(core, options, weight_ih, weight_hh, bias, u, state, modulation, lengths);
+}
+
+// ------------------------------------------------------------------ PlasticLSTM
+
+PlasticLSTMImpl::PlasticLSTMImpl(PlasticLSTMOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void PlasticLSTMImpl::reset() {
+  core.build(*this, "PlasticLSTM", {"input_size", options.input_size()},
+             {"hidden_size", options.hidden_size()}, options.hidden_size(),
+             detail::PlasticCore::Kind::Lstm, detail::as_linear_options(options));
+  register_rnn_weights(*this, options, weight_ih, weight_hh, bias, /*gates=*/4);
+  reset_parameters();
+}
+
+void PlasticLSTMImpl::reset_parameters() {
+  core.reset_parameters();
+  reset_rnn_weights(options, weight_ih, weight_hh, bias);
+}
+
+void PlasticLSTMImpl::pretty_print(std::ostream& s) const { print_rnn(s, "PlasticLSTM", options, core); }
+
+std::tuple<at::Tensor, PlasticState> PlasticLSTMImpl::forward(const at::Tensor& u,
+                                                              const PlasticState& state,
+                                                              const at::Tensor& modulation,
+                                                              const at::Tensor& lengths) {
+  return sequence(core, options, weight_ih, weight_hh, bias, u, state, modulation, lengths);
+}
+
+// ------------------------------------------------------------------ PlasticLSTMCell
+
+PlasticLSTMCellImpl::PlasticLSTMCellImpl(PlasticLSTMCellOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void PlasticLSTMCellImpl::reset() {
+  core.build(*this, "PlasticLSTMCell", {"input_size", options.input_size()},
+             {"hidden_size", options.hidden_size()}, options.hidden_size(),
+             detail::PlasticCore::Kind::Lstm, detail::as_linear_options(options));
+  register_rnn_weights(*this, options, weight_ih, weight_hh, bias, /*gates=*/4);
+  reset_parameters();
+}
+
+void PlasticLSTMCellImpl::reset_parameters() {
+  core.reset_parameters();
+  reset_rnn_weights(options, weight_ih, weight_hh, bias);
+}
+
+void PlasticLSTMCellImpl::pretty_print(std::ostream& s) const {
+  print_rnn(s, "PlasticLSTMCell", options, core);
+}
+
+std::tuple<at::Tensor, PlasticState> PlasticLSTMCellImpl::forward(const at::Tensor& u,
+                                                                  const PlasticState& state,
+                                                                  const at::Tensor& modulation,
+                                                                  const at::Tensor& lengths) {
+  return cell_step(core, options, weight_ih, weight_hh, bias, u, state, modulation, lengths);
 }
 
 }  // namespace torchplastic

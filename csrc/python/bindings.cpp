@@ -1,6 +1,7 @@
 // torchplastic._C: the only C++ that sees Python. Loading it loads libtorchplastic, whose
 // static registrations put the ops into the dispatcher. It also exposes the C++ modules as
-// torchplastic.cpp.PlasticLinear / PlasticRNN / PlasticRNNCell (torch::python::bind_module),
+// torchplastic.cpp.PlasticLinear / PlasticRNN / PlasticRNNCell / PlasticLSTM / PlasticLSTMCell
+// (torch::python::bind_module),
 // taking the same keywords as the Python modules and returning torchplastic.PlasticState.
 #include <torch/extension.h>
 #include <torch/python.h>
@@ -19,7 +20,7 @@ namespace {
 py::object to_python(const PlasticState& s) {
   static py::object cls = py::module_::import("torchplastic.state").attr("PlasticState");
   auto opt = [](const at::Tensor& t) -> py::object { return t.defined() ? py::cast(t) : py::none(); };
-  return cls(opt(s.hidden), opt(s.trace), opt(s.eligibility), opt(s.threshold));
+  return cls(opt(s.hidden), opt(s.trace), opt(s.eligibility), opt(s.threshold), opt(s.cell));
 }
 
 PlasticState from_python(const py::object& o) {
@@ -33,6 +34,7 @@ PlasticState from_python(const py::object& o) {
   s.trace = get("trace");
   s.eligibility = get("eligibility");
   s.threshold = get("threshold");
+  s.cell = get("cell");
   return s;
 }
 
@@ -103,7 +105,7 @@ Members parameter_members(torchplastic::PlasticLinearImpl& m) {
   members.insert(members.end(), {{"weight", &m.weight}, {"bias", &m.bias}});
   return members;
 }
-template <typename Impl>  // PlasticRNNImpl, PlasticRNNCellImpl
+template <typename Impl>  // the recurrent modules: RNN, RNN cell, LSTM, LSTM cell
 Members parameter_members(Impl& m) {
   auto members = core_members(m.core);
   members.insert(members.end(),
@@ -227,4 +229,8 @@ PYBIND11_MODULE(_C, m) {
       cpp, "PlasticRNN", "input_size", "hidden_size");
   bind_plastic_module<torchplastic::PlasticRNNCellImpl, torchplastic::PlasticRNNCellOptions>(
       cpp, "PlasticRNNCell", "input_size", "hidden_size");
+  bind_plastic_module<torchplastic::PlasticLSTMImpl, torchplastic::PlasticLSTMOptions>(
+      cpp, "PlasticLSTM", "input_size", "hidden_size");
+  bind_plastic_module<torchplastic::PlasticLSTMCellImpl, torchplastic::PlasticLSTMCellOptions>(
+      cpp, "PlasticLSTMCell", "input_size", "hidden_size");
 }

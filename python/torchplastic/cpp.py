@@ -1,7 +1,7 @@
 """The C++ modules of torchplastic (``torchplastic/nn.h``) as ``torch.nn.Module`` s.
 
 The modules LibTorch programs use, reached from Python: ``torchplastic.cpp.PlasticLinear``,
-``PlasticRNN`` and ``PlasticRNNCell`` take the same arguments as their Python counterparts and
+``PlasticRNN``, ``PlasticRNNCell``, ``PlasticLSTM`` and ``PlasticLSTMCell`` take the same arguments as their Python counterparts and
 compute the same function; their C++ constructor initialises the parameters (from the same
 seed, the same values as the Python modules).
 
@@ -25,7 +25,7 @@ from . import _C
 from .nn import _packed_like
 from .state import PlasticState
 
-__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell"]
+__all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "PlasticLSTMCell"]
 
 
 @torch.compiler.disable(reason="torchplastic.cpp modules run in C++, outside the compiled graph; "
@@ -138,3 +138,32 @@ class PlasticRNNCell(_CppModule):
     """
 
     _bound = _C.cpp.PlasticRNNCell
+
+
+class PlasticLSTM(_CppModule):
+    """``torchplastic::PlasticLSTM``: ``PlasticLSTM(input_size, hidden_size, bias=True,
+    **keywords)``, the keywords of :class:`torchplastic.PlasticLSTM`.
+    ``u [T, B, input_size]`` → ``out [T, B, hidden_size]`` and the state (with ``cell``).
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> out, state = tp.cpp.PlasticLSTM(10, 32, rule="retroactive")(torch.randn(20, 4, 10))
+        >>> out.shape, state.cell.shape
+        (torch.Size([20, 4, 32]), torch.Size([4, 32]))
+    """
+
+    _bound = _C.cpp.PlasticLSTM
+
+
+class PlasticLSTMCell(_CppModule):
+    """``torchplastic::PlasticLSTMCell``: one step of :class:`PlasticLSTM`,
+    ``u_t [B, input_size]`` → ``h [B, hidden_size]`` and the state.
+
+    Example:
+        >>> import torch, torchplastic as tp
+        >>> h, state = tp.cpp.PlasticLSTMCell(4, 16)(torch.randn(8, 4))
+        >>> h.shape, state.cell.shape
+        (torch.Size([8, 16]), torch.Size([8, 16]))
+    """
+
+    _bound = _C.cpp.PlasticLSTMCell

@@ -87,3 +87,91 @@ TEST(Modules, BadInputNamesTheArgument) {
     EXPECT_NE(std::string(e.what()).find("input: expected last dimension 5"), std::string::npos) << e.what();
   }
 }
+
+// ------------------------------------------------------------------ the plastic LSTM
+
+TEST(LSTMModules, ParameterNamesAndShapes) {
+  PlasticLSTM lstm(PlasticLSTMOptions(5, 4).rule(Rule::Retroactive).modulation(Modulation::Fanout));
+  std::vector<std::string> names;
+  for (const auto& p : lstm->named_parameters()) names.push_back(p.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"alpha", "eta", "mod_weight", "mod_bias",
+                                             "mod_fanout_weight", "mod_fanout_bias", "weight_ih",
+                                             "weight_hh", "bias"}));
+  EXPECT_EQ(lstm->weight_ih.sizes(), at::IntArrayRef({16, 5}));
+  EXPECT_EQ(lstm->weight_hh.sizes(), at::IntArrayRef({16, 4}));
+  EXPECT_EQ(lstm->bias.sizes(), at::IntArrayRef({16}));
+  EXPECT_EQ(lstm->core.alpha.sizes(), at::IntArrayRef({4, 4}));
+}
+
+TEST(LSTMModules, AlphaZeroIsTorchLSTM) {
+  torch::manual_seed(0);
+  torch::nn::LSTM ref(torch::nn::LSTMOptions(5, 6));
+  PlasticLSTM lstm(PlasticLSTMOptions(5, 6).rule(Rule::Retroactive).alpha_init(0.0));
+  {
+    torch::NoGradGuard g;
+    lstm->weight_ih.copy_(ref->named_parameters()["weight_ih_l0"]);
+    lstm->weight_hh.copy_(ref->named_parameters()["weight_hh_l0"]);
+    lstm->bias.copy_(ref->named_parameters()["bias_ih_l0"] + ref->named_parameters()["bias_hh_l0"]);
+  }
+  const auto u = torch::randn({7, 3, 5});
+  auto [out, state] = lstm->forward(u);
+  auto [out_ref, hc] = ref->forward(u);
+  EXPECT_TRUE(torch::allclose(out, out_ref, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(state.hidden, std::get<0>(hc)[0], 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(state.cell, std::get<1>(hc)[0], 1e-5, 1e-6));
+}
+
+TEST(LSTMModules, CellEqualsOneStepOfTheSequenceModuleAndTrains) {
+  torch::manual_seed(0);
+  auto opts = PlasticLSTMOptions(5, 4).rule(Rule::Modulated).modulation(Modulation::Internal);
+  PlasticLSTM lstm(opts);
+  PlasticLSTMCell cell(opts);
+  {
+    torch::NoGradGuard g;
+    auto src = lstm->named_parameters();
+    for (auto& p : cell->named_parameters()) p.value().copy_(src[p.key()]);
+  }
+  auto u = torch::randn({5, 2, 5});
+  auto [y, state] = lstm->forward(u);
+  PlasticState s;
+  for (int64_t t = 0; t < 5; ++t) {
+    at::Tensor h;
+    std::tie(h, s) = cell->forward(u[t], s);
+    EXPECT_TRUE(torch::allclose(h, y[t], 1e-5, 1e-6)) << "step " << t;
+  }
+  EXPECT_TRUE(torch::allclose(s.cell, state.cell, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(s.trace, state.trace, 1e-5, 1e-6));
+
+  torch::optim::Adam opt(lstm->parameters(), 1e-2);
+  const double before = y.square().mean().item<double>();
+  for (int i = 0; i < 20; ++i) {
+    opt.zero_grad();
+    auto [out, st] = lstm->forward(u);
+    out.square().mean().backward();
+    opt.step();
+  }
+  EXPECT_LT(std::get<0>(lstm->forward(u)).square().mean().item<double>(), before);
+}
+
+TEST(LSTMModules, BadOptionsAndInputsNameTheArgument) {
+  auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const c10::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([] { PlasticLSTM(PlasticLSTMOptions(5, 4).activation(Activation::Relu)); })
+                .find("PlasticLSTM: activation: expected tanh"),
+            std::string::npos);
+  PlasticLSTM lstm(5, 4);
+  EXPECT_NE(message([&] { lstm->forward(torch::randn({3, 2, 7})); })
+                .find("PlasticLSTM: input: expected last dimension 5"),
+            std::string::npos);
+  PlasticState bad;
+  bad.cell = torch::zeros({3, 4});
+  EXPECT_NE(message([&] { lstm->forward(torch::randn({3, 2, 5}), bad); })
+                .find("PlasticLSTM: state: expected cell for batch size 2"),
+            std::string::npos);
+}

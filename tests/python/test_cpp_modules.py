@@ -18,6 +18,9 @@ CASES = [
     ("PlasticRNNCell", dict(rule="retroactive", modulation="fanout")),
     ("PlasticLinear", dict(rule="abcd")),
     ("PlasticRNN", dict(rule="abcd", abcd="neuron", abcd_init=(0.5, 0.1, -0.2, 0.05), eta="neuron")),
+    ("PlasticLSTM", dict(rule="retroactive", modulation="fanout", adaptive_threshold=0.1)),
+    ("PlasticLSTM", dict(rule="modulated", modulation="external", batch_first=True)),
+    ("PlasticLSTMCell", dict(rule="hebb", alpha="neuron")),
 ]
 
 
@@ -40,7 +43,7 @@ def test_cpp_module_equals_python_module(name, kw):
         for k, p in py_params.items():
             p.uniform_(-0.5, 0.5) if k != "eta" else p.uniform_(0.1, 0.3)
             cpp_params[k].copy_(p)
-    cell = name == "PlasticRNNCell"
+    cell = name.endswith("Cell")
     x = torch.randn(3, 5) if cell else torch.randn(6, 3, 5)
     mod = torch.randn(6, 3) if kw.get("modulation") == "external" else None
     if kw.get("batch_first"):  # inputs and external modulation [B, T, ...]

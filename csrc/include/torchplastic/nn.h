@@ -1,4 +1,5 @@
-// C++ modules: PlasticLinear, PlasticRNN, PlasticRNNCell (SPEC §4, §5).
+// C++ modules: PlasticLinear, PlasticRNN, PlasticRNNCell, PlasticLSTM, PlasticLSTMCell
+// (SPEC §4, §5).
 //
 // The same keywords, parameter names and initialisation as the Python modules
 // (python/torchplastic/nn.py); parameters and state only, every step of the math in the op.
@@ -62,6 +63,8 @@ struct PlasticRNNOptions {
   TORCHPLASTIC_MODULE_ARGS();
 };
 using PlasticRNNCellOptions = PlasticRNNOptions;
+using PlasticLSTMOptions = PlasticRNNOptions;
+using PlasticLSTMCellOptions = PlasticRNNOptions;
 
 namespace detail {
 
@@ -73,11 +76,13 @@ class PlasticCore {
     const char* name;
     int64_t value;
   };
+  // The op a module runs: plastic_scan feedforward or recurrent, or plastic_lstm_scan.
+  enum class Kind { Feedforward, Recurrent, Lstm };
   // Registers alpha, eta and the modulation head on `module` and initialises them.
   void build(torch::nn::Module& module, const char* owner, Size in, Size out,
-             int64_t presynaptic, bool recurrent, const PlasticLinearOptions& options);
+             int64_t presynaptic, Kind kind, const PlasticLinearOptions& options);
   void reset_parameters();
-  // Runs the op over z [T, B, O]; x [T, B, I] in feedforward mode.
+  // Runs the op over z [T, B, O] ([T, B, 4H]: the LSTM); x [T, B, I] in feedforward mode.
   std::tuple<at::Tensor, PlasticState> scan(const at::Tensor& z, const at::Tensor& x,
                                             const at::Tensor& weight_hh, PlasticState state,
                                             at::Tensor modulation, bool unbatched,
@@ -87,7 +92,7 @@ class PlasticCore {
   std::string owner;
   PlasticLinearOptions options{1, 1};
   c10::optional<double> clip;  // resolved from "auto"
-  bool recurrent = false;
+  Kind kind = Kind::Feedforward;
   at::Tensor alpha, eta, abcd, mod_weight, mod_bias, mod_fanout_weight, mod_fanout_bias;
 };
 
@@ -164,5 +169,54 @@ class PlasticRNNCellImpl : public torch::nn::Cloneable<PlasticRNNCellImpl> {
   detail::PlasticCore core;
 };
 TORCH_MODULE(PlasticRNNCell);
+
+// Backpropamine's plastic LSTM (SPEC §2b): torch::nn::LSTM with plastic h → g connections,
+// g̃_t = z_g + (W_hg + α ⊙ H_{t-1}) h_{t-1}. weight_ih [4H, input_size], weight_hh [4H, H] and
+// bias [4H] in the LSTM's gate order (i, f, g, o); α, η, ... on the h → g connections [H, H].
+// u [T, B, input_size] → out [T, B, hidden_size] and the state (hidden, cell [B, H], trace).
+// options.activation must stay tanh.
+class PlasticLSTMImpl : public torch::nn::Cloneable<PlasticLSTMImpl> {
+ public:
+  PlasticLSTMImpl(int64_t input_size, int64_t hidden_size)
+      : PlasticLSTMImpl(PlasticLSTMOptions(input_size, hidden_size)) {}
+  explicit PlasticLSTMImpl(PlasticLSTMOptions options);
+
+  void reset() override;
+  // W_ih, W_hh and b ~ U(−1/√H, 1/√H), as torch::nn::LSTM; α and η as PlasticLinear.
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  // lengths [B]: sequence b runs its first lengths[b] steps (undefined: all of them).
+  std::tuple<at::Tensor, PlasticState> forward(const at::Tensor& u, const PlasticState& state = {},
+                                               const at::Tensor& modulation = {},
+                                               const at::Tensor& lengths = {});
+
+  PlasticLSTMOptions options;
+  at::Tensor weight_ih, weight_hh, bias;
+  detail::PlasticCore core;
+};
+TORCH_MODULE(PlasticLSTM);
+
+// One step of PlasticLSTM: u_t [B, input_size] (or [input_size]) → h [B, hidden_size].
+class PlasticLSTMCellImpl : public torch::nn::Cloneable<PlasticLSTMCellImpl> {
+ public:
+  PlasticLSTMCellImpl(int64_t input_size, int64_t hidden_size)
+      : PlasticLSTMCellImpl(PlasticLSTMCellOptions(input_size, hidden_size)) {}
+  explicit PlasticLSTMCellImpl(PlasticLSTMCellOptions options);
+
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  // lengths [B], 0 or 1: the sequences with 0 skip the step, holding their state (zero output).
+  std::tuple<at::Tensor, PlasticState> forward(const at::Tensor& u, const PlasticState& state = {},
+                                               const at::Tensor& modulation = {},
+                                               const at::Tensor& lengths = {});
+
+  PlasticLSTMCellOptions options;
+  at::Tensor weight_ih, weight_hh, bias;
+  detail::PlasticCore core;
+};
+TORCH_MODULE(PlasticLSTMCell);
 
 }  // namespace torchplastic
