@@ -344,15 +344,28 @@ void lstm_cell_backward(const ScanParams<T>& P, const BackwardWorkspace<T>& S, i
     grad_z[3 * H + o] = dh * tc * go[o] * (T(1) - go[o]);
     S.gc[o] = dc * gf[o];
   }
-  // dL/dp_t += W_ifoᵀ dL/d(i, f, o pre-activations); W_g's share is finish(t)'s.
-  T* gp = S.gp;
-  for (int64_t j = 0; j < 4 * H; ++j) {
-    if (j == 2 * H) j = 3 * H;
-    const T d = grad_z[j];
-    const T* W = P.weight_hh + j * H;
+  // dL/dp_t += W_ifoᵀ dL/d(i, f, o pre-activations); W_g's share is finish(t)'s. A chunk of
+  // dL/dp stays in registers while every row of W_ifo adds to it: one load and store of it per
+  // chunk, not per row.
+  constexpr int64_t kChunk = 4 * kLanes<T>;
+  auto rows_into = [&](int64_t k0, auto width) TP_ALWAYS_INLINE {
+    constexpr int64_t n = decltype(width)::value;
+    T acc[n];
 #pragma omp simd
-    for (int64_t k = 0; k < H; ++k) gp[k] += d * W[k];
-  }
+    for (int64_t k = 0; k < n; ++k) acc[k] = S.gp[k0 + k];
+    for (int64_t j = 0; j < 4 * H; ++j) {
+      if (j == 2 * H) j = 3 * H;
+      const T d = grad_z[j];
+      const T* W = P.weight_hh + j * H + k0;
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) acc[k] += d * W[k];
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) S.gp[k0 + k] = acc[k];
+  };
+  int64_t k0 = 0;
+  for (; k0 + kChunk <= H; k0 += kChunk) rows_into(k0, std::integral_constant<int64_t, kChunk>{});
+  for (; k0 < H; ++k0) rows_into(k0, std::integral_constant<int64_t, 1>{});
 }
 
 template <typename V, typename T>

@@ -24,6 +24,9 @@ namespace torchplastic {
 namespace cpu {
 namespace TORCHPLASTIC_CPU_ISA {
 
+// Rows per block of the forward's passes (forward_group), and so at most per lstm_rows call.
+constexpr int kRowBlock = 8;
+
 // a_t[o] = z_t[o] + Σ_i (α H + W)[o, i] p[i] − θ[o] for Rows consecutive rows from o into a.
 // Several rows per pass give the vector unit independent chains of adds to overlap, and read p
 // once for all of them: one row alone is a chain of dependent adds and a horizontal sum, whose
@@ -74,14 +77,63 @@ void activate_block(Activation act, const T* a, T* y, int n) {
   for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
 }
 
-// The plastic LSTM around rows o0 .. o1 − 1 of step t, once their g_t is in y: the gates i,
-// f and o (their rows of W_hh against p = h_{t-1}), then c_t and h_t, into P.activations and
-// P.hseq. The three rows of a postsynaptic neuron go in one pass over p.
+// Σ_k W[g·H + o + r, k] p[k] for the gates g = i, f, o (rows 0, 1, 3 of W_hh's four blocks)
+// of Rows consecutive rows from o, into pre[gate][r]: the 3·Rows dot products in one pass over
+// p, independent chains of adds for the vector unit (one row at a time was bound by the
+// latency of its chain).
+template <int Rows, typename T>
+void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* p, T (*pre)[kRowBlock]) {
+  static_assert(Rows == 1 || Rows == 4, "lstm_gate_rows: 1 or 4 rows");
+  constexpr int L = kLanes<T>;
+  constexpr int kGate[3] = {0, 1, 3};  // i, f, o
+  const int64_t H = P.O;
+  const T* W[3][Rows];
+  for (int g = 0; g < 3; ++g)
+    for (int r = 0; r < Rows; ++r) W[g][r] = P.weight_hh + (kGate[g] * H + o + r) * H;
+  T acc[3][Rows][L] = {};
+  for_lanes<T>(H, [&](int64_t k, int l) TP_ALWAYS_INLINE {
+    const T pk = p[k];
+#pragma GCC unroll 3
+    for (int g = 0; g < 3; ++g)
+#pragma GCC unroll 4
+      for (int r = 0; r < Rows; ++r) acc[g][r][l] += W[g][r][k] * pk;
+  });
+  for (int g = 0; g < 3; ++g)
+    for (int r = 0; r < Rows; ++r) pre[g][r] = sum_lanes<T>(acc[g][r]);
+}
+
+// σ(x) = (1 + tanh(x/2)) / 2, through the vectorisable tanh for float.
+template <typename T>
+TP_ALWAYS_INLINE inline T sigmoid_vectorizable(T x) {
+  if constexpr (std::is_same<T, float>::value) return 0.5f + 0.5f * tanh_vectorizable(0.5f * x);
+  else return kernels::activate(Activation::Sigmoid, x);
+}
+template <typename T>
+TP_ALWAYS_INLINE inline T tanh_of(T x) {
+  if constexpr (std::is_same<T, float>::value) return tanh_vectorizable(x);
+  else return kernels::precise_tanh(x);
+}
+
+// The plastic LSTM around rows o0 .. o1 − 1 (at most kRowBlock) of step t, once their g_t is
+// in y: the gates i, f and o (their rows of W_hh against p = h_{t-1}), then c_t and h_t, into
+// P.activations and P.hseq.
 template <typename T>
 void lstm_rows(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o0, int64_t o1,
                const T* p) {
-  constexpr int L = kLanes<T>;
   const int64_t H = P.O;
+  T pre[3][kRowBlock];
+  int64_t o = o0;
+  for (; o + 4 <= o1; o += 4) {
+    T block[3][kRowBlock];
+    lstm_gate_rows<4>(P, o, p, block);
+    for (int g = 0; g < 3; ++g)
+      for (int r = 0; r < 4; ++r) pre[g][o - o0 + r] = block[g][r];
+  }
+  for (; o < o1; ++o) {
+    T block[3][kRowBlock];
+    lstm_gate_rows<1>(P, o, p, block);
+    for (int g = 0; g < 3; ++g) pre[g][o - o0] = block[g][0];
+  }
   const T* z = P.z_row(t, b);
   const T* c_prev = P.previous_cell(t, b);
   T* gi = P.lstm_value(ScanParams<T>::kGateI, t, b);
@@ -90,22 +142,19 @@ void lstm_rows(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o0, int64_t
   T* go = P.lstm_value(ScanParams<T>::kGateO, t, b);
   T* c = P.lstm_value(ScanParams<T>::kCell, t, b);
   T* h = P.hseq + (t * P.B + b) * H;
-  for (int64_t o = o0; o < o1; ++o) {
-    const T* Wi = P.weight_hh + o * H;
-    const T* Wf = P.weight_hh + (H + o) * H;
-    const T* Wo = P.weight_hh + (3 * H + o) * H;
-    T ai[L] = {}, af[L] = {}, ao[L] = {};
-    for_lanes<T>(H, [&](int64_t k, int l) TP_ALWAYS_INLINE {
-      const T pk = p[k];
-      ai[l] += Wi[k] * pk;
-      af[l] += Wf[k] * pk;
-      ao[l] += Wo[k] * pk;
-    });
-    gi[o] = kernels::activate(Activation::Sigmoid, z[o] + sum_lanes<T>(ai));
-    gf[o] = kernels::activate(Activation::Sigmoid, z[H + o] + sum_lanes<T>(af));
-    go[o] = kernels::activate(Activation::Sigmoid, z[3 * H + o] + sum_lanes<T>(ao));
-    c[o] = gf[o] * c_prev[o] + gi[o] * g[o];
-    h[o] = go[o] * kernels::precise_tanh(c[o]);
+  const int n = static_cast<int>(o1 - o0);
+#pragma omp simd
+  for (int r = 0; r < n; ++r) {
+    const int64_t q = o0 + r;
+    const T i_ = sigmoid_vectorizable(z[q] + pre[0][r]);
+    const T f_ = sigmoid_vectorizable(z[H + q] + pre[1][r]);
+    const T o_ = sigmoid_vectorizable(z[3 * H + q] + pre[2][r]);
+    const T c_ = f_ * c_prev[q] + i_ * g[q];
+    gi[q] = i_;
+    gf[q] = f_;
+    go[q] = o_;
+    c[q] = c_;
+    h[q] = o_ * tanh_of(c_);
   }
 }
 
@@ -177,12 +226,11 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     // Blocks of up to 8 rows, per sequence: their pre-activations four rows at a time (the
     // rest one by one), their outputs in one vector loop, then, unless m_t needs every y_t
     // first, their trace updates while the rows are still in L1.
-    constexpr int64_t kBlock = 8;
-    for (int64_t o0 = 0; o0 < O; o0 += kBlock) {
-      const int64_t o1 = o0 + kBlock < O ? o0 + kBlock : O;
+    for (int64_t o0 = 0; o0 < O; o0 += kRowBlock) {
+      const int64_t o1 = o0 + kRowBlock < O ? o0 + kRowBlock : O;
       for (int s = 0; s < n; ++s) {
         if (t >= len[s]) continue;
-        T a[kBlock];
+        T a[kRowBlock];
         int64_t o = o0;
         for (; o + 4 <= o1; o += 4)
           preactivation_rows<4>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
