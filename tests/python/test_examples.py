@@ -24,7 +24,7 @@ def test_pattern_example_runs_and_resumes(tmp_path):
 
 
 def test_examples_have_help():
-    for script in ("pattern.py", "maze.py", "omniglot.py", "export_model.py"):
+    for script in ("pattern.py", "maze.py", "omniglot.py", "charlm.py", "export_model.py"):
         assert "--seed" in run(script, "--help")
 
 
@@ -52,3 +52,21 @@ def test_omniglot_example_runs_and_resumes(tmp_path):
         assert (tmp_path / f).exists(), f
     out = run("omniglot.py", *[a if a != "2" else "3" for a in args[:2]], *args[2:], "--resume")
     assert "(3 steps" in out
+
+
+def test_charlm_example_runs_and_resumes(tmp_path):
+    data = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
+    if not os.path.exists(data):
+        import pytest
+        pytest.skip("no tiny Shakespeare beside the project")
+    args = ["--max-steps", "3", "--hidden", "16", "--embed", "8", "--batch", "4", "--bptt", "16",
+            "--eval-chars", "500", "--sample", "20", "--out", str(tmp_path), "--no-progress",
+            "--data", data]
+    out = run("charlm.py", *args)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("charlm: plastic") and "(validation, 3 and 3 steps" in last
+    assert "--- plastic sample ---" in out and "--- lstm sample ---" in out
+    for f in ("bpc.png", "checkpoint.pt"):
+        assert (tmp_path / f).exists(), f
+    out = run("charlm.py", *[a if a != "3" else "5" for a in args], "--resume")
+    assert "(validation, 5 and 5 steps" in out
