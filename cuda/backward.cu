@@ -5,10 +5,51 @@
 // the segment from the checkpoint into global scratch, then sweeps the segment backward with
 // dL/dH, dL/dα (and α, W) on chip where they fit. dL/dp sums over all rows: per-warp partials,
 // then per-block partials exchanged through distributed shared memory.
+//
+// The plastic LSTM (P.lstm): y is the cell candidate g, p is h_{t-1}; after the rule's share of
+// dL/dg comes the cell's backward (csrc/kernels/plastic_step.h) per row, which also adds the
+// share of dL/dh_{t-1} through W_hh's i, f, o rows to the row's dL/dp partials.
 #include "cuda/common.cuh"
 
 namespace torchplastic {
 namespace cuda {
+
+// The LSTM cell's backward for row o of step t (every lane of the row's warp): with S.gh[o] =
+// dL/dh_t, S.gc[o] = dL/dc_t from the later steps and dg_rule the rule's and θ's shares of
+// dL/dg_t, writes the gates' pre-activation gradients of i, f, o into grad_z, carries
+// dL/dc_{t-1} in S.gc[o], adds the row's W_hh i, f, o terms to the warp's dL/dp partials and
+// returns dL/dg̃ (every lane).
+template <typename T>
+__device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams<T>& G,
+                                    const BackwardSmem<T>& S, int64_t t, int64_t b, int64_t o,
+                                    T dg_rule, const T* p, T* partials, int lane) {
+  const int64_t H = P.O;
+  const T i = P.lstm_value(ScanParams<T>::kGateI, t, b)[o];
+  const T f = P.lstm_value(ScanParams<T>::kGateF, t, b)[o];
+  const T g = P.lstm_value(ScanParams<T>::kGateG, t, b)[o];
+  const T og = P.lstm_value(ScanParams<T>::kGateO, t, b)[o];
+  const T c = P.lstm_value(ScanParams<T>::kCell, t, b)[o];
+  const T c_prev = P.previous_cell(t, b)[o];
+  const T tc = kernels::precise_tanh(c), dh = S.gh[o];
+  const T dc = S.gc[o] + dh * og * (T(1) - tc * tc);
+  const T di = dc * g * i * (T(1) - i);
+  const T df = dc * c_prev * f * (T(1) - f);
+  const T dog = dh * tc * og * (T(1) - og);
+  const T ga = (dc * i + dg_rule) * (T(1) - g * g);
+  T* grad_z = G.grad_z + (t * P.B + b) * 4 * H;
+  __syncwarp();  // every lane has read S.gh[o] and S.gc[o]
+  if (lane == 0) {
+    grad_z[o] = di;
+    grad_z[H + o] = df;
+    grad_z[3 * H + o] = dog;
+    S.gc[o] = dc * f;
+  }
+  const T* Wi = P.weight_hh + o * H;
+  const T* Wf = P.weight_hh + (H + o) * H;
+  const T* Wo = P.weight_hh + (3 * H + o) * H;
+  for (int64_t k = lane; k < H; k += 32) partials[k] += di * Wi[k] + df * Wf[k] + dog * Wo[k];
+  return ga;
+}
 
 template <typename T, typename R>
 __global__ void __launch_bounds__(kThreads)
@@ -29,10 +70,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool row_local = !P.internal_modulation();
   const bool eta_pc = P.eta_per_connection;
 
+  const int64_t Z = P.lstm ? 4 * O : O;  // z's width
   // Past its length a sequence's gradients are zero.
   for (int64_t t = T_; t < P.T; ++t) {
     for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
-      G.grad_z[(t * B + b) * O + o] = T(0);
+      for (int64_t q = o; q < Z; q += O) G.grad_z[(t * B + b) * Z + q] = T(0);
       if (modulated) G.grad_mod[(t * B + b) * O + o] = T(0);
     }
     if (rank == 0) {
@@ -66,9 +108,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
     S.gtheta[o] = P.has_threshold ? G.grad_theta[b * O + o] : T(0);
     S.gh[o] = P.recurrent ? G.grad_hidden[b * O + o] : T(0);
+    if (P.lstm) S.gc[o] = G.grad_cell[b * O + o];
   }
   __syncthreads();
 
+  // What internal neuromodulation reads at step t: y_t (staged), or the LSTM's h_t.
+  auto mod_input = [&](int64_t t) { return P.lstm ? P.modulation_input(t, b) : S.ybuf; };
   // y_t and p_t of a step into shared memory, read there by every row.
   auto stage_step = [&](int64_t t) {
     const T* p_src = P.presynaptic(t, b);
@@ -95,7 +140,7 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       const T* p = S.pbuf;
       const T* y = S.ybuf;
-      const T s = P.internal_modulation() ? modulation_signal(P, y, S.red) : T(0);
+      const T s = P.internal_modulation() ? modulation_signal(P, mod_input(t), S.red) : T(0);
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
         const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
         const int64_t row = o * I;
@@ -116,20 +161,23 @@ __global__ void __launch_bounds__(kThreads)
       const T* E_prev = retro ? seg_E + j * OI : nullptr;
 
       for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
-        T g = G.grad_y[(t * B + b) * O + o];
-        if (P.recurrent) g += S.gh[o];
+        // dL/dy_t so far; in the LSTM, dL/dh_t goes to S.gh and dL/dg_t starts from θ's share.
+        T g = P.lstm ? T(0) : G.grad_y[(t * B + b) * O + o];
+        if (P.lstm) S.gh[o] += G.grad_y[(t * B + b) * O + o];
+        else if (P.recurrent) g += S.gh[o];
         if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
         S.gy[o] = g;
       }
       for (int64_t i = lane; i < I; i += 32) my_partials[i] = T(0);
       __syncthreads();
-      const T s = P.internal_modulation() ? modulation_signal(P, y, S.red) : T(0);
+      const T s = P.internal_modulation() ? modulation_signal(P, mod_input(t), S.red) : T(0);
 
-      // dL/da of row o, then its α, H_{t-1} and p terms.
+      // dL/da of row o (the LSTM: through its cell's backward), then its α, H_{t-1} and p terms.
       auto finish_row = [&](int64_t o, T gy_total) {
-        const T ga = gy_total * kernels::activation_grad(P.activation, y[o]);
+        const T ga = P.lstm ? lstm_cell_backward_row(P, G, S, t, b, o, gy_total, p, my_partials, lane)
+                            : gy_total * kernels::activation_grad(P.activation, y[o]);
         if (lane == 0) {
-          G.grad_z[(t * B + b) * O + o] = ga;
+          G.grad_z[(t * B + b) * Z + (P.lstm ? 2 * O : 0) + o] = ga;
           if (P.has_threshold) S.gtheta[o] -= ga;
         }
         const T* A_row = A + (o - r0) * I;
@@ -226,7 +274,9 @@ __global__ void __launch_bounds__(kThreads)
           G.grad_mod_pre[t * B + b] = gpre;
           G.mod_signal[t * B + b] = s;
         }
-        for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) S.gy[o] += gpre * P.mod_weight[o];
+        // In the LSTM the head reads h_t: its share joins dL/dh_t.
+        T* grad_read = P.lstm ? S.gh : S.gy;
+        for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) grad_read[o] += gpre * P.mod_weight[o];
         __syncthreads();
         for (int64_t o = r0 + warp; o < r1; o += kWarps) finish_row(o, S.gy[o]);
       }
@@ -267,6 +317,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
     if (P.has_threshold) G.grad_theta0[b * O + o] = S.gtheta[o];
     if (P.recurrent) G.grad_hidden0[b * O + o] = S.gh[o];
+    if (P.lstm) G.grad_cell0[b * O + o] = S.gc[o];
   }
   cluster_barrier(C);  // no block leaves while a peer may still read its shared memory
 }

@@ -167,8 +167,8 @@ struct ForwardSmem {
 
 template <typename T>
 struct BackwardSmem {
-  T *gy, *gm, *gh, *gtheta, *ybuf, *pbuf, *red, *gp_part, *gs_part, *partials, *gH, *gE, *galpha,
-      *alpha, *weight;
+  T *gy, *gm, *gh, *gc, *gtheta, *ybuf, *pbuf, *red, *gp_part, *gs_part, *partials, *gH, *gE,
+      *galpha, *alpha, *weight;
   int64_t total;
   __host__ __device__ BackwardSmem(T* base, const ScanParams<T>& P, const Plan& L) {
     const int64_t O = P.O, I = P.I, mat = static_cast<int64_t>(L.rows) * I;
@@ -181,6 +181,7 @@ struct BackwardSmem {
     gy = take(O, true);
     gm = take(O, true);
     gh = take(O, true);
+    gc = take(O, P.lstm);  // dL/dc_t (LSTM)
     gtheta = take(O, true);
     ybuf = take(O, true);  // y_t, staged once per step
     pbuf = take(I, true);  // p_t

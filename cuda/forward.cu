@@ -5,6 +5,11 @@
 // shared memory (triple-buffered, so one cluster barrier per step is enough), which is where
 // the next step reads its presynaptic input. H is written to global memory only at
 // checkpoints and at the end.
+//
+// The plastic LSTM (P.lstm) is the same pass over the cell candidate's rows g, with the gates
+// i, f, o of the row beside it (their rows of W_hh read from global memory, where they stay in
+// L2), c_t and h_t: h_t is what the blocks exchange, the next step's presynaptic activity and
+// what internal neuromodulation reads; g_t is the rule's postsynaptic activity.
 #include "cuda/common.cuh"
 
 namespace torchplastic {
@@ -23,6 +28,46 @@ __device__ void record_trace(const ScanParams<T>& P, int64_t t, int64_t b, const
   }
   if (T* slot = P.record_slot(t, b))
     for (int64_t k = threadIdx.x; k < n; k += kThreads) slot[r0 * P.I + k] = H[k];
+}
+
+// The LSTM around row o of step t, once its g_t = y is known (every lane holds it): the gates
+// i, f, o from their rows of W_hh and p = h_{t-1} (a warp's dot products), then c_t and h_t,
+// stored by lane 0. Returns h_t[o] (every lane).
+template <typename T>
+__device__ T lstm_row(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o, T g, const T* p,
+                      int lane) {
+  const int64_t H = P.O;
+  const T* Wi = P.weight_hh + o * H;
+  const T* Wf = P.weight_hh + (H + o) * H;
+  const T* Wo = P.weight_hh + (3 * H + o) * H;
+  T ai = 0, af = 0, ao = 0;
+  for (int64_t k = lane; k < H; k += 32) {
+    const T pk = p[k];
+    ai += Wi[k] * pk;
+    af += Wf[k] * pk;
+    ao += Wo[k] * pk;
+  }
+  const T* z = P.z_row(t, b);
+  const T i = kernels::activate(Activation::Sigmoid, z[o] + warp_sum(ai));
+  const T f = kernels::activate(Activation::Sigmoid, z[H + o] + warp_sum(af));
+  const T og = kernels::activate(Activation::Sigmoid, z[3 * H + o] + warp_sum(ao));
+  const T c = f * P.previous_cell(t, b)[o] + i * g;
+  const T h = og * kernels::precise_tanh(c);
+  if (lane == 0) {
+    P.lstm_value(ScanParams<T>::kGateI, t, b)[o] = i;
+    P.lstm_value(ScanParams<T>::kGateF, t, b)[o] = f;
+    P.lstm_value(ScanParams<T>::kGateO, t, b)[o] = og;
+    P.lstm_value(ScanParams<T>::kCell, t, b)[o] = c;
+    P.hseq[(t * P.B + b) * H + o] = h;
+  }
+  return h;
+}
+
+// The rule's postsynaptic activity of row o at step t, after the step: y_t[o] (in y_now), or
+// the LSTM's g_t[o], which y_now does not hold (it holds h_t).
+template <typename T>
+__device__ T post(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o, const T* y_now) {
+  return P.lstm ? P.y[(t * P.B + b) * P.O + o] : y_now[o];
 }
 
 template <typename T, typename R>
@@ -57,8 +102,9 @@ __global__ void __launch_bounds__(kThreads)
   // warp waits on a global load in the middle of its row.
   auto stage = [&](int64_t t) {
     if (t >= T_) return;
+    const T* z = P.z_row(t, b) + (P.lstm ? 2 * O : 0);  // the LSTM's g rows
     for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
-      S.zbuf[o] = P.z[(t * B + b) * O + o];
+      S.zbuf[o] = z[o];
       if (P.mod_source == ModSource::External) S.mbuf[o] = P.modulation[(t * B + b) * O + o];
     }
   };
@@ -101,7 +147,9 @@ __global__ void __launch_bounds__(kThreads)
       acc = warp_sum(acc);
       const T y = kernels::activate(P.activation, S.zbuf[o] + acc - S.theta[o]);
       if (lane == 0) P.y[(t * B + b) * O + o] = y;
-      if (lane < C) peer(y_now, lane, C)[o] = y;
+      // What the blocks exchange: y_t, or the LSTM's h_t.
+      const T out = P.lstm ? lstm_row(P, t, b, o, y, p, lane) : y;
+      if (lane < C) peer(y_now, lane, C)[o] = out;
       if (row_local) {
         const T m = modulated ? S.mbuf[o] : T(0);
         if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
@@ -118,12 +166,12 @@ __global__ void __launch_bounds__(kThreads)
         if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
         T* H_row = H + (o - r0) * I;
         T* E_row = retro ? E + (o - r0) * I : nullptr;
-        update_row_warp<R>(P, o, y_now[o], m, p, H_row, H_row, E_row, E_row, lane);
+        update_row_warp<R>(P, o, post(P, t, b, o, y_now), m, p, H_row, H_row, E_row, E_row, lane);
       }
     }
     if (P.has_threshold)
       for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
-        S.theta[o] += P.threshold_rate * (y_now[o] - P.target_activity);
+        S.theta[o] += P.threshold_rate * (post(P, t, b, o, y_now) - P.target_activity);
     stage(t + 1);  // this step's reads of zbuf and mbuf all came before the cluster barrier
     __syncthreads();
     if (P.record_norm || P.record_trace) {
@@ -134,7 +182,13 @@ __global__ void __launch_bounds__(kThreads)
   // Past its length a sequence's outputs are zero; its state was held by stopping there, and
   // so are its trace records.
   for (int64_t t = T_; t < P.T; ++t) {
-    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.y[(t * B + b) * O + o] = T(0);
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
+      P.y[(t * B + b) * O + o] = T(0);
+      if (P.lstm) {
+        P.hseq[(t * B + b) * O + o] = T(0);
+        for (int k = 0; k < 5; ++k) P.lstm_value(k, t, b)[o] = T(0);
+      }
+    }
     if (P.record_norm || P.record_trace) record_trace(P, t, b, H, r0, n, S.red);
   }
   if (P.has_threshold)

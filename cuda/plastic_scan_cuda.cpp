@@ -17,16 +17,8 @@ namespace {
 using kernels::ScanGradParams;
 using kernels::ScanParams;
 
-// The plastic LSTM has CPU kernels only, so far.
-template <typename T>
-void refuse_lstm(const ScanParams<T>& P) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!P.lstm, "plastic_lstm_scan: z: expected a CPU tensor (the plastic "
-                              "LSTM has no CUDA kernels yet), got a tensor on cuda:", P.device);
-}
-
 template <typename T>
 void forward(const ScanParams<T>& P) {
-  refuse_lstm(P);
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(P.device));
   const Plan plan = plan_forward(P, P.device);
   launch_forward(P, plan, at::cuda::getCurrentCUDAStream());
@@ -34,7 +26,6 @@ void forward(const ScanParams<T>& P) {
 
 template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
-  refuse_lstm(P);
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(P.device));
   const Plan plan = plan_backward(P, P.device);
   const auto dtype = std::is_same_v<T, float> ? at::kFloat : at::kDouble;

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import torchplastic as tp
-from helpers import RULES, Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
+from helpers import (RULES, Config, all_rule_mode_sources, call, call_lstm, loss_of, make_inputs,
+                     make_lstm_inputs, tensor_inputs)
 from test_plastic_scan import OPTION_CASES, opcheck_args
 
 pytestmark = pytest.mark.skipif(
@@ -252,3 +253,85 @@ def test_cuda_records_match_cpu(every, layout):
         records.append(rec[""][0])
     for a, b in zip(records[1][:3], records[0][:3]):
         torch.testing.assert_close(a.cpu(), b)
+
+
+# ---------------------------------------------------------------- the plastic LSTM
+
+def compare_lstm_cuda_with_cpu(cfg, dtype=torch.float64, rtol=1e-10, atol=1e-10, grads=True):
+    kw_cpu = make_lstm_inputs(cfg)
+    kw_gpu = to_device(kw_cpu, "cuda", dtype)
+    h_c, s_c = call_lstm(tp.functional.plastic_lstm_scan, kw_cpu)
+    h_g, s_g = call_lstm(tp.functional.plastic_lstm_scan, kw_gpu)
+    torch.testing.assert_close(h_g.double().cpu(), h_c, rtol=rtol, atol=atol)
+    for name in s_c._fields:
+        a, b = getattr(s_g, name), getattr(s_c, name)
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a.double().cpu(), b, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+    if not grads:
+        return
+    leaves_c = list(tensor_inputs(kw_cpu).values())
+    leaves_g = list(tensor_inputs(kw_gpu).values())
+    g_c = torch.autograd.grad(loss_of(h_c, s_c), leaves_c)
+    g_g = torch.autograd.grad(loss_of(h_g.double(), type(s_g)(*[None if t is None else t.double() for t in s_g])),
+                              leaves_g)
+    for name, a, b in zip(tensor_inputs(kw_cpu), g_g, g_c):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=rtol * 10, atol=atol * 10,
+                                   msg=lambda m: f"grad {name}: {m}")
+
+
+def lstm_cuda_configs():
+    out = []
+    for rule in RULES:
+        info = tp.rules.rule_info(rule)
+        for source in (("external_per_neuron", "internal", "fanout") if info.modulated else (None,)):
+            out.append(Config(rule=rule, source=source, clip=info.default_clip, threshold=0.1))
+    return out + [Config(rule="hebb", scaling=1.0, alpha="neuron", eta="connection", checkpoint_every=2)]
+
+
+@pytest.mark.parametrize("cfg", lstm_cuda_configs(), ids=Config.id)
+def test_cuda_lstm_float64_matches_cpu(cfg, layout):
+    compare_lstm_cuda_with_cpu(cfg)
+
+
+@pytest.mark.parametrize("size", [dict(B=3, O=130, T=4), dict(B=2, O=256, T=6), dict(B=2, O=1024, T=3)],
+                         ids=lambda s: "B{B}-H{O}-T{T}".format(**s))
+def test_cuda_lstm_sizes_including_off_chip(size):
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, **size)
+    compare_lstm_cuda_with_cpu(cfg, grads=size["O"] <= 256)
+
+
+def test_cuda_lstm_lengths_and_half_precision():
+    cfg = Config(rule="retroactive", source="fanout", clip=1.0, T=6)
+    kw = make_lstm_inputs(cfg)
+    kw["lengths"] = torch.tensor([6, 0, 3])
+    h_c, s_c = call_lstm(tp.functional.plastic_lstm_scan, kw)
+    h_g, s_g = call_lstm(tp.functional.plastic_lstm_scan, to_device(kw, "cuda"))
+    torch.testing.assert_close(h_g.cpu(), h_c)
+    torch.testing.assert_close(s_g.cell.cpu(), s_c.cell)
+    for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
+        kw_half = to_device(make_lstm_inputs(Config(rule="hebb", T=16, B=4, O=32)), "cuda", dtype)
+        h, state = call_lstm(tp.functional.plastic_lstm_scan, kw_half)
+        assert h.dtype == dtype and state.trace.dtype == torch.float32
+        kw_round = {k: (v.detach().to(dtype).double().cpu() if isinstance(v, torch.Tensor) else v)
+                    for k, v in kw_half.items()}
+        h_ref, _ = call_lstm(tp.reference.plastic_lstm_scan, kw_round)
+        torch.testing.assert_close(h.double().cpu(), h_ref, rtol=tol, atol=tol)
+
+
+def test_cuda_lstm_gradcheck_and_module():
+    cfg = Config(rule="retroactive", source="fanout", clip=2.0, T=3, B=2, O=3, threshold=0.2, checkpoint_every=2)
+    kw = to_device(make_lstm_inputs(cfg), "cuda")
+    leaves = tensor_inputs(kw)
+    names = list(leaves)
+
+    def fn(*tensors):
+        h, state = call_lstm(tp.functional.plastic_lstm_scan, dict(kw, **dict(zip(names, tensors))))
+        return (h, *[t for t in state if t is not None])
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), atol=1e-8, rtol=1e-6)
+    torch.manual_seed(0)
+    lstm = tp.PlasticLSTM(5, 8, rule="retroactive", modulation="fanout").cuda()
+    out, state = lstm(torch.randn(7, 3, 5, device="cuda"))
+    (out.sum() + state.cell.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lstm.parameters())

@@ -96,7 +96,7 @@ def test_zero_steps_returns_state_unchanged():
     h, state = call_lstm(tp.functional.plastic_lstm_scan, kw)
     assert h.shape == (0, 3, 4)
     for name in ("hidden", "cell", "trace", "eligibility"):
-        torch.testing.assert_close(getattr(state, name), kw[name if name != "hidden" else "hidden"])
+        torch.testing.assert_close(getattr(state, name), kw[name])
 
 
 def test_alpha_zero_is_torch_lstm():
