@@ -24,7 +24,7 @@ def test_pattern_example_runs_and_resumes(tmp_path):
 
 
 def test_examples_have_help():
-    for script in ("pattern.py", "maze.py", "omniglot.py", "charlm.py", "export_model.py"):
+    for script in ("pattern.py", "maze.py", "omniglot.py", "charlm.py", "continual.py", "export_model.py"):
         assert "--seed" in run(script, "--help")
 
 
@@ -70,3 +70,13 @@ def test_charlm_example_runs_and_resumes(tmp_path):
         assert (tmp_path / f).exists(), f
     out = run("charlm.py", *[a if a != "3" else "5" for a in args], "--resume")
     assert "(validation, 5 and 5 steps" in out
+
+
+def test_continual_example_runs_and_resumes(tmp_path):
+    args = ["--seeds", "1", "--epochs", "1", "--hidden", "16", "--out", str(tmp_path), "--no-progress"]
+    out = run("continual.py", *args)
+    assert out.strip().startswith("continual: plastic average accuracy") and "1 seeds" in out
+    for f in ("accuracy.png", "checkpoint.pt"):
+        assert (tmp_path / f).exists(), f
+    out = run("continual.py", *[a if a != "1" else "2" for a in args[:2]], *args[2:], "--resume")
+    assert "2 seeds" in out
