@@ -2,12 +2,13 @@
 """Pattern memorization (Miconi, Clune & Stanley, ICML 2018): a plastic RNN against a
 non-plastic RNN of the same size.
 
-Each episode shows 5 random binary (±1) patterns of 100 bits, each with exactly half its bits
-+1, each for 6 steps with 4 zero steps between; the whole sequence twice (in a new order); then
-one of the 5 with half its bits set to zero, for 6 steps. The input (×20) is added to the
-pre-activation of the 100 recurrent neurons; the loss is the squared error between their state
-at the last step and the full pattern; the metric is the fraction of bits of the wrong sign
-(about 0.25 for a network that only repeats the visible half of the cue).
+Each episode shows 5 random binary (±1) patterns of 100 bits (--patterns, --bits; the paper's
+headline uses 1000 bits), each with exactly half its bits +1, each for 6 steps with 4 zero
+steps between; the whole sequence twice (in a new order); then one of the 5 with half its bits
+set to zero, for 6 steps. The input (×20) is added to the pre-activation of the recurrent
+neurons, one per bit; the loss is the squared error between their state at the last step and
+the full pattern; the metric is the fraction of bits of the wrong sign (about 0.25 for a
+network that only repeats the visible half of the cue).
 
 The plastic network stores the patterns in its Hebbian trace within the episode; the
 non-plastic one has only its hidden state, and cannot. Batched: B episodes per step.
@@ -29,11 +30,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torchplastic as tp  # noqa: E402
 from _common import add_common_args, load_checkpoint, progress, save_checkpoint, setup  # noqa: E402
 
-BITS, PATTERNS, SHOW, GAP, REPEATS, INPUT_SCALE = 100, 5, 6, 4, 2, 20.0
+SHOW, GAP, REPEATS, INPUT_SCALE = 6, 4, 2, 20.0
 
 
-def make_episode(batch, generator, device):
-    """inputs [T, B, BITS] and target [B, BITS] of a batch of episodes (module docstring)."""
+def make_episode(batch, generator, device, bits=100, patterns_per_episode=5):
+    """inputs [T, B, bits] and target [B, bits] of a batch of episodes (module docstring)."""
+    BITS, PATTERNS = bits, patterns_per_episode
     T = REPEATS * PATTERNS * (SHOW + GAP) + SHOW
     half = torch.cat([torch.ones(BITS // 2), -torch.ones(BITS - BITS // 2)])
     # [B, PATTERNS, BITS]: a random permutation of the half/half vector per pattern.
@@ -61,14 +63,14 @@ class InputAsDrive(torch.nn.Module):
 
     def freeze(self, weight):
         with torch.no_grad():
-            weight.copy_(INPUT_SCALE * torch.eye(BITS))
+            weight.copy_(INPUT_SCALE * torch.eye(weight.shape[0]))
         weight.requires_grad_(False)
 
 
 class PlasticNet(InputAsDrive):
-    def __init__(self):
+    def __init__(self, bits=100):
         super().__init__()
-        self.rnn = tp.PlasticRNN(BITS, BITS, bias=False, rule="hebb", alpha="connection", eta="scalar")
+        self.rnn = tp.PlasticRNN(bits, bits, bias=False, rule="hebb", alpha="connection", eta="scalar")
         self.freeze(self.rnn.weight_ih)
 
     def forward(self, inputs):
@@ -79,9 +81,9 @@ class PlasticNet(InputAsDrive):
 class PlainNet(InputAsDrive):
     """A non-plastic RNN of the same size: the same neurons and W_hh, no trace."""
 
-    def __init__(self):
+    def __init__(self, bits=100):
         super().__init__()
-        self.rnn = torch.nn.RNN(BITS, BITS, bias=False, nonlinearity="tanh")
+        self.rnn = torch.nn.RNN(bits, bits, bias=False, nonlinearity="tanh")
         self.freeze(self.rnn.weight_ih_l0)
 
     def forward(self, inputs):
@@ -93,18 +95,18 @@ def sign_error(out, target):
     return (out.sign() != target).float().mean().item()
 
 
-def evaluate(model, batches, generator, batch, device):
+def evaluate(model, batches, generator, batch, device, bits, patterns):
     model.eval()
     errors = []
     with torch.no_grad():
         for _ in range(batches):
-            inputs, target = make_episode(batch, generator, device)
+            inputs, target = make_episode(batch, generator, device, bits, patterns)
             errors.append(sign_error(model(inputs)[0], target))
     model.train()
     return sum(errors) / len(errors)
 
 
-def plot(out_dir, history, trace, first_pattern):
+def plot(out_dir, history, trace, first_pattern, bits, batch):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,9 +119,9 @@ def plot(out_dir, history, trace, first_pattern):
         ax.plot(range(1, len(e) + 1), smooth, label=name, color=color)
     ax.axhline(0.25, color="gray", ls=":", lw=1, label="repeats the cue (0.25)")
     ax.set_xlabel("episode batch")
-    ax.set_ylabel("sign error (100 bits)")
+    ax.set_ylabel(f"sign error ({bits} bits)")
     ax.set_ylim(0, 0.6)
-    ax.set_title("Pattern memorization, batch of 32 episodes")
+    ax.set_title(f"Pattern memorization, batch of {batch} episodes")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "errors.png"), dpi=110)
@@ -147,10 +149,17 @@ def main():
     ap.add_argument("--batch", type=int, default=32, help="episodes per step")
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     ap.add_argument("--eval-batches", type=int, default=10, help="fresh batches for the final figures")
+    ap.add_argument("--bits", type=int, default=100,
+                    help="bits per pattern, and so neurons (default: 100; the paper's headline: 1000)")
+    ap.add_argument("--patterns", type=int, default=5, help="patterns per episode (default: 5)")
+    ap.add_argument("--minutes", type=float, default=None, help="stop training after this long")
     args = ap.parse_args()
     device = setup(args)
+    if args.bits < 2 or args.patterns < 1:
+        raise SystemExit(f"--bits: expected at least 2, --patterns at least 1; got {args.bits}, {args.patterns}")
+    episode_kw = dict(bits=args.bits, patterns_per_episode=args.patterns)
 
-    nets = {"plastic": PlasticNet().to(device), "non-plastic": PlainNet().to(device)}
+    nets = {"plastic": PlasticNet(args.bits).to(device), "non-plastic": PlainNet(args.bits).to(device)}
     opts = {k: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=args.lr)
             for k, m in nets.items()}
     history = {k: [] for k in nets}
@@ -164,8 +173,11 @@ def main():
     t0 = time.time() - elapsed
     bar = progress(range(start_episode, args.episodes), initial=start_episode, total=args.episodes,
                    desc="pattern")
+    episodes_done = start_episode
     for episode in bar:
-        inputs, target = make_episode(args.batch, gen, device)
+        if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+            break
+        inputs, target = make_episode(args.batch, gen, device, **episode_kw)
         for name, net in nets.items():
             out, _ = net(inputs)
             loss = (out - target).square().mean()
@@ -174,24 +186,30 @@ def main():
             opts[name].step()
             history[name].append(sign_error(out.detach(), target))
         bar.set_postfix(plastic=f"{history['plastic'][-1]:.3f}", plain=f"{history['non-plastic'][-1]:.3f}")
-        if (episode + 1) % 100 == 0 or episode + 1 == args.episodes:
-            save_checkpoint(ckpt, nets, opts, history=history, episode=episode + 1,
+        history.setdefault("seconds", []).append(time.time() - t0)
+        episodes_done = episode + 1
+        if episodes_done % 100 == 0 or episodes_done == args.episodes:
+            save_checkpoint(ckpt, nets, opts, history=history, episode=episodes_done,
                             elapsed=time.time() - t0, args=vars(args))
+    bar.close()
+    save_checkpoint(ckpt, nets, opts, history=history, episode=episodes_done,
+                    elapsed=time.time() - t0, args=vars(args))
     seconds = time.time() - t0
 
     eval_gen = torch.Generator().manual_seed(10_000 + args.seed)
-    final = {k: evaluate(m, args.eval_batches, eval_gen, args.batch, device) for k, m in nets.items()}
+    final = {k: evaluate(m, args.eval_batches, eval_gen, args.batch, device, args.bits, args.patterns)
+             for k, m in nets.items()}
     # One episode looked into with tp.inspect: the trace every 2 steps (the last one is step
     # 106, the end), its norm every step.
     with torch.no_grad(), tp.inspect.record(nets["plastic"], every=2) as rec:
-        inputs, _ = make_episode(1, torch.Generator().manual_seed(args.seed), device)
+        inputs, _ = make_episode(1, torch.Generator().manual_seed(args.seed), device, **episode_kw)
         nets["plastic"](inputs)
     recording = rec["rnn"][0]
     tp.inspect.plot(recording, os.path.join(args.out, "recording.png"),
                     title="Hebbian trace over one episode (tp.inspect)")
-    plot(args.out, history, recording.trace[-1, 0].cpu(), inputs[0, 0].cpu())
+    plot(args.out, history, recording.trace[-1, 0].cpu(), inputs[0, 0].cpu(), args.bits, args.batch)
     print(f"pattern memorization: plastic error {final['plastic']:.3f}, non-plastic error "
-          f"{final['non-plastic']:.3f} ({args.episodes} episodes, {seconds:.0f} s)")
+          f"{final['non-plastic']:.3f} ({episodes_done} episodes, {seconds:.0f} s)")
 
 
 if __name__ == "__main__":

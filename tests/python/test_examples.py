@@ -23,6 +23,14 @@ def test_pattern_example_runs_and_resumes(tmp_path):
     assert "(5 episodes" in out
 
 
+def test_pattern_example_takes_bits_and_patterns(tmp_path):
+    out = run("pattern.py", "--bits", "40", "--patterns", "3", "--episodes", "2", "--batch", "2",
+              "--eval-batches", "1", "--out", str(tmp_path), "--no-progress")
+    assert out.strip().startswith("pattern memorization: plastic error") and "(2 episodes" in out
+    state = __import__("torch").load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["models"]["plastic"]["rnn.weight_hh"].shape == (40, 40)
+
+
 def test_examples_have_help():
     for script in ("pattern.py", "maze.py", "omniglot.py", "charlm.py", "continual.py", "export_model.py"):
         assert "--seed" in run(script, "--help")

@@ -260,3 +260,18 @@ def test_raw_op_refuses_x_and_other_activations():
         torch.ops.torchplastic.plastic_lstm_scan(**dict(args, x=torch.randn(5, 3, 4, dtype=torch.float64)))
     with pytest.raises(ValueError, match=r"plastic_lstm_scan: activation: expected 'tanh'"):
         torch.ops.torchplastic.plastic_lstm_scan(**dict(args, activation="relu"))
+
+
+def test_torch_export_with_dynamic_length():
+    torch.manual_seed(0)
+    lstm = tp.PlasticLSTM(3, 5, rule="retroactive", modulation="fanout").double()
+    T = torch.export.Dim("T", min=2, max=64)
+    program = torch.export.export(lstm, (torch.randn(9, 2, 3, dtype=torch.float64),),
+                                  dynamic_shapes=({0: T},))
+    for steps in (4, 17):
+        u = torch.randn(steps, 2, 3, dtype=torch.float64)
+        out, state = program.module()(u)
+        out_ref, state_ref = lstm(u)
+        torch.testing.assert_close(out, out_ref)
+        torch.testing.assert_close(state.cell, state_ref.cell)
+        torch.testing.assert_close(state.trace, state_ref.trace)
