@@ -78,11 +78,11 @@ void activate_block(Activation act, const T* a, T* y, int n) {
 }
 
 // Σ_k W[g·H + o + r, k] p[k] for the gates g = i, f, o (rows 0, 1, 3 of W_hh's four blocks)
-// of Rows consecutive rows from o, into pre[gate][r]: the 3·Rows dot products in one pass over
-// p, independent chains of adds for the vector unit (one row at a time was bound by the
+// of Rows consecutive rows from o, into pre[gate][at + r]: the 3·Rows dot products in one pass
+// over p, independent chains of adds for the vector unit (one row at a time was bound by the
 // latency of its chain).
 template <int Rows, typename T>
-void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* p, T (*pre)[kRowBlock]) {
+void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* p, T (*pre)[kRowBlock], int at) {
   static_assert(Rows == 1 || Rows == 4, "lstm_gate_rows: 1 or 4 rows");
   constexpr int L = kLanes<T>;
   constexpr int kGate[3] = {0, 1, 3};  // i, f, o
@@ -99,7 +99,7 @@ void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* p, T (*pre)[kRow
       for (int r = 0; r < Rows; ++r) acc[g][r][l] += W[g][r][k] * pk;
   });
   for (int g = 0; g < 3; ++g)
-    for (int r = 0; r < Rows; ++r) pre[g][r] = sum_lanes<T>(acc[g][r]);
+    for (int r = 0; r < Rows; ++r) pre[g][at + r] = sum_lanes<T>(acc[g][r]);
 }
 
 // σ(x) = (1 + tanh(x/2)) / 2, through the vectorisable tanh for float.
@@ -123,17 +123,8 @@ void lstm_rows(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o0, int64_t
   const int64_t H = P.O;
   T pre[3][kRowBlock];
   int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) {
-    T block[3][kRowBlock];
-    lstm_gate_rows<4>(P, o, p, block);
-    for (int g = 0; g < 3; ++g)
-      for (int r = 0; r < 4; ++r) pre[g][o - o0 + r] = block[g][r];
-  }
-  for (; o < o1; ++o) {
-    T block[3][kRowBlock];
-    lstm_gate_rows<1>(P, o, p, block);
-    for (int g = 0; g < 3; ++g) pre[g][o - o0] = block[g][0];
-  }
+  for (; o + 4 <= o1; o += 4) lstm_gate_rows<4>(P, o, p, pre, static_cast<int>(o - o0));
+  for (; o < o1; ++o) lstm_gate_rows<1>(P, o, p, pre, static_cast<int>(o - o0));
   const T* z = P.z_row(t, b);
   const T* c_prev = P.previous_cell(t, b);
   T* gi = P.lstm_value(ScanParams<T>::kGateI, t, b);

@@ -2,9 +2,10 @@
 PlasticLSTM and PlasticLSTMCell (SPEC §4).
 
 The modules own parameters and state only; every step of the math runs in the fused ops
-(:func:`torchplastic.functional.plastic_scan`, :func:`~torchplastic.functional.plastic_lstm_scan`). They take ``[T, B, I]`` sequences (``[B, T, I]``
-with ``batch_first=True``) or unbatched ``[T, I]`` ones, like ``torch.nn.RNN``, and return the
-output and a :class:`~torchplastic.PlasticState` to pass to the next call.
+(:func:`torchplastic.functional.plastic_scan`,
+:func:`~torchplastic.functional.plastic_lstm_scan`). They take ``[T, B, I]`` sequences
+(``[B, T, I]`` with ``batch_first=True``) or unbatched ``[T, I]`` ones, like ``torch.nn.RNN``,
+and return the output and a :class:`~torchplastic.PlasticState` to pass to the next call.
 """
 
 import math
