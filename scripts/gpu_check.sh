@@ -37,5 +37,9 @@ timeout 60 $PY -X faulthandler scripts/cuda_smoke.py || status=1
 step "GPU benchmark"
 timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" || status=1
 
+step "plastic LSTM benchmark (B=32, H=256, T=256, against cuDNN's LSTM)"
+timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
+  --rounds 5 2>&1 | tee "$OUT/bench_lstm.log" || status=1
+
 step "done: status $status"
 exit $status
