@@ -269,9 +269,14 @@ std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor
 
 namespace {
 
-// gates: 1 (RNN) or 4 (LSTM: i, f, g, o) rows of hidden_size in each weight and the bias.
-void register_rnn_weights(torch::nn::Module& m, const PlasticRNNOptions& o, at::Tensor& weight_ih,
-                          at::Tensor& weight_hh, at::Tensor& bias, int64_t gates = 1) {
+// The core and the weights of a recurrent module (RNN or LSTM, sequence or cell): W_ih, W_hh
+// and b with one block of hidden_size rows per gate (the LSTM's four: i, f, g, o).
+void build_recurrent(torch::nn::Module& m, detail::PlasticCore& core, const char* name,
+                     detail::PlasticCore::Kind kind, const PlasticRNNOptions& o,
+                     at::Tensor& weight_ih, at::Tensor& weight_hh, at::Tensor& bias) {
+  core.build(m, name, {"input_size", o.input_size()}, {"hidden_size", o.hidden_size()},
+             o.hidden_size(), kind, detail::as_linear_options(o));
+  const int64_t gates = kind == detail::PlasticCore::Kind::Lstm ? 4 : 1;
   const int64_t rows = gates * o.hidden_size();
   weight_ih = m.register_parameter("weight_ih", torch::empty({rows, o.input_size()}));
   weight_hh = m.register_parameter("weight_hh", torch::empty({rows, o.hidden_size()}));
@@ -342,10 +347,8 @@ PlasticRNNImpl::PlasticRNNImpl(PlasticRNNOptions options_) : options(std::move(o
 }
 
 void PlasticRNNImpl::reset() {
-  core.build(*this, "PlasticRNN", {"input_size", options.input_size()},
-             {"hidden_size", options.hidden_size()}, options.hidden_size(),
-             detail::PlasticCore::Kind::Recurrent, detail::as_linear_options(options));
-  register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
+  build_recurrent(*this, core, "PlasticRNN", detail::PlasticCore::Kind::Recurrent, options,
+                  weight_ih, weight_hh, bias);
   reset_parameters();
 }
 
@@ -371,10 +374,8 @@ PlasticRNNCellImpl::PlasticRNNCellImpl(PlasticRNNCellOptions options_)
 }
 
 void PlasticRNNCellImpl::reset() {
-  core.build(*this, "PlasticRNNCell", {"input_size", options.input_size()},
-             {"hidden_size", options.hidden_size()}, options.hidden_size(),
-             detail::PlasticCore::Kind::Recurrent, detail::as_linear_options(options));
-  register_rnn_weights(*this, options, weight_ih, weight_hh, bias);
+  build_recurrent(*this, core, "PlasticRNNCell", detail::PlasticCore::Kind::Recurrent, options,
+                  weight_ih, weight_hh, bias);
   reset_parameters();
 }
 
@@ -401,10 +402,8 @@ PlasticLSTMImpl::PlasticLSTMImpl(PlasticLSTMOptions options_) : options(std::mov
 }
 
 void PlasticLSTMImpl::reset() {
-  core.build(*this, "PlasticLSTM", {"input_size", options.input_size()},
-             {"hidden_size", options.hidden_size()}, options.hidden_size(),
-             detail::PlasticCore::Kind::Lstm, detail::as_linear_options(options));
-  register_rnn_weights(*this, options, weight_ih, weight_hh, bias, /*gates=*/4);
+  build_recurrent(*this, core, "PlasticLSTM", detail::PlasticCore::Kind::Lstm, options,
+                  weight_ih, weight_hh, bias);
   reset_parameters();
 }
 
@@ -430,10 +429,8 @@ PlasticLSTMCellImpl::PlasticLSTMCellImpl(PlasticLSTMCellOptions options_)
 }
 
 void PlasticLSTMCellImpl::reset() {
-  core.build(*this, "PlasticLSTMCell", {"input_size", options.input_size()},
-             {"hidden_size", options.hidden_size()}, options.hidden_size(),
-             detail::PlasticCore::Kind::Lstm, detail::as_linear_options(options));
-  register_rnn_weights(*this, options, weight_ih, weight_hh, bias, /*gates=*/4);
+  build_recurrent(*this, core, "PlasticLSTMCell", detail::PlasticCore::Kind::Lstm, options,
+                  weight_ih, weight_hh, bias);
   reset_parameters();
 }
 

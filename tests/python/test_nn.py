@@ -133,19 +133,29 @@ def test_batch_first_and_unbatched(cls):
     torch.testing.assert_close(state_u.trace, state.trace[1])
 
 
-def test_cell_equals_one_step_of_the_sequence_module():
-    rnn = make(tp.PlasticRNN, dict(rule="modulated", modulation="fanout"))
-    cell = tp.PlasticRNNCell(5, 4, rule="modulated", modulation="fanout", dtype=torch.float64)
-    cell.load_state_dict(rnn.state_dict())
-    x, _ = inputs(rnn, T=5)
-    y, state = rnn(x)
+@pytest.mark.parametrize("sequence_cls, cell_cls, kw", [
+    (tp.PlasticRNN, tp.PlasticRNNCell, dict(rule="modulated", modulation="fanout")),
+    (tp.PlasticLSTM, tp.PlasticLSTMCell, dict(rule="retroactive", modulation="fanout")),
+], ids=["rnn", "lstm"])
+def test_cell_equals_one_step_of_the_sequence_module(sequence_cls, cell_cls, kw):
+    module = make(sequence_cls, kw)
+    cell = cell_cls(5, 4, dtype=torch.float64, **kw)
+    cell.load_state_dict(module.state_dict())
+    x, _ = inputs(module, T=5)
+    y, state = module(x)
     s = None
     for t in range(5):
         h, s = cell(x[t], s)
         torch.testing.assert_close(h, y[t])
     torch.testing.assert_close(s.trace, state.trace)
+    for a, b in zip(s, state):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
     h_u, s_u = cell(x[0, 0])  # unbatched
     assert h_u.shape == (4,) and s_u.trace.shape == (4, 4)
+    if cell_cls is tp.PlasticLSTMCell:
+        assert s_u.cell.shape == (4,)
 
 
 def test_state_dict_round_trip():
@@ -297,23 +307,6 @@ def test_lstm_from_torch_lstm_with_alpha_zero_is_torch_lstm():
     torch.testing.assert_close(out, out_ref)
     torch.testing.assert_close(state.hidden, h[0])
     torch.testing.assert_close(state.cell, c[0])
-
-
-def test_lstm_cell_equals_one_step_of_the_sequence_module():
-    lstm = make(tp.PlasticLSTM, dict(rule="retroactive", modulation="fanout"))
-    cell = tp.PlasticLSTMCell(5, 4, rule="retroactive", modulation="fanout", dtype=torch.float64)
-    cell.load_state_dict(lstm.state_dict())
-    x, _ = inputs(lstm, T=5)
-    y, state = lstm(x)
-    s = None
-    for t in range(5):
-        h, s = cell(x[t], s)
-        torch.testing.assert_close(h, y[t])
-    for a, b in zip(s, state):
-        if a is not None:
-            torch.testing.assert_close(a, b)
-    h_u, s_u = cell(x[0, 0])  # unbatched
-    assert h_u.shape == (4,) and s_u.cell.shape == (4,) and s_u.trace.shape == (4, 4)
 
 
 def test_lstm_lengths_and_packed_sequence_equal_each_sequence_alone():
