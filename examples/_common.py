@@ -53,15 +53,25 @@ def progress(iterable, **kwargs):
     return tqdm(iterable, disable=getattr(progress, "disable", False), dynamic_ncols=True, **kwargs)
 
 
-def save_checkpoint(path, models, optimizers, **extra):
+def save_checkpoint(path, models, optimizers, generators=None, **extra):
+    """Writes the run's whole state: models, optimizers, the random generators (torch's, Python's,
+    and those named in `generators`) and `extra`. The file is written beside `path` and renamed
+    over it, so that a run killed at any moment, even by SIGKILL, leaves the previous checkpoint
+    or this one, never a torn file. The examples call it after every step: --resume then loses
+    no completed step, and continues as the uninterrupted run would have."""
     state = {"models": {k: m.state_dict() for k, m in models.items()},
-             "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, **extra}
+             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None},
+             "generators": {k: g.get_state() for k, g in (generators or {}).items()}, **extra}
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, models, optimizers):
+def load_checkpoint(path, models, optimizers, generators=None):
+    """Restores what save_checkpoint wrote into `models`, `optimizers` and `generators`, and the
+    global random generators; returns the whole state, `extra` included."""
     if not os.path.exists(path):
         raise SystemExit(f"--resume: no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -69,4 +79,10 @@ def load_checkpoint(path, models, optimizers):
         m.load_state_dict(state["models"][k])
     for k, o in optimizers.items():
         o.load_state_dict(state["optimizers"][k])
+    for k, g in (generators or {}).items():
+        g.set_state(state["generators"][k])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state

@@ -18,7 +18,9 @@ turns, the one that has used less time training going next, until each has had h
 
 Prints `charlm: plastic X bpc, lstm Y bpc (validation, N1 and N2 steps, S s)` and 300 sampled
 characters from each model. Writes to --out: bpc.png (both validation curves against training
-time) and checkpoint.pt.
+time), and checkpoint_plastic.pt and checkpoint_lstm.pt, each model's whole state (weights,
+optimizer, the carried recurrent state, its time and steps) after every step: --resume continues
+where a run was stopped, even by SIGKILL, with no completed step lost.
 """
 
 import argparse
@@ -88,6 +90,14 @@ def detach(state):
     if isinstance(state, tp.PlasticState):
         return state.detach()
     return tuple(s.detach() for s in state)
+
+
+def to_device(state, device):
+    """A carried state (a PlasticState, an LSTM's (h, c), or None) on `device`."""
+    if state is None:
+        return None
+    moved = [None if t is None else t.to(device) for t in state]
+    return tp.PlasticState(*moved) if isinstance(state, tp.PlasticState) else tuple(moved)
 
 
 def streams(data, batch):
@@ -191,10 +201,19 @@ def main():
     spent = {k: 0.0 for k in models}          # training seconds
     steps = {k: 0 for k in models}
     history = {k: [] for k in models}         # (seconds, steps, validation bpc)
-    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    states = {k: None for k in models}        # the recurrent state carried from step to step
+    checkpoints = {k: os.path.join(args.out, f"checkpoint_{k}.pt") for k in models}
+
+    def save(k):  # one file per model: a step saves only the model that took it
+        save_checkpoint(checkpoints[k], {k: models[k]}, {k: optimizers[k]}, spent=spent[k],
+                        steps=steps[k], history=history[k], state=states[k], args=vars(args))
+
     if args.resume:
-        state = load_checkpoint(checkpoint, models, optimizers)
-        spent, steps, history = state["spent"], state["steps"], state["history"]
+        for k in models:
+            if os.path.exists(checkpoints[k]):  # a model that had not stepped yet starts afresh
+                saved = load_checkpoint(checkpoints[k], {k: models[k]}, {k: optimizers[k]})
+                spent[k], steps[k], history[k] = saved["spent"], saved["steps"], saved["history"]
+                states[k] = to_device(saved["state"], device)
     print(f"charlm: {len(text):,} characters ({len(itos)} distinct), {len(train):,} train / "
           f"{len(valid):,} validation; plastic LSTM H={hidden} ({parameter_count(models['plastic']):,} "
           f"parameters), torch.nn.LSTM H={models['lstm'].rnn.hidden_size} "
@@ -202,7 +221,6 @@ def main():
 
     budget = 60.0 * args.minutes / 2
     positions = {k: steps[k] * args.bptt % max(train_streams.shape[0] - 1, 1) for k in models}
-    states = {k: None for k in models}
     last_eval = {k: (history[k][-1][0] if history[k] else -math.inf) for k in models}
     bar = progress(None, total=int(2 * budget), unit="s", desc="training (both models)",
                    bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s {postfix}")
@@ -239,9 +257,8 @@ def main():
             history[k].append((spent[k], steps[k], bpc))
             last_eval[k] = spent[k]
             bar.set_postfix({n: f"{h[-1][2]:.3f} bpc" for n, h in history.items() if h})
-            save_checkpoint(checkpoint, models, optimizers, spent=spent, steps=steps, history=history)
+        save(k)
     bar.close()
-    save_checkpoint(checkpoint, models, optimizers, spent=spent, steps=steps, history=history)
     plot(os.path.join(args.out, "bpc.png"), history, args.eval_chars)
 
     final = {k: bits_per_char(m, valid, batch, args.bptt, device) for k, m in models.items()}

@@ -23,8 +23,8 @@ Prints `continual: plastic average accuracy X (forgetting F), plain Y (forgettin
 tasks (scenario, N seeds)`: the accuracy on every task's test set after the last task, averaged
 over tasks and seeds, and the forgetting, the mean over the first four tasks of the best
 accuracy a task had during training minus its final one. Writes to --out: accuracy.png (each
-task's test accuracy over training, both networks) and checkpoint.pt (after every task of every
-seed; --resume continues from there).
+task's test accuracy over training, both networks) and checkpoint.pt, written after every epoch
+of every run: --resume continues from there, even after SIGKILL, with no completed epoch lost.
 """
 
 import argparse
@@ -108,27 +108,29 @@ def accuracies(model, test, scenario):
     return result
 
 
-def train_sequence(model, train, test, args, generator, record):
-    """Trains on the tasks in order; record(step, accuracies) after every epoch."""
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+def train_sequence(model, opt, train, test, args, generator, run, save):
+    """Trains on the tasks in order, args.epochs each, from where `run` (the run's progress:
+    epochs done, optimizer steps, the history of (step, accuracies) after every epoch) says;
+    appends to run["history"] and calls save() after every epoch."""
     x, y = train
-    step = 0
-    for task in TASKS:
+    for epoch in range(run["epochs"], len(TASKS) * args.epochs):
+        task = TASKS[epoch // args.epochs]
         idx = torch.nonzero((y == task[0]) | (y == task[1])).flatten()
-        for _ in range(args.epochs):
-            order = idx[torch.randperm(len(idx), generator=generator).to(idx.device)]
-            for start in range(0, len(order), args.batch):
-                b = order[start:start + args.batch]
-                out = model(x[b], y[b])
-                # The loss reads the current task's two outputs only: the others are not pushed
-                # towards zero by samples they never see (the usual "labels trick").
-                target = nn.functional.one_hot(y[b], 10).float()
-                loss = nn.functional.binary_cross_entropy(out[:, list(task)], target[:, list(task)])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
-            record(step, accuracies(model, test, args.scenario))
+        order = idx[torch.randperm(len(idx), generator=generator).to(idx.device)]
+        for start in range(0, len(order), args.batch):
+            b = order[start:start + args.batch]
+            out = model(x[b], y[b])
+            # The loss reads the current task's two outputs only: the others are not pushed
+            # towards zero by samples they never see (the usual "labels trick").
+            target = nn.functional.one_hot(y[b], 10).float()
+            loss = nn.functional.binary_cross_entropy(out[:, list(task)], target[:, list(task)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run["step"] += 1
+        run["history"].append((run["step"], accuracies(model, test, args.scenario)))
+        run["epochs"] = epoch + 1
+        save()
 
 
 def summary(final, best):
@@ -178,9 +180,10 @@ def main():
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     results = {"plain": [], "plastic": []}  # per seed: (final accuracies, best accuracies)
     curves = {"plain": [], "plastic": []}   # seed 0's (step, accuracies) after every epoch
+    saved = None
     if args.resume:
-        state = load_checkpoint(checkpoint, {}, {})
-        results, curves = state["results"], state["curves"]
+        saved = load_checkpoint(checkpoint, {}, {})
+        results, curves = saved["results"], saved["curves"]
     runs = [(s, name) for s in range(args.seeds) for name in ("plain", "plastic")]
     for s, name in progress(runs, desc="runs"):
         if len(results[name]) > s:
@@ -190,19 +193,28 @@ def main():
         train, test = load_split_digits(seed, device)
         model = Network(args.hidden, plastic=name == "plastic", alpha_init=args.alpha_init,
                         scaling=args.scaling).to(device)
-        best = [0.0] * len(TASKS)
-        history = []
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        generator = torch.Generator().manual_seed(seed)
+        run = {"seed": seed, "name": name, "epochs": 0, "step": 0, "history": []}
+        if saved is not None and saved["run"] is not None and (saved["run"]["seed"], saved["run"]["name"]) == (seed, name):
+            # this run was interrupted: continue it where its last epoch left it
+            load_checkpoint(checkpoint, {"model": model}, {"model": opt}, {"epochs": generator})
+            run = saved["run"]
+            if run["trace"] is not None:
+                model.trace = tp.PlasticState(*(None if t is None else t.to(device) for t in run["trace"]))
 
-        def record(step, acc):
-            history.append((step, acc))
-            for k, a in enumerate(acc):
-                best[k] = max(best[k], a)
+        def save():
+            run["trace"] = model.trace
+            save_checkpoint(checkpoint, {"model": model}, {"model": opt}, {"epochs": generator},
+                            results=results, curves=curves, run=run, args=vars(args))
 
-        train_sequence(model, train, test, args, torch.Generator().manual_seed(seed), record)
-        results[name].append((history[-1][1], best))
+        train_sequence(model, opt, train, test, args, generator, run, save)
+        final = run["history"][-1][1]
+        best = [max(acc[k] for _, acc in run["history"]) for k in range(len(TASKS))]
+        results[name].append((final, best))
         if s == 0:
-            curves[name] = history
-        save_checkpoint(checkpoint, {}, {}, results=results, curves=curves)
+            curves[name] = run["history"]
+        save_checkpoint(checkpoint, {}, {}, results=results, curves=curves, run=None, args=vars(args))
     plot(os.path.join(args.out, "accuracy.png"), curves, args.scenario)
 
     line = {}

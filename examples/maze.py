@@ -9,7 +9,9 @@ profits from remembering where the reward was. Hitting a wall costs 0.1. The age
 Compares four networks of the same hidden size: simple neuromodulation (rule ``modulated``),
 retroactive neuromodulation (rule ``retroactive``), non-modulated plasticity (rule ``hebb``),
 and a plain RNN with its hidden size raised to match their parameter count. Plots the mean
-reward per episode (mean and spread over seeds) to --out/rewards.png.
+reward per episode (mean and spread over seeds) to --out/rewards.png. Completed runs go to
+--out/curves.json; the run in progress is saved to --out/checkpoint_VARIANT.pt after every
+episode, so that --resume continues it with no completed episode lost.
 """
 
 import argparse
@@ -141,22 +143,31 @@ def run_episode(agent, maze, steps, gamma, value_coef, entropy_coef, device):
     return loss, torch.stack(rewards).sum(0).mean().item()
 
 
-def train(variant, seed, args, device, bar_position=0):
+def train(variant, seed, args, device, checkpoint):
+    """One run: trains a fresh agent for args.episodes episodes, saving it to `checkpoint` after
+    every episode; with --resume, continues the run `checkpoint` holds if it is this one."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     hidden = args.hidden if variant != "rnn" else matched_rnn_hidden(args.hidden)
     agent = Agent(variant, hidden).to(device)
     opt = torch.optim.Adam(agent.parameters(), lr=args.lr)
-    maze = Maze(args.size, args.batch, gen, device)
     curve = []
-    for _ in progress(range(args.episodes), desc=f"{variant} seed {seed}", leave=False, position=bar_position):
+    if args.resume and os.path.exists(checkpoint):
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved["seed"] == seed:
+            curve = load_checkpoint(checkpoint, {"agent": agent}, {"agent": opt}, {"maze": gen})["curve"]
+    maze = Maze(args.size, args.batch, gen, device)
+    for _ in progress(range(len(curve), args.episodes), initial=len(curve), total=args.episodes,
+                      desc=f"{variant} seed {seed}", leave=False):
         loss, reward = run_episode(agent, maze, args.steps, args.gamma, args.value_coef, args.entropy, device)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(agent.parameters(), 4.0)
         opt.step()
         curve.append(reward)
-    return agent, opt, curve
+        save_checkpoint(checkpoint, {"agent": agent}, {"agent": opt}, {"maze": gen}, seed=seed,
+                        curve=curve, args=vars(args))
+    return curve
 
 
 def plot(path, curves, episodes):
@@ -211,11 +222,9 @@ def main():
     for variant in args.variants:
         runs = curves.setdefault(variant, [])
         for s in range(len(runs), args.seeds):
-            agent, opt, curve = train(variant, args.seed + s, args, device)
-            runs.append(curve)
-            save_checkpoint(os.path.join(args.out, f"checkpoint_{variant}.pt"), {"agent": agent},
-                            {"agent": opt}, curve=curve, args=vars(args))
-            with open(results_path, "w") as f:  # completed runs survive an interruption (--resume)
+            runs.append(train(variant, args.seed + s, args, device,
+                              os.path.join(args.out, f"checkpoint_{variant}.pt")))
+            with open(results_path, "w") as f:  # the runs done so far; --resume skips them
                 json.dump(curves, f)
     plot(os.path.join(args.out, "rewards.png"), {v: curves[v] for v in args.variants}, args.episodes)
     tail = max(1, args.episodes // 10)

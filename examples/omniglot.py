@@ -14,6 +14,7 @@ is a class of its own. Reports N-way 1-shot accuracy on held-out characters.
 
 import argparse
 import io
+import math
 import os
 import sys
 import time
@@ -135,10 +136,11 @@ def main():
     add_common_args(ap, default_out="out/omniglot")
     ap.add_argument("--data", default=DEFAULT_DATA, help="folder with the Omniglot zip files")
     ap.add_argument("--ways", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5000, help="training steps (stops earlier after --minutes)")
+    ap.add_argument("--steps", type=int, default=8000, help="training steps (stops earlier after --minutes)")
     ap.add_argument("--minutes", type=float, default=18.0, help="stop training after this long")
     ap.add_argument("--batch", type=int, default=32, help="episodes per step")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam's initial learning rate, decayed to 0 "
+                    "along a cosine over the run (whichever of --steps and --minutes ends it first)")
     ap.add_argument("--held-out", type=float, default=0.2, help="fraction of characters held out")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-batches", type=int, default=20)
@@ -153,31 +155,37 @@ def main():
     model = OneShot(args.ways).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     history, start, elapsed = [], 0, 0.0
+    gen = torch.Generator().manual_seed(args.seed)
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if args.resume:
-        state = load_checkpoint(ckpt, {"model": model}, {"model": opt})
+        state = load_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen})
         history, start, elapsed = state["history"], state["step"], state["elapsed"]
-    gen = torch.Generator().manual_seed(args.seed * 100_003 + start)
     t0 = time.time() - elapsed
     bar = progress(range(start, args.steps), initial=start, total=args.steps, desc="omniglot")
-    step = start
+    steps_done = start
     for step in bar:
+        if time.time() - t0 > 60 * args.minutes:
+            break
+        # The run's progress is how far it is through its steps or its minutes, whichever is
+        # further, so that the learning rate reaches 0 however the run ends.
+        done = max(step / args.steps, (time.time() - t0) / (60 * args.minutes))
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * min(done, 1.0)))
         images, labels, target = episodes(train, args.ways, args.batch, gen)
         logits = model(images.to(device), labels.to(device))
         loss = nn.functional.cross_entropy(logits, target.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+        steps_done = step + 1
+        if steps_done % args.eval_every == 0 or steps_done == args.steps:
             eval_gen = torch.Generator().manual_seed(7)
-            history.append((step + 1, accuracy(model, train, args.ways, 5, args.batch, eval_gen, device),
+            history.append((steps_done, accuracy(model, train, args.ways, 5, args.batch, eval_gen, device),
                             accuracy(model, held, args.ways, 5, args.batch, eval_gen, device)))
             bar.set_postfix(held_out=f"{history[-1][2]:.3f}")
-            save_checkpoint(ckpt, {"model": model}, {"model": opt}, history=history, step=step + 1,
-                            elapsed=time.time() - t0, args=vars(args))
-        if time.time() - t0 > 60 * args.minutes:
-            break
-    steps_done = step + 1
+        save_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen}, history=history,
+                        step=steps_done, elapsed=time.time() - t0, args=vars(args))
+    bar.close()
     seconds = time.time() - t0
     final = accuracy(model, held, args.ways, args.eval_batches, args.batch, torch.Generator().manual_seed(99), device)
     if history:

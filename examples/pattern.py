@@ -164,11 +164,11 @@ def main():
             for k, m in nets.items()}
     history = {k: [] for k in nets}
     start_episode, elapsed = 0, 0.0
+    gen = torch.Generator().manual_seed(args.seed)
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if args.resume:
-        state = load_checkpoint(ckpt, nets, opts)
+        state = load_checkpoint(ckpt, nets, opts, {"episodes": gen})
         history, start_episode, elapsed = state["history"], state["episode"], state["elapsed"]
-    gen = torch.Generator().manual_seed(args.seed * 1000 + start_episode)
 
     t0 = time.time() - elapsed
     bar = progress(range(start_episode, args.episodes), initial=start_episode, total=args.episodes,
@@ -188,12 +188,9 @@ def main():
         bar.set_postfix(plastic=f"{history['plastic'][-1]:.3f}", plain=f"{history['non-plastic'][-1]:.3f}")
         history.setdefault("seconds", []).append(time.time() - t0)
         episodes_done = episode + 1
-        if episodes_done % 100 == 0 or episodes_done == args.episodes:
-            save_checkpoint(ckpt, nets, opts, history=history, episode=episodes_done,
-                            elapsed=time.time() - t0, args=vars(args))
+        save_checkpoint(ckpt, nets, opts, {"episodes": gen}, history=history, episode=episodes_done,
+                        elapsed=time.time() - t0, args=vars(args))
     bar.close()
-    save_checkpoint(ckpt, nets, opts, history=history, episode=episodes_done,
-                    elapsed=time.time() - t0, args=vars(args))
     seconds = time.time() - t0
 
     eval_gen = torch.Generator().manual_seed(10_000 + args.seed)
