@@ -1,0 +1,110 @@
+// The machine's ceilings for the roofline (benchmarks/roofline.py builds and runs this): the
+// fused multiply-add rate and the bandwidth of streaming loops at working sets from L1 to
+// DRAM, every thread at once, each on its own buffer, as the op's sequences run.
+//
+//   g++ -O3 -march=native -fopenmp machine_rates.cpp -o machine_rates && ./machine_rates
+//
+// Prints one JSON object: threads, fma_gflops (float32), and for each working set per thread
+// the read bandwidth (a sum over the buffer) and the update bandwidth (x = s·x + c in place,
+// the access pattern of a trace update: each byte read once and written once), in GB/s.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int kChains = 12;  // independent FMA chains: enough to cover the latency on two ports
+
+// Best of `repeats` timings of body(), run by every thread together between barriers.
+template <typename Body>
+double best_seconds(int repeats, Body body) {
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    double start = 0, stop = 0;
+#pragma omp parallel
+    {
+#pragma omp barrier
+#pragma omp master
+      start = omp_get_wtime();
+      body(omp_get_thread_num());
+#pragma omp barrier
+#pragma omp master
+      stop = omp_get_wtime();
+    }
+    best = std::min(best, stop - start);
+  }
+  return best;
+}
+
+volatile float sink;
+
+double fma_gflops(int threads) {
+  const long iterations = 20000000;
+  const double seconds = best_seconds(5, [&](int) {
+    v16 acc[kChains];
+    for (int k = 0; k < kChains; ++k) acc[k] = v16{} + 1.0f + k * 1e-3f;
+    const v16 m = v16{} + 0.999999f, c = v16{} + 1e-7f;
+    for (long i = 0; i < iterations; ++i)
+#pragma GCC unroll 12
+      for (int k = 0; k < kChains; ++k) acc[k] = acc[k] * m + c;
+    float s = 0;
+    for (int k = 0; k < kChains; ++k)
+      for (int l = 0; l < 16; ++l) s += acc[k][l];
+    sink = s;
+  });
+  return 2.0 * 16 * kChains * iterations * threads / seconds / 1e9;
+}
+
+// Read and update bandwidth with `bytes` per thread.
+void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs) {
+  const long n = bytes / sizeof(v16);
+  std::vector<v16*> buffers(threads);
+#pragma omp parallel
+  {  // each thread allocates and first-touches its own buffer
+    const int t = omp_get_thread_num();
+    buffers[t] = static_cast<v16*>(std::aligned_alloc(64, n * sizeof(v16)));
+    for (long i = 0; i < n; ++i) buffers[t][i] = v16{} + 1.0f;
+  }
+  // Passes per timing: enough bytes that a timing lasts milliseconds.
+  const long passes = std::max(1L, (1L << 30) / bytes);
+  const double read_s = best_seconds(5, [&](int t) {
+    const v16* x = buffers[t];
+    v16 s[8] = {};
+    for (long p = 0; p < passes; ++p)
+      for (long i = 0; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; ++k) s[k] += x[i + k];
+    float total = 0;
+    for (int k = 0; k < 8; ++k) total += s[k][0];
+    sink = total;
+  });
+  const double update_s = best_seconds(5, [&](int t) {
+    v16* x = buffers[t];
+    const v16 m = v16{} + 0.5f, c = v16{} + 0.5f;  // a fixed point: the values stay at 1
+    for (long p = 0; p < passes; ++p)
+      for (long i = 0; i < n; ++i) x[i] = x[i] * m + c;
+  });
+  *read_gbs = double(bytes) * passes * threads / read_s / 1e9;
+  *update_gbs = 2.0 * bytes * passes * threads / update_s / 1e9;
+  for (auto b : buffers) std::free(b);
+}
+
+int main(int argc, char** argv) {
+  const int threads = omp_get_max_threads();
+  std::printf("{\"threads\": %d, \"fma_gflops\": %.1f, \"bandwidth\": [", threads, fma_gflops(threads));
+  const long sizes[] = {16L << 10, 256L << 10, 1L << 20, 1536L << 10, 4L << 20, 8L << 20, 64L << 20,
+                        512L << 20};
+  bool first = true;
+  for (long bytes : sizes) {
+    double read_gbs, update_gbs;
+    bandwidth(bytes, threads, &read_gbs, &update_gbs);
+    std::printf("%s{\"bytes_per_thread\": %ld, \"read_gbs\": %.1f, \"update_gbs\": %.1f}",
+                first ? "" : ", ", bytes, read_gbs, update_gbs);
+    first = false;
+    std::fflush(stdout);
+  }
+  std::printf("]}\n");
+  return 0;
+}

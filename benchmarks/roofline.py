@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Roofline of the CPU op: each pass's bytes and FLOPs per step against this machine's measured
+ceilings, and how far each pass runs from its bound.
+
+Workload: `make bench`'s (recurrent hebb, float32, α per connection, scalar η, B=32, N=256,
+T=64, default checkpoints). The ceilings come from benchmarks/machine_rates.cpp, built here
+with g++ and run on as many threads as torch uses: the float32 FMA rate, and the bandwidth of
+a streaming update (read and write each byte once, as a trace update does) at the working set
+per thread that each pass has.
+
+The passes and what they move per step (counted from the loops in csrc/cpu/forward.h,
+backward.h and kernels/rules/hebb.h; E = B·N² trace elements, one per connection and
+sequence; an "op" is one vector multiply or fused multiply-add, counted as 2 FLOPs):
+
+* forward: per element, H read and written once (the row block stays in L1 between the
+  matrix-vector product and the update) from where the thread's traces live (B/threads · N² · 4
+  bytes: beyond L2 at B=32), α and W read from L2 once per group of 4 sequences in lockstep;
+  4 ops: (α·H + W)·p and the update (1 − η)·H + ηy·p.
+* backward, anchors: per segment of K steps, each trace is stepped from its checkpoint to the
+  anchor before step 4 (advance_row; every 4th step): at K = 8, half a step-update (1 op) and
+  an eighth of a read (checkpoint, beyond L2) and of a write (anchor, L2) per element and step.
+  Not timed apart: it runs inside each sequence's loop between row passes (the figure at
+  K = 4, where the checkpoints are the anchors, is no substitute: its row passes then read
+  every anchor from beyond L2). Its bound is shown; its time is in the backward loop's.
+* backward, row passes (finish(t+1) and trace(t) fused): per element, dL/dH and the
+  sequence's dL/dα slab read and written, α, W and the anchor read: 28 bytes from L2 (one
+  sequence's working set, dL/dH, its slab, α, W and two anchors, is 6·N²·4 bytes); 14 ops: the
+  replay of 0–3 steps from the anchor (1.5 on average, 2 ops each), the step's candidate (2),
+  finish (5: dL/dα, dL/dH, and dL/dp through α·H + W) and the rule's backward (4).
+  Timed with the anchors, as the backward loop: the backward's time less the two below.
+* after the loop, dL/dW: one GEMM over all steps (2·B·N² FLOPs per step), and the sum of the
+  B per-sequence dL/dα slabs (E·4 bytes once per call), each timed as the torch call it is.
+
+Each pass's bound: the larger of its FLOPs at the measured FMA rate and its bytes at the
+measured update bandwidth of the working set they come from (the smallest measured working
+set at least as large); "× bound" is the measured time over that bound.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import torchplastic as tp  # noqa: F401  (registers the ops)
+from common import recurrent_hebb_inputs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def machine_rates(threads):
+    """Builds and runs machine_rates.cpp; its JSON."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise SystemExit("roofline: no C++ compiler (set CXX) to build benchmarks/machine_rates.cpp")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = os.path.join(tmp, "machine_rates")
+        subprocess.run([compiler, "-O3", "-march=native", "-fopenmp", os.path.join(HERE, "machine_rates.cpp"),
+                        "-o", binary], check=True)
+        out = subprocess.run([binary], check=True, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_PROC_BIND": "spread"})
+    return json.loads(out.stdout)
+
+
+def best_time(fn, repeats):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def update_bandwidth_for(rates, bytes_per_thread):
+    """The measured update bandwidth (GB/s) at the smallest measured working set at least this
+    large (the largest measured one beyond them all)."""
+    fitting = [r for r in rates["bandwidth"] if r["bytes_per_thread"] >= bytes_per_thread]
+    return (fitting[0] if fitting else rates["bandwidth"][-1])["update_gbs"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", "-B", type=int, default=32)
+    ap.add_argument("--hidden", "-N", type=int, default=256)
+    ap.add_argument("--steps", "-T", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=15, help="timings per measurement; the best is kept")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    T, B, N = args.steps, args.batch, args.hidden
+    rates = machine_rates(threads)
+
+    kw = recurrent_hebb_inputs(T, B, N, requires_grad=False)
+    ops = torch.ops.torchplastic
+    common = dict(x=None, weight=kw["weight"], hidden=None, eligibility=None, threshold=None, modulation=None,
+                  mod_weight=None, mod_bias=None, mod_fanout_weight=None, mod_fanout_bias=None, rule="hebb",
+                  activation="tanh", clip=None, synaptic_scaling=None, adaptive_threshold=None,
+                  target_activity=0.0)
+    K = math.ceil(math.sqrt(T))  # the op's default
+
+    def op_times(K):
+        forward = lambda: ops.plastic_scan_forward(kw["z"], kw["alpha"], kw["eta"], None, **common,
+                                                   checkpoint_every=K)
+        y, hidden, trace, elig, theta, ckpt_H, ckpt_E = forward()
+        grads = (torch.ones_like(y), torch.zeros_like(hidden), torch.ones_like(trace), elig, theta)
+        backward = lambda: ops.plastic_scan_backward(*grads, y, ckpt_H, ckpt_E, kw["z"], kw["alpha"],
+                                                     kw["eta"], None, **common, checkpoint_every=K)
+        return best_time(forward, args.repeats) / T, best_time(backward, args.repeats) / T
+
+    t_forward, t_backward = op_times(K)
+    ga, p = torch.randn(N, T * B), torch.randn(T * B, N)
+    t_gemm = best_time(lambda: torch.mm(ga, p), args.repeats) / T
+    slabs = torch.randn(B, N, N)
+    t_slabs = best_time(lambda: slabs.sum(0), args.repeats) / T
+    t_loop = t_backward - t_gemm - t_slabs
+
+    E, f32 = B * N * N, 4
+    traces_per_thread = -(-B // threads) * N * N * f32
+    l2_set = 6 * N * N * f32
+    advanced = (K - 1) // 4 * 4 / K  # step-updates per step for the anchors
+    # Per pass: seconds per step, ops per step, and (bytes per step, working set they come from).
+    passes = {
+        "forward": (t_forward, 4 * E, [(2 * f32 * E, traces_per_thread), (2 * f32 * E / 4, 2 * N * N * f32)]),
+        "backward loop: anchors": (None, 2 * advanced * E,
+                                   [(f32 * E / K, traces_per_thread), (f32 * E / K, l2_set)]),
+        "backward loop: row passes": (None, 14 * E, [(28 * E, l2_set)]),
+        "backward loop, both": (t_loop, (2 * advanced + 14) * E,
+                                [(f32 * E / K, traces_per_thread), (f32 * E / K + 28 * E, l2_set)]),
+        "backward: dL/dW GEMM": (t_gemm, B * N * N, [(2 * B * N * f32, 2 * T * B * N * f32 // threads)]),
+        "backward: dL/dα slab sum": (t_slabs, E / T / 2, [(f32 * E / T, traces_per_thread)]),
+    }
+    fma_ops = rates["fma_gflops"] / 2 * 1e9  # vector ops per second
+    rows = []
+    for name, (seconds, ops_per_step, traffic) in passes.items():
+        moved = sum(b for b, _ in traffic)
+        t_mem = sum(b / (update_bandwidth_for(rates, ws) * 1e9) for b, ws in traffic)
+        t_fma = ops_per_step / fma_ops
+        bound = max(t_mem, t_fma)
+        timed = seconds is not None
+        rows.append(dict(pass_=name, us=seconds * 1e6 if timed else None, mb=moved / 1e6,
+                         mflop=2 * ops_per_step / 1e6, gbs=moved / seconds / 1e9 if timed else None,
+                         gflops=2 * ops_per_step / seconds / 1e9 if timed else None,
+                         bound="memory" if t_mem >= t_fma else "FMA", bound_us=bound * 1e6,
+                         of_bound=seconds / bound if timed else None))
+
+    print(f"machine: {threads} threads; float32 FMA {rates['fma_gflops']:.0f} GFLOP/s; update bandwidth (GB/s) per "
+          "working set per thread: " + ", ".join(f"{r['bytes_per_thread'] >> 10} KB {r['update_gbs']:.0f}"
+                                                  for r in rates["bandwidth"]))
+    print(f"op: recurrent hebb float32, B={B}, N={N}, T={T}, K={K}: forward {t_forward * 1e6:.0f} µs/step, "
+          f"backward {t_backward * 1e6:.0f} µs/step")
+    print()
+    print("| pass | µs/step | MB/step | MFLOP/step | GB/s | GFLOP/s | bound by | bound µs | × bound |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)
+    for r in rows:
+        print(f"| {r['pass_']} | {fmt(r['us'], '.0f')} | {r['mb']:.2f} | {r['mflop']:.1f} | "
+              f"{fmt(r['gbs'], '.0f')} | {fmt(r['gflops'], '.0f')} | {r['bound']} | {r['bound_us']:.0f} | "
+              f"{fmt(r['of_bound'], '.1f')} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=rates, B=B, N=N, T=T, threads=threads, forward_us=t_forward * 1e6,
+                           backward_us=t_backward * 1e6, passes=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
