@@ -14,7 +14,10 @@ def add_common_args(parser, default_out):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cpu", "cuda"], help="where to train (default: cuda if available)")
     parser.add_argument("--out", default=default_out, help="folder for plots and the checkpoint")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT")
+    parser.add_argument("--save-every", type=int, default=1, metavar="N",
+                        help="write the checkpoint every N steps and at the end (default: 1, after every "
+                             "step, so that --resume after a kill loses no completed step)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -40,6 +43,8 @@ def keep_freed_memory() -> bool:
 def setup(args):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
+    if args.save_every < 1:
+        raise SystemExit(f"--save-every: expected a positive number of steps, got {args.save_every}")
     keep_freed_memory()
     os.makedirs(args.out, exist_ok=True)
     random.seed(args.seed)
@@ -57,8 +62,8 @@ def save_checkpoint(path, models, optimizers, generators=None, **extra):
     """Writes the run's whole state: models, optimizers, the random generators (torch's, Python's,
     and those named in `generators`) and `extra`. The file is written beside `path` and renamed
     over it, so that a run killed at any moment, even by SIGKILL, leaves the previous checkpoint
-    or this one, never a torn file. The examples call it after every step: --resume then loses
-    no completed step, and continues as the uninterrupted run would have."""
+    or this one, never a torn file. The examples call it after every step (--save-every): --resume
+    then loses no completed step, and continues as the uninterrupted run would have."""
     state = {"models": {k: m.state_dict() for k, m in models.items()},
              "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
              "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),

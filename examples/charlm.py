@@ -257,8 +257,11 @@ def main():
             history[k].append((spent[k], steps[k], bpc))
             last_eval[k] = spent[k]
             bar.set_postfix({n: f"{h[-1][2]:.3f} bpc" for n, h in history.items() if h})
-        save(k)
+        if steps[k] % args.save_every == 0:
+            save(k)
     bar.close()
+    for k in models:
+        save(k)
     plot(os.path.join(args.out, "bpc.png"), history, args.eval_chars)
 
     final = {k: bits_per_char(m, valid, batch, args.bptt, device) for k, m in models.items()}

@@ -111,7 +111,7 @@ def accuracies(model, test, scenario):
 def train_sequence(model, opt, train, test, args, generator, run, save):
     """Trains on the tasks in order, args.epochs each, from where `run` (the run's progress:
     epochs done, optimizer steps, the history of (step, accuracies) after every epoch) says;
-    appends to run["history"] and calls save() after every epoch."""
+    appends to run["history"] and calls save() every --save-every epochs."""
     x, y = train
     for epoch in range(run["epochs"], len(TASKS) * args.epochs):
         task = TASKS[epoch // args.epochs]
@@ -130,7 +130,8 @@ def train_sequence(model, opt, train, test, args, generator, run, save):
             run["step"] += 1
         run["history"].append((run["step"], accuracies(model, test, args.scenario)))
         run["epochs"] = epoch + 1
-        save()
+        if run["epochs"] % args.save_every == 0:
+            save()
 
 
 def summary(final, best):

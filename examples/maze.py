@@ -9,9 +9,12 @@ profits from remembering where the reward was. Hitting a wall costs 0.1. The age
 Compares four networks of the same hidden size: simple neuromodulation (rule ``modulated``),
 retroactive neuromodulation (rule ``retroactive``), non-modulated plasticity (rule ``hebb``),
 and a plain RNN with its hidden size raised to match their parameter count. Plots the mean
-reward per episode (mean and spread over seeds) to --out/rewards.png. Completed runs go to
---out/curves.json; the run in progress is saved to --out/checkpoint_VARIANT.pt after every
-episode, so that --resume continues it with no completed episode lost.
+reward per episode (mean and spread over seeds) to --out/rewards.png, and prints each network's
+mean reward per episode over the last tenth of training, averaged over seeds, with the lowest
+and highest seed's in brackets. Completed runs go to
+--out/curves.json; a run in progress is saved to --out/checkpoint_VARIANT_SEED.pt after every
+episode, so that --resume continues it with no completed episode lost. Runs go --jobs at a
+time, each in a process of its own.
 """
 
 import argparse
@@ -25,7 +28,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torchplastic as tp  # noqa: E402
-from _common import add_common_args, load_checkpoint, progress, save_checkpoint, setup  # noqa: E402
+from _common import (add_common_args, keep_freed_memory, load_checkpoint, progress,  # noqa: E402
+                     save_checkpoint, setup)
 
 ACTIONS = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]])  # up, down, left, right
 INPUTS = 9 + 1 + 1 + 1 + len(ACTIONS)  # neighbourhood, bias, time, previous reward, previous action
@@ -143,30 +147,29 @@ def run_episode(agent, maze, steps, gamma, value_coef, entropy_coef, device):
     return loss, torch.stack(rewards).sum(0).mean().item()
 
 
-def train(variant, seed, args, device, checkpoint):
-    """One run: trains a fresh agent for args.episodes episodes, saving it to `checkpoint` after
-    every episode; with --resume, continues the run `checkpoint` holds if it is this one."""
+def train(variant, seed, args, device, checkpoint, bar_position=0):
+    """One run: trains a fresh agent for args.episodes episodes, saving it to `checkpoint` (this
+    variant and seed's) after every episode; with --resume, continues from there."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     hidden = args.hidden if variant != "rnn" else matched_rnn_hidden(args.hidden)
     agent = Agent(variant, hidden).to(device)
     opt = torch.optim.Adam(agent.parameters(), lr=args.lr)
     curve = []
-    if args.resume and os.path.exists(checkpoint):
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved["seed"] == seed:
-            curve = load_checkpoint(checkpoint, {"agent": agent}, {"agent": opt}, {"maze": gen})["curve"]
+    if args.resume and os.path.exists(checkpoint):  # this run was interrupted: continue it
+        curve = load_checkpoint(checkpoint, {"agent": agent}, {"agent": opt}, {"maze": gen})["curve"]
     maze = Maze(args.size, args.batch, gen, device)
     for _ in progress(range(len(curve), args.episodes), initial=len(curve), total=args.episodes,
-                      desc=f"{variant} seed {seed}", leave=False):
+                      desc=f"{variant} seed {seed}", leave=False, position=bar_position):
         loss, reward = run_episode(agent, maze, args.steps, args.gamma, args.value_coef, args.entropy, device)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(agent.parameters(), 4.0)
         opt.step()
         curve.append(reward)
-        save_checkpoint(checkpoint, {"agent": agent}, {"agent": opt}, {"maze": gen}, seed=seed,
-                        curve=curve, args=vars(args))
+        if len(curve) % args.save_every == 0 or len(curve) == args.episodes:
+            save_checkpoint(checkpoint, {"agent": agent}, {"agent": opt}, {"maze": gen}, curve=curve,
+                            args=vars(args))
     return curve
 
 
@@ -200,8 +203,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, default_out="out/maze")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--seeds", type=int, default=2, help="runs per variant (seed, seed+1, ...)")
-    ap.add_argument("--episodes", type=int, default=250, help="training episodes per run")
+    ap.add_argument("--seeds", type=int, default=3, help="runs per variant (seed, seed+1, ...; default: 3)")
+    ap.add_argument("--episodes", type=int, default=400, help="training episodes per run (default: 400)")
     ap.add_argument("--steps", type=int, default=200, help="time steps per episode")
     ap.add_argument("--batch", type=int, default=32, help="mazes per episode")
     ap.add_argument("--size", type=int, default=11, help="maze side, walls included")
@@ -210,28 +213,64 @@ def main():
     ap.add_argument("--gamma", type=float, default=0.9)
     ap.add_argument("--value-coef", type=float, default=0.1)
     ap.add_argument("--entropy", type=float, default=0.03)
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="runs trained at once, each in its own process (default: one per CPU core, 1 on CUDA)")
     args = ap.parse_args()
     device = setup(args)
 
     results_path = os.path.join(args.out, "curves.json")
-    curves = {}
+    curves = {}  # variant → seed (a string, as JSON keys are) → reward per episode
     if args.resume and os.path.exists(results_path):
         with open(results_path) as f:
             curves = json.load(f)
+    jobs = [(v, args.seed + s) for v in args.variants for s in range(args.seeds)
+            if str(args.seed + s) not in curves.get(v, {})]
     t0 = time.time()
-    for variant in args.variants:
-        runs = curves.setdefault(variant, [])
-        for s in range(len(runs), args.seeds):
-            runs.append(train(variant, args.seed + s, args, device,
-                              os.path.join(args.out, f"checkpoint_{variant}.pt")))
-            with open(results_path, "w") as f:  # the runs done so far; --resume skips them
-                json.dump(curves, f)
-    plot(os.path.join(args.out, "rewards.png"), {v: curves[v] for v in args.variants}, args.episodes)
+
+    def done(variant, seed, curve):
+        curves.setdefault(variant, {})[str(seed)] = curve
+        with open(results_path, "w") as f:  # the runs done so far; --resume skips them
+            json.dump(curves, f)
+
+    workers = min(args.jobs or (1 if device.type == "cuda" else os.cpu_count() or 1), max(len(jobs), 1))
+    if workers <= 1:
+        for variant, seed in jobs:
+            done(variant, seed, train(variant, seed, args, device, checkpoint_path(args, variant, seed)))
+    else:
+        # Each run in a process of its own, the cores shared out: a step of these small
+        # networks is too short to keep two threads busy, two runs at once are not.
+        import multiprocessing
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker,
+                                                       initargs=(threads, args.no_progress)) as pool:
+            for variant, seed, curve in pool.imap_unordered(run_job, [(v, s, args) for v, s in jobs]):
+                done(variant, seed, curve)
+
+    runs = {v: [curves[v][k] for k in sorted(curves[v], key=int)][:args.seeds] for v in args.variants}
+    plot(os.path.join(args.out, "rewards.png"), runs, args.episodes)
     tail = max(1, args.episodes // 10)
-    final = {v: sum(sum(r[-tail:]) / tail for r in curves[v]) / len(curves[v]) for v in args.variants}
+    finals = {v: [sum(r[-tail:]) / tail for r in rs] for v, rs in runs.items()}
     print("maze: mean reward over the last {} episodes: {} ({} runs of {} episodes, {:.0f} s)".format(
-        tail, ", ".join(f"{v} {final[v]:.1f}" for v in args.variants), args.seeds * len(args.variants),
-        args.episodes, time.time() - t0))
+        tail, ", ".join(f"{v} {sum(f) / len(f):.1f} [{min(f):.1f}, {max(f):.1f}]" for v, f in finals.items()),
+        sum(len(rs) for rs in runs.values()), args.episodes, time.time() - t0))
+
+
+def checkpoint_path(args, variant, seed):
+    return os.path.join(args.out, f"checkpoint_{variant}_{seed}.pt")
+
+
+def init_worker(threads, no_progress):
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    progress.disable = no_progress
+
+
+def run_job(job):
+    variant, seed, args = job
+    import multiprocessing
+    slot = multiprocessing.current_process()._identity[0] - 1  # the worker's line for its bar
+    device = torch.device(args.device)
+    return variant, seed, train(variant, seed, args, device, checkpoint_path(args, variant, seed), slot)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def episodes(classes, ways, batch, generator):
 
 
 class OneShot(nn.Module):
-    def __init__(self, ways, channels=64, label_scale=10.0):
+    def __init__(self, ways, channels=64, label_scale=10.0, eta_init=0.1):
         super().__init__()
         layers, c = [], 1
         for _ in range(4):
@@ -85,7 +85,7 @@ class OneShot(nn.Module):
             c = channels
         self.embed = nn.Sequential(*layers, nn.Flatten())       # 28 → 14 → 7 → 3 → 1: [*, channels]
         self.plastic = tp.PlasticLinear(channels, ways, rule="hebb", activation="identity",
-                                        alpha="connection", eta="scalar", alpha_init=0.1, eta_init=0.1)
+                                        alpha="connection", eta="scalar", alpha_init=0.1, eta_init=eta_init)
         self.label_scale = label_scale
 
     def forward(self, images, labels):
@@ -141,9 +141,13 @@ def main():
     ap.add_argument("--batch", type=int, default=32, help="episodes per step")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam's initial learning rate, decayed to 0 "
                     "along a cosine over the run (whichever of --steps and --minutes ends it first)")
+    ap.add_argument("--eta-init", type=float, default=None,
+                    help="the trace's initial rate η (default: 0.5 / ways: the first label's binding "
+                         "still has (1 − η)^ways ≈ 60%% of its strength at the query)")
     ap.add_argument("--held-out", type=float, default=0.2, help="fraction of characters held out")
     ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--eval-batches", type=int, default=20)
+    ap.add_argument("--eval-batches", type=int, default=100,
+                    help="batches of held-out episodes for the final figure (default: 100, 3200 episodes)")
     args = ap.parse_args()
     device = setup(args)
 
@@ -152,7 +156,7 @@ def main():
     n_held = int(round(args.held_out * len(chars)))
     held, train = with_rotations(chars[perm[:n_held]]), with_rotations(chars[perm[n_held:]])
 
-    model = OneShot(args.ways).to(device)
+    model = OneShot(args.ways, eta_init=args.eta_init or 0.5 / args.ways).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     history, start, elapsed = [], 0, 0.0
     gen = torch.Generator().manual_seed(args.seed)
@@ -183,9 +187,12 @@ def main():
             history.append((steps_done, accuracy(model, train, args.ways, 5, args.batch, eval_gen, device),
                             accuracy(model, held, args.ways, 5, args.batch, eval_gen, device)))
             bar.set_postfix(held_out=f"{history[-1][2]:.3f}")
-        save_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen}, history=history,
-                        step=steps_done, elapsed=time.time() - t0, args=vars(args))
+        if steps_done % args.save_every == 0:
+            save_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen}, history=history,
+                            step=steps_done, elapsed=time.time() - t0, args=vars(args))
     bar.close()
+    save_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen}, history=history,
+                    step=steps_done, elapsed=time.time() - t0, args=vars(args))
     seconds = time.time() - t0
     final = accuracy(model, held, args.ways, args.eval_batches, args.batch, torch.Generator().manual_seed(99), device)
     if history:

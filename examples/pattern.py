@@ -188,9 +188,12 @@ def main():
         bar.set_postfix(plastic=f"{history['plastic'][-1]:.3f}", plain=f"{history['non-plastic'][-1]:.3f}")
         history.setdefault("seconds", []).append(time.time() - t0)
         episodes_done = episode + 1
-        save_checkpoint(ckpt, nets, opts, {"episodes": gen}, history=history, episode=episodes_done,
-                        elapsed=time.time() - t0, args=vars(args))
+        if episodes_done % args.save_every == 0:
+            save_checkpoint(ckpt, nets, opts, {"episodes": gen}, history=history, episode=episodes_done,
+                            elapsed=time.time() - t0, args=vars(args))
     bar.close()
+    save_checkpoint(ckpt, nets, opts, {"episodes": gen}, history=history, episode=episodes_done,
+                    elapsed=time.time() - t0, args=vars(args))
     seconds = time.time() - t0
 
     eval_gen = torch.Generator().manual_seed(10_000 + args.seed)

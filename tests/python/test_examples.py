@@ -81,7 +81,7 @@ def test_maze_example_runs_and_resumes(tmp_path):
             "--variants", "modulated", "rnn", "--out", str(tmp_path), "--no-progress"]
     out = run("maze.py", *args)
     assert out.strip().startswith("maze: mean reward")
-    for f in ("rewards.png", "curves.json", "checkpoint_modulated.pt", "checkpoint_rnn.pt"):
+    for f in ("rewards.png", "curves.json", "checkpoint_modulated_0.pt", "checkpoint_rnn_0.pt"):
         assert (tmp_path / f).exists(), f
     out = run("maze.py", *args[:-1], "--seeds", "2", "--no-progress", "--resume")
     assert "(4 runs" in out
