@@ -245,6 +245,8 @@ def main():
                                                        initargs=(threads, args.no_progress)) as pool:
             for variant, seed, curve in pool.imap_unordered(run_job, [(v, s, args) for v, s in jobs]):
                 done(variant, seed, curve)
+            pool.close()  # let the workers exit on their own, not be terminated
+            pool.join()
 
     runs = {v: [curves[v][k] for k in sorted(curves[v], key=int)][:args.seeds] for v in args.variants}
     plot(os.path.join(args.out, "rewards.png"), runs, args.episodes)
