@@ -106,18 +106,14 @@ def main():
                   mod_weight=None, mod_bias=None, mod_fanout_weight=None, mod_fanout_bias=None, rule="hebb",
                   activation="tanh", clip=None, synaptic_scaling=None, adaptive_threshold=None,
                   target_activity=0.0)
-    K = math.ceil(math.sqrt(T))  # the op's default
-
-    def op_times(K):
-        forward = lambda: ops.plastic_scan_forward(kw["z"], kw["alpha"], kw["eta"], None, **common,
-                                                   checkpoint_every=K)
-        y, hidden, trace, elig, theta, ckpt_H, ckpt_E = forward()
-        grads = (torch.ones_like(y), torch.zeros_like(hidden), torch.ones_like(trace), elig, theta)
-        backward = lambda: ops.plastic_scan_backward(*grads, y, ckpt_H, ckpt_E, kw["z"], kw["alpha"],
-                                                     kw["eta"], None, **common, checkpoint_every=K)
-        return best_time(forward, args.repeats) / T, best_time(backward, args.repeats) / T
-
-    t_forward, t_backward = op_times(K)
+    K = math.ceil(math.sqrt(T))  # the op's default checkpoint interval
+    forward = lambda: ops.plastic_scan_forward(kw["z"], kw["alpha"], kw["eta"], None, **common, checkpoint_every=K)
+    y, hidden, trace, elig, theta, ckpt_H, ckpt_E = forward()
+    grads = (torch.ones_like(y), torch.zeros_like(hidden), torch.ones_like(trace), elig, theta)
+    backward = lambda: ops.plastic_scan_backward(*grads, y, ckpt_H, ckpt_E, kw["z"], kw["alpha"], kw["eta"],
+                                                 None, **common, checkpoint_every=K)
+    t_forward = best_time(forward, args.repeats) / T
+    t_backward = best_time(backward, args.repeats) / T
     ga, p = torch.randn(N, T * B), torch.randn(T * B, N)
     t_gemm = best_time(lambda: torch.mm(ga, p), args.repeats) / T
     slabs = torch.randn(B, N, N)
@@ -147,7 +143,7 @@ def main():
         t_fma = ops_per_step / fma_ops
         bound = max(t_mem, t_fma)
         timed = seconds is not None
-        rows.append(dict(pass_=name, us=seconds * 1e6 if timed else None, mb=moved / 1e6,
+        rows.append(dict(pass_name=name, us=seconds * 1e6 if timed else None, mb=moved / 1e6,
                          mflop=2 * ops_per_step / 1e6, gbs=moved / seconds / 1e9 if timed else None,
                          gflops=2 * ops_per_step / seconds / 1e9 if timed else None,
                          bound="memory" if t_mem >= t_fma else "FMA", bound_us=bound * 1e6,
@@ -163,7 +159,7 @@ def main():
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
     for r in rows:
-        print(f"| {r['pass_']} | {fmt(r['us'], '.0f')} | {r['mb']:.2f} | {r['mflop']:.1f} | "
+        print(f"| {r['pass_name']} | {fmt(r['us'], '.0f')} | {r['mb']:.2f} | {r['mflop']:.1f} | "
               f"{fmt(r['gbs'], '.0f')} | {fmt(r['gflops'], '.0f')} | {r['bound']} | {r['bound_us']:.0f} | "
               f"{fmt(r['of_bound'], '.1f')} |")
     if args.json:
