@@ -2,7 +2,7 @@
 #
 #   make test        system packages (apt-get, if missing) → .venv with torch==2.11.0 → CMake build
 #                    (library, _C, C++ tests) → editable install → ctest → pytest
-#   make demo        set up as above, then train the pattern-memorization demo (~3 min)
+#   make demo        set up as above, then train the pattern-memorization demo (~1 min)
 #   make test-asan   GoogleTest under AddressSanitizer and UndefinedBehaviorSanitizer
 #   make test-cpp    GoogleTest only          make test-python   pytest only
 #   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
@@ -74,7 +74,7 @@ docs: build
 	@echo "docs: $(BUILD)/docs/index.html"
 
 # The README's first command: set up as `make test` does, then train the pattern-memorization
-# task of Miconi et al. 2018 (plastic vs non-plastic RNN), about 3 minutes on 2 cores.
+# task of Miconi et al. 2018 (plastic vs non-plastic RNN), about a minute on 2 cores.
 demo: build
 	$(PY) examples/pattern.py --out out/pattern
 
