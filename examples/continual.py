@@ -197,10 +197,11 @@ def main():
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         generator = torch.Generator().manual_seed(seed)
         run = {"seed": seed, "name": name, "epochs": 0, "step": 0, "history": []}
-        if saved is not None and saved["run"] is not None and (saved["run"]["seed"], saved["run"]["name"]) == (seed, name):
-            # this run was interrupted: continue it where its last epoch left it
+        interrupted = saved.get("run") if saved is not None else None
+        if interrupted is not None and (interrupted["seed"], interrupted["name"]) == (seed, name):
+            # this run was stopped: continue it where its last saved epoch left it
             load_checkpoint(checkpoint, {"model": model}, {"model": opt}, {"epochs": generator})
-            run = saved["run"]
+            run = interrupted
             if run["trace"] is not None:
                 model.trace = tp.PlasticState(*(None if t is None else t.to(device) for t in run["trace"]))
 
