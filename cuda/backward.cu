@@ -14,41 +14,34 @@
 namespace torchplastic {
 namespace cuda {
 
-// The LSTM cell's backward for row o of step t (every lane of the row's warp): with S.gh[o] =
-// dL/dh_t, S.gc[o] = dL/dc_t from the later steps and dg_rule the rule's and θ's shares of
-// dL/dg_t, writes the gates' pre-activation gradients of i, f, o into grad_z, carries
+// The LSTM cell's backward for row o of step t (every lane of the row's warp; the math is
+// kernels::lstm_cell_grad, the CPU's too): with S.gh[o] = dL/dh_t, S.gc[o] = dL/dc_t from the
+// later steps and dg_rule the rule's and θ's shares of dL/dg_t, writes the gates' pre-activation gradients of i, f, o into grad_z, carries
 // dL/dc_{t-1} in S.gc[o], adds the row's W_hh i, f, o terms to the warp's dL/dp partials and
 // returns dL/dg̃ (every lane).
 template <typename T>
 __device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams<T>& G,
                                     const BackwardSmem<T>& S, int64_t t, int64_t b, int64_t o,
-                                    T dg_rule, const T* p, T* partials, int lane) {
+                                    T dg_rule, T* partials, int lane) {
   const int64_t H = P.O;
-  const T i = P.lstm_value(ScanParams<T>::kGateI, t, b)[o];
-  const T f = P.lstm_value(ScanParams<T>::kGateF, t, b)[o];
-  const T g = P.lstm_value(ScanParams<T>::kGateG, t, b)[o];
-  const T og = P.lstm_value(ScanParams<T>::kGateO, t, b)[o];
-  const T c = P.lstm_value(ScanParams<T>::kCell, t, b)[o];
-  const T c_prev = P.previous_cell(t, b)[o];
-  const T tc = kernels::precise_tanh(c), dh = S.gh[o];
-  const T dc = S.gc[o] + dh * og * (T(1) - tc * tc);
-  const T di = dc * g * i * (T(1) - i);
-  const T df = dc * c_prev * f * (T(1) - f);
-  const T dog = dh * tc * og * (T(1) - og);
-  const T ga = (dc * i + dg_rule) * (T(1) - g * g);
+  const auto d = kernels::lstm_cell_grad(
+      P.lstm_value(ScanParams<T>::kGateI, t, b)[o], P.lstm_value(ScanParams<T>::kGateF, t, b)[o],
+      P.lstm_value(ScanParams<T>::kGateG, t, b)[o], P.lstm_value(ScanParams<T>::kGateO, t, b)[o],
+      P.lstm_value(ScanParams<T>::kCell, t, b)[o], P.previous_cell(t, b)[o], S.gh[o], S.gc[o],
+      dg_rule);
   T* grad_z = G.grad_z + (t * P.B + b) * 4 * H;
   __syncwarp();  // every lane has read S.gh[o] and S.gc[o]
   if (lane == 0) {
-    grad_z[o] = di;
-    grad_z[H + o] = df;
-    grad_z[3 * H + o] = dog;
-    S.gc[o] = dc * f;
+    grad_z[o] = d.i;
+    grad_z[H + o] = d.f;
+    grad_z[3 * H + o] = d.o;
+    S.gc[o] = d.cell_prev;
   }
   const T* Wi = P.weight_hh + o * H;
   const T* Wf = P.weight_hh + (H + o) * H;
   const T* Wo = P.weight_hh + (3 * H + o) * H;
-  for (int64_t k = lane; k < H; k += 32) partials[k] += di * Wi[k] + df * Wf[k] + dog * Wo[k];
-  return ga;
+  for (int64_t k = lane; k < H; k += 32) partials[k] += d.i * Wi[k] + d.f * Wf[k] + d.o * Wo[k];
+  return d.g;
 }
 
 template <typename T, typename R>
@@ -174,7 +167,7 @@ __global__ void __launch_bounds__(kThreads)
 
       // dL/da of row o (the LSTM: through its cell's backward), then its α, H_{t-1} and p terms.
       auto finish_row = [&](int64_t o, T gy_total) {
-        const T ga = P.lstm ? lstm_cell_backward_row(P, G, S, t, b, o, gy_total, p, my_partials, lane)
+        const T ga = P.lstm ? lstm_cell_backward_row(P, G, S, t, b, o, gy_total, my_partials, lane)
                             : gy_total * kernels::activation_grad(P.activation, y[o]);
         if (lane == 0) {
           G.grad_z[(t * B + b) * Z + (P.lstm ? 2 * O : 0) + o] = ga;

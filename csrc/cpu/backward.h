@@ -335,14 +335,13 @@ void lstm_cell_backward(const ScanParams<T>& P, const BackwardWorkspace<T>& S, i
   const T* c = P.lstm_value(ScanParams<T>::kCell, t, b);
   const T* c_prev = P.previous_cell(t, b);
   for (int64_t o = 0; o < H; ++o) {
-    const T tc = kernels::precise_tanh(c[o]), dh = S.gh[o];
-    const T dc = S.gc[o] + dh * go[o] * (T(1) - tc * tc);
-    const T dg = dc * gi[o] + S.gy[o];
-    grad_z[o] = dc * gg[o] * gi[o] * (T(1) - gi[o]);
-    grad_z[H + o] = dc * c_prev[o] * gf[o] * (T(1) - gf[o]);
-    grad_z[2 * H + o] = S.ga[o] = dg * (T(1) - gg[o] * gg[o]);
-    grad_z[3 * H + o] = dh * tc * go[o] * (T(1) - go[o]);
-    S.gc[o] = dc * gf[o];
+    const auto d = kernels::lstm_cell_grad(gi[o], gf[o], gg[o], go[o], c[o], c_prev[o], S.gh[o],
+                                           S.gc[o], S.gy[o]);
+    grad_z[o] = d.i;
+    grad_z[H + o] = d.f;
+    grad_z[2 * H + o] = S.ga[o] = d.g;
+    grad_z[3 * H + o] = d.o;
+    S.gc[o] = d.cell_prev;
   }
   // dL/dp_t += W_ifoᵀ dL/d(i, f, o pre-activations); W_g's share is finish(t)'s. A chunk of
   // dL/dp stays in registers while every row of W_ifo adds to it: one load and store of it per

@@ -221,6 +221,27 @@ TP_HD T activation_grad(Activation act, T y) {
   return T(1);
 }
 
+// The LSTM cell's backward for unit o of a step (the equations above), from what the forward
+// stored (i, f, g, o, c_t, c_{t-1}), dL/dh_t and dL/dc_t from the later steps, and the rule's
+// and θ's shares of dL/dg_t: the four gates' pre-activation gradients and dL/dc_{t-1}.
+template <typename T>
+struct LstmCellGrad {
+  T i, f, g, o, cell_prev;
+};
+template <typename T>
+TP_HD LstmCellGrad<T> lstm_cell_grad(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_later,
+                                     T dg_rule) {
+  const T tc = precise_tanh(c);
+  const T dc = dc_later + dh * o * (T(1) - tc * tc);
+  LstmCellGrad<T> d;
+  d.i = dc * g * i * (T(1) - i);
+  d.f = dc * c_prev * f * (T(1) - f);
+  d.g = (dc * i + dg_rule) * (T(1) - g * g);
+  d.o = dh * tc * o * (T(1) - o);
+  d.cell_prev = dc * f;
+  return d;
+}
+
 // What rule R sees of connection oi = o·I + i of a step; its coefficients (A–D) are read here.
 template <typename R, typename T>
 TP_HD Synapse<T> synapse(const ScanParams<T>& P, int64_t oi, T H, T E, T y, T p, T m, T eta) {
