@@ -48,7 +48,7 @@ import time
 
 import torch
 
-import torchplastic as tp  # noqa: F401  (registers the ops)
+import torchplastic as tp
 from common import recurrent_hebb_inputs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,16 +102,14 @@ def main():
 
     kw = recurrent_hebb_inputs(T, B, N, requires_grad=False)
     ops = torch.ops.torchplastic
-    common = dict(x=None, weight=kw["weight"], hidden=None, eligibility=None, threshold=None, modulation=None,
-                  mod_weight=None, mod_bias=None, mod_fanout_weight=None, mod_fanout_bias=None, rule="hebb",
-                  activation="tanh", clip=None, synaptic_scaling=None, adaptive_threshold=None,
-                  target_activity=0.0)
     K = math.ceil(math.sqrt(T))  # the op's default checkpoint interval
-    forward = lambda: ops.plastic_scan_forward(kw["z"], kw["alpha"], kw["eta"], None, **common, checkpoint_every=K)
+    op_args = dict.fromkeys(tp.functional.SCAN_ARGUMENTS)  # the op's arguments, None where unused
+    op_args.update(z=kw["z"], alpha=kw["alpha"], eta=kw["eta"], weight=kw["weight"], rule="hebb",
+                 activation="tanh", target_activity=0.0, checkpoint_every=K)
+    forward = lambda: ops.plastic_scan_forward(**op_args)
     y, hidden, trace, elig, theta, ckpt_H, ckpt_E = forward()
     grads = (torch.ones_like(y), torch.zeros_like(hidden), torch.ones_like(trace), elig, theta)
-    backward = lambda: ops.plastic_scan_backward(*grads, y, ckpt_H, ckpt_E, kw["z"], kw["alpha"], kw["eta"],
-                                                 None, **common, checkpoint_every=K)
+    backward = lambda: ops.plastic_scan_backward(*grads, y, ckpt_H, ckpt_E, **op_args)
     t_forward = best_time(forward, args.repeats) / T
     t_backward = best_time(backward, args.repeats) / T
     ga, p = torch.randn(N, T * B), torch.randn(T * B, N)
