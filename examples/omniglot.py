@@ -165,6 +165,11 @@ def main():
         state = load_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen})
         history, start, elapsed = state["history"], state["step"], state["elapsed"]
     t0 = time.time() - elapsed
+
+    def save():
+        save_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen}, history=history,
+                        step=steps_done, elapsed=time.time() - t0, args=vars(args))
+
     bar = progress(range(start, args.steps), initial=start, total=args.steps, desc="omniglot")
     steps_done = start
     for step in bar:
@@ -188,11 +193,9 @@ def main():
                             accuracy(model, held, args.ways, 5, args.batch, eval_gen, device)))
             bar.set_postfix(held_out=f"{history[-1][2]:.3f}")
         if steps_done % args.save_every == 0:
-            save_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen}, history=history,
-                            step=steps_done, elapsed=time.time() - t0, args=vars(args))
+            save()
     bar.close()
-    save_checkpoint(ckpt, {"model": model}, {"model": opt}, {"episodes": gen}, history=history,
-                    step=steps_done, elapsed=time.time() - t0, args=vars(args))
+    save()
     seconds = time.time() - t0
     final = accuracy(model, held, args.ways, args.eval_batches, args.batch, torch.Generator().manual_seed(99), device)
     if history:

@@ -171,6 +171,11 @@ def main():
         history, start_episode, elapsed = state["history"], state["episode"], state["elapsed"]
 
     t0 = time.time() - elapsed
+
+    def save():
+        save_checkpoint(ckpt, nets, opts, {"episodes": gen}, history=history, episode=episodes_done,
+                        elapsed=time.time() - t0, args=vars(args))
+
     bar = progress(range(start_episode, args.episodes), initial=start_episode, total=args.episodes,
                    desc="pattern")
     episodes_done = start_episode
@@ -189,11 +194,9 @@ def main():
         history.setdefault("seconds", []).append(time.time() - t0)
         episodes_done = episode + 1
         if episodes_done % args.save_every == 0:
-            save_checkpoint(ckpt, nets, opts, {"episodes": gen}, history=history, episode=episodes_done,
-                            elapsed=time.time() - t0, args=vars(args))
+            save()
     bar.close()
-    save_checkpoint(ckpt, nets, opts, {"episodes": gen}, history=history, episode=episodes_done,
-                    elapsed=time.time() - t0, args=vars(args))
+    save()
     seconds = time.time() - t0
 
     eval_gen = torch.Generator().manual_seed(10_000 + args.seed)
