@@ -109,6 +109,18 @@ def call(fn, kw):
     return fn(z, alpha, eta, trace, **kw)
 
 
+def gradcheck_call(caller, fn, kw, **tolerances) -> bool:
+    """torch.autograd.gradcheck of fn, called through caller (call or call_lstm), in every tensor
+    of kw, on its output and every state field the configuration uses."""
+    names = list(tensor_inputs(kw))
+
+    def f(*tensors):
+        out, state = caller(fn, dict(kw, **dict(zip(names, tensors))))
+        return (out, *(t for t in state if t is not None))
+
+    return torch.autograd.gradcheck(f, tuple(kw[n] for n in names), **tolerances)
+
+
 def loss_of(y, state, seed: int = 1):
     """A scalar touching every output with fixed random weights."""
     gen = torch.Generator().manual_seed(seed)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import torchplastic as tp
-from helpers import (RULES, Config, all_rule_mode_sources, call, call_lstm, loss_of, make_inputs,
-                     make_lstm_inputs, tensor_inputs)
+from helpers import (RULES, Config, all_rule_mode_sources, call, call_lstm, gradcheck_call, loss_of,
+                     make_inputs, make_lstm_inputs, tensor_inputs)
 from test_plastic_scan import OPTION_CASES, opcheck_args
 
 pytestmark = pytest.mark.skipif(
@@ -121,14 +121,7 @@ def test_cuda_gradcheck(rule):
                  T=3, B=2, O=3, I=2, clip=None if tp.rules.rule_info(rule).default_clip is None else 2.0,
                  threshold=0.2 if rule in ("hebb", "abcd") else None, checkpoint_every=2)
     kw = to_device(make_inputs(cfg), "cuda")
-    leaves = tensor_inputs(kw)
-    names = list(leaves)
-
-    def fn(*tensors):
-        y, state = call(tp.functional.plastic_scan, dict(kw, **dict(zip(names, tensors))))
-        return (y, *[t for t in state if t is not None])
-
-    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), atol=1e-8, rtol=1e-6)
+    assert gradcheck_call(call, tp.functional.plastic_scan, kw, atol=1e-8, rtol=1e-6)
 
 
 def test_cuda_opcheck():
@@ -322,14 +315,7 @@ def test_cuda_lstm_lengths_and_half_precision():
 def test_cuda_lstm_gradcheck_and_module():
     cfg = Config(rule="retroactive", source="fanout", clip=2.0, T=3, B=2, O=3, threshold=0.2, checkpoint_every=2)
     kw = to_device(make_lstm_inputs(cfg), "cuda")
-    leaves = tensor_inputs(kw)
-    names = list(leaves)
-
-    def fn(*tensors):
-        h, state = call_lstm(tp.functional.plastic_lstm_scan, dict(kw, **dict(zip(names, tensors))))
-        return (h, *[t for t in state if t is not None])
-
-    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), atol=1e-8, rtol=1e-6)
+    assert gradcheck_call(call_lstm, tp.functional.plastic_lstm_scan, kw, atol=1e-8, rtol=1e-6)
     torch.manual_seed(0)
     lstm = tp.PlasticLSTM(5, 8, rule="retroactive", modulation="fanout").cuda()
     out, state = lstm(torch.randn(7, 3, 5, device="cuda"))

@@ -8,7 +8,7 @@ import torch
 import torchplastic as tp
 from torchplastic import functional
 
-from helpers import RULES, Config, call_lstm, loss_of, make_lstm_inputs, tensor_inputs
+from helpers import RULES, Config, call_lstm, gradcheck_call, loss_of, make_lstm_inputs, tensor_inputs
 
 
 def lstm_configs():
@@ -66,14 +66,7 @@ def test_gradcheck(rule):
     info = tp.rules.rule_info(rule)
     cfg = Config(rule=rule, T=3, B=2, O=3, clip=info.default_clip, source="fanout" if info.modulated else None,
                  threshold=0.1)
-    kw = make_lstm_inputs(cfg)
-    names = list(tensor_inputs(kw))
-
-    def f(*tensors):
-        h, state = call_lstm(tp.functional.plastic_lstm_scan, dict(kw, **dict(zip(names, tensors))))
-        return (h, *(t for t in state if t is not None))
-
-    assert torch.autograd.gradcheck(f, [kw[n] for n in names])
+    assert gradcheck_call(call_lstm, tp.functional.plastic_lstm_scan, make_lstm_inputs(cfg))
 
 
 @pytest.mark.parametrize("T", [1, 5, 9])

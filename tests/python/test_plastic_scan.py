@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import torchplastic as tp
-from helpers import RULES, Config, all_rule_mode_sources, call, loss_of, make_inputs, tensor_inputs
+from helpers import (RULES, Config, all_rule_mode_sources, call, gradcheck_call, loss_of, make_inputs,
+                     tensor_inputs)
 from torchplastic.functional import SCAN_ARGUMENTS
 
 VALUE_TOL = dict(rtol=1e-10, atol=1e-12)
@@ -81,16 +82,7 @@ def test_gradcheck(rule, recurrent):
                  T=3, B=2, O=3, I=2, clip=None if tp.rules.rule_info(rule).default_clip is None else 2.0,
                  threshold=0.2 if rule in ("hebb", "abcd") else None,
                  scaling=1.5 if rule in ("oja", "abcd") else None, checkpoint_every=2)
-    kw = make_inputs(cfg)
-    leaves = tensor_inputs(kw)
-    names = list(leaves)
-
-    def fn(*tensors):
-        args = dict(kw, **dict(zip(names, tensors)))
-        y, state = call(tp.functional.plastic_scan, args)
-        return (y, *[t for t in state if t is not None])
-
-    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), atol=1e-8, rtol=1e-6)
+    assert gradcheck_call(call, tp.functional.plastic_scan, make_inputs(cfg), atol=1e-8, rtol=1e-6)
 
 
 # The CPU backward steps traces forward from anchors (every 4th step of a segment, every step
