@@ -6,7 +6,8 @@
 #   make test-asan   GoogleTest under AddressSanitizer and UndefinedBehaviorSanitizer
 #   make test-cpp    GoogleTest only          make test-python   pytest only
 #   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
-#   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmark; logs under $$OUT
+#   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmarks, ncu, compute-sanitizer;
+#                    logs under $$OUT
 #   make docs        the documentation site (Sphinx, warnings are errors) into $(BUILD)/docs
 #   make clean       remove the build (keeps .venv)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make gpu-check`: on a machine with a GPU (the device tool's), build the extension with that
 # machine's python3 and torch, run the CUDA tests and the GPU benchmark. Logs go to $OUT
-# (default ./gpu-check-out). Bounded to about 8 minutes.
+# (default ./gpu-check-out): the build's ptxas report, test and benchmark logs, the Nsight Compute
+# profile of the benchmark's kernels and the compute-sanitizer logs. Bounded to about 9 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -9,8 +10,16 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+# Nsight Compute and compute-sanitizer where the CUDA toolkit keeps them, if not on PATH.
+for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer /usr/local/cuda/nsight-compute* /opt/nvidia/nsight-compute/*; do
+  [ -d "$d" ] && PATH="$PATH:$d"
+done
+export PATH
 status=0
 step() { echo; echo "=== $* ($(date +%T))"; }
+# GPU_CHECK_ONLY="profile sanitizer" runs only those steps after the build (a rerun of what a
+# first call had no time left for); the steps: tests smoke bench lstm profile sanitizer.
+want() { [ -z "${GPU_CHECK_ONLY:-}" ] || [[ " $GPU_CHECK_ONLY " == *" $1 "* ]]; }
 
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv || true
@@ -25,21 +34,64 @@ cmake -S . -B $BUILD -G Ninja -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$(comman
 cmake --build $BUILD -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import torchplastic as tp; print(tp.build_info())"
+grep '^ptxas:' "$OUT/build.log"
+cp $BUILD/ptxas_report.txt "$OUT/" 2>/dev/null || true
 
-step "CUDA tests"
-timeout 300 $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py -rfE --durations=5 \
-  2>&1 | tee "$OUT/pytest_cuda.log" | tail -60
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if want tests; then
+  step "CUDA tests"
+  timeout 300 $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py -rfE --durations=5 \
+    2>&1 | tee "$OUT/pytest_cuda.log" | tail -60
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 
-step "smoke: the benchmark's sizes, step by step"
-timeout 60 $PY -X faulthandler scripts/cuda_smoke.py || status=1
+if want smoke; then
+  step "smoke: the benchmark's sizes, step by step"
+  timeout 60 $PY -X faulthandler scripts/cuda_smoke.py || status=1
+fi
 
-step "GPU benchmark"
-timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" || status=1
+if want bench; then
+  step "GPU benchmark"
+  timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" || status=1
+fi
 
-step "plastic LSTM benchmark (B=32, H=256, T=256, against cuDNN's LSTM)"
-timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
-  --rounds 5 2>&1 | tee "$OUT/bench_lstm.log" || status=1
+if want lstm; then
+  step "plastic LSTM benchmark (B=32, H=256, T=256, against cuDNN's LSTM)"
+  timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
+    --rounds 5 2>&1 | tee "$OUT/bench_lstm.log" || status=1
+fi
+
+# Where the time goes (issue #14): the benchmark's forward and backward kernels, one call,
+# with the stall reasons and memory traffic of each.
+if want profile; then
+  step "Nsight Compute: the benchmark's kernels"
+  if command -v ncu > /dev/null; then
+    timeout 90 ncu --profile-from-start off --kernel-name regex:plastic_scan --section SpeedOfLight \
+      --section LaunchStats --section Occupancy --section MemoryWorkloadAnalysis \
+      --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+      $PY scripts/cuda_case.py --cases bench --profile > "$OUT/ncu.txt" 2>&1 || status=1
+    grep -E "plastic_scan|Duration|Registers Per|Achieved Occupancy|Memory Throughput|Compute \(SM\) Th" \
+      "$OUT/ncu.txt" | head -40
+  else
+    echo "ncu not found: skipped"
+  fi
+fi
+
+# Every launch shape at small sizes under compute-sanitizer: out-of-bounds and misaligned
+# accesses (memcheck) and shared-memory hazards (racecheck). Without torch's caching allocator,
+# so that each tensor is an allocation of its own and an access past its end is seen.
+if want sanitizer; then
+  step "compute-sanitizer"
+  if command -v compute-sanitizer > /dev/null; then
+    for tool in memcheck racecheck; do
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
+        $PY scripts/cuda_case.py --cases small > "$OUT/sanitizer_$tool.log" 2>&1
+      rc=$?; echo "$tool: exit $rc"; tail -3 "$OUT/sanitizer_$tool.log"
+      [ $rc -eq 0 ] || status=1
+    done
+  else
+    echo "compute-sanitizer not found: skipped"
+  fi
+fi
 
 step "done: status $status"
 exit $status

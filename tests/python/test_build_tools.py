@@ -1,0 +1,86 @@
+"""The build's and the GPU check's own tools, which run where no GPU test can watch them:
+the ptxas report launcher (cmake/ptxas_report.py) and the cases that compute-sanitizer and
+Nsight Compute run (scripts/cuda_case.py)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+LAUNCHER = os.path.join(ROOT, "cmake", "ptxas_report.py")
+
+# What nvcc -Xptxas=-v prints for two kernels, one of them spilling, with a warning between.
+PTXAS_OUTPUT = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_ZN12torchplastic4cuda27plastic_scan_forward_kernelIfNS_7kernels5rules4HebbEEEvNS2_10ScanParamsIT_EENS0_4PlanE' for 'sm_90'
+ptxas info    : Function properties for _ZN12torchplastic4cuda27plastic_scan_forward_kernelIfNS_7kernels5rules4HebbEEEvNS2_10ScanParamsIT_EENS0_4PlanE
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 96 registers, used 1 barriers
+ptxas info    : Compile time = 517.533 ms
+cuda/backward.cu(12): warning #177-D: variable "unused" was declared but never referenced
+ptxas info    : Compiling entry function '_ZN12torchplastic4cuda28plastic_scan_backward_kernelIdNS_7kernels5rules11RetroactiveEEEvNS2_10ScanParamsIT_EENS0_4PlanE' for 'sm_90'
+ptxas info    : Function properties for _ZN12torchplastic4cuda28plastic_scan_backward_kernelIdNS_7kernels5rules11RetroactiveEEEvNS2_10ScanParamsIT_EENS0_4PlanE
+    48 bytes stack frame, 76 bytes spill stores, 184 bytes spill loads
+ptxas info    : Used 128 registers, used 1 barriers
+"""
+
+
+def fake_nvcc(tmp_path, returncode=0):
+    """A stand-in for nvcc: checks that -Xptxas=-v was added, prints PTXAS_OUTPUT on stderr,
+    writes the object file and exits with `returncode`."""
+    script = tmp_path / "fake_nvcc.py"
+    script.write_text(textwrap.dedent(f"""\
+        import sys
+        assert "-Xptxas=-v" in sys.argv, sys.argv
+        sys.stderr.write({PTXAS_OUTPUT!r})
+        open(sys.argv[sys.argv.index("-o") + 1], "w").write("object")
+        sys.exit({returncode})
+        """))
+    return [sys.executable, str(script)]
+
+
+def run_launcher(tmp_path, compiler):
+    report_dir = tmp_path / "build" / "ptxas"
+    obj = tmp_path / "build" / "backward.cu.o"
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, LAUNCHER, str(report_dir), *compiler, "-c", "cuda/backward.cu", "-o", str(obj)]
+    return subprocess.run(cmd, capture_output=True, text=True), tmp_path / "build" / "ptxas_report.txt"
+
+
+def test_ptxas_report_tables_every_kernel_and_summarises_the_spills(tmp_path):
+    result, report = run_launcher(tmp_path, fake_nvcc(tmp_path))
+    assert result.returncode == 0, result.stderr
+    # nvcc's warning still reaches the build log; ptxas's info lines do not.
+    assert 'warning #177-D' in result.stderr
+    assert "ptxas info" not in result.stderr
+    assert result.stdout.strip() == (
+        f"ptxas: backward.cu sm_90: 2 kernels, 96-128 registers, 1 spill "
+        f"(max 76 B stored, 184 B loaded): see {report}")
+    rows = report.read_text().splitlines()
+    assert rows[0] == "# backward.cu"
+    # Demangled and shortened names; registers, stack, spill stores and loads per kernel.
+    assert any(r.split()[:4] == ["128", "48", "76", "184"] and
+               r.endswith("plastic_scan_backward_kernel<double, Retroactive>") for r in rows), rows
+    assert any(r.split()[:4] == ["96", "0", "0", "0"] and
+               r.endswith("plastic_scan_forward_kernel<float, Hebb>") for r in rows), rows
+
+
+def test_ptxas_report_passes_a_failed_compile_through(tmp_path):
+    result, report = run_launcher(tmp_path, fake_nvcc(tmp_path, returncode=2))
+    assert result.returncode == 2
+    assert 'warning #177-D' in result.stderr
+    assert not report.exists()
+
+
+def test_cuda_case_runs_every_small_case_on_the_cpu():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "cuda_case.py"), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok: ") == 5, result.stdout
+
+
+def test_cuda_case_has_help():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "cuda_case.py"), "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "usage" in result.stdout
