@@ -172,7 +172,12 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   constexpr bool elig = V::Rule::eligibility, modulated = V::Rule::modulated;
   const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I;
   const bool row_local = !P.internal_modulation();
+  // The state each step writes (the outputs P.trace, P.elig, P.theta) and the state it reads:
+  // at step 0 the initial state itself, read where the caller keeps it rather than copied into
+  // the outputs first (for a single step, as a cell takes, that copy was a whole extra pass over
+  // the trace); from step 1 on, the outputs, updated in place.
   T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
+  const T *H_in[kForwardGroup], *E_in[kForwardGroup], *theta_in[kForwardGroup];
   // Steps of each sequence: past them its state is held and its outputs are zero.
   int64_t len[kForwardGroup], steps = 0;
   for (int s = 0; s < n; ++s) {
@@ -187,16 +192,15 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
       }
     }
     H[s] = P.trace + b * OI;
-    std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
-    E[s] = nullptr;
-    if (elig) {
-      E[s] = P.elig + b * OI;
-      std::memcpy(E[s], P.elig0 + b * OI, sizeof(T) * OI);
-    }
-    theta[s] = nullptr;
-    if (P.has_threshold) {
-      theta[s] = P.theta + b * O;
-      std::memcpy(theta[s], P.theta0 + b * O, sizeof(T) * O);
+    H_in[s] = P.trace0 + b * OI;
+    E[s] = elig ? P.elig + b * OI : nullptr;
+    E_in[s] = elig ? P.elig0 + b * OI : nullptr;
+    theta[s] = P.has_threshold ? P.theta + b * O : nullptr;
+    theta_in[s] = P.has_threshold ? P.theta0 + b * O : nullptr;
+    if (len[s] == 0) {  // never stepped: its final state is its initial state
+      std::memcpy(H[s], H_in[s], sizeof(T) * OI);
+      if (elig) std::memcpy(E[s], E_in[s], sizeof(T) * OI);
+      if (theta[s]) std::memcpy(theta[s], theta_in[s], sizeof(T) * O);
     }
   }
 
@@ -206,8 +210,13 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     for (int s = 0; s < n; ++s) {
       const int64_t b = b0 + s;
       if (t >= len[s]) continue;
-      if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) copy_to_checkpoint(slot, H[s], OI);
-      if (T* slot = P.checkpoint_slot(P.elig_ckpt, t, b)) copy_to_checkpoint(slot, E[s], OI);
+      if (t == 1) {  // from here on, the state in the outputs
+        H_in[s] = H[s];
+        E_in[s] = E[s];
+        theta_in[s] = theta[s];
+      }
+      if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) copy_to_checkpoint(slot, H_in[s], OI);
+      if (T* slot = P.checkpoint_slot(P.elig_ckpt, t, b)) copy_to_checkpoint(slot, E_in[s], OI);
       p[s] = P.presynaptic(t, b);
       // The LSTM's plastic rows are its cell candidates g, 2H into the gates.
       z[s] = P.z_row(t, b) + (P.lstm ? 2 * O : 0);
@@ -224,31 +233,30 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
         T a[kRowBlock];
         int64_t o = o0;
         for (; o + 4 <= o1; o += 4)
-          preactivation_rows<4>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
-        for (; o < o1; ++o) preactivation_rows<1>(P, o, z[s], H[s], p[s], theta[s], a + (o - o0));
+          preactivation_rows<4>(P, o, z[s], H_in[s], p[s], theta_in[s], a + (o - o0));
+        for (; o < o1; ++o)
+          preactivation_rows<1>(P, o, z[s], H_in[s], p[s], theta_in[s], a + (o - o0));
         activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
         if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, p[s]);
         if (row_local)
-          for (int64_t q = o0; q < o1; ++q) {
-            T* E_row = E[s] ? E[s] + q * I : nullptr;
-            update_row<V>(P, q, y[s][q], m_ext[s] ? m_ext[s][q] : T(0), p[s], H[s] + q * I,
-                          H[s] + q * I, E_row, E_row);
-          }
+          for (int64_t q = o0; q < o1; ++q)
+            update_row<V>(P, q, y[s][q], m_ext[s] ? m_ext[s][q] : T(0), p[s], H_in[s] + q * I,
+                          H[s] + q * I, E[s] ? E_in[s] + q * I : nullptr,
+                          E[s] ? E[s] + q * I : nullptr);
       }
     }
     for (int s = 0; s < n; ++s) {
       if (t >= len[s]) continue;
       if (!row_local) {
         if (modulated) modulation_of_step(P, t, b0 + s, m);
-        for (int64_t o = 0; o < O; ++o) {
-          T* E_row = E[s] ? E[s] + o * I : nullptr;
-          update_row<V>(P, o, y[s][o], modulated ? m[o] : T(0), p[s], H[s] + o * I,
-                        H[s] + o * I, E_row, E_row);
-        }
+        for (int64_t o = 0; o < O; ++o)
+          update_row<V>(P, o, y[s][o], modulated ? m[o] : T(0), p[s], H_in[s] + o * I,
+                        H[s] + o * I, E[s] ? E_in[s] + o * I : nullptr,
+                        E[s] ? E[s] + o * I : nullptr);
       }
       if (theta[s])
         for (int64_t o = 0; o < O; ++o)
-          theta[s][o] += P.threshold_rate * (y[s][o] - P.target_activity);
+          theta[s][o] = theta_in[s][o] + P.threshold_rate * (y[s][o] - P.target_activity);
       if (P.record_modulation && modulated)
         std::memcpy(P.record_modulation + (t * B + b0 + s) * O, row_local ? m_ext[s] : m,
                     sizeof(T) * O);

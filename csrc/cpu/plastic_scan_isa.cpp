@@ -2,7 +2,7 @@
 // with TORCHPLASTIC_CPU_ISA = generic (x86-64 baseline), avx2 (-mavx2 -mfma) and avx512.
 #include "cpu/plastic_scan_isa.h"
 
-#include "cpu/backward.h"
+#include "cpu/backward_sequence.h"
 #include "cpu/forward.h"
 #include "kernels/rules.h"
 

@@ -1,0 +1,207 @@
+// The CPU backward of one sequence (backward_sequence): its segments in reverse, each from its
+// checkpoint through the row passes of csrc/cpu/backward.h; and the single step of a cell
+// (backward_single_step), whose rows are each traced and finished in one visit.
+#pragma once
+
+#include <cstring>
+
+#include "cpu/backward.h"
+
+namespace torchplastic {
+namespace cpu {
+namespace TORCHPLASTIC_CPU_ISA {
+
+// The backward of sequence b when it has a single step (T_ = 1, a cell's step) and its
+// modulation, if any, is row-local (external): each row is traced, then finished while its
+// rows of H_0 and dL/dH are still in L1, instead of a pass over all rows for each half. Row
+// o's dL/da_0 is complete once its trace half is, as nothing of the other rows reaches dL/dy_0
+// (internal modulation would, through m_0, which reads all of y_0). S.gH (S.gE) is already
+// dL/dH_1 (dL/dE_1), in the output, and the slabs are zeroed.
+template <typename V, typename T>
+void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
+                          const BackwardWorkspace<T>& S, const SequenceGrads<T>& sg) {
+  constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
+  const int64_t O = P.O, I = P.I;
+  StepView<T> step;
+  step.t = 0;
+  step.b = b;
+  step.y = P.y + b * O;
+  step.p = P.presynaptic(0, b);
+  step.H_anchor = P.segment_trace(0, b);  // H_0, the initial trace; nothing to replay
+  step.E_anchor = retro ? P.segment_elig(0, b) : nullptr;
+  if (modulated) modulation_of_step(P, 0, b, S.m);
+  const T* grad_y = G.grad_y + b * O;
+  const T* grad_theta = P.has_threshold ? G.grad_theta + b * O : nullptr;
+  const T* grad_hidden = P.recurrent ? G.grad_hidden + b * O : nullptr;
+  T* grad_z = G.grad_z + b * O;
+  std::fill_n(S.gp, I, T(0));       // dL/dp_0: the trace halves' share
+  std::fill_n(S.gp_done, I, T(0));  // and the finish halves'
+  for (int64_t o = 0; o < O; ++o) {
+    const T* H = step.H_anchor + o * I;
+    const T* E = retro ? step.E_anchor + o * I : nullptr;
+    S.gy[o] = grad_y[o] + (grad_theta ? P.threshold_rate * grad_theta[o] : T(0));
+    backward_row<V, false, true, 0, 1>(P, S, step, step, H, E, sg, o);
+    const T gy = S.gy[o] + (grad_hidden ? grad_hidden[o] : T(0));
+    S.ga[o] = grad_z[o] = gy * kernels::activation_grad(P.activation, step.y[o]);
+    backward_row<V, true, false, 0, 1>(P, S, step, step, H, E, sg, o);
+  }
+  for (int64_t i = 0; i < I; ++i) S.gp_done[i] += S.gp[i];
+  std::memcpy(P.recurrent ? G.grad_hidden0 + b * O : G.grad_x + b * I, S.gp_done,
+              sizeof(T) * (P.recurrent ? O : I));
+  if (modulated) std::memcpy(G.grad_mod + b * O, S.gm, sizeof(T) * O);
+  if (grad_theta)
+    for (int64_t o = 0; o < O; ++o) G.grad_theta0[b * O + o] = grad_theta[o] - S.ga[o];
+}
+
+template <typename V, typename T>
+void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
+                       const BackwardWorkspace<T>& workspace) {
+  constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
+  // T_: this sequence's steps; past them its outputs, held state and gradients are zero.
+  const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
+  const bool row_local = !P.internal_modulation();
+  constexpr bool eta_per_connection = V::eta_per_connection;
+  const int64_t Z = P.lstm ? 4 * O : O;  // z's width
+  for (int64_t t = T_; t < P.T; ++t) {
+    std::fill_n(G.grad_z + (t * B + b) * Z, Z, T(0));
+    if (!P.recurrent) std::fill_n(G.grad_x + (t * B + b) * I, I, T(0));
+    if (modulated) std::fill_n(G.grad_mod + (t * B + b) * O, O, T(0));
+    if (!row_local) G.grad_mod_pre[t * B + b] = G.mod_signal[t * B + b] = T(0);
+  }
+  // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed here,
+  // just before the passes add to them (a separate pass over all the slabs first had cost a
+  // trip through memory).
+  SequenceGrads<T> sg;
+  sg.alpha = G.grad_alpha + b * OI;
+  sg.eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
+  sg.coefficients = G.grad_coefficients ? G.grad_coefficients + b * 4 * OI : nullptr;
+  std::memset(sg.alpha, 0, sizeof(T) * OI);
+  if (sg.eta) std::memset(sg.eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
+  if (sg.coefficients) std::memset(sg.coefficients, 0, sizeof(T) * 4 * OI);
+
+  // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
+  // S.gh = dL/dy_t from the later steps, for the last step t not yet traced. A single step
+  // updates dL/dH (dL/dE) where it is returned, one copy of it instead of two; longer
+  // sequences keep it in the workspace, whose arrays are laid out not to alias the anchors.
+  BackwardWorkspace<T> S = workspace;
+  const bool grads_in_output = T_ == 1;
+  if (grads_in_output) {
+    S.gH = G.grad_trace0 + b * OI;
+    if (retro) S.gE = G.grad_elig0 + b * OI;
+  }
+  std::memcpy(S.gH, G.grad_trace + b * OI, sizeof(T) * OI);
+  if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
+  if (T_ == 1 && row_local && !P.lstm && !P.has_scaling)
+    return backward_single_step<V>(P, G, b, S, sg);
+  if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
+  if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
+  if (P.lstm) std::memcpy(S.gc, G.grad_cell + b * O, sizeof(T) * O);
+
+  // dL/dp of the finished step t: dL/dh_{t-1} (recurrent) or dL/dx_t (feedforward).
+  auto deliver_grad_p = [&](int64_t t) {
+    if (P.recurrent) std::memcpy(S.gh, S.gp_done, sizeof(T) * O);
+    else std::memcpy(G.grad_x + (t * B + b) * I, S.gp_done, sizeof(T) * I);
+  };
+
+  StepView<T> pending;  // the traced step whose finish is still due
+  for (int64_t seg = P.num_segments(b) - 1; seg >= 0; --seg) {
+    const int64_t t0 = seg * K, len = T_ - t0 < K ? T_ - t0 : K;
+
+    // m_t of the segment's steps (the replays need them), then its anchors.
+    const T* ckpt_H = P.segment_trace(seg, b);
+    const T* ckpt_E = retro ? P.segment_elig(seg, b) : nullptr;
+    if (modulated)
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t t = t0 + j;
+        modulation_of_step(P, t, b, S.m_seg + j * O);
+      }
+    const int64_t every = S.anchor_every;
+    compute_anchors<V>(P, S, b, t0, (len - 1) / every * every, ckpt_H, ckpt_E);
+
+    // Sweep the segment backward: the pass of step t traces t and finishes t + 1 (step T − 1
+    // has nothing to finish; step 0 is finished alone at the end). Every step is handled the
+    // same way whatever K, so results do not depend on K, bit for bit.
+    for (int64_t j = len - 1; j >= 0; --j) {
+      const int64_t t = t0 + j;
+      const bool finish = t + 1 < T_;
+      StepView<T> step;
+      step.t = t;
+      step.b = b;
+      step.y = P.y + (t * B + b) * O;
+      step.p = P.presynaptic(t, b);
+      const int64_t q = j / every;  // anchor
+      step.H_anchor = q == 0 ? ckpt_H : S.seg_H + (q - 1) * S.seg_stride;
+      step.E_anchor = !retro ? nullptr : q == 0 ? ckpt_E : S.seg_E + (q - 1) * S.seg_stride;
+      step.replay = static_cast<int>(j - q * every);
+      step.replay_m = S.m_seg + q * every * O;
+      T s = 0;
+      if (modulated) s = modulation_of_step(P, t, b, S.m);
+
+      // dL/dy_t so far; the share through p_{t+1} (recurrent) is added once finish(t + 1) has
+      // completed it.
+      // (In the LSTM, y is g, whose output is h: grad_y joins dL/dh_t below.)
+      const T* grad_y = G.grad_y + (t * B + b) * O;
+      for (int64_t o = 0; o < O; ++o) {
+        T g = P.lstm ? T(0) : grad_y[o];
+        if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
+        S.gy[o] = g;
+      }
+      if (finish) std::memcpy(S.gp_done, S.gp, sizeof(T) * I);  // trace(t + 1)'s share
+      for (int64_t i = 0; i < I; ++i) S.gp[i] = 0;
+
+      backward_pass<V>(P, S, finish, true, pending, step, sg);
+
+      if (finish) deliver_grad_p(t + 1);
+      // dL/dh_t so far: in the LSTM, into S.gh with the output's gradient; otherwise h_t is y_t.
+      T* grad_post = P.lstm ? S.gh : S.gy;
+      if (P.lstm)
+        for (int64_t o = 0; o < O; ++o) S.gh[o] += grad_y[o];
+      else if (P.recurrent)
+        for (int64_t o = 0; o < O; ++o) S.gy[o] += S.gh[o];
+      if (modulated) std::memcpy(G.grad_mod + (t * B + b) * O, S.gm, sizeof(T) * O);
+      if (!row_local) {
+        // m = s (· f + g) with s = tanh(y·v + c): dL/ds, then back into every y[o].
+        T gs = 0;
+        for (int64_t o = 0; o < O; ++o)
+          gs += P.mod_source == ModSource::Fanout ? S.gm[o] * P.fanout_weight[o] : S.gm[o];
+        const T gpre = gs * (T(1) - s * s);
+        G.grad_mod_pre[t * B + b] = gpre;
+        G.mod_signal[t * B + b] = s;
+        for (int64_t o = 0; o < O; ++o) grad_post[o] += gpre * P.mod_weight[o];
+      }
+      // dL/da_t, now complete: its per-row part here, the rest in finish(t).
+      T* grad_z = G.grad_z + (t * B + b) * Z;
+      if (P.lstm) {
+        lstm_cell_backward(P, S, t, b, grad_z);
+      } else {
+        for (int64_t o = 0; o < O; ++o) {
+          const T ga = S.gy[o] * kernels::activation_grad(P.activation, step.y[o]);
+          S.ga[o] = ga;
+          grad_z[o] = ga;
+        }
+      }
+      if (P.has_threshold)
+        for (int64_t o = 0; o < O; ++o) S.gtheta[o] -= S.ga[o];
+      pending = step;
+    }
+    // finish(t0) runs in the next segment's first pass, after the anchors are overwritten: it
+    // takes H_{t0} from trace(t0 − 1) (or, alone, from the checkpoint pending points to).
+  }
+  if (T_ > 0) {
+    std::memcpy(S.gp_done, S.gp, sizeof(T) * I);
+    backward_pass<V>(P, S, true, false, pending, pending, sg);
+    deliver_grad_p(0);
+  }
+
+  if (!grads_in_output) {
+    std::memcpy(G.grad_trace0 + b * OI, S.gH, sizeof(T) * OI);
+    if (retro) std::memcpy(G.grad_elig0 + b * OI, S.gE, sizeof(T) * OI);
+  }
+  if (P.has_threshold) std::memcpy(G.grad_theta0 + b * O, S.gtheta, sizeof(T) * O);
+  if (P.recurrent) std::memcpy(G.grad_hidden0 + b * O, S.gh, sizeof(T) * O);
+  if (P.lstm) std::memcpy(G.grad_cell0 + b * O, S.gc, sizeof(T) * O);
+}
+
+}  // namespace TORCHPLASTIC_CPU_ISA
+}  // namespace cpu
+}  // namespace torchplastic
