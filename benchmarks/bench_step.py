@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Single steps, as reinforcement learning takes them (examples/maze.py, A2C): a PlasticRNNCell
+stepped S times with its state carried, then one backward through all S steps. Prints the time
+per step of the forward (building the graph) and of forward+backward, for the fused cell and
+for the reference's eager step (tp.reference.step, the same equations in plain PyTorch) with the
+same parameters, timed alternately in paired rounds; and the ratio of the two.
+
+Also the least memory traffic a step can have here: the forward writes a new trace [B, H, H]
+(autograd keeps every step's), and the backward reads it back and writes dL/dH of the step
+before: three traces per step (six with rule retroactive's eligibility trace), against this
+machine's copy bandwidth measured in the same run.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torchplastic as tp  # noqa: E402
+from common import paired_best_of  # noqa: E402
+
+
+MODULATION_HEAD = ("mod_weight", "mod_bias", "mod_fanout_weight", "mod_fanout_bias")
+
+
+def reference_cell(cell):
+    """The eager reference of `cell`: z = W_ih u + b, then tp.reference.step."""
+    def step(u, state):
+        h, H, E = state if state is not None else (None, None, None)
+        B = u.shape[0]
+        if h is None:
+            h = u.new_zeros(B, cell.hidden_size)
+            H = u.new_zeros(B, cell.hidden_size, cell.hidden_size)
+            E = H.clone() if cell.rule == "retroactive" else None
+        z = torch.nn.functional.linear(u, cell.weight_ih, cell.bias)
+        y, h, H, E, _ = tp.reference.step(
+            z, None, h, H, E, None, cell.alpha, cell.eta, cell.weight_hh, None,
+            *(getattr(cell, name, None) for name in MODULATION_HEAD), rule=cell.rule,
+            activation="tanh", clip=cell.clip, synaptic_scaling=None, adaptive_threshold=None,
+            target_activity=0.0)
+        return y, (h, H, E)
+    return step
+
+
+def episode(step, inputs, backward):
+    state, outputs = None, []
+    for u in inputs:
+        h, state = step(u, state)
+        outputs.append(h)
+    if backward:
+        torch.stack(outputs).square().mean().backward()
+
+
+def copy_bandwidth(nbytes):
+    """Bytes per second (read + write counted) of copying nbytes from one buffer into another:
+    the size of the traces an episode keeps, which no cache holds."""
+    src = torch.empty(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", "-B", type=int, default=32)
+    ap.add_argument("--hidden", "-H", type=int, default=100)
+    ap.add_argument("--input", "-I", type=int, default=17, help="input size (the maze's: 17)")
+    ap.add_argument("--steps", "-S", type=int, default=100, help="steps per episode")
+    ap.add_argument("--rule", default="hebb", help="plasticity rule (default: hebb)")
+    ap.add_argument("--modulation", default="internal", help="modulation source for modulated rules")
+    ap.add_argument("--rounds", type=int, default=5, help="paired rounds; medians over them")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="ask glibc to keep freed memory, as the examples do (README, \"CPU "
+                         "training loops and glibc\")")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+        from _common import keep_freed_memory
+        keep_freed_memory()
+
+    torch.manual_seed(0)
+    kw = {"modulation": args.modulation} if args.rule in ("modulated", "retroactive") else {}
+    cell = tp.PlasticRNNCell(args.input, args.hidden, rule=args.rule, **kw)
+    inputs = torch.randn(args.steps, args.batch, args.input).unbind(0)
+    reference = reference_cell(cell)
+    S = args.steps
+
+    print(f"PlasticRNNCell({args.input}, {args.hidden}, rule={args.rule!r}), B={args.batch}, "
+          f"{S} steps then one backward, {torch.get_num_threads()} threads"
+          + (", glibc keeping freed memory" if args.keep_freed_memory else ""))
+    rows = []
+    for name, backward in (("forward", False), ("forward+backward", True)):
+        fused_s, ref_s, ratio = paired_best_of(lambda: episode(cell, inputs, backward),
+                                               lambda: episode(reference, inputs, backward),
+                                               args.rounds)
+        rows.append((name, fused_s / S, ref_s / S, ratio))
+        print(f"  {name:17s} fused {fused_s / S * 1e3:6.3f} ms/step   reference "
+              f"{ref_s / S * 1e3:6.3f} ms/step   {ratio:5.1f}x", flush=True)
+    # The eligibility trace of rule retroactive doubles it.
+    traces = 3 * (2 if tp.rules.rule_info(args.rule).eligibility else 1)
+    trace_bytes = args.batch * args.hidden * args.hidden * 4
+    rate = copy_bandwidth(S * trace_bytes)
+    print(f"  memory floor: {traces} traces of {trace_bytes / 2**20:.2f} MiB per step at the copy "
+          f"rate of {rate / 1e9:.1f} GB/s = {traces * trace_bytes / rate * 1e3:.3f} ms/step")
+
+
+if __name__ == "__main__":
+    main()
