@@ -75,6 +75,35 @@ def test_options_match_reference(cfg):
     assert_matches_reference(cfg)
 
 
+# A single step (T = 1, a cell's step) whose modulation is row-local has a backward of its own
+# on the CPU (csrc/cpu/backward_sequence.h, backward_single_step): every rule and option it
+# takes, in both modes; and, beside them, the single steps that take the general path.
+SINGLE_STEP_CASES = [
+    *[Config(rule=r, recurrent=rec, T=1, source="external" if tp.rules.rule_info(r).modulated else None,
+             clip=0.5 if r != "hebb" else None)
+      for r in RULES for rec in (False, True)],
+    Config(rule="hebb", T=1, threshold=0.3, target_activity=0.1, eta="connection", alpha="neuron"),
+    Config(rule="oja", T=1, recurrent=False, eta="neuron", activation="sigmoid"),
+    Config(rule="retroactive", T=1, source="external", threshold=0.2, eta="connection", clip=1.0),
+    Config(rule="abcd", T=1, abcd="neuron", eta="connection", threshold=0.1, clip=0.3),
+    Config(rule="hebb", T=1, initial_state=False),
+    # the general path: internal modulation, synaptic scaling
+    Config(rule="modulated", T=1, source="fanout", clip=1.0),
+    Config(rule="hebb", T=1, scaling=0.5),
+]
+
+
+@pytest.mark.parametrize("cfg", SINGLE_STEP_CASES, ids=Config.id)
+def test_single_step_matches_reference(cfg):
+    assert_matches_reference(cfg)
+
+
+def test_single_step_gradcheck():
+    cfg = Config(rule="retroactive", source="external", T=1, B=2, O=3, I=3, clip=2.0,
+                 threshold=0.2, eta="connection")
+    assert gradcheck_call(call, tp.functional.plastic_scan, make_inputs(cfg), atol=1e-8, rtol=1e-6)
+
+
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("recurrent", [False, True])
 def test_gradcheck(rule, recurrent):
