@@ -34,7 +34,7 @@ def reference_cell(cell):
         if h is None:
             h = u.new_zeros(B, cell.hidden_size)
             H = u.new_zeros(B, cell.hidden_size, cell.hidden_size)
-            E = H.clone() if cell.rule == "retroactive" else None
+            E = H.clone() if tp.rules.rule_info(cell.rule).eligibility else None
         z = torch.nn.functional.linear(u, cell.weight_ih, cell.bias)
         y, h, H, E, _ = tp.reference.step(
             z, None, h, H, E, None, cell.alpha, cell.eta, cell.weight_hh, None,
@@ -45,11 +45,16 @@ def reference_cell(cell):
     return step
 
 
-def episode(step, inputs, backward):
-    state, outputs = None, []
+def _steps(step, inputs):
+    """(h, state) after each step of one episode."""
+    state = None
     for u in inputs:
         h, state = step(u, state)
-        outputs.append(h)
+        yield h, state
+
+
+def episode(step, inputs, backward):
+    outputs = [h for h, _ in _steps(step, inputs)]
     if backward:
         torch.stack(outputs).square().mean().backward()
 
@@ -96,6 +101,14 @@ def main():
     reference = reference_cell(cell)
     S = args.steps
 
+    # Both compute the same thing: one episode's outputs agree.
+    with torch.no_grad():
+        fused_h = torch.stack([h for h, _ in _steps(cell, inputs)])
+        reference_h = torch.stack([h for h, _ in _steps(reference, inputs)])
+    difference = (fused_h - reference_h).abs().max().item()
+    if difference > 1e-4:
+        raise SystemExit(f"bench_step: fused and reference outputs differ by {difference:.2e}")
+
     print(f"PlasticRNNCell({args.input}, {args.hidden}, rule={args.rule!r}), B={args.batch}, "
           f"{S} steps then one backward, {torch.get_num_threads()} threads"
           + (", glibc keeping freed memory" if args.keep_freed_memory else ""))
@@ -113,6 +126,7 @@ def main():
     rate = copy_bandwidth(S * trace_bytes)
     print(f"  memory floor: {traces} traces of {trace_bytes / 2**20:.2f} MiB per step at the copy "
           f"rate of {rate / 1e9:.1f} GB/s = {traces * trace_bytes / rate * 1e3:.3f} ms/step")
+    print(f"  fused and reference outputs agree to {difference:.1e}")
 
 
 if __name__ == "__main__":
