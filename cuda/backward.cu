@@ -16,9 +16,9 @@ namespace cuda {
 
 // The LSTM cell's backward for row o of step t (every lane of the row's warp; the math is
 // kernels::lstm_cell_grad, the CPU's too): with S.gh[o] = dL/dh_t, S.gc[o] = dL/dc_t from the
-// later steps and dg_rule the rule's and θ's shares of dL/dg_t, writes the gates' pre-activation gradients of i, f, o into grad_z, carries
-// dL/dc_{t-1} in S.gc[o], adds the row's W_hh i, f, o terms to the warp's dL/dp partials and
-// returns dL/dg̃ (every lane).
+// later steps and dg_rule the rule's and θ's shares of dL/dg_t, writes the gates'
+// pre-activation gradients of i, f, o into grad_z, carries dL/dc_{t-1} in S.gc[o], adds the
+// row's W_hh i, f, o terms to the warp's dL/dp partials and returns dL/dg̃ (every lane).
 template <typename T>
 __device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams<T>& G,
                                     const BackwardSmem<T>& S, int64_t t, int64_t b, int64_t o,

@@ -261,7 +261,8 @@ def main():
             save(k)
     bar.close()
     for k in models:
-        save(k)
+        if steps[k] % args.save_every:  # its last steps, when the loop did not save them
+            save(k)
     plot(os.path.join(args.out, "bpc.png"), history, args.eval_chars)
 
     final = {k: bits_per_char(m, valid, batch, args.bptt, device) for k, m in models.items()}

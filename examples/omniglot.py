@@ -195,7 +195,8 @@ def main():
         if steps_done % args.save_every == 0:
             save()
     bar.close()
-    save()
+    if steps_done % args.save_every:  # the last steps, when the loop did not save them
+        save()
     seconds = time.time() - t0
     final = accuracy(model, held, args.ways, args.eval_batches, args.batch, torch.Generator().manual_seed(99), device)
     if history:

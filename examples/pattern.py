@@ -196,7 +196,8 @@ def main():
         if episodes_done % args.save_every == 0:
             save()
     bar.close()
-    save()
+    if episodes_done % args.save_every:  # the last episodes, when the loop did not save them
+        save()
     seconds = time.time() - t0
 
     eval_gen = torch.Generator().manual_seed(10_000 + args.seed)
