@@ -172,12 +172,8 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   constexpr bool elig = V::Rule::eligibility, modulated = V::Rule::modulated;
   const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I;
   const bool row_local = !P.internal_modulation();
-  // The state each step writes (the outputs P.trace, P.elig, P.theta) and the state it reads:
-  // at step 0 the initial state itself, read where the caller keeps it rather than copied into
-  // the outputs first (for a single step, as a cell takes, that copy was a whole extra pass over
-  // the trace); from step 1 on, the outputs, updated in place.
+  // The state each step writes: the outputs P.trace, P.elig, P.theta.
   T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
-  const T *H_in[kForwardGroup], *E_in[kForwardGroup], *theta_in[kForwardGroup];
   // Steps of each sequence: past them its state is held and its outputs are zero.
   int64_t len[kForwardGroup], steps = 0;
   for (int s = 0; s < n; ++s) {
@@ -192,29 +188,30 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
       }
     }
     H[s] = P.trace + b * OI;
-    H_in[s] = P.trace0 + b * OI;
     E[s] = elig ? P.elig + b * OI : nullptr;
-    E_in[s] = elig ? P.elig0 + b * OI : nullptr;
     theta[s] = P.has_threshold ? P.theta + b * O : nullptr;
-    theta_in[s] = P.has_threshold ? P.theta0 + b * O : nullptr;
     if (len[s] == 0) {  // never stepped: its final state is its initial state
-      std::memcpy(H[s], H_in[s], sizeof(T) * OI);
-      if (elig) std::memcpy(E[s], E_in[s], sizeof(T) * OI);
-      if (theta[s]) std::memcpy(theta[s], theta_in[s], sizeof(T) * O);
+      std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
+      if (elig) std::memcpy(E[s], P.elig0 + b * OI, sizeof(T) * OI);
+      if (theta[s]) std::memcpy(theta[s], P.theta0 + b * O, sizeof(T) * O);
     }
   }
 
   for (int64_t t = 0; t < steps; ++t) {
     const T *p[kForwardGroup], *z[kForwardGroup], *m_ext[kForwardGroup];
+    // The state the step reads: at step 0 the initial state itself, read where the caller
+    // keeps it rather than copied into the outputs first (for a single step, as a cell takes,
+    // that copy was a whole extra pass over the trace); from step 1 on, the outputs, updated in
+    // place.
+    const T *H_in[kForwardGroup], *E_in[kForwardGroup], *theta_in[kForwardGroup];
     T* y[kForwardGroup];
     for (int s = 0; s < n; ++s) {
       const int64_t b = b0 + s;
       if (t >= len[s]) continue;
-      if (t == 1) {  // from here on, the state in the outputs
-        H_in[s] = H[s];
-        E_in[s] = E[s];
-        theta_in[s] = theta[s];
-      }
+      const bool initial = t == 0;
+      H_in[s] = initial ? P.trace0 + b * OI : H[s];
+      E_in[s] = elig && initial ? P.elig0 + b * OI : E[s];
+      theta_in[s] = theta[s] && initial ? P.theta0 + b * O : theta[s];
       if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) copy_to_checkpoint(slot, H_in[s], OI);
       if (T* slot = P.checkpoint_slot(P.elig_ckpt, t, b)) copy_to_checkpoint(slot, E_in[s], OI);
       p[s] = P.presynaptic(t, b);
