@@ -38,11 +38,15 @@ at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::empty(sizes, options);
 }
 
+at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::zeros(sizes, options);
+}
+
 }  // namespace
 
 const detail::ScanBackend backend{&forward<float>,  &forward<double>, &backward<float>,
                                   &backward<double>, &empty,           &empty,
-                                  /*zeroes_grad_slabs=*/false};
+                                  &zeros,            /*zeroes_grad_slabs=*/false};
 
 }  // namespace cuda
 }  // namespace torchplastic

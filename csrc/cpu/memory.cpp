@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -103,7 +104,76 @@ class CheckpointCache {
   std::vector<Block> blocks_;  // oldest first
 };
 
+// Zeros that the kernels only read: the initial trace of a call given none (every first call of
+// a sequence), the gradient of an output that did not flow (the trace's, when the loss reads
+// only y). A fresh at::zeros of a trace costs each call its page faults, the kernel's clearing
+// of every page and then torch's fill. Instead these are views of one anonymous mapping that
+// is never written: all its pages map the kernel's shared zero page, so after the first read
+// there is no fault, no fill and no memory behind it. The mapping is read-only, so a write
+// through a view would fault at once rather than corrupt the zeros of every later call. The
+// largest mapping so far serves every request that fits; a larger request maps a larger one,
+// and the smaller lives on only as long as views of it do.
+class ZeroMapping {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 20;  // smaller ones: at::zeros
+
+  static ZeroMapping& get() {
+    static auto* mapping = new ZeroMapping();  // never destroyed: deleters may run at exit
+    return *mapping;
+  }
+
+  at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+#if defined(__linux__)
+    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
+                         c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+    if (opts.device().is_cpu() && bytes >= kMinBytes) {
+      std::shared_ptr<Region> region = at_least(bytes);
+      if (region)
+        return at::from_blob(region->data, sizes, [region](void*) mutable { region.reset(); },
+                             opts);
+    }
+#endif
+    return at::zeros(sizes, opts);
+  }
+
+ private:
+  struct Region {
+    void* data = nullptr;
+    size_t bytes = 0;
+    ~Region() {
+#if defined(__linux__)
+      if (data) munmap(data, bytes);
+#endif
+    }
+  };
+
+  // The current mapping, or a new one when it is smaller than `bytes`; null if mmap fails.
+  std::shared_ptr<Region> at_least(size_t bytes) {
+#if defined(__linux__)
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (current_ && current_->bytes >= bytes) return current_;
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                      -1, 0);
+    if (data == MAP_FAILED) return nullptr;
+    auto region = std::make_shared<Region>();
+    region->data = data;
+    region->bytes = size;
+    current_ = region;
+#endif
+    return current_;
+  }
+
+  std::mutex mutex_;
+  std::shared_ptr<Region> current_;
+};
+
 }  // namespace
+
+at::Tensor read_only_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return ZeroMapping::get().zeros(sizes, options);
+}
 
 at::Tensor empty_checkpoints(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return CheckpointCache::get().empty(sizes, options);

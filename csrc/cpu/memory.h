@@ -13,5 +13,9 @@ at::Tensor empty_checkpoints(at::IntArrayRef sizes, const at::TensorOptions& opt
 // An uninitialised tensor backed by transparent huge pages where the kernel allows them.
 at::Tensor empty_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// Zeros that must only ever be read (see memory.cpp): on Linux, for tensors of 1 MiB and more,
+// views of one read-only anonymous mapping that serves every call; otherwise at::zeros.
+at::Tensor read_only_zeros(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 }  // namespace cpu
 }  // namespace torchplastic

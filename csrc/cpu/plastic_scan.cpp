@@ -110,7 +110,7 @@ const char* isa_name() {
 const detail::ScanBackend backend{&forward<float>,    &forward<double>,
                                   &backward<float>,   &backward<double>,
                                   &empty_checkpoints, &empty_with_huge_pages,
-                                  /*zeroes_grad_slabs=*/true};
+                                  &read_only_zeros,   /*zeroes_grad_slabs=*/true};
 
 }  // namespace cpu
 }  // namespace torchplastic

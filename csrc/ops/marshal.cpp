@@ -12,7 +12,7 @@ at::Tensor to_compute(const at::Tensor& t, at::ScalarType dtype) {
   return t.to(dtype).contiguous();
 }
 
-Prepared prepare(const ScanArgs& a, const ScanConfig& c) {
+Prepared prepare(const ScanArgs& a, const ScanConfig& c, ZerosFn zeros) {
   const auto dt = c.compute_dtype;
   const auto opts = a.z.options().dtype(dt);
   const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
@@ -25,15 +25,15 @@ Prepared prepare(const ScanArgs& a, const ScanConfig& c) {
   p.eta = (a.eta && c.traits.uses_eta) ? to_compute(*a.eta, dt) : at::zeros({1, 1}, opts);
   if (c.recurrent) {
     p.weight = to_compute(*a.weight, dt);
-    p.hidden0 = a.hidden ? to_compute(*a.hidden, dt) : at::zeros({B, O}, opts);
+    p.hidden0 = a.hidden ? to_compute(*a.hidden, dt) : zeros({B, O}, opts);
   }
-  if (a.lstm) p.cell0 = a.cell ? to_compute(*a.cell, dt) : at::zeros({B, O}, opts);
-  p.trace0 = a.trace ? to_compute(*a.trace, dt) : at::zeros({B, O, I}, opts);
+  if (a.lstm) p.cell0 = a.cell ? to_compute(*a.cell, dt) : zeros({B, O}, opts);
+  p.trace0 = a.trace ? to_compute(*a.trace, dt) : zeros({B, O, I}, opts);
   if (c.traits.coefficients) p.coefficients = a.abcd->to(dt).expand({4, O, I}).contiguous();
   if (c.traits.eligibility)
-    p.elig0 = a.eligibility ? to_compute(*a.eligibility, dt) : at::zeros({B, O, I}, opts);
+    p.elig0 = a.eligibility ? to_compute(*a.eligibility, dt) : zeros({B, O, I}, opts);
   if (a.adaptive_threshold)
-    p.theta0 = a.threshold ? to_compute(*a.threshold, dt) : at::zeros({B, O}, opts);
+    p.theta0 = a.threshold ? to_compute(*a.threshold, dt) : zeros({B, O}, opts);
   if (c.mod_source == ModSource::External) {
     auto m = a.modulation->to(dt);
     if (m.dim() == 2) m = m.unsqueeze(-1).expand({T, B, O});

@@ -13,14 +13,16 @@ namespace detail {
 
 // Every input in the compute dtype, contiguous; α broadcast to [O, I]; η at its own
 // granularity (the kernels read it through a row stride); external modulation as [T, B, O];
-// initial states zeros where not given; lengths as int64 on z's device (undefined: all T).
+// initial states zeros where not given (from `zeros`: the kernels only read them); lengths as
+// int64 on z's device (undefined: all T).
 struct Prepared {
   at::Tensor z, x, alpha, eta, weight, hidden0, trace0, elig0, theta0, modulation, mod_weight,
       mod_bias, fanout_weight, fanout_bias, coefficients, lengths;
   at::Tensor cell0;  // the LSTM's c_0 (its W_hh is `weight`)
 };
 
-Prepared prepare(const ScanArgs& args, const ScanConfig& config);
+using ZerosFn = at::Tensor (*)(at::IntArrayRef, const at::TensorOptions&);
+Prepared prepare(const ScanArgs& args, const ScanConfig& config, ZerosFn zeros);
 
 // The call as the kernels see it: sizes, options and input pointers (outputs are the caller's).
 template <typename T>

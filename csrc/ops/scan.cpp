@@ -46,7 +46,7 @@ at::Tensor last_state(const at::Tensor& seq, const at::Tensor& initial, const at
 ForwardResult scan_forward(const ScanArgs& a, const ScanBackend& backend,
                            bool save_checkpoints, Records* records) {
   const ScanConfig c = check_scan_args(a);
-  const Prepared p = prepare(a, c);
+  const Prepared p = prepare(a, c, backend.read_only_zeros);
   const auto opts = a.z.options().dtype(c.compute_dtype);
   const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
   const bool retro = c.traits.eligibility;
@@ -110,7 +110,7 @@ ForwardResult scan_forward(const ScanArgs& a, const ScanBackend& backend,
 
 ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanBackend& backend) {
   const ScanConfig c = check_scan_args(a);
-  const Prepared p = prepare(a, c);
+  const Prepared p = prepare(a, c, backend.read_only_zeros);
   const auto dt = c.compute_dtype;
   const auto opts = a.z.options().dtype(dt);
   const int64_t T = c.T, B = c.B, O = c.O, I = c.I;
@@ -119,9 +119,11 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   const bool internal = c.mod_source == ModSource::Internal || c.mod_source == ModSource::Fanout;
   const int64_t S = checkpoint_count(T, c.K);
 
-  // Gradients that did not flow arrive as undefined or empty tensors: zeros of the right shape.
+  // Gradients that did not flow arrive as undefined or empty tensors: zeros of the right shape,
+  // which the kernels only read.
   auto grad_or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
-    if (!g.defined() || (g.numel() == 0 && g.sizes() != shape)) return at::zeros(shape, opts);
+    if (!g.defined() || (g.numel() == 0 && g.sizes() != shape))
+      return backend.read_only_zeros(shape, opts);
     TORCH_CHECK_VALUE(g.sizes() == shape, a.op_name(), "_backward: ", name, ": expected shape ",
                       shape, ", got ", g.sizes());
     return to_compute(g, dt);

@@ -26,6 +26,9 @@ struct ScanBackend {
   // slabs.
   at::Tensor (*empty_checkpoints)(at::IntArrayRef, const at::TensorOptions&);
   at::Tensor (*empty_grad_slabs)(at::IntArrayRef, const at::TensorOptions&);
+  // Zeros that the kernels only read: the initial state of a call given none, the gradient of
+  // an output that did not flow.
+  at::Tensor (*read_only_zeros)(at::IntArrayRef, const at::TensorOptions&);
   // Whether the backward zeroes the dL/dα and dL/dη slabs itself (the CPU's, each sequence's
   // just before it starts, so the slab is in cache when its passes add to it); if not, the
   // caller hands them over zeroed.

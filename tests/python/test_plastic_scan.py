@@ -267,6 +267,40 @@ def test_checkpoint_buffers_are_reused_only_once_freed():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("rule", ["hebb", "retroactive"])
+def test_absent_initial_state_and_gradients_read_as_zeros_every_call(rule):
+    # An initial trace (eligibility) not given and the gradient of a trace output that did not
+    # flow are, from 1 MiB, views of one read-only mapping that every call shares
+    # (csrc/cpu/memory.cpp). They must read as zeros in every call, whatever callers do with the
+    # outputs, and give what given zeros give.
+    cfg = Config(rule=rule, source="internal", clip=1.0 if rule != "hebb" else None, T=3, B=4,
+                 O=192, initial_state=False)
+    assert cfg.B * cfg.O * cfg.O * 8 >= 1 << 20
+    kw = make_inputs(cfg)
+    assert kw["trace"] is None and kw.get("eligibility") is None
+    kw_zeros = dict(kw, trace=torch.zeros(cfg.B, cfg.O, cfg.O, dtype=torch.float64))
+    if rule == "retroactive":
+        kw_zeros["eligibility"] = torch.zeros_like(kw_zeros["trace"])
+    leaves = list(tensor_inputs(kw).values())
+    w = torch.randn(cfg.T, cfg.B, cfg.O, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y_ref, state_ref = call(tp.reference.plastic_scan, kw_zeros)
+    grads_ref = torch.autograd.grad((y_ref * w).sum(), leaves)
+    for _ in range(3):
+        y, state = call(tp.functional.plastic_scan, kw)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(state.trace, state_ref.trace, rtol=1e-10, atol=1e-10)
+        grads = torch.autograd.grad((y * w).sum(), leaves)  # no gradient flows into the trace
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a, b, **GRAD_TOL)
+        with torch.no_grad():  # the outputs are the caller's to write
+            for t in state:
+                if t is not None:
+                    t.add_(1.0)
+    empty = call(tp.functional.plastic_scan, dict(kw, z=kw["z"][:0]))[1]
+    empty.trace.add_(1.0)
+    assert torch.equal(empty.trace, torch.ones_like(empty.trace))
+
+
 # ---------------------------------------------------------------- registration
 
 def opcheck_args(cfg):
