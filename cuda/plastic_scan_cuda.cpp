@@ -45,8 +45,8 @@ at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
 }  // namespace
 
 const detail::ScanBackend backend{&forward<float>,  &forward<double>, &backward<float>,
-                                  &backward<double>, &empty,           &empty,
-                                  &zeros,            /*zeroes_grad_slabs=*/false};
+                                  &backward<double>, &empty,           &zeros,
+                                  /*zeroes_grad_slabs=*/false};
 
 }  // namespace cuda
 }  // namespace torchplastic

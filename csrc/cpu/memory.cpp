@@ -40,18 +40,20 @@ at::Tensor with_huge_pages(at::Tensor t) {
   return t;
 }
 
-// Checkpoint buffers, kept for the next call. A training loop allocates the same checkpoints
-// every step; fresh from the OS (glibc maps anything over 32 MiB anew), their pages are zeroed
-// on first touch, a visible share of a forward+backward (README). Freed buffers go back here
-// instead, and a request of the same size takes one. At most kMaxBlocks are held; the oldest
-// is released to make room.
-class CheckpointCache {
+// The large buffers of a call (traces, their checkpoints and gradients, gradient slabs), kept
+// when freed for the next call. A training loop allocates the same buffers every step; fresh
+// from the OS their pages are zeroed on first touch, a visible share of a call (README), and
+// glibc maps anything over 32 MiB anew every time. Freed buffers come back here instead, and
+// a request of the same size takes one. At most kMaxBlocks and kMaxBytes are held; the oldest
+// go to make room.
+class BufferCache {
  public:
-  static constexpr size_t kMaxBlocks = 2;
+  static constexpr size_t kMaxBlocks = 16;
+  static constexpr size_t kMaxBytes = size_t(1) << 30;
   static constexpr size_t kMinBytes = size_t(4) << 20;  // smaller ones glibc recycles itself
 
-  static CheckpointCache& get() {
-    static auto* cache = new CheckpointCache();  // never destroyed: deleters may run at exit
+  static BufferCache& get() {
+    static auto* cache = new BufferCache();  // never destroyed: deleters may run at exit
     return *cache;
   }
 
@@ -64,7 +66,7 @@ class CheckpointCache {
       // 2 MiB aligned and sized, so that all of it can be huge pages.
       constexpr size_t kHuge = size_t(2) << 20;
       data = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
-      TORCH_CHECK(data, "plastic_scan: out of memory allocating ", bytes, " bytes of checkpoints");
+      TORCH_CHECK(data, "plastic_scan: out of memory allocating ", bytes, " bytes");
       advise_huge_pages(data, bytes);
     }
     return at::from_blob(data, sizes, [this, bytes](void* p) { give(p, bytes); }, opts);
@@ -81,6 +83,7 @@ class CheckpointCache {
     for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
       if (it->bytes == bytes) {
         void* data = it->data;
+        held_ -= bytes;
         blocks_.erase(it);
         return data;
       }
@@ -88,20 +91,28 @@ class CheckpointCache {
   }
 
   void give(void* data, size_t bytes) {
-    void* evicted = nullptr;
+    std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (blocks_.size() == kMaxBlocks) {
-        evicted = blocks_.front().data;
-        blocks_.erase(blocks_.begin());
+      if (bytes > kMaxBytes) {
+        evicted.push_back(data);
+      } else {
+        while (!blocks_.empty() &&
+               (blocks_.size() == kMaxBlocks || held_ + bytes > kMaxBytes)) {
+          evicted.push_back(blocks_.front().data);
+          held_ -= blocks_.front().bytes;
+          blocks_.erase(blocks_.begin());
+        }
+        blocks_.push_back({data, bytes});
+        held_ += bytes;
       }
-      blocks_.push_back({data, bytes});
     }
-    std::free(evicted);
+    for (void* p : evicted) std::free(p);
   }
 
   std::mutex mutex_;
   std::vector<Block> blocks_;  // oldest first
+  size_t held_ = 0;            // their bytes
 };
 
 // Zeros that the kernels only read: the initial trace of a call given none (every first call of
@@ -175,12 +186,8 @@ at::Tensor read_only_zeros(at::IntArrayRef sizes, const at::TensorOptions& optio
   return ZeroMapping::get().zeros(sizes, options);
 }
 
-at::Tensor empty_checkpoints(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return CheckpointCache::get().empty(sizes, options);
-}
-
-at::Tensor empty_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return with_huge_pages(at::empty(sizes, options));
+at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return BufferCache::get().empty(sizes, options);
 }
 
 }  // namespace cpu

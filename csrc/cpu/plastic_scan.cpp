@@ -107,10 +107,9 @@ const char* isa_name() {
   }
 }
 
-const detail::ScanBackend backend{&forward<float>,    &forward<double>,
-                                  &backward<float>,   &backward<double>,
-                                  &empty_checkpoints, &empty_with_huge_pages,
-                                  &read_only_zeros,   /*zeroes_grad_slabs=*/true};
+const detail::ScanBackend backend{&forward<float>,  &forward<double>, &backward<float>,
+                                  &backward<double>, &empty_buffer,    &read_only_zeros,
+                                  /*zeroes_grad_slabs=*/true};
 
 }  // namespace cpu
 }  // namespace torchplastic

@@ -55,12 +55,12 @@ ForwardResult scan_forward(const ScanArgs& a, const ScanBackend& backend,
   at::Tensor activations = a.lstm ? at::empty({5, T, B, O}, opts) : at::Tensor();
   at::Tensor y = a.lstm ? activations[2] : at::empty({T, B, O}, opts);
   at::Tensor hseq = a.lstm ? at::empty({T, B, O}, opts) : at::Tensor();
-  at::Tensor trace = at::empty({B, O, I}, opts);
-  at::Tensor elig = retro ? at::empty({B, O, I}, opts) : at::Tensor();
+  at::Tensor trace = backend.empty_buffer({B, O, I}, opts);
+  at::Tensor elig = retro ? backend.empty_buffer({B, O, I}, opts) : at::Tensor();
   at::Tensor theta = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
   const int64_t S = save_checkpoints ? checkpoint_count(T, c.K) : 0;
-  at::Tensor trace_ckpt = backend.empty_checkpoints({S, B, O, I}, opts);
-  at::Tensor elig_ckpt = retro ? backend.empty_checkpoints({S, B, O, I}, opts) : at::Tensor();
+  at::Tensor trace_ckpt = backend.empty_buffer({S, B, O, I}, opts);
+  at::Tensor elig_ckpt = retro ? backend.empty_buffer({S, B, O, I}, opts) : at::Tensor();
   if (records) {
     records->trace = at::empty({T / records->every, B, O, I}, opts);
     records->trace_norm = at::zeros({T, B}, opts);  // Σ H² until the square root below
@@ -166,13 +166,13 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   at::Tensor grad_mod_pre = internal ? at::empty({T, B}, opts) : at::Tensor();
   at::Tensor mod_signal = internal ? at::empty({T, B}, opts) : at::Tensor();
   at::Tensor grad_hidden0 = c.recurrent ? at::empty({B, O}, opts) : at::Tensor();
-  at::Tensor grad_trace0 = at::empty({B, O, I}, opts);
-  at::Tensor grad_elig0 = retro ? at::empty({B, O, I}, opts) : at::Tensor();
+  at::Tensor grad_trace0 = backend.empty_buffer({B, O, I}, opts);
+  at::Tensor grad_elig0 = retro ? backend.empty_buffer({B, O, I}, opts) : at::Tensor();
   at::Tensor grad_theta0 = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
   // One slab per sequence: summed in a fixed order after the loop, so the result does not
   // depend on the number of threads.
   auto slabs = [&](at::IntArrayRef shape) {
-    at::Tensor t = backend.empty_grad_slabs(shape, opts);
+    at::Tensor t = backend.empty_buffer(shape, opts);
     return backend.zeroes_grad_slabs ? t : t.zero_();
   };
   at::Tensor grad_alpha_slabs = slabs({B, O, I});

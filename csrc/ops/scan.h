@@ -22,10 +22,9 @@ struct ScanBackend {
   void (*backward_f32)(const kernels::ScanParams<float>&, const kernels::ScanGradParams<float>&);
   void (*backward_f64)(const kernels::ScanParams<double>&,
                        const kernels::ScanGradParams<double>&);
-  // Uninitialised buffers for the trace checkpoints and for the per-sequence dL/dα and dL/dη
-  // slabs.
-  at::Tensor (*empty_checkpoints)(at::IntArrayRef, const at::TensorOptions&);
-  at::Tensor (*empty_grad_slabs)(at::IntArrayRef, const at::TensorOptions&);
+  // Uninitialised large buffers of a call: the traces it returns, their checkpoints and
+  // gradients, and the per-sequence dL/dα and dL/dη slabs.
+  at::Tensor (*empty_buffer)(at::IntArrayRef, const at::TensorOptions&);
   // Zeros that the kernels only read: the initial state of a call given none, the gradient of
   // an output that did not flow.
   at::Tensor (*read_only_zeros)(at::IntArrayRef, const at::TensorOptions&);

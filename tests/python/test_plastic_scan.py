@@ -301,6 +301,30 @@ def test_absent_initial_state_and_gradients_read_as_zeros_every_call(rule):
     assert torch.equal(empty.trace, torch.ones_like(empty.trace))
 
 
+def test_returned_traces_are_recycled_only_once_freed():
+    # The traces a call returns are large buffers from the same cache (csrc/cpu/memory.cpp):
+    # one the caller holds is never handed out again, whatever the caller writes into it;
+    # once freed, the next call of the same size takes it.
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=3, B=4, O=520,  # a size of its own
+                 checkpoint_every=8)  # and no checkpoints of that size
+    kw = {k: (v.float().detach() if isinstance(v, torch.Tensor) else v) for k, v in make_inputs(cfg).items()}
+    with torch.no_grad():
+        _, first = call(tp.functional.plastic_scan, kw)
+        assert first.trace.nbytes >= 4 << 20
+        expected = first.trace.clone(), first.eligibility.clone()
+        first.trace.fill_(7.0)
+        first.eligibility.fill_(7.0)
+        _, second = call(tp.functional.plastic_scan, kw)
+        live = {first.trace.data_ptr(), first.eligibility.data_ptr()}
+        assert second.trace.data_ptr() not in live and second.eligibility.data_ptr() not in live
+        assert torch.equal(second.trace, expected[0]) and torch.equal(second.eligibility, expected[1])
+        freed = {second.trace.data_ptr(), second.eligibility.data_ptr()}
+        del second
+        _, third = call(tp.functional.plastic_scan, kw)
+        assert {third.trace.data_ptr(), third.eligibility.data_ptr()} == freed
+        assert torch.equal(third.trace, expected[0]) and torch.equal(third.eligibility, expected[1])
+
+
 # ---------------------------------------------------------------- registration
 
 def opcheck_args(cfg):
