@@ -84,7 +84,7 @@ class Maze:
 class Agent(nn.Module):
     """A recurrent core (plastic or plain) with policy and value heads."""
 
-    def __init__(self, variant, hidden):
+    def __init__(self, variant, hidden, modulation="fanout"):
         super().__init__()
         self.variant = variant
         if variant == "rnn":
@@ -92,7 +92,7 @@ class Agent(nn.Module):
         else:
             kw = dict(rule=variant)
             if variant in ("modulated", "retroactive"):
-                kw["modulation"] = "fanout"
+                kw["modulation"] = modulation
             self.core = tp.PlasticRNNCell(INPUTS, hidden, **kw)
         self.policy = nn.Linear(hidden, len(ACTIONS))
         self.value = nn.Linear(hidden, 1)
@@ -106,9 +106,9 @@ class Agent(nn.Module):
         return self.policy(h), self.value(h).squeeze(-1), state
 
 
-def matched_rnn_hidden(hidden):
+def matched_rnn_hidden(hidden, modulation="fanout"):
     """Hidden size of a plain RNN with about as many parameters as the plastic agents."""
-    target = sum(p.numel() for p in Agent("modulated", hidden).parameters())
+    target = sum(p.numel() for p in Agent("modulated", hidden, modulation).parameters())
     h = hidden
     while sum(p.numel() for p in Agent("rnn", h + 1).parameters()) <= target:
         h += 1
@@ -152,8 +152,8 @@ def train(variant, seed, args, device, checkpoint, bar_position=0):
     variant and seed's) after every episode; with --resume, continues from there."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    hidden = args.hidden if variant != "rnn" else matched_rnn_hidden(args.hidden)
-    agent = Agent(variant, hidden).to(device)
+    hidden = args.hidden if variant != "rnn" else matched_rnn_hidden(args.hidden, args.modulation)
+    agent = Agent(variant, hidden, args.modulation).to(device)
     opt = torch.optim.Adam(agent.parameters(), lr=args.lr)
     curve = []
     if args.resume and os.path.exists(checkpoint):  # this run was interrupted: continue it
@@ -213,6 +213,10 @@ def main():
     ap.add_argument("--gamma", type=float, default=0.9)
     ap.add_argument("--value-coef", type=float, default=0.1)
     ap.add_argument("--entropy", type=float, default=0.03)
+    ap.add_argument("--modulation", default="fanout", choices=["fanout", "internal"],
+                    help="the modulated networks' neuromodulation: one signal per network spread "
+                         "over the neurons by learned weights (fanout, default), or the one signal "
+                         "for all (internal, as Backpropamine's maze code)")
     ap.add_argument("--jobs", type=int, default=None,
                     help="runs trained at once, each in its own process (default: one per CPU core, 1 on CUDA)")
     args = ap.parse_args()
