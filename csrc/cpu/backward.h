@@ -345,11 +345,12 @@ void lstm_cell_backward(const ScanParams<T>& P, const BackwardWorkspace<T>& S, i
   }
   // dL/dp_t += W_ifoᵀ dL/d(i, f, o pre-activations); W_g's share is finish(t)'s. A chunk of
   // dL/dp stays in registers while every row of W_ifo adds to it: one load and store of it per
-  // chunk, not per row.
+  // chunk, not per row. Chunks of four vectors, then of one, then the last columns (fewer than
+  // a vector) together: one pass over the rows for them, not one per column.
   constexpr int64_t kChunk = 4 * kLanes<T>;
-  auto rows_into = [&](int64_t k0, auto width) TP_ALWAYS_INLINE {
-    constexpr int64_t n = decltype(width)::value;
-    T acc[n];
+  // n columns from k0, at most `capacity` (a type: the size of the register chunk).
+  auto rows_into = [&](int64_t k0, auto capacity, int64_t n) TP_ALWAYS_INLINE {
+    T acc[decltype(capacity)::value];
 #pragma omp simd
     for (int64_t k = 0; k < n; ++k) acc[k] = S.gp[k0 + k];
     for (int64_t j = 0; j < 4 * H; ++j) {
@@ -363,8 +364,11 @@ void lstm_cell_backward(const ScanParams<T>& P, const BackwardWorkspace<T>& S, i
     for (int64_t k = 0; k < n; ++k) S.gp[k0 + k] = acc[k];
   };
   int64_t k0 = 0;
-  for (; k0 + kChunk <= H; k0 += kChunk) rows_into(k0, std::integral_constant<int64_t, kChunk>{});
-  for (; k0 < H; ++k0) rows_into(k0, std::integral_constant<int64_t, 1>{});
+  for (; k0 + kChunk <= H; k0 += kChunk)
+    rows_into(k0, std::integral_constant<int64_t, kChunk>{}, kChunk);
+  for (; k0 + kLanes<T> <= H; k0 += kLanes<T>)
+    rows_into(k0, std::integral_constant<int64_t, kLanes<T>>{}, kLanes<T>);
+  if (k0 < H) rows_into(k0, std::integral_constant<int64_t, kLanes<T>>{}, H - k0);
 }
 
 }  // namespace TORCHPLASTIC_CPU_ISA

@@ -109,6 +109,24 @@ def test_alpha_zero_is_torch_lstm():
     torch.testing.assert_close(state.cell, c_ref[0])
 
 
+@pytest.mark.parametrize("dtype, H", [(torch.float64, 43), (torch.float32, 83)])
+def test_hidden_sizes_off_the_vector_width_match_reference(dtype, H):
+    # The backward's W_ifoᵀ product runs in chunks of four vectors, then of one, then the last
+    # columns together (csrc/cpu/backward.h): these sizes need all three on AVX-512 and AVX2.
+    cfg = Config(rule="hebb", T=4, B=2, O=H)
+    kw64 = make_lstm_inputs(cfg)
+    kw = {k: (v.detach().to(dtype).requires_grad_() if isinstance(v, torch.Tensor) else v)
+          for k, v in kw64.items()}
+    h, state = call_lstm(tp.functional.plastic_lstm_scan, kw)
+    h_ref, state_ref = call_lstm(tp.reference.plastic_lstm_scan, kw64)
+    tol = dict(atol=1e-10, rtol=1e-9) if dtype == torch.float64 else dict(atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(h.double(), h_ref, **tol)
+    g = torch.autograd.grad(loss_of(h, state), list(tensor_inputs(kw).values()))
+    g_ref = torch.autograd.grad(loss_of(h_ref, state_ref), list(tensor_inputs(kw64).values()))
+    for name, a, b in zip(tensor_inputs(kw), g, g_ref):
+        torch.testing.assert_close(a.double(), b, **tol, msg=f"d/d{name}")
+
+
 def test_float32_matches_float64_reference():
     cfg = Config(rule="retroactive", source="internal", clip=1.0, T=12, O=16)
     kw64 = make_lstm_inputs(cfg, requires_grad=False)
