@@ -18,6 +18,17 @@ namespace torchplastic {
 namespace cpu {
 namespace {
 
+constexpr size_t kHugePage = size_t(2) << 20;
+
+// Bytes of a tensor of these sizes and dtype.
+size_t bytes_of(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return static_cast<size_t>(c10::multiply_integers(sizes)) *
+         c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+}
+
+// bytes rounded up to whole huge pages.
+size_t huge_pages_for(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+
 // Fresh multi-megabyte CPU buffers (checkpoints, gradient slabs) are first touched inside the
 // kernels; with 4 KiB pages that costs one page fault per 4 KiB, a large share of a forward
 // that saves checkpoints (README, "Where the time goes"). Transparent huge pages, where the
@@ -25,7 +36,7 @@ namespace {
 // refused.
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  constexpr uintptr_t kHuge = kHugePage;
   if (bytes >= 2 * kHuge) {
     const auto begin = reinterpret_cast<uintptr_t>(data);
     const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
@@ -58,14 +69,12 @@ class BufferCache {
   }
 
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
-                         c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+    const size_t bytes = bytes_of(sizes, opts);
     if (!opts.device().is_cpu() || bytes < kMinBytes) return with_huge_pages(at::empty(sizes, opts));
     void* data = take(bytes);
     if (!data) {
-      // 2 MiB aligned and sized, so that all of it can be huge pages.
-      constexpr size_t kHuge = size_t(2) << 20;
-      data = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
+      // Aligned and sized to huge pages, so that all of it can be huge pages.
+      data = std::aligned_alloc(kHugePage, huge_pages_for(bytes));
       TORCH_CHECK(data, "plastic_scan: out of memory allocating ", bytes, " bytes");
       advise_huge_pages(data, bytes);
     }
@@ -135,8 +144,7 @@ class ZeroMapping {
 
   at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 #if defined(__linux__)
-    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
-                         c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+    const size_t bytes = bytes_of(sizes, opts);
     if (opts.device().is_cpu() && bytes >= kMinBytes) {
       std::shared_ptr<Region> region = at_least(bytes);
       if (region)
@@ -163,8 +171,7 @@ class ZeroMapping {
 #if defined(__linux__)
     std::lock_guard<std::mutex> lock(mutex_);
     if (current_ && current_->bytes >= bytes) return current_;
-    constexpr size_t kHuge = size_t(2) << 20;
-    const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+    const size_t size = huge_pages_for(bytes);
     void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                       -1, 0);
     if (data == MAP_FAILED) return nullptr;
