@@ -60,26 +60,12 @@ if want lstm; then
     --rounds 5 2>&1 | tee "$OUT/bench_lstm.log" || status=1
 fi
 
-# Where the time goes (issue #14): the benchmark's forward and backward kernels, one call,
-# with the stall reasons and memory traffic of each.
+# Where the time goes (issue #14): the benchmark's forward and backward kernels under Nsight
+# Compute (scripts/ncu_profile.sh; a machine that withholds the performance counters is reported,
+# not counted as a failure).
 if want profile; then
   step "Nsight Compute: the benchmark's kernels"
-  if command -v ncu > /dev/null; then
-    # A profile that cannot be taken is reported, not counted as a failure of the kernels.
-    timeout 90 ncu --profile-from-start off --kernel-name regex:plastic_scan --section SpeedOfLight \
-      --section LaunchStats --section Occupancy --section MemoryWorkloadAnalysis \
-      --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
-      $PY scripts/cuda_case.py --cases bench --profile > "$OUT/ncu.txt" 2>&1 \
-      || echo "ncu: exit $? (see ncu.txt)"
-    if grep -q ERR_NVGPUCTRPERM "$OUT/ncu.txt"; then
-      echo "ncu: this machine does not give access to the GPU's performance counters" \
-           "(ERR_NVGPUCTRPERM); its settings are left as they are"
-    fi
-    grep -E "plastic_scan|Duration|Registers Per|Achieved Occupancy|Memory Throughput|Compute \(SM\) Th" \
-      "$OUT/ncu.txt" | head -40
-  else
-    echo "ncu not found: skipped"
-  fi
+  bash scripts/ncu_profile.sh "$OUT" "$PY" || status=1
 fi
 
 # Every launch shape at small sizes under compute-sanitizer: out-of-bounds and misaligned

@@ -1,8 +1,10 @@
 """The build's and the GPU check's own tools, which run where no GPU test can watch them:
-the ptxas report launcher (cmake/ptxas_report.py) and the cases that compute-sanitizer and
-Nsight Compute run (scripts/cuda_case.py)."""
+the ptxas report launcher (cmake/ptxas_report.py), the GPU check's profile step
+(scripts/ncu_profile.sh) and the cases that compute-sanitizer and Nsight Compute run
+(scripts/cuda_case.py)."""
 
 import os
+import pytest
 import subprocess
 import sys
 import textwrap
@@ -84,3 +86,54 @@ def test_cuda_case_has_help():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "cuda_case.py"), "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "usage" in result.stdout
+
+
+NCU_PROFILE = os.path.join(ROOT, "scripts", "ncu_profile.sh")
+NCU_REPORT = """\
+  plastic_scan_forward_kernel<float, Hebb>(ScanParams<float>, Plan) (32, 1, 1)x(256, 1, 1)
+    Duration                                  usecond       412.35
+    Registers Per Thread               register/thread           96
+"""
+
+
+def run_ncu_profile(tmp_path, output, returncode):
+    """scripts/ncu_profile.sh with a stand-in `ncu` first on PATH that prints `output` and exits
+    with `returncode`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ncu = bin_dir / "ncu"
+    (tmp_path / "ncu_output.txt").write_text(output)
+    ncu.write_text(f"#!/bin/sh\ncat {tmp_path / 'ncu_output.txt'}\nexit {returncode}\n")
+    ncu.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = subprocess.run(["bash", NCU_PROFILE, str(out), sys.executable], capture_output=True,
+                            text=True, env=env, timeout=60)
+    return result, (out / "ncu.txt").read_text()
+
+
+def test_ncu_profile_summarises_the_kernels_it_profiled(tmp_path):
+    result, log = run_ncu_profile(tmp_path, NCU_REPORT, 0)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert log == NCU_REPORT
+    assert "plastic_scan_forward_kernel" in result.stdout and "Duration" in result.stdout
+
+
+def test_ncu_profile_reports_withheld_counters_without_failing(tmp_path):
+    result, _ = run_ncu_profile(
+        tmp_path, "==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access "
+        "NVIDIA GPU Performance Counters on the target device 0.\n", 1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ERR_NVGPUCTRPERM" in result.stdout
+
+
+@pytest.mark.parametrize("output, returncode, says", [
+    ("==ERROR== The application returned an error code (1).\nRuntimeError: CUDA error\n", 1,
+     "RuntimeError: CUDA error"),
+    ("==WARNING== No kernels were profiled.\n", 0, "no kernel matched"),
+], ids=["ncu fails", "no kernel matched"])
+def test_ncu_profile_fails_on_any_other_error(tmp_path, output, returncode, says):
+    result, _ = run_ncu_profile(tmp_path, output, returncode)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert says in result.stdout
