@@ -15,13 +15,15 @@ namespace TORCHPLASTIC_CPU_ISA {
 // modulation, if any, is row-local (external): each row is traced, then finished while its
 // rows of H_0 and dL/dH are still in L1, instead of a pass over all rows for each half. Row
 // o's dL/da_0 is complete once its trace half is, as nothing of the other rows reaches dL/dy_0
-// (internal modulation would, through m_0, which reads all of y_0). S.gH (S.gE) is already
-// dL/dH_1 (dL/dE_1), in the output, and the slabs are zeroed.
+// (internal modulation would, through m_0, which reads all of y_0). S.gH (S.gE) points into
+// the output dL/dH_0 (dL/dE_0): each row is copied there from dL/dH_1 (dL/dE_1), and its slab
+// rows zeroed, just before its passes, so that these land in L1 for them instead of taking a
+// pass over the whole trace each first.
 template <typename V, typename T>
 void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
                           const BackwardWorkspace<T>& S, const SequenceGrads<T>& sg) {
   constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
-  const int64_t O = P.O, I = P.I;
+  const int64_t O = P.O, I = P.I, OI = O * I;
   StepView<T> step;
   step.t = 0;
   step.b = b;
@@ -36,9 +38,17 @@ void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, in
   T* grad_z = G.grad_z + b * O;
   std::fill_n(S.gp, I, T(0));       // dL/dp_0: the trace halves' share
   std::fill_n(S.gp_done, I, T(0));  // and the finish halves'
+  if (sg.eta && !V::eta_per_connection) std::fill_n(sg.eta, O, T(0));
   for (int64_t o = 0; o < O; ++o) {
-    const T* H = step.H_anchor + o * I;
-    const T* E = retro ? step.E_anchor + o * I : nullptr;
+    const int64_t row = o * I;
+    std::memcpy(S.gH + row, G.grad_trace + b * OI + row, sizeof(T) * I);
+    if (retro) std::memcpy(S.gE + row, G.grad_elig + b * OI + row, sizeof(T) * I);
+    std::fill_n(sg.alpha + row, I, T(0));
+    if (V::eta_per_connection) std::fill_n(sg.eta + row, I, T(0));
+    if (sg.coefficients)
+      for (int j = 0; j < 4; ++j) std::fill_n(sg.coefficients + j * OI + row, I, T(0));
+    const T* H = step.H_anchor + row;
+    const T* E = retro ? step.E_anchor + row : nullptr;
     S.gy[o] = grad_y[o] + (grad_theta ? P.threshold_rate * grad_theta[o] : T(0));
     backward_row<V, false, true, 0, 1>(P, S, step, step, H, E, sg, o);
     const T gy = S.gy[o] + (grad_hidden ? grad_hidden[o] : T(0));
@@ -68,16 +78,13 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
     if (modulated) std::fill_n(G.grad_mod + (t * B + b) * O, O, T(0));
     if (!row_local) G.grad_mod_pre[t * B + b] = G.mod_signal[t * B + b] = T(0);
   }
-  // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed here,
+  // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed below,
   // just before the passes add to them (a separate pass over all the slabs first had cost a
-  // trip through memory).
+  // trip through memory), and by a single step row by row.
   SequenceGrads<T> sg;
   sg.alpha = G.grad_alpha + b * OI;
   sg.eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
   sg.coefficients = G.grad_coefficients ? G.grad_coefficients + b * 4 * OI : nullptr;
-  std::memset(sg.alpha, 0, sizeof(T) * OI);
-  if (sg.eta) std::memset(sg.eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
-  if (sg.coefficients) std::memset(sg.coefficients, 0, sizeof(T) * 4 * OI);
 
   // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
   // S.gh = dL/dy_t from the later steps, for the last step t not yet traced. A single step
@@ -89,10 +96,13 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
     S.gH = G.grad_trace0 + b * OI;
     if (retro) S.gE = G.grad_elig0 + b * OI;
   }
+  if (T_ == 1 && row_local && !P.lstm && !P.has_scaling)
+    return backward_single_step<V>(P, G, b, S, sg);  // zeroes the slabs and copies row by row
+  std::memset(sg.alpha, 0, sizeof(T) * OI);
+  if (sg.eta) std::memset(sg.eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
+  if (sg.coefficients) std::memset(sg.coefficients, 0, sizeof(T) * 4 * OI);
   std::memcpy(S.gH, G.grad_trace + b * OI, sizeof(T) * OI);
   if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
-  if (T_ == 1 && row_local && !P.lstm && !P.has_scaling)
-    return backward_single_step<V>(P, G, b, S, sg);
   if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
   if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
   if (P.lstm) std::memcpy(S.gc, G.grad_cell + b * O, sizeof(T) * O);
