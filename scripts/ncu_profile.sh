@@ -11,6 +11,7 @@
 set -uo pipefail
 OUT=${1:?usage: ncu_profile.sh OUT_DIR [PYTHON]}
 PY=${2:-python3}
+OUT=$(cd "$OUT" && pwd) || exit 1
 cd "$(dirname "$0")/.."
 if ! command -v ncu > /dev/null; then
   echo "ncu not found: skipped"
