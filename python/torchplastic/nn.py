@@ -190,11 +190,16 @@ class _PlasticBase(nn.Module):
         if self.modulation != "external" and modulation is not None:
             raise ValueError(f"{owner}: modulation: this module computes its own "
                              f"(rule={self.rule!r}, modulation={self.modulation!r}), got a tensor")
+        # The modulation head's parameters exist only for the sources that use them; asking for
+        # them by getattr with a default would raise and catch an AttributeError per parameter
+        # missing, on every call.
+        head = self.modulation in ("internal", "fanout")
+        fanout = self.modulation == "fanout"
         options = dict(
             rule=self.rule, clip=self.clip, modulation=modulation,
-            mod_weight=getattr(self, "mod_weight", None), mod_bias=getattr(self, "mod_bias", None),
-            mod_fanout_weight=getattr(self, "mod_fanout_weight", None),
-            mod_fanout_bias=getattr(self, "mod_fanout_bias", None),
+            mod_weight=self.mod_weight if head else None, mod_bias=self.mod_bias if head else None,
+            mod_fanout_weight=self.mod_fanout_weight if fanout else None,
+            mod_fanout_bias=self.mod_fanout_bias if fanout else None,
             eligibility=state.eligibility, synaptic_scaling=self.synaptic_scaling,
             adaptive_threshold=self.adaptive_threshold, target_activity=self.target_activity,
             threshold=state.threshold, checkpoint_every=self.checkpoint_every, abcd=self.abcd,
