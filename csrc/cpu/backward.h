@@ -47,6 +47,19 @@ struct SequenceGrads {
   T* alpha = nullptr;
   T* eta = nullptr;
   T* coefficients = nullptr;
+
+  // Zeroes rows o .. o + rows − 1 of every slab: the whole sequence's at once (rows = O), or a
+  // row just before its passes add to it (a single step).
+  template <typename V>
+  void zero_rows(int64_t O, int64_t I, int64_t o, int64_t rows) const {
+    std::fill_n(alpha + o * I, rows * I, T(0));
+    if (eta) {
+      if (V::eta_per_connection) std::fill_n(eta + o * I, rows * I, T(0));
+      else std::fill_n(eta + o, rows, T(0));
+    }
+    if (coefficients)
+      for (int j = 0; j < 4; ++j) std::fill_n(coefficients + j * O * I + o * I, rows * I, T(0));
+  }
 };
 
 // The backward of one step splits in two halves:

@@ -38,15 +38,11 @@ void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, in
   T* grad_z = G.grad_z + b * O;
   std::fill_n(S.gp, I, T(0));       // dL/dp_0: the trace halves' share
   std::fill_n(S.gp_done, I, T(0));  // and the finish halves'
-  if (sg.eta && !V::eta_per_connection) std::fill_n(sg.eta, O, T(0));
   for (int64_t o = 0; o < O; ++o) {
     const int64_t row = o * I;
     std::memcpy(S.gH + row, G.grad_trace + b * OI + row, sizeof(T) * I);
     if (retro) std::memcpy(S.gE + row, G.grad_elig + b * OI + row, sizeof(T) * I);
-    std::fill_n(sg.alpha + row, I, T(0));
-    if (V::eta_per_connection) std::fill_n(sg.eta + row, I, T(0));
-    if (sg.coefficients)
-      for (int j = 0; j < 4; ++j) std::fill_n(sg.coefficients + j * OI + row, I, T(0));
+    sg.template zero_rows<V>(O, I, o, 1);
     const T* H = step.H_anchor + row;
     const T* E = retro ? step.E_anchor + row : nullptr;
     S.gy[o] = grad_y[o] + (grad_theta ? P.threshold_rate * grad_theta[o] : T(0));
@@ -98,9 +94,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   }
   if (T_ == 1 && row_local && !P.lstm && !P.has_scaling)
     return backward_single_step<V>(P, G, b, S, sg);  // zeroes the slabs and copies row by row
-  std::memset(sg.alpha, 0, sizeof(T) * OI);
-  if (sg.eta) std::memset(sg.eta, 0, sizeof(T) * (eta_per_connection ? OI : O));
-  if (sg.coefficients) std::memset(sg.coefficients, 0, sizeof(T) * 4 * OI);
+  sg.template zero_rows<V>(O, I, 0, O);
   std::memcpy(S.gH, G.grad_trace + b * OI, sizeof(T) * OI);
   if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
   if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);

@@ -33,6 +33,9 @@ def _packed_like(y: Tensor, packed: PackedSequence, lengths: Tensor) -> PackedSe
 
 _GRANULARITIES = ("connection", "neuron", "scalar")
 _MODULATIONS = ("internal", "fanout", "external")
+# The sources computed from the module's own output, by a modulation head (mod_weight,
+# mod_bias); "fanout" adds its fan-out (mod_fanout_weight, mod_fanout_bias).
+_HEAD_MODULATIONS = ("internal", "fanout")
 
 
 def _check_choice(owner: str, name: str, value, choices):
@@ -114,7 +117,7 @@ class _PlasticBase(nn.Module):
         self.eta = nn.Parameter(torch.empty(shape[eta], **kw)) if info.uses_eta else None
         # A, B, C, D of rule abcd, stacked.
         self.abcd = nn.Parameter(torch.empty(4, *shape[abcd], **kw)) if info.coefficients else None
-        if self.modulation in ("internal", "fanout"):
+        if self.modulation in _HEAD_MODULATIONS:
             self.mod_weight = nn.Parameter(torch.empty(O, **kw))
             self.mod_bias = nn.Parameter(torch.empty(1, **kw))
         if self.modulation == "fanout":
@@ -135,7 +138,7 @@ class _PlasticBase(nn.Module):
             if self.abcd is not None:
                 for k, value in enumerate(self.abcd_init):
                     self.abcd[k].fill_(value)
-            if self.modulation in ("internal", "fanout"):
+            if self.modulation in _HEAD_MODULATIONS:
                 bound = 1.0 / math.sqrt(self.out_features)
                 self.mod_weight.uniform_(-bound, bound)
                 self.mod_bias.uniform_(-bound, bound)
@@ -193,7 +196,7 @@ class _PlasticBase(nn.Module):
         # The modulation head's parameters exist only for the sources that use them; asking for
         # them by getattr with a default would raise and catch an AttributeError per parameter
         # missing, on every call.
-        head = self.modulation in ("internal", "fanout")
+        head = self.modulation in _HEAD_MODULATIONS
         fanout = self.modulation == "fanout"
         options = dict(
             rule=self.rule, clip=self.clip, modulation=modulation,
