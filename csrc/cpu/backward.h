@@ -75,10 +75,11 @@ struct SequenceGrads {
 // halves as separate passes (and every step's trace is stored: fin and tr replay nothing).
 // finish alone reads H_t from fin's anchor, which is then H_t itself (replay 0).
 //
-// Rows rows from o per call (2 in the fused passes, else 1): element i of both rows in one loop
-// iteration, so p_t, p_{t+1} and the replayed steps' p are loaded, and dL/dp_t and dL/dp_{t+1}
-// loaded and stored, once for the two (four rows per call run out of registers). The rows'
-// order in the sums over rows (dL/dp) is the same as one at a time.
+// Rows rows from o per call (2 in the fused passes where fused_pairs says so, else 1): element
+// i of both rows in one loop iteration, so p_t, p_{t+1} and the replayed steps' p are loaded,
+// and dL/dp_t and dL/dp_{t+1} loaded and stored, once for the two (four rows per call run out
+// of registers). The rows' order in the sums over rows (dL/dp) is the same as one at a time,
+// so pairs and single rows give the same results, bit for bit.
 // Ht, Et: row o of H_{t-1}, E_{t-1}. With Replay > 0 (fused passes only), row o of tr's anchor,
 // Replay steps before them: each element is stepped forward through those steps in registers
 // first.
@@ -261,6 +262,21 @@ TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWo
   E = retro ? S.row_E : nullptr;
 }
 
+// Whether the fused passes take rows in pairs for rows of I elements. With 32 vector registers
+// (AVX-512) a pair's accumulators and constants fit. With 16 (AVX2, generic) they do not, and
+// two of a pair's accumulators live on the stack, each iteration's sum waiting on the store
+// of the last: rows one at a time are faster once a sequence's rows no longer fit in L2, while
+// short rows, whose sequence does, still gain from pairs' shared loads of p (README, CPU
+// kernels).
+TP_ALWAYS_INLINE inline bool fused_pairs(int64_t I) {
+#if defined(__AVX512F__)
+  (void)I;
+  return true;
+#else
+  return I <= 128;
+#endif
+}
+
 // The fused pass (finish(t+1) and trace(t)) over Rows rows from o, with tr.replay steps
 // replayed in the loop; the anchor's rows go in as they are.
 template <typename V, int Rows, typename T>
@@ -288,10 +304,11 @@ void backward_pass(const ScanParams<T>& P, const BackwardWorkspace<T>& S, bool f
                    bool trace, const StepView<T>& fin, const StepView<T>& tr,
                    const SequenceGrads<T>& sg) {
   if (finish && trace && !P.has_scaling) {
-    // Rows in pairs (the last alone when O is odd), replays inside the loop.
+    // Rows in pairs where they pay (the last alone when O is odd), replays inside the loop.
     int64_t o = 0;
-    for (; o + 2 <= P.O; o += 2) fused_rows<V, 2>(P, S, fin, tr, sg, o);
-    if (o < P.O) fused_rows<V, 1>(P, S, fin, tr, sg, o);
+    if (fused_pairs(P.I))
+      for (; o + 2 <= P.O; o += 2) fused_rows<V, 2>(P, S, fin, tr, sg, o);
+    for (; o < P.O; ++o) fused_rows<V, 1>(P, S, fin, tr, sg, o);
     return;
   }
   for (int64_t o = 0; o < P.O; ++o) {
