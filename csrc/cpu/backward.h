@@ -375,9 +375,12 @@ void lstm_cell_backward(const ScanParams<T>& P, const BackwardWorkspace<T>& S, i
   }
   // dL/dp_t += W_ifoᵀ dL/d(i, f, o pre-activations); W_g's share is finish(t)'s. A chunk of
   // dL/dp stays in registers while every row of W_ifo adds to it: one load and store of it per
-  // chunk, not per row. Chunks of four vectors, then of one, then the last columns (fewer than
-  // a vector) together: one pass over the rows for them, not one per column.
-  constexpr int64_t kChunk = 4 * kLanes<T>;
+  // chunk, not per row. Chunks of 256 bytes of each row (four vectors of AVX-512, eight of
+  // AVX2; eight of the generic build's 16 registers at most), then of one vector, then the
+  // last columns (fewer than a vector) together: one pass over the rows for them, not one per
+  // column. W_ifo comes from L3 or beyond once it outgrows L2, and wider chunks read each
+  // row in fewer, longer runs.
+  constexpr int64_t kChunk = std::min<int64_t>(256 / sizeof(T), 8 * kLanes<T>);
   // n columns from k0, at most `capacity` (a type: the size of the register chunk).
   auto rows_into = [&](int64_t k0, auto capacity, int64_t n) TP_ALWAYS_INLINE {
     T acc[decltype(capacity)::value];

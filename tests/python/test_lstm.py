@@ -111,8 +111,9 @@ def test_alpha_zero_is_torch_lstm():
 
 @pytest.mark.parametrize("dtype, H", [(torch.float64, 43), (torch.float32, 83)])
 def test_hidden_sizes_off_the_vector_width_match_reference(dtype, H):
-    # The backward's W_ifoᵀ product runs in chunks of four vectors, then of one, then the last
-    # columns together (csrc/cpu/backward.h): these sizes need all three on AVX-512 and AVX2.
+    # The backward's W_ifoᵀ product runs in chunks of 256 bytes (at most eight vectors), then
+    # of one vector, then the last columns together (csrc/cpu/backward.h): these sizes need all
+    # three in every build (generic, AVX2, AVX-512).
     cfg = Config(rule="hebb", T=4, B=2, O=H)
     kw64 = make_lstm_inputs(cfg)
     kw = {k: (v.detach().to(dtype).requires_grad_() if isinstance(v, torch.Tensor) else v)
