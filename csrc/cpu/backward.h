@@ -265,9 +265,9 @@ TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWo
 // Whether the fused passes take rows in pairs for rows of I elements. With 32 vector registers
 // (AVX-512) a pair's accumulators and constants fit. With 16 (AVX2, generic) they do not, and
 // two of a pair's accumulators live on the stack, each iteration's sum waiting on the store
-// of the last: rows one at a time are faster once a sequence's rows no longer fit in L2, while
-// short rows, whose sequence does, still gain from pairs' shared loads of p (README, CPU
-// kernels).
+// of the last: there rows one at a time are faster once a sequence's rows outgrow L2, while
+// short rows, whose sequence fits, still gain from pairs' shared loads of p. The bound of 128
+// was measured on a Zen 3 with 512 KB of L2 (README, CPU kernels).
 TP_ALWAYS_INLINE inline bool fused_pairs(int64_t I) {
 #if defined(__AVX512F__)
   (void)I;
