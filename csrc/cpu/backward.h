@@ -48,6 +48,17 @@ struct SequenceGrads {
   T* eta = nullptr;
   T* coefficients = nullptr;
 
+  // Sequence b's slabs in the gradients' buffers, which hold one slab per sequence.
+  template <typename V>
+  static SequenceGrads of_sequence(const ScanGradParams<T>& G, int64_t b, int64_t O, int64_t I) {
+    const int64_t OI = O * I;
+    SequenceGrads sg;
+    sg.alpha = G.grad_alpha + b * OI;
+    sg.eta = G.grad_eta ? G.grad_eta + b * (V::eta_per_connection ? OI : O) : nullptr;
+    sg.coefficients = G.grad_coefficients ? G.grad_coefficients + b * 4 * OI : nullptr;
+    return sg;
+  }
+
   // Zeroes rows o .. o + rows − 1 of every slab: the whole sequence's at once (rows = O), or a
   // row just before its passes add to it (a single step).
   template <typename V>

@@ -66,7 +66,6 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   // T_: this sequence's steps; past them its outputs, held state and gradients are zero.
   const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I, OI = O * I, K = P.checkpoint_every;
   const bool row_local = !P.internal_modulation();
-  constexpr bool eta_per_connection = V::eta_per_connection;
   const int64_t Z = P.lstm ? 4 * O : O;  // z's width
   for (int64_t t = T_; t < P.T; ++t) {
     std::fill_n(G.grad_z + (t * B + b) * Z, Z, T(0));
@@ -77,10 +76,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   // This sequence's dL/dα and dL/dη slabs, which the caller leaves uninitialised: zeroed below,
   // just before the passes add to them (a separate pass over all the slabs first had cost a
   // trip through memory), and by a single step row by row.
-  SequenceGrads<T> sg;
-  sg.alpha = G.grad_alpha + b * OI;
-  sg.eta = G.grad_eta ? G.grad_eta + b * (eta_per_connection ? OI : O) : nullptr;
-  sg.coefficients = G.grad_coefficients ? G.grad_coefficients + b * 4 * OI : nullptr;
+  const auto sg = SequenceGrads<T>::template of_sequence<V>(G, b, O, I);
 
   // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
   // S.gh = dL/dy_t from the later steps, for the last step t not yet traced. A single step
