@@ -38,71 +38,70 @@ VARIANTS = ("modulated", "retroactive", "hebb", "rnn")
 
 
 class Maze:
-    """B mazes stepped together, on torch tensors."""
+    """B mazes stepped together, on torch tensors. A cell is a flat index row * size + col,
+    so that a move, a view and a wall test are each one indexing op."""
 
     def __init__(self, size, batch, generator, device):
-        lab = torch.ones(size, size)
-        lab[1:-1, 1:-1] = 0
+        lab = torch.ones(size, size, dtype=torch.bool)
+        lab[1:-1, 1:-1] = False
         for r in range(2, size - 1, 2):
             for c in range(2, size - 1, 2):
-                lab[r, c] = 1  # pillars
+                lab[r, c] = True  # pillars
         centre = size // 2
-        lab[centre, centre] = 0
-        self.lab, self.size, self.batch, self.gen, self.device = lab.to(device), size, batch, generator, device
-        self.free = (lab == 0).nonzero().to(device)  # [F, 2]
-        self.offsets = torch.stack(torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij"), -1).reshape(9, 2).to(device)
-        self.actions = ACTIONS.to(device)
+        lab[centre, centre] = False
+        self.size, self.batch, self.gen, self.device = size, batch, generator, device
+        self.walls = lab.flatten().to(device)                     # [size * size]
+        self.free = (~self.walls).nonzero().squeeze(1)             # [F] free cells
+        self.centre = centre * size + centre
+        rows, cols = torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij")
+        self.neighbourhood = (rows * size + cols).flatten().to(device)  # [9], row by row
+        self.moves = (ACTIONS[:, 0] * size + ACTIONS[:, 1]).to(device)
 
     def random_free(self, n):
         return self.free[torch.randint(len(self.free), (n,), generator=self.gen).to(self.device)]
 
     def reset(self):
-        centre = self.size // 2
-        self.pos = torch.full((self.batch, 2), centre, device=self.device)
+        self.pos = torch.full((self.batch,), self.centre, device=self.device)
         self.goal = self.random_free(self.batch)
-        same = (self.goal == self.pos).all(1)  # the reward is never at the start
+        same = self.goal == self.pos  # the reward is never at the start
         while same.any():
             self.goal[same] = self.random_free(int(same.sum()))
-            same = (self.goal == self.pos).all(1)
+            same = self.goal == self.pos
 
     def view(self):
-        cells = self.pos[:, None, :] + self.offsets[None]  # [B, 9, 2]
-        return self.lab[cells[..., 0], cells[..., 1]]      # [B, 9]
+        """[B, 9] booleans: the walls of the 3×3 neighbourhood."""
+        return self.walls[self.pos[:, None] + self.neighbourhood]
 
     def step(self, action):
-        target = self.pos + self.actions[action]
-        wall = self.lab[target[:, 0], target[:, 1]] > 0
-        reward = torch.where(wall, -WALL_PENALTY, 0.0)
-        self.pos = torch.where(wall[:, None], self.pos, target)
-        found = (self.pos == self.goal).all(1)
-        reward = reward + found.float() * REWARD
+        target = self.pos + self.moves[action]
+        wall = self.walls[target]
+        self.pos = torch.where(wall, self.pos, target)
+        found = self.pos == self.goal
+        reward = found * REWARD - wall * WALL_PENALTY
         if found.any():
             self.pos[found] = self.random_free(int(found.sum()))
         return reward
 
 
 class Agent(nn.Module):
-    """A recurrent core (plastic or plain) with policy and value heads."""
+    """A recurrent core (plastic or plain) with policy and value heads, over sequences
+    ``u [T, B, INPUTS]``: T = 1 to act, step by step; the whole episode at once to learn."""
 
     def __init__(self, variant, hidden, modulation="fanout"):
         super().__init__()
         self.variant = variant
         if variant == "rnn":
-            self.core = nn.RNNCell(INPUTS, hidden)
+            self.core = nn.RNN(INPUTS, hidden)
         else:
             kw = dict(rule=variant)
             if variant in ("modulated", "retroactive"):
                 kw["modulation"] = modulation
-            self.core = tp.PlasticRNNCell(INPUTS, hidden, **kw)
+            self.core = tp.PlasticRNN(INPUTS, hidden, **kw)
         self.policy = nn.Linear(hidden, len(ACTIONS))
         self.value = nn.Linear(hidden, 1)
 
-    def forward(self, u, state):
-        if self.variant == "rnn":
-            h = self.core(u, state)
-            state = h
-        else:
-            h, state = self.core(u, state)
+    def forward(self, u, state=None):
+        h, state = self.core(u, state)
         return self.policy(h), self.value(h).squeeze(-1), state
 
 
@@ -116,34 +115,43 @@ def matched_rnn_hidden(hidden, modulation="fanout"):
 
 
 def run_episode(agent, maze, steps, gamma, value_coef, entropy_coef, device):
+    """One episode of B mazes, then its A2C loss. The agent acts step by step without autograd
+    (the next input depends on the action sampled), and the episode's inputs, recorded, are then
+    run through the agent again as one sequence: one fused plastic_scan forward and backward
+    instead of a graph of `steps` single steps. Both passes compute the same outputs."""
     maze.reset()
     B = maze.batch
-    prev_reward = torch.zeros(B, device=device)
-    prev_action = torch.zeros(B, len(ACTIONS), device=device)
+    u = torch.zeros(steps, B, INPUTS, device=device)  # the inputs, filled in as the agent acts
+    u[:, :, 9] = 1.0                                                           # bias
+    u[:, :, 10] = (torch.arange(steps, device=device) / steps)[:, None]        # time
+    batch = torch.arange(B, device=device)
     state = None
-    log_probs, values, rewards, entropies = [], [], [], []
-    for t in range(steps):
-        u = torch.cat([maze.view(), torch.ones(B, 1, device=device),
-                       torch.full((B, 1), t / steps, device=device), prev_reward[:, None], prev_action], 1)
-        logits, value, state = agent(u, state)
-        dist = torch.distributions.Categorical(logits=logits)
-        action = dist.sample()
-        reward = maze.step(action)
-        log_probs.append(dist.log_prob(action))
-        entropies.append(dist.entropy())
-        values.append(value)
-        rewards.append(reward)
-        prev_reward = reward
-        prev_action = nn.functional.one_hot(action, len(ACTIONS)).float()
+    actions, rewards = [], []
+    with torch.no_grad():
+        for t in range(steps):
+            u[t, :, :9] = maze.view()
+            h, state = agent.core(u[t:t + 1], state)
+            logits = agent.policy(h[0])
+            # A sample of softmax(logits), by the Gumbel-max trick: −log of an Exp(1) draw is Gumbel.
+            action = (logits - torch.empty_like(logits).exponential_().log_()).argmax(-1)
+            reward = maze.step(action)
+            actions.append(action)
+            rewards.append(reward)
+            if t + 1 < steps:  # what the agent sees next of its own step
+                u[t + 1, :, 11] = reward
+                u[t + 1, batch, 12 + action] = 1.0
+    logits, values, _ = agent(u)  # [T, B, actions], [T, B]
+    log_probs = logits.log_softmax(-1)
+    chosen = log_probs.gather(-1, torch.stack(actions)[..., None]).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
     returns, R = [], torch.zeros(B, device=device)
     for r in reversed(rewards):
         R = r + gamma * R
         returns.append(R)
     returns = torch.stack(returns[::-1])
-    values, log_probs = torch.stack(values), torch.stack(log_probs)
     advantage = returns - values
-    loss = (-(log_probs * advantage.detach()).mean() + value_coef * advantage.square().mean()
-            - entropy_coef * torch.stack(entropies).mean())
+    loss = (-(chosen * advantage.detach()).mean() + value_coef * advantage.square().mean()
+            - entropy_coef * entropy.mean())
     return loss, torch.stack(rewards).sum(0).mean().item()
 
 
