@@ -100,6 +100,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
                   int64_t o) {
   static_assert(Replay == 0 || (Finish && Trace), "backward_row: replays in fused passes only");
   static_assert(Rows == 1 || (Finish && Trace), "backward_row: row pairs in fused passes only");
+  static_assert(Replay <= 3, "backward_row: replays of up to 3 steps (written out below)");
   using R = typename V::Rule;
   constexpr bool retro = R::eligibility;
   constexpr int L = kLanes<T>;
@@ -184,10 +185,16 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
         T g = gH[ri];
         const T eta_i = Trace ? eta_at<V>(eta + r * eta_stride, eta_o[r], i) : T(0);
         T H = Trace ? Ht[ri] : T(0), E = Trace && retro ? Et[ri] : T(0);
-#pragma GCC unroll 4
-        for (int d = 0; d < Replay; ++d)
-          H = next_trace<V>(P, row0 + ri, H, E, replay_y[d][r], replay_p[d][i], replay_m[d][r],
-                            eta_i);
+        // The replayed steps written out, not looped: GCC 12 leaves the whole row loop scalar
+        // around a loop of one iteration when the rule clips ("control flow in loop").
+        auto replay_step = [&](auto d) TP_ALWAYS_INLINE {
+          if constexpr (decltype(d)::value < Replay)
+            H = next_trace<V>(P, row0 + ri, H, E, replay_y[d][r], replay_p[d][i],
+                              replay_m[d][r], eta_i);
+        };
+        replay_step(std::integral_constant<int, 0>{});
+        replay_step(std::integral_constant<int, 1>{});
+        replay_step(std::integral_constant<int, 2>{});
         T C = 0;
         if (Trace && (Finish || decltype(scaled)::value || V::clip))
           C = R::candidate(kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i));
