@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Single steps, as reinforcement learning takes them (examples/maze.py, A2C): a PlasticRNNCell
-stepped S times with its state carried, then one backward through all S steps. Prints the time
-per step of the forward (building the graph) and of forward+backward, for the fused cell and
-for the reference's eager step (tp.reference.step, the same equations in plain PyTorch) with the
-same parameters, timed alternately in paired rounds; and the ratio of the two.
+"""Single steps, as reinforcement learning takes them when it learns through the steps it acted
+with (A2C): a PlasticRNNCell stepped S times with its state carried, then one backward through
+all S steps. (examples/maze.py instead acts under no_grad and learns from one sequence call.)
+Prints the time per step of the forward (building the graph) and of forward+backward, for the
+fused cell and for the reference's eager step (tp.reference.step, the same equations in plain
+PyTorch) with the same parameters, timed alternately in paired rounds; and the ratio of the
+two.
 
 Also the least memory traffic a step can have here: the forward writes a new trace [B, H, H]
 (autograd keeps every step's), and the backward reads it back and writes dL/dH of the step
