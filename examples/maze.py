@@ -118,7 +118,8 @@ def run_episode(agent, maze, steps, gamma, value_coef, entropy_coef, device):
     """One episode of B mazes, then its A2C loss. The agent acts step by step without autograd
     (the next input depends on the action sampled), and the episode's inputs, recorded, are then
     run through the agent again as one sequence: one fused plastic_scan forward and backward
-    instead of a graph of `steps` single steps. Both passes compute the same outputs."""
+    instead of a graph of `steps` single steps. The core's outputs are the same both ways, bit
+    for bit; the heads', linear layers over other shapes, to rounding."""
     maze.reset()
     B = maze.batch
     u = torch.zeros(steps, B, INPUTS, device=device)  # the inputs, filled in as the agent acts

@@ -87,6 +87,36 @@ def test_maze_example_runs_and_resumes(tmp_path):
     assert "(4 runs" in out
 
 
+def test_maze_agent_acts_and_learns_with_the_same_outputs():
+    """The maze agent acts one step per call and learns from the episode as one sequence: the
+    recurrent core must give the same outputs both ways, bit for bit, and the heads (linear
+    layers over other shapes) the same to rounding, or the A2C loss would score other
+    probabilities than those the actions were sampled from."""
+    import importlib
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        maze = importlib.import_module("maze")
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    u = torch.randn(9, 3, maze.INPUTS)
+    for variant in maze.VARIANTS:
+        agent = maze.Agent(variant, 8)
+        with torch.no_grad():
+            state, hs = None, []
+            for t in range(len(u)):
+                h, state = agent.core(u[t:t + 1], state)
+                hs.append(h)
+            h, _ = agent.core(u)
+            assert torch.equal(torch.cat(hs), h), variant
+            logits, value, _ = agent(u)
+            step_logits = torch.stack([agent.policy(h_t[0]) for h_t in hs])  # as when acting
+            step_value = torch.stack([agent.value(h_t[0]).squeeze(-1) for h_t in hs])
+        torch.testing.assert_close(step_logits, logits, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(step_value, value, rtol=1e-6, atol=1e-7)
+
+
 def test_omniglot_example_runs_and_resumes(tmp_path):
     data = os.path.join(ROOT, "..", "shared", "data", "omniglot")
     if not os.path.isdir(data):
