@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Forward+backward of the fused op over a grid of sizes and rules, this build against another.
 
-A change to the kernels must not make any configuration slower (issue #17): this times
-N ∈ {64, 256, 1024} × T ∈ {1, 16, 256} × rules hebb and retroactive (recurrent, float32, B=32,
-internal modulation for retroactive) with the torchplastic importable here and with the one
-under --against (the `python/` folder of another checkout's build), each in a process of its
-own, alternately, round after round, so that both see the same drift of a shared machine.
-Each round takes the best of several calls per side (enough to fill --min-round-seconds), the
-side that goes first alternating. It prints each side's median time per step and the median of
-the per-round ratios against / this: above 1, this build is faster.
+A change to the kernels must not make any configuration slower (issue #17): this times N ∈ {64,
+256, 1024} × T ∈ {1, 16, 256} × rules hebb, retroactive and modulated (recurrent, float32, B=32;
+the modulated rules with internal modulation and their default clip of 1, so that both kinds of
+clipped backward are timed: with an eligibility trace and without) with the torchplastic
+importable here and with the one under --against (the `python/` folder of another checkout's
+build), each in a process of its own, alternately, round after round, so that both see the same
+drift of a shared machine. Each round takes the best of several calls per side (enough to fill
+--min-round-seconds), the side that goes first alternating. It prints each side's median time
+per step and the median of the per-round ratios against / this: above 1, this build is faster.
 
     git worktree add /tmp/base <commit>            # the build to compare against
     cmake -S /tmp/base -B /tmp/base/build -G Ninja -DWITH_CUDA=OFF -DBUILD_TESTING=OFF ...
@@ -49,7 +50,7 @@ def worker():
         if key not in cache:
             cache.clear()  # the N = 1024 inputs are large: one configuration's at a time
             kw = recurrent_hebb_inputs(cfg["T"], cfg["B"], cfg["N"])
-            if cfg["rule"] == "retroactive":
+            if cfg["rule"] in ("retroactive", "modulated"):
                 g = torch.Generator().manual_seed(1)
                 kw["mod_weight"] = (torch.randn(cfg["N"], generator=g) / cfg["N"] ** 0.5).requires_grad_()
                 kw["mod_bias"] = torch.zeros(1).requires_grad_()
@@ -101,7 +102,8 @@ def main():
                     help="the python/ folder of the build to compare against (default: none)")
     ap.add_argument("--hidden", "-N", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--steps", "-T", type=int, nargs="+", default=[1, 16, 256])
-    ap.add_argument("--rules", nargs="+", default=["hebb", "retroactive"], choices=["hebb", "retroactive"])
+    rules = ["hebb", "retroactive", "modulated"]
+    ap.add_argument("--rules", nargs="+", default=rules, choices=rules)
     ap.add_argument("--batch", "-B", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5, help="rounds per configuration (default 5)")
     ap.add_argument("--calls", type=int, default=2,

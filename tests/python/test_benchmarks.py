@@ -22,12 +22,12 @@ def test_benchmark_has_help(script):
 
 def test_grid_runs_and_refuses_to_compare_a_build_with_itself(tmp_path):
     script = os.path.join(ROOT, "benchmarks", "bench_grid.py")
-    tiny = ["--hidden", "8", "--steps", "1", "3", "--rules", "hebb", "retroactive", "--batch", "2",
-            "--rounds", "1", "--calls", "1", "--min-round-seconds", "0"]
+    tiny = ["--hidden", "8", "--steps", "1", "3", "--rules", "hebb", "retroactive", "modulated",
+            "--batch", "2", "--rounds", "1", "--calls", "1", "--min-round-seconds", "0"]
     out = subprocess.run([sys.executable, script, *tiny, "--json", str(tmp_path / "grid.json")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("[") >= 4 and "[4/4]" in out.stdout
+    assert out.stdout.count("[") >= 6 and "[6/6]" in out.stdout
     import torchplastic
     same = os.path.dirname(os.path.dirname(torchplastic.__file__))
     out = subprocess.run([sys.executable, script, *tiny, "--against", same], capture_output=True,
