@@ -49,7 +49,7 @@ class Maze:
                 lab[r, c] = True  # pillars
         centre = size // 2
         lab[centre, centre] = False
-        self.size, self.batch, self.gen, self.device = size, batch, generator, device
+        self.batch, self.gen, self.device = batch, generator, device
         self.walls = lab.flatten().to(device)                     # [size * size]
         self.free = (~self.walls).nonzero().squeeze(1)             # [F] free cells
         self.centre = centre * size + centre
@@ -89,7 +89,6 @@ class Agent(nn.Module):
 
     def __init__(self, variant, hidden, modulation="fanout"):
         super().__init__()
-        self.variant = variant
         if variant == "rnn":
             self.core = nn.RNN(INPUTS, hidden)
         else:
