@@ -125,6 +125,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   T* geta_conn = V::eta_per_connection ? sg.eta + row0 : nullptr;
   T* gk = R::coefficients ? sg.coefficients + row0 : nullptr;
   const int64_t OI = P.O * I;
+  const T clip = P.clip;  // read once: see next_trace
   const T* eta = P.eta_row(o);
   const int64_t eta_stride = P.eta_row_stride;
   T eta_o[Rows], yo[Rows], mo[Rows];
@@ -139,7 +140,8 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
       T E = retro ? Et[i] : T(0);
       const T C =
-          next_trace<V>(P, row0 + i, Ht[i], E, yo[0], pt[i], mo[0], eta_at<V>(eta, eta_o[0], i));
+          next_trace<V>(P, clip, row0 + i, Ht[i], E, yo[0], pt[i], mo[0],
+                        eta_at<V>(eta, eta_o[0], i));
       sumsq[l] += C * C;
       dot[l] += gH[i] * C;
     });
@@ -189,7 +191,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
         // around a loop of one iteration when the rule clips ("control flow in loop").
         auto replay_step = [&](auto d) TP_ALWAYS_INLINE {
           if constexpr (decltype(d)::value < Replay)
-            H = next_trace<V>(P, row0 + ri, H, E, replay_y[d][r], replay_p[d][i],
+            H = next_trace<V>(P, clip, row0 + ri, H, E, replay_y[d][r], replay_p[d][i],
                               replay_m[d][r], eta_i);
         };
         replay_step(std::integral_constant<int, 0>{});
@@ -200,7 +202,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
           C = R::candidate(kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i));
         if (Finish) {
           const T a = alpha[ri], gap = ga[r] * pf[i];
-          const T h = Trace ? (V::clip ? kernels::clip_value(C, P.clip) : C) : Hf[ri];
+          const T h = Trace ? (V::clip ? kernels::clip_value(C, clip) : C) : Hf[ri];
           g += gap * a;
           gar[ri] += gap * h;
           gp_done_i += ga[r] * (decltype(recurrent)::value ? a * h + W[ri] : a * h);
@@ -208,10 +210,10 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
         if (Trace) {
           T gC = g;
           if (decltype(scaled)::value) {
-            const T Hc = V::clip ? kernels::clip_value(C, P.clip) : C;
+            const T Hc = V::clip ? kernels::clip_value(C, clip) : C;
             gC = scale * gC - scale_grad * Hc;
           }
-          if (V::clip) gC *= kernels::clip_grad_mask(C, P.clip);
+          if (V::clip) gC *= kernels::clip_grad_mask(C, clip);
           T gE_prev = 0;
           if constexpr (row_sums) {
             g = k[r].element(gC, retro ? gE[ri] : T(0), H, E, pt[i], gE_prev, gp_i, up[r][l],

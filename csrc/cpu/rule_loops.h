@@ -56,14 +56,16 @@ struct RowBackwardOf<R, T, true> {
 
 // One step of the rule on one element, clipping included (synaptic scaling, a property of
 // the whole row, is not): returns H', and E becomes E' (rules with an eligibility trace).
+// `clip` is P.clip, read by the caller before its loop: the loop's stores of T may alias
+// ScanParams' T members, so a P.clip read inside it is a load (and broadcast) per iteration.
 template <typename V, typename T>
-TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, int64_t oi, T H, T& E, T y, T p, T m,
-                                     T eta) {
+TP_ALWAYS_INLINE inline T next_trace(const ScanParams<T>& P, T clip, int64_t oi, T H, T& E, T y,
+                                     T p, T m, T eta) {
   using R = typename V::Rule;
   const Synapse<T> s = kernels::synapse<R>(P, oi, H, E, y, p, m, eta);
   const T C = R::candidate(s);
   if constexpr (R::eligibility) E = R::eligibility_next(s);
-  return V::clip ? kernels::clip_value(C, P.clip) : C;
+  return V::clip ? kernels::clip_value(C, clip) : C;
 }
 
 // m_t for one sequence into m[O] (modulated rules); returns s_t for internal modulation, whose
@@ -91,11 +93,12 @@ void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T
   constexpr bool elig = V::Rule::eligibility;
   const int64_t I = P.I;
   const T* eta = P.eta_row(o);
-  const T eta_o = eta[0];
+  const T eta_o = eta[0], clip = P.clip;
 #pragma omp simd
   for (int64_t i = 0; i < I; ++i) {
     T E = elig ? E_src[i] : T(0);
-    H_dst[i] = next_trace<V>(P, o * I + i, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
+    H_dst[i] =
+        next_trace<V>(P, clip, o * I + i, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
     if (elig) E_dst[i] = E;
   }
   if (P.has_scaling) {
@@ -128,12 +131,13 @@ void advance_row(const ScanParams<T>& P, int64_t b, int64_t t_first, const T* m,
     p[d] = P.presynaptic(t, b);
   }
   const T* eta = P.eta_row(o);
-  const T eta_o = eta[0];
+  const T eta_o = eta[0], clip = P.clip;
   for_lanes<T>(P.I, [&](int64_t i, int) TP_ALWAYS_INLINE {
     const T eta_i = eta_at<V>(eta, eta_o, i);
     T H = H_src[i], E = elig ? E_src[i] : T(0);
 #pragma GCC unroll 8
-    for (int d = 0; d < D; ++d) H = next_trace<V>(P, o * P.I + i, H, E, y[d], p[d][i], mo[d], eta_i);
+    for (int d = 0; d < D; ++d)
+      H = next_trace<V>(P, clip, o * P.I + i, H, E, y[d], p[d][i], mo[d], eta_i);
     H_dst[i] = H;
     if (elig) E_dst[i] = E;
   });
