@@ -2,17 +2,25 @@
 //
 // Every sequence is independent, so the caller runs sequences in parallel and each one keeps
 // its trace, α and W in cache for all T steps. The forward takes sequences four at a time in
-// lockstep (forward_group): per step, rows go in blocks of 8, and each block is done for
-// every sequence of the group in turn, so the block's rows of α and W stay in L1 for the
-// group. For one sequence, one pass computes the block's matrix-vector products (four rows at
-// a time, so the adds form independent chains), one vector loop their outputs, then a pass
-// per row (now in L1) their trace updates; only internal modulation, whose m_t depends on all
-// of y_t, defers the updates until every row's y is known. The plastic LSTM is the same pass
-// over its cell candidate's rows, with its other gates, c_t and h_t computed beside them
-// (lstm_rows).
+// lockstep: per step, rows go in blocks of 8, and each block is done for every sequence of the
+// group in turn, so the block's rows of α and W stay in L1 for the group. Two ways to step:
+// - forward_group_deferred, for sequences of several steps (no synaptic scaling, not
+//   recording): the pass of step t first steps each row of the trace through the update of
+//   step t − 1, then uses it, still in registers, for its pre-activation, two rows at a time; a
+//   row is read and written once per step, and internal modulation is row-local too.
+// - forward_group, for single steps, scaling and recording: per block, one pass computes the
+//   matrix-vector products (four rows at a time, so the adds form independent chains), one
+//   vector loop their outputs, then a pass per row (now in L1) their trace updates; internal
+//   modulation, whose m_t depends on all of y_t, defers the updates until every row's y is
+//   known.
+// The plastic LSTM is the same passes over its cell candidate's rows, with its other gates, c_t
+// and h_t computed beside them (lstm_rows).
+// Both step each element through next_trace and sum each row in the same order, so they give
+// the same results, bit for bit.
 #pragma once
 
 #include <algorithm>
+#include <vector>
 #include <type_traits>
 
 #include "cpu/plastic_scan_isa.h"
@@ -61,6 +69,77 @@ void preactivation_rows(const ScanParams<T>& P, int64_t o, const T* z, const T* 
   const T acc[4] = {sum_lanes<T>(a0), Rows == 4 ? sum_lanes<T>(a1) : T(0),
                     Rows == 4 ? sum_lanes<T>(a2) : T(0), Rows == 4 ? sum_lanes<T>(a3) : T(0)};
   for (int r = 0; r < Rows; ++r) a[r] = z[o + r] + acc[r] - (theta ? theta[o + r] : T(0));
+}
+
+// preactivation_rows of step t with the trace update of step t − 1 folded in: each element of
+// H_{t-1} (E_{t-1}) is stepped to H_t (E_t) with y_{t-1}, p_{t-1} and m_{t-1}, stored, and
+// used for a_t from the register, so that a row is read once per step rather than once for its
+// pre-activation and again for its update (forward_group_deferred). Row r's update is the
+// element loop of update_row and its sum that of preactivation_rows, so the results are
+// theirs bit for bit. InPlace (H_dst = H_src, E_dst = E_src: every step but the first) saves
+// the destination pointers; two rows per pass, not four as preactivation_rows, and one with an
+// eligibility trace, so that the rows' pointers fit the general registers (with four, GCC
+// reloaded them from the stack inside the loop).
+template <typename V, bool InPlace, int Rows, typename T>
+void update_and_preactivate_rows(const ScanParams<T>& P, int64_t o, const T* y_prev,
+                                 const T* m_prev, const T* p_prev, const T* H_src, T* H_dst,
+                                 const T* E_src, T* E_dst, const T* z, const T* p,
+                                 const T* theta, T* a) {
+  static_assert(Rows == 1 || Rows == 2, "update_and_preactivate_rows: 1 or 2 rows");
+  constexpr int L = kLanes<T>;
+  constexpr bool elig = V::Rule::eligibility;
+  const int64_t I = P.I;
+  const T clip = P.clip;  // read once: see next_trace
+  const T* al = P.alpha + o * I;
+  const T* W = P.recurrent ? P.weight + o * I : nullptr;
+  T* hd = H_dst + o * I;
+  const T* hs = InPlace ? hd : H_src + o * I;
+  T* ed = elig ? E_dst + o * I : nullptr;
+  const T* es = InPlace ? ed : elig ? E_src + o * I : nullptr;
+  const T* eta[Rows];
+  T eta_first[Rows], yr[Rows], mr[Rows];
+  for (int r = 0; r < Rows; ++r) {
+    eta[r] = P.eta_row(o + r);
+    eta_first[r] = eta[r][0];
+    yr[r] = y_prev[o + r];
+    mr[r] = V::Rule::modulated ? m_prev[o + r] : T(0);
+  }
+  T acc[Rows][L] = {};
+  auto sweep = [&](auto recurrent) TP_ALWAYS_INLINE {
+    for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
+      const T pp = p_prev[i], pi = p[i];
+#pragma GCC unroll 2
+      for (int r = 0; r < Rows; ++r) {
+        const int64_t k = r * I + i;
+        T E = elig ? es[k] : T(0);
+        const T h = next_trace<V>(P, clip, (o + r) * I + i, hs[k], E, yr[r], pp, mr[r],
+                                  eta_at<V>(eta[r], eta_first[r], i));
+        hd[k] = h;
+        if (elig) ed[k] = E;
+        acc[r][l] += decltype(recurrent)::value ? (al[k] * h + W[k]) * pi : al[k] * h * pi;
+      }
+    });
+  };
+  if (W) sweep(std::true_type{});
+  else sweep(std::false_type{});
+  for (int r = 0; r < Rows; ++r)
+    a[r] = z[o + r] + sum_lanes<T>(acc[r]) - (theta ? theta[o + r] : T(0));
+}
+
+// The rows of block o0 .. o1 − 1 of one sequence through update_and_preactivate_rows, a_t into a.
+template <typename V, bool InPlace, typename T>
+void update_and_preactivate_block(const ScanParams<T>& P, int64_t o0, int64_t o1,
+                                  const T* y_prev, const T* m_prev, const T* p_prev,
+                                  const T* H_src, T* H_dst, const T* E_src, T* E_dst, const T* z,
+                                  const T* p, const T* theta, T* a) {
+  constexpr int kRows = V::Rule::eligibility ? 1 : 2;
+  int64_t o = o0;
+  for (; o + kRows <= o1; o += kRows)
+    update_and_preactivate_rows<V, InPlace, kRows>(P, o, y_prev, m_prev, p_prev, H_src, H_dst,
+                                                   E_src, E_dst, z, p, theta, a + (o - o0));
+  for (; o < o1; ++o)
+    update_and_preactivate_rows<V, InPlace, 1>(P, o, y_prev, m_prev, p_prev, H_src, H_dst,
+                                               E_src, E_dst, z, p, theta, a + (o - o0));
 }
 
 // y[r] = φ(a[r]) for n values: float tanh in one vector loop (the benchmark's activation),
@@ -263,6 +342,129 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   // Past its length a sequence's trace records hold.
   for (int s = 0; s < n; ++s)
     for (int64_t t = len[s]; t < T_; ++t) record_trace(P, t, b0 + s, H[s]);
+}
+
+// Whether forward_group_deferred takes the call: sequences of several steps, without synaptic
+// scaling (whose row norm needs the whole updated row before any of it is read) or recording.
+// A single step gains nothing: its rows are read for the pre-activation and the update alike,
+// and forward_group reads them once.
+template <typename T>
+bool deferred_forward_applies(const ScanParams<T>& P) {
+  return P.T >= 2 && !P.has_scaling && !P.record_norm && !P.record_trace && !P.record_modulation;
+}
+
+// forward_group with each step's trace update deferred into the next step's pass
+// (update_and_preactivate_rows): the pass of step t steps every row of H_{t-1} to H_t and
+// computes a_t from it, so a row is loaded once per step and the update of step t − 1 needs no
+// pass of its own; a last pass (t = the sequence's length) updates alone. Internal modulation,
+// whose m_{t-1} needs all of y_{t-1}, is then row-local too: m_{t-1} is known when step t's
+// pass begins. Same arithmetic as forward_group, element by element, so the same results.
+template <typename V, typename T>
+void forward_group_deferred(const ScanParams<T>& P, int64_t b0, int n) {
+  constexpr bool elig = V::Rule::eligibility, modulated = V::Rule::modulated;
+  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I;
+  T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
+  int64_t len[kForwardGroup], steps = 0;
+  for (int s = 0; s < n; ++s) {
+    const int64_t b = b0 + s;
+    len[s] = P.length(b);
+    steps = len[s] > steps ? len[s] : steps;
+    for (int64_t t = len[s]; t < T_; ++t) {
+      std::fill_n(P.y + (t * B + b) * O, O, T(0));
+      if (P.lstm) {
+        std::fill_n(P.hseq + (t * B + b) * O, O, T(0));
+        for (int k = 0; k < 5; ++k) std::fill_n(P.lstm_value(k, t, b), O, T(0));
+      }
+    }
+    H[s] = P.trace + b * OI;
+    E[s] = elig ? P.elig + b * OI : nullptr;
+    theta[s] = P.has_threshold ? P.theta + b * O : nullptr;
+    if (len[s] == 0) {  // never stepped: its final state is its initial state
+      std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
+      if (elig) std::memcpy(E[s], P.elig0 + b * OI, sizeof(T) * OI);
+      if (theta[s]) std::memcpy(theta[s], P.theta0 + b * O, sizeof(T) * O);
+    }
+  }
+  // m_{t-1} of each sequence under internal modulation.
+  std::vector<T> m_internal(modulated && P.internal_modulation() ? n * O : 0);
+
+  for (int64_t t = 0; t <= steps; ++t) {
+    // Per sequence: whether the pass computes step t (pre) and updates the trace of step t − 1
+    // (update); the state step t reads (H_{t-1} before its update: the initial state at t ≤ 1).
+    bool pre[kForwardGroup], update[kForwardGroup];
+    const T *p[kForwardGroup], *z[kForwardGroup], *theta_in[kForwardGroup];
+    const T *H_src[kForwardGroup], *E_src[kForwardGroup];
+    const T *y_prev[kForwardGroup], *p_prev[kForwardGroup], *m_prev[kForwardGroup];
+    T *y[kForwardGroup], *ckpt_H[kForwardGroup], *ckpt_E[kForwardGroup];
+    for (int s = 0; s < n; ++s) {
+      const int64_t b = b0 + s;
+      pre[s] = t < len[s];
+      update[s] = t >= 1 && t <= len[s];
+      const bool initial = t <= 1;
+      H_src[s] = initial ? P.trace0 + b * OI : H[s];
+      E_src[s] = elig ? (initial ? P.elig0 + b * OI : E[s]) : nullptr;
+      ckpt_H[s] = pre[s] ? P.checkpoint_slot(P.trace_ckpt, t, b) : nullptr;
+      ckpt_E[s] = pre[s] ? P.checkpoint_slot(P.elig_ckpt, t, b) : nullptr;
+      if (pre[s]) {
+        theta_in[s] = theta[s] && t == 0 ? P.theta0 + b * O : theta[s];
+        p[s] = P.presynaptic(t, b);
+        z[s] = P.z_row(t, b) + (P.lstm ? 2 * O : 0);  // the LSTM's plastic rows: g
+        y[s] = P.y + (t * B + b) * O;
+      }
+      if (update[s]) {
+        y_prev[s] = P.y + ((t - 1) * B + b) * O;
+        p_prev[s] = P.presynaptic(t - 1, b);
+        m_prev[s] = nullptr;
+        if (modulated) {
+          if (P.mod_source == ModSource::External) {
+            m_prev[s] = P.modulation + ((t - 1) * B + b) * O;
+          } else {
+            m_prev[s] = m_internal.data() + s * O;
+            modulation_of_step(P, t - 1, b, m_internal.data() + s * O);
+          }
+        }
+      }
+    }
+    for (int64_t o0 = 0; o0 < O; o0 += kRowBlock) {
+      const int64_t o1 = o0 + kRowBlock < O ? o0 + kRowBlock : O;
+      for (int s = 0; s < n; ++s) {
+        if (!pre[s] && !update[s]) continue;
+        if (!pre[s]) {  // the sequence's last update
+          for (int64_t q = o0; q < o1; ++q)
+            update_row<V>(P, q, y_prev[s][q], m_prev[s] ? m_prev[s][q] : T(0), p_prev[s],
+                          H_src[s] + q * I, H[s] + q * I, elig ? E_src[s] + q * I : nullptr,
+                          elig ? E[s] + q * I : nullptr);
+          continue;
+        }
+        T a[kRowBlock];
+        if (update[s]) {
+          if (t >= 2)  // the state is the output, updated in place
+            update_and_preactivate_block<V, true>(P, o0, o1, y_prev[s], m_prev[s], p_prev[s],
+                                                  H[s], H[s], E[s], E[s], z[s], p[s],
+                                                  theta_in[s], a);
+          else  // step 1 reads the initial state
+            update_and_preactivate_block<V, false>(P, o0, o1, y_prev[s], m_prev[s], p_prev[s],
+                                                   H_src[s], H[s], E_src[s], E[s], z[s], p[s],
+                                                   theta_in[s], a);
+          // H_t (E_t), the state before step t, where a checkpoint keeps it.
+          if (ckpt_H[s]) copy_to_checkpoint(ckpt_H[s] + o0 * I, H[s] + o0 * I, (o1 - o0) * I);
+          if (ckpt_E[s]) copy_to_checkpoint(ckpt_E[s] + o0 * I, E[s] + o0 * I, (o1 - o0) * I);
+        } else {  // step 0 reads the initial state, updated in the next pass
+          int64_t o = o0;
+          for (; o + 4 <= o1; o += 4)
+            preactivation_rows<4>(P, o, z[s], H_src[s], p[s], theta_in[s], a + (o - o0));
+          for (; o < o1; ++o)
+            preactivation_rows<1>(P, o, z[s], H_src[s], p[s], theta_in[s], a + (o - o0));
+        }
+        activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
+        if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, p[s]);
+      }
+    }
+    for (int s = 0; s < n; ++s)
+      if (pre[s] && theta[s])
+        for (int64_t o = 0; o < O; ++o)
+          theta[s][o] = theta_in[s][o] + P.threshold_rate * (y[s][o] - P.target_activity);
+  }
 }
 
 }  // namespace TORCHPLASTIC_CPU_ISA

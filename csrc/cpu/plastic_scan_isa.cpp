@@ -36,9 +36,11 @@ template <typename T>
 void forward_range(const ScanParams<T>& P, int64_t begin, int64_t end, T* m) {
   with_variant(P, [&](auto variant) {
     using V = decltype(variant);
+    const bool deferred = deferred_forward_applies(P);
     for (int64_t b = begin; b < end; b += kForwardGroup) {
-      const int64_t n = end - b < kForwardGroup ? end - b : kForwardGroup;
-      forward_group<V>(P, b, static_cast<int>(n), m);
+      const int n = static_cast<int>(end - b < kForwardGroup ? end - b : kForwardGroup);
+      if (deferred) forward_group_deferred<V>(P, b, n);
+      else forward_group<V>(P, b, n, m);
     }
   });
 }

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import torchplastic as tp
-from helpers import (RULES, Config, all_rule_mode_sources, call, gradcheck_call, loss_of, make_inputs,
-                     tensor_inputs)
+from helpers import (RULES, Config, all_rule_mode_sources, call, call_lstm, gradcheck_call, loss_of,
+                     make_inputs, make_lstm_inputs, tensor_inputs)
 from torchplastic.functional import SCAN_ARGUMENTS
 
 VALUE_TOL = dict(rtol=1e-10, atol=1e-12)
@@ -153,6 +153,55 @@ def test_checkpoint_interval_gives_identical_results(T, case):
         assert torch.equal(y, y0), f"K={K}"
         for a, b in zip(grads, g0):
             assert torch.equal(a, b), f"K={K}"
+
+
+# A sequence of several steps runs the forward that folds each step's trace update into the
+# next step's pass (csrc/cpu/forward.h, forward_group_deferred); a single step runs the one that
+# updates each row right after its pre-activation. Same arithmetic, element by element: stepping
+# a sequence one call at a time must give its outputs and final state bit for bit.
+STEPWISE_CASES = [
+    (dict(rule="hebb", O=20), torch.float32, False),
+    (dict(rule="hebb", recurrent=False, O=9, I=13, activation="relu", alpha="neuron"), torch.float32, False),
+    (dict(rule="oja", eta="connection", clip=0.5, threshold=0.2, O=11), torch.float64, False),
+    (dict(rule="modulated", source="internal", clip=1.0, O=18), torch.float32, False),
+    (dict(rule="modulated", source="external_per_neuron", O=7, recurrent=False, I=5), torch.float32, False),
+    (dict(rule="retroactive", source="fanout", clip=1.0, eta="neuron", O=13), torch.float32, False),
+    (dict(rule="retroactive", source="external", O=6), torch.float64, False),
+    (dict(rule="abcd", eta="connection", abcd="neuron", clip=0.5, O=10), torch.float32, False),
+    (dict(rule="hebb", O=12), torch.float32, True),
+    (dict(rule="retroactive", source="fanout", clip=1.0, O=9, threshold=0.1), torch.float32, True),
+]
+
+
+def _stepwise_id(k):
+    options, _, lstm = STEPWISE_CASES[k]
+    return ("lstm-" if lstm else "") + Config(**options).id()
+
+
+@pytest.mark.parametrize("case", range(len(STEPWISE_CASES)), ids=_stepwise_id)
+def test_sequence_equals_its_steps_one_call_at_a_time(case):
+    options, dtype, lstm = STEPWISE_CASES[case]
+    cfg = Config(**options, T=9, B=6)
+    inputs = make_lstm_inputs(cfg, dtype=dtype) if lstm else make_inputs(cfg, dtype=dtype)
+    kw = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    caller, fn = ((call_lstm, tp.functional.plastic_lstm_scan) if lstm
+                  else (call, tp.functional.plastic_scan))
+    carried = ("trace", "eligibility", "threshold", "hidden", "cell")
+    with torch.no_grad():
+        y, state = caller(fn, kw)
+        step_state = {name: kw.get(name) for name in carried}
+        for t in range(cfg.T):
+            step_kw = dict(kw, z=kw["z"][t:t + 1],
+                           **{k: v for k, v in step_state.items() if v is not None})
+            for name in ("x", "modulation"):
+                if name in kw:
+                    step_kw[name] = kw[name][t:t + 1]
+            y_t, s = caller(fn, step_kw)
+            assert torch.equal(y_t[0], y[t]), f"step {t}"
+            step_state = {name: getattr(s, name) for name in carried}
+        for name in carried:
+            if getattr(state, name) is not None:
+                assert torch.equal(step_state[name], getattr(state, name)), name
 
 
 def test_zero_steps_returns_state_unchanged():
