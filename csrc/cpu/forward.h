@@ -6,8 +6,9 @@
 // group in turn, so the block's rows of α and W stay in L1 for the group. Two ways to step:
 // - forward_group_deferred, for sequences of several steps (no synaptic scaling, not
 //   recording): the pass of step t first steps each row of the trace through the update of
-//   step t − 1, then uses it, still in registers, for its pre-activation, two rows at a time; a
-//   row is read and written once per step, and internal modulation is row-local too.
+//   step t − 1, then uses it, still in registers, for its pre-activation (two rows at a time,
+//   one with an eligibility trace); a row is read and written once per step, and internal
+//   modulation is row-local too.
 // - forward_group, for single steps, scaling and recording: per block, one pass computes the
 //   matrix-vector products (four rows at a time, so the adds form independent chains), one
 //   vector loop their outputs, then a pass per row (now in L1) their trace updates; internal
@@ -20,8 +21,8 @@
 #pragma once
 
 #include <algorithm>
-#include <vector>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/plastic_scan_isa.h"
 #include "cpu/rule_loops.h"

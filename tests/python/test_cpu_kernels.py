@@ -3,8 +3,9 @@
 The library holds the CPU kernels three times (generic x86-64, AVX2, AVX-512) and runs the widest
 this CPU has; the rest of the suite therefore tests only that one. Here each narrower one, chosen
 with TORCHPLASTIC_CPU_ISA in a fresh process (the choice is made once per process), runs the
-reference comparisons, gradcheck and the K-invariance tests of test_plastic_scan.py. Shapes there
-include rows shorter than a vector (I = 1, 2, 6) and the lane loops' remainders.
+reference comparisons, gradcheck, the K-invariance tests and the test that a sequence equals its
+steps taken one call at a time (two forwards) of test_plastic_scan.py. Shapes there include rows
+shorter than a vector (I = 1, 2, 6) and the lane loops' remainders.
 """
 
 import os
@@ -26,7 +27,8 @@ def test_narrower_cpu_kernels_match_reference(isa):
     env = dict(os.environ, TORCHPLASTIC_CPU_ISA=isa)
     check = [sys.executable, "-c", "import torchplastic as tp; print(tp.build_info()['cpu_kernels'])"]
     assert subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout.strip() == isa
-    selection = "matches_reference or gradcheck or checkpoint_interval or reused"
+    selection = ("matches_reference or gradcheck or checkpoint_interval or reused"
+                 " or one_call_at_a_time")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
          os.path.join(HERE, "test_plastic_scan.py")],
