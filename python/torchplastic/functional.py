@@ -102,7 +102,9 @@ def plastic_scan(
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
         lengths=lengths, cell=None)
-    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan(**arguments)
+    # Positionally, in the schema's order (_as_op_arguments keeps it): the dispatcher parses
+    # keywords at several µs a call, which a cell pays every step.
+    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan.default(*arguments.values())
     _record(torch.ops.torchplastic.plastic_scan_record, arguments)
     return y, PlasticState(
         hidden=h if x is None else None,
@@ -177,7 +179,7 @@ def plastic_lstm_scan(
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
         lengths=lengths, cell=cell)
-    h_seq, h, H, E, theta, c = torch.ops.torchplastic.plastic_lstm_scan(**arguments)
+    h_seq, h, H, E, theta, c = torch.ops.torchplastic.plastic_lstm_scan.default(*arguments.values())
     _record(torch.ops.torchplastic.plastic_lstm_scan_record, arguments)
     return h_seq, PlasticState(
         hidden=h,
@@ -224,8 +226,9 @@ _CONVERTERS = tuple((a.name, _converter(a.type)) for a in _SCHEMA.arguments)
 
 
 def _as_op_arguments(**values):
-    """The op's keyword arguments from `values` (one per schema argument), numbers converted to
-    the schema's types (a Python int for a float argument, a NumPy scalar, ...)."""
+    """The op's arguments by name from `values` (one per schema argument), in the schema's order,
+    numbers converted to the schema's types (a Python int for a float argument, a NumPy scalar,
+    ...)."""
     out = {}
     for name, convert in _CONVERTERS:
         value = values[name]
