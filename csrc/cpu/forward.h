@@ -242,6 +242,44 @@ void record_trace(const ScanParams<T>& P, int64_t t, int64_t b, const T* H) {
   if (T* slot = P.record_slot(t, b)) std::memcpy(slot, H, sizeof(T) * OI);
 }
 
+// What both forwards of a group set up before their steps: each sequence's length (past it its
+// state is held and its outputs are zero) and the group's longest, where each writes its state
+// (the outputs P.trace, P.elig, P.theta), the zero outputs past each length, and the final state
+// of a sequence never stepped: its initial one.
+template <typename T>
+struct GroupState {
+  T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
+  int64_t len[kForwardGroup], steps = 0;
+
+  template <typename V>
+  static GroupState begin(const ScanParams<T>& P, int64_t b0, int n) {
+    constexpr bool elig = V::Rule::eligibility;
+    const int64_t B = P.B, O = P.O, OI = O * P.I;
+    GroupState g;
+    for (int s = 0; s < n; ++s) {
+      const int64_t b = b0 + s;
+      g.len[s] = P.length(b);
+      g.steps = g.len[s] > g.steps ? g.len[s] : g.steps;
+      for (int64_t t = g.len[s]; t < P.T; ++t) {
+        std::fill_n(P.y + (t * B + b) * O, O, T(0));
+        if (P.lstm) {
+          std::fill_n(P.hseq + (t * B + b) * O, O, T(0));
+          for (int k = 0; k < 5; ++k) std::fill_n(P.lstm_value(k, t, b), O, T(0));
+        }
+      }
+      g.H[s] = P.trace + b * OI;
+      g.E[s] = elig ? P.elig + b * OI : nullptr;
+      g.theta[s] = P.has_threshold ? P.theta + b * O : nullptr;
+      if (g.len[s] == 0) {
+        std::memcpy(g.H[s], P.trace0 + b * OI, sizeof(T) * OI);
+        if (elig) std::memcpy(g.E[s], P.elig0 + b * OI, sizeof(T) * OI);
+        if (g.theta[s]) std::memcpy(g.theta[s], P.theta0 + b * O, sizeof(T) * O);
+      }
+    }
+    return g;
+  }
+};
+
 // The forward of sequences b0 .. b0 + n − 1 (n ≤ kForwardGroup), in lockstep: each block of
 // rows is done for every sequence of the group in turn, so the block's rows of α and W, read
 // from L2 by the first sequence, are in L1 for the others (per sequence and step, the L2
@@ -252,30 +290,10 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
   constexpr bool elig = V::Rule::eligibility, modulated = V::Rule::modulated;
   const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I;
   const bool row_local = !P.internal_modulation();
-  // The state each step writes: the outputs P.trace, P.elig, P.theta.
-  T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
-  // Steps of each sequence: past them its state is held and its outputs are zero.
-  int64_t len[kForwardGroup], steps = 0;
-  for (int s = 0; s < n; ++s) {
-    const int64_t b = b0 + s;
-    len[s] = P.length(b);
-    steps = len[s] > steps ? len[s] : steps;
-    for (int64_t t = len[s]; t < T_; ++t) {
-      std::fill_n(P.y + (t * B + b) * O, O, T(0));
-      if (P.lstm) {
-        std::fill_n(P.hseq + (t * B + b) * O, O, T(0));
-        for (int k = 0; k < 5; ++k) std::fill_n(P.lstm_value(k, t, b), O, T(0));
-      }
-    }
-    H[s] = P.trace + b * OI;
-    E[s] = elig ? P.elig + b * OI : nullptr;
-    theta[s] = P.has_threshold ? P.theta + b * O : nullptr;
-    if (len[s] == 0) {  // never stepped: its final state is its initial state
-      std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
-      if (elig) std::memcpy(E[s], P.elig0 + b * OI, sizeof(T) * OI);
-      if (theta[s]) std::memcpy(theta[s], P.theta0 + b * O, sizeof(T) * O);
-    }
-  }
+  auto g = GroupState<T>::template begin<V>(P, b0, n);
+  T *const *H = g.H, *const *E = g.E, *const *theta = g.theta;
+  const int64_t* len = g.len;
+  const int64_t steps = g.steps;
 
   for (int64_t t = 0; t < steps; ++t) {
     const T *p[kForwardGroup], *z[kForwardGroup], *m_ext[kForwardGroup];
@@ -363,29 +381,11 @@ bool deferred_forward_applies(const ScanParams<T>& P) {
 template <typename V, typename T>
 void forward_group_deferred(const ScanParams<T>& P, int64_t b0, int n) {
   constexpr bool elig = V::Rule::eligibility, modulated = V::Rule::modulated;
-  const int64_t T_ = P.T, B = P.B, O = P.O, I = P.I, OI = O * I;
-  T *H[kForwardGroup], *E[kForwardGroup], *theta[kForwardGroup];
-  int64_t len[kForwardGroup], steps = 0;
-  for (int s = 0; s < n; ++s) {
-    const int64_t b = b0 + s;
-    len[s] = P.length(b);
-    steps = len[s] > steps ? len[s] : steps;
-    for (int64_t t = len[s]; t < T_; ++t) {
-      std::fill_n(P.y + (t * B + b) * O, O, T(0));
-      if (P.lstm) {
-        std::fill_n(P.hseq + (t * B + b) * O, O, T(0));
-        for (int k = 0; k < 5; ++k) std::fill_n(P.lstm_value(k, t, b), O, T(0));
-      }
-    }
-    H[s] = P.trace + b * OI;
-    E[s] = elig ? P.elig + b * OI : nullptr;
-    theta[s] = P.has_threshold ? P.theta + b * O : nullptr;
-    if (len[s] == 0) {  // never stepped: its final state is its initial state
-      std::memcpy(H[s], P.trace0 + b * OI, sizeof(T) * OI);
-      if (elig) std::memcpy(E[s], P.elig0 + b * OI, sizeof(T) * OI);
-      if (theta[s]) std::memcpy(theta[s], P.theta0 + b * O, sizeof(T) * O);
-    }
-  }
+  const int64_t B = P.B, O = P.O, I = P.I, OI = O * I;
+  auto g = GroupState<T>::template begin<V>(P, b0, n);
+  T *const *H = g.H, *const *E = g.E, *const *theta = g.theta;
+  const int64_t* len = g.len;
+  const int64_t steps = g.steps;
   // m_{t-1} of each sequence under internal modulation.
   std::vector<T> m_internal(modulated && P.internal_modulation() ? n * O : 0);
 
