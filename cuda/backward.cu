@@ -27,8 +27,8 @@ __device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams
   const auto d = kernels::lstm_cell_grad(
       P.lstm_value(ScanParams<T>::kGateI, t, b)[o], P.lstm_value(ScanParams<T>::kGateF, t, b)[o],
       P.lstm_value(ScanParams<T>::kGateG, t, b)[o], P.lstm_value(ScanParams<T>::kGateO, t, b)[o],
-      P.lstm_value(ScanParams<T>::kCell, t, b)[o], P.previous_cell(t, b)[o], S.gh[o], S.gc[o],
-      dg_rule);
+      kernels::precise_tanh(P.lstm_value(ScanParams<T>::kCell, t, b)[o]),  // as the forward's
+      P.previous_cell(t, b)[o], S.gh[o], S.gc[o], dg_rule);
   T* grad_z = G.grad_z + (t * P.B + b) * 4 * H;
   __syncwarp();  // every lane has read S.gh[o] and S.gc[o]
   if (lane == 0) {

@@ -370,60 +370,6 @@ void compute_anchors(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int6
   }
 }
 
-// The LSTM's cell backward at step t (csrc/kernels/plastic_step.h), once S.gh holds dL/dh_t
-// and S.gy the rule's and θ's shares of dL/dg_t: the gates' pre-activation gradients into
-// grad_z [4H] (S.ga: the g rows', which finish(t) takes through α, H and W), dL/dc_{t-1} into
-// S.gc, and the share of dL/dp_t = dL/dh_{t-1} through W_hh's i, f, o rows into S.gp.
-template <typename T>
-void lstm_cell_backward(const ScanParams<T>& P, const BackwardWorkspace<T>& S, int64_t t,
-                        int64_t b, T* grad_z) {
-  const int64_t H = P.O;
-  const T* gi = P.lstm_value(ScanParams<T>::kGateI, t, b);
-  const T* gf = P.lstm_value(ScanParams<T>::kGateF, t, b);
-  const T* gg = P.lstm_value(ScanParams<T>::kGateG, t, b);
-  const T* go = P.lstm_value(ScanParams<T>::kGateO, t, b);
-  const T* c = P.lstm_value(ScanParams<T>::kCell, t, b);
-  const T* c_prev = P.previous_cell(t, b);
-  for (int64_t o = 0; o < H; ++o) {
-    const auto d = kernels::lstm_cell_grad(gi[o], gf[o], gg[o], go[o], c[o], c_prev[o], S.gh[o],
-                                           S.gc[o], S.gy[o]);
-    grad_z[o] = d.i;
-    grad_z[H + o] = d.f;
-    grad_z[2 * H + o] = S.ga[o] = d.g;
-    grad_z[3 * H + o] = d.o;
-    S.gc[o] = d.cell_prev;
-  }
-  // dL/dp_t += W_ifoᵀ dL/d(i, f, o pre-activations); W_g's share is finish(t)'s. A chunk of
-  // dL/dp stays in registers while every row of W_ifo adds to it: one load and store of it per
-  // chunk, not per row. Chunks of 256 bytes of each row (four vectors of AVX-512, eight of
-  // AVX2; eight of the generic build's 16 registers at most), then of one vector, then the
-  // last columns (fewer than a vector) together: one pass over the rows for them, not one per
-  // column. W_ifo comes from L3 or beyond once it outgrows L2, and wider chunks read each
-  // row in fewer, longer runs.
-  constexpr int64_t kChunk = std::min<int64_t>(256 / sizeof(T), 8 * kLanes<T>);
-  // n columns from k0, at most `capacity` (a type: the size of the register chunk).
-  auto rows_into = [&](int64_t k0, auto capacity, int64_t n) TP_ALWAYS_INLINE {
-    T acc[decltype(capacity)::value];
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) acc[k] = S.gp[k0 + k];
-    for (int64_t j = 0; j < 4 * H; ++j) {
-      if (j == 2 * H) j = 3 * H;
-      const T d = grad_z[j];
-      const T* W = P.weight_hh + j * H + k0;
-#pragma omp simd
-      for (int64_t k = 0; k < n; ++k) acc[k] += d * W[k];
-    }
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) S.gp[k0 + k] = acc[k];
-  };
-  int64_t k0 = 0;
-  for (; k0 + kChunk <= H; k0 += kChunk)
-    rows_into(k0, std::integral_constant<int64_t, kChunk>{}, kChunk);
-  for (; k0 + kLanes<T> <= H; k0 += kLanes<T>)
-    rows_into(k0, std::integral_constant<int64_t, kLanes<T>>{}, kLanes<T>);
-  if (k0 < H) rows_into(k0, std::integral_constant<int64_t, kLanes<T>>{}, H - k0);
-}
-
 }  // namespace TORCHPLASTIC_CPU_ISA
 }  // namespace cpu
 }  // namespace torchplastic

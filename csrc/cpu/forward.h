@@ -157,29 +157,71 @@ void activate_block(Activation act, const T* a, T* y, int n) {
   for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
 }
 
-// Σ_k W[g·H + o + r, k] p[k] for the gates g = i, f, o (rows 0, 1, 3 of W_hh's four blocks)
-// of Rows consecutive rows from o, into pre[gate][at + r]: the 3·Rows dot products in one pass
-// over p, independent chains of adds for the vector unit (one row at a time was bound by the
-// latency of its chain).
-template <int Rows, typename T>
-void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* p, T (*pre)[kRowBlock], int at) {
-  static_assert(Rows == 1 || Rows == 4, "lstm_gate_rows: 1 or 4 rows");
+// Σ_k W[g·H + o + r, k] p_s[k] for the gates g = i, f, o (rows 0, 1, 3 of W_hh's four blocks)
+// of Rows consecutive rows from o and N sequences s, into pre[s][gate][at + r]: the 3·Rows·N
+// dot products in one pass, independent chains of adds for the vector unit (one row at a time
+// was bound by the latency of its chain), each element of W loaded once for the N sequences.
+// Each sum runs over the same lanes in the same order whatever Rows and N, so a sequence's
+// gates do not depend on its group, bit for bit.
+template <int Rows, int N, typename T>
+void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
+                    T (*const* pre)[kRowBlock], int at) {
+  static_assert(Rows * N <= 4, "lstm_gate_rows: at most 12 accumulators");
   constexpr int L = kLanes<T>;
   constexpr int kGate[3] = {0, 1, 3};  // i, f, o
   const int64_t H = P.O;
   const T* W[3][Rows];
   for (int g = 0; g < 3; ++g)
     for (int r = 0; r < Rows; ++r) W[g][r] = P.weight_hh + (kGate[g] * H + o + r) * H;
-  T acc[3][Rows][L] = {};
+  T acc[3][Rows][N][L] = {};
   for_lanes<T>(H, [&](int64_t k, int l) TP_ALWAYS_INLINE {
-    const T pk = p[k];
+    T pk[N];
+#pragma GCC unroll 4
+    for (int s = 0; s < N; ++s) pk[s] = p[s][k];
 #pragma GCC unroll 3
     for (int g = 0; g < 3; ++g)
 #pragma GCC unroll 4
-      for (int r = 0; r < Rows; ++r) acc[g][r][l] += W[g][r][k] * pk;
+      for (int r = 0; r < Rows; ++r) {
+        const T w = W[g][r][k];
+#pragma GCC unroll 4
+        for (int s = 0; s < N; ++s) acc[g][r][s][l] += w * pk[s];
+      }
   });
   for (int g = 0; g < 3; ++g)
-    for (int r = 0; r < Rows; ++r) pre[g][at + r] = sum_lanes<T>(acc[g][r]);
+    for (int r = 0; r < Rows; ++r)
+      for (int s = 0; s < N; ++s) pre[s][g][at + r] = sum_lanes<T>(acc[g][r][s]);
+}
+
+// The gates i, f, o's products of rows o0 .. o1 − 1 (at most kRowBlock) for the sequences s
+// of a group (s < n) whose step is computed here (active[s]; h_{t-1} in p[s]), into gates[s]:
+// sequences in pairs, two rows at a time (twelve chains, as four rows of one sequence), so
+// that each row of W_ifo, which the first sequence brings in from L3, is read from L1 once per
+// pair rather than once per sequence; a sequence left over, four rows at a time.
+template <typename T>
+void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
+                     const bool* active, const T* const* p_group,
+                     T (*gates)[3][kRowBlock]) {
+  const T* p[kForwardGroup];
+  T(*pre[kForwardGroup])[kRowBlock];
+  int n = 0;
+  for (int s = 0; s < group; ++s)
+    if (active[s]) {
+      p[n] = p_group[s];
+      pre[n++] = gates[s];
+    }
+  int s = 0;
+  for (; s + 2 <= n; s += 2) {
+    int64_t o = o0;
+    for (; o + 2 <= o1; o += 2)
+      lstm_gate_rows<2, 2>(P, o, p + s, pre + s, static_cast<int>(o - o0));
+    for (; o < o1; ++o) lstm_gate_rows<1, 2>(P, o, p + s, pre + s, static_cast<int>(o - o0));
+  }
+  if (s < n) {
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4)
+      lstm_gate_rows<4, 1>(P, o, p + s, pre + s, static_cast<int>(o - o0));
+    for (; o < o1; ++o) lstm_gate_rows<1, 1>(P, o, p + s, pre + s, static_cast<int>(o - o0));
+  }
 }
 
 // σ(x) = (1 + tanh(x/2)) / 2, through the vectorisable tanh for float.
@@ -195,16 +237,12 @@ TP_ALWAYS_INLINE inline T tanh_of(T x) {
 }
 
 // The plastic LSTM around rows o0 .. o1 − 1 (at most kRowBlock) of step t, once their g_t is
-// in y: the gates i, f and o (their rows of W_hh against p = h_{t-1}), then c_t and h_t, into
-// P.activations and P.hseq.
+// in y and the products of the gates i, f and o in pre (lstm_gate_block): the gates, then c_t
+// and h_t, into P.activations and P.hseq.
 template <typename T>
 void lstm_rows(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o0, int64_t o1,
-               const T* p) {
+               const T (*pre)[kRowBlock]) {
   const int64_t H = P.O;
-  T pre[3][kRowBlock];
-  int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) lstm_gate_rows<4>(P, o, p, pre, static_cast<int>(o - o0));
-  for (; o < o1; ++o) lstm_gate_rows<1>(P, o, p, pre, static_cast<int>(o - o0));
   const T* z = P.z_row(t, b);
   const T* c_prev = P.previous_cell(t, b);
   T* gi = P.lstm_value(ScanParams<T>::kGateI, t, b);
@@ -321,10 +359,14 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
     // Blocks of up to 8 rows, per sequence: their pre-activations four rows at a time (the
     // rest one by one), their outputs in one vector loop, then, unless m_t needs every y_t
     // first, their trace updates while the rows are still in L1.
+    bool active[kForwardGroup];
+    for (int s = 0; s < n; ++s) active[s] = t < len[s];
     for (int64_t o0 = 0; o0 < O; o0 += kRowBlock) {
       const int64_t o1 = o0 + kRowBlock < O ? o0 + kRowBlock : O;
+      T gates[kForwardGroup][3][kRowBlock];
+      if (P.lstm) lstm_gate_block(P, o0, o1, n, active, p, gates);
       for (int s = 0; s < n; ++s) {
-        if (t >= len[s]) continue;
+        if (!active[s]) continue;
         T a[kRowBlock];
         int64_t o = o0;
         for (; o + 4 <= o1; o += 4)
@@ -332,7 +374,7 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
         for (; o < o1; ++o)
           preactivation_rows<1>(P, o, z[s], H_in[s], p[s], theta_in[s], a + (o - o0));
         activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
-        if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, p[s]);
+        if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, gates[s]);
         if (row_local)
           for (int64_t q = o0; q < o1; ++q)
             update_row<V>(P, q, y[s][q], m_ext[s] ? m_ext[s][q] : T(0), p[s], H_in[s] + q * I,
@@ -428,6 +470,8 @@ void forward_group_deferred(const ScanParams<T>& P, int64_t b0, int n) {
     }
     for (int64_t o0 = 0; o0 < O; o0 += kRowBlock) {
       const int64_t o1 = o0 + kRowBlock < O ? o0 + kRowBlock : O;
+      T gates[kForwardGroup][3][kRowBlock];
+      if (P.lstm) lstm_gate_block(P, o0, o1, n, pre, p, gates);
       for (int s = 0; s < n; ++s) {
         if (!pre[s] && !update[s]) continue;
         if (!pre[s]) {  // the sequence's last update
@@ -458,7 +502,7 @@ void forward_group_deferred(const ScanParams<T>& P, int64_t b0, int n) {
             preactivation_rows<1>(P, o, z[s], H_src[s], p[s], theta_in[s], a + (o - o0));
         }
         activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
-        if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, p[s]);
+        if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, gates[s]);
       }
     }
     for (int s = 0; s < n; ++s)

@@ -82,16 +82,27 @@ void forward(const ScanParams<T>& P) {
 template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
   const bool retro = kernels::traits(P.rule).eligibility;
-  run_units(P.B, [&](const auto& next) {
+  // Units of one sequence; for the plastic LSTM, of up to kLstmBackwardGroup, which the kernel
+  // runs in lockstep (smaller ones when there are few sequences per thread, as the forward's).
+  const int64_t threads = at::get_num_threads();
+  const int64_t group = !P.lstm ? 1
+                                : std::max<int64_t>(1, std::min<int64_t>(
+                                                           kLstmBackwardGroup,
+                                                           (P.B + 2 * threads - 1) / (2 * threads)));
+  run_units((P.B + group - 1) / group, [&](const auto& next) {
     using Workspace = BackwardWorkspace<T>;
     const int64_t K = P.checkpoint_every;
-    std::vector<T> memory(Workspace::size(K, P.O, P.I, retro, P.has_scaling));
-    const auto W = Workspace::carve(memory.data(), K, P.O, P.I, retro, P.has_scaling);
-    for (int64_t b = next(); b >= 0; b = next()) {
+    const int64_t size = Workspace::size(K, P.O, P.I, retro, P.has_scaling);
+    std::vector<T> memory(group * size);
+    std::vector<Workspace> W;
+    for (int64_t s = 0; s < group; ++s)
+      W.push_back(Workspace::carve(memory.data() + s * size, K, P.O, P.I, retro, P.has_scaling));
+    for (int64_t u = next(); u >= 0; u = next()) {
+      const int64_t begin = u * group, end = std::min(P.B, begin + group);
       switch (cpu_isa()) {
-        case Isa::Avx512: avx512::backward_range(P, G, b, b + 1, W); break;
-        case Isa::Avx2: avx2::backward_range(P, G, b, b + 1, W); break;
-        default: generic::backward_range(P, G, b, b + 1, W);
+        case Isa::Avx512: avx512::backward_range(P, G, begin, end, W.data()); break;
+        case Isa::Avx2: avx2::backward_range(P, G, begin, end, W.data()); break;
+        default: generic::backward_range(P, G, begin, end, W.data());
       }
     }
   });

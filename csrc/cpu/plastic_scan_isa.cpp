@@ -2,6 +2,8 @@
 // with TORCHPLASTIC_CPU_ISA = generic (x86-64 baseline), avx2 (-mavx2 -mfma) and avx512.
 #include "cpu/plastic_scan_isa.h"
 
+#include <algorithm>
+
 #include "cpu/backward_sequence.h"
 #include "cpu/forward.h"
 #include "kernels/rules.h"
@@ -45,21 +47,30 @@ void forward_range(const ScanParams<T>& P, int64_t begin, int64_t end, T* m) {
   });
 }
 
+// W: a workspace per sequence of the range for the plastic LSTM (whose sequences go in
+// lockstep, up to kLstmBackwardGroup of them), else one, which each sequence takes in turn.
 template <typename T>
 void backward_range(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t begin,
-                    int64_t end, const BackwardWorkspace<T>& W) {
+                    int64_t end, const BackwardWorkspace<T>* W) {
   with_variant(P, [&](auto variant) {
     using V = decltype(variant);
-    for (int64_t b = begin; b < end; ++b) backward_sequence<V>(P, G, b, W);
+    if (P.lstm) {
+      for (int64_t b = begin; b < end; b += kLstmBackwardGroup) {
+        const int n = static_cast<int>(std::min<int64_t>(end - b, kLstmBackwardGroup));
+        backward_lstm_group<V>(P, G, b, n, W);
+      }
+      return;
+    }
+    for (int64_t b = begin; b < end; ++b) backward_sequence<V>(P, G, b, W[0]);
   });
 }
 
 template void forward_range<float>(const ScanParams<float>&, int64_t, int64_t, float*);
 template void forward_range<double>(const ScanParams<double>&, int64_t, int64_t, double*);
 template void backward_range<float>(const ScanParams<float>&, const ScanGradParams<float>&,
-                                    int64_t, int64_t, const BackwardWorkspace<float>&);
+                                    int64_t, int64_t, const BackwardWorkspace<float>*);
 template void backward_range<double>(const ScanParams<double>&, const ScanGradParams<double>&,
-                                     int64_t, int64_t, const BackwardWorkspace<double>&);
+                                     int64_t, int64_t, const BackwardWorkspace<double>*);
 
 }  // namespace TORCHPLASTIC_CPU_ISA
 }  // namespace cpu

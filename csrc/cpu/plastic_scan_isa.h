@@ -9,8 +9,11 @@
 
 namespace torchplastic {
 namespace cpu {
-// The forward runs up to this many sequences in lockstep (plastic_scan_kernel.h, forward_group).
+// The forward runs up to this many sequences in lockstep (forward.h, forward_group).
 constexpr int kForwardGroup = 4;
+// The plastic LSTM's backward runs up to this many sequences in lockstep, step by step
+// (backward_sequence.h, backward_lstm_group), each with a workspace of its own.
+constexpr int kLstmBackwardGroup = 4;
 // The instruction set whose kernels this process runs: "avx512", "avx2" or "generic".
 const char* isa_name();
 }  // namespace cpu
@@ -24,7 +27,7 @@ const char* isa_name();
   void forward_range(const kernels::ScanParams<T>& P, int64_t begin, int64_t end, T* m);      \
   template <typename T>                                                                       \
   void backward_range(const kernels::ScanParams<T>& P, const kernels::ScanGradParams<T>& G,   \
-                      int64_t begin, int64_t end, const BackwardWorkspace<T>& W);             \
+                      int64_t begin, int64_t end, const BackwardWorkspace<T>* W);             \
   }                                                                                           \
   }                                                                                           \
   }

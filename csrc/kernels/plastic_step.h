@@ -224,14 +224,15 @@ TP_HD T activation_grad(Activation act, T y) {
 // The LSTM cell's backward for unit o of a step (the equations above), from what the forward
 // stored (i, f, g, o, c_t, c_{t-1}), dL/dh_t and dL/dc_t from the later steps, and the rule's
 // and θ's shares of dL/dg_t: the four gates' pre-activation gradients and dL/dc_{t-1}.
+// tc: tanh(c_t) as the forward computed it for h_t (the CPU's float path has a vectorisable
+// tanh of its own).
 template <typename T>
 struct LstmCellGrad {
   T i, f, g, o, cell_prev;
 };
 template <typename T>
-TP_HD LstmCellGrad<T> lstm_cell_grad(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_later,
+TP_HD LstmCellGrad<T> lstm_cell_grad(T i, T f, T g, T o, T tc, T c_prev, T dh, T dc_later,
                                      T dg_rule) {
-  const T tc = precise_tanh(c);
   const T dc = dc_later + dh * o * (T(1) - tc * tc);
   LstmCellGrad<T> d;
   d.i = dc * g * i * (T(1) - i);

@@ -84,6 +84,55 @@ def test_checkpoint_interval_gives_identical_results(T):
             assert torch.equal(a, b)
 
 
+# The CPU backward takes the plastic LSTM's sequences up to four at a time in lockstep, sharing
+# one read of W_ifo per step (csrc/cpu/backward_sequence.h, backward_lstm_group); with one
+# thread and seven sequences the groups are of four and three. Each sequence's arithmetic is the
+# same as alone: its outputs and the gradients of its own inputs must equal, bit for bit, those
+# of the sequence run alone (which takes no group), and the summed gradients the reference's.
+@pytest.mark.parametrize("cfg", [
+    Config(rule="hebb", O=10, T=6, B=7),
+    Config(rule="retroactive", source="internal", clip=1.0, threshold=0.1, O=9, T=7, B=7, checkpoint_every=3),
+    Config(rule="abcd", eta="connection", O=17, T=5, B=7),
+], ids=Config.id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_in_groups_equals_each_sequence_alone(cfg, dtype):
+    time_major, batch_major = ("z", "modulation"), ("trace", "eligibility", "hidden", "cell", "threshold")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kw = make_lstm_inputs(cfg, dtype=dtype)
+        h, state = call_lstm(tp.functional.plastic_lstm_scan, kw)
+        per_sequence = [name for name in time_major + batch_major if kw.get(name) is not None]
+        leaves = list(tensor_inputs(kw).values())
+        grads = dict(zip(tensor_inputs(kw), torch.autograd.grad(loss_of(h, state), leaves)))
+        for b in range(cfg.B):
+            alone = dict(kw)
+            for name in per_sequence:
+                v = kw[name].detach()
+                alone[name] = (v[:, b:b + 1] if name in time_major else v[b:b + 1]).requires_grad_(True)
+            h_b, state_b = call_lstm(tp.functional.plastic_lstm_scan, alone)
+            assert torch.equal(h_b[:, 0], h[:, b]), f"sequence {b}"
+            # The same loss restricted to sequence b: its slices of the batch's weights.
+            gen = torch.Generator().manual_seed(1)
+            loss_b = 0.0
+            for full, part in zip((h, *state), (h_b, *state_b)):
+                if full is not None and full.numel() > 0:
+                    w = torch.randn(full.shape, generator=gen, dtype=torch.float64).to(full.dtype)
+                    w = w[:, b:b + 1] if full is h else w[b:b + 1]
+                    loss_b = loss_b + (part * w).sum()
+            g_b = torch.autograd.grad(loss_b, [alone[name] for name in per_sequence])
+            for name, g in zip(per_sequence, g_b):
+                expected = grads[name][:, b:b + 1] if name in time_major else grads[name][b:b + 1]
+                assert torch.equal(g, expected), f"dL/d{name}, sequence {b}"
+        h_ref, state_ref = call_lstm(tp.reference.plastic_lstm_scan, kw)
+        g_ref = torch.autograd.grad(loss_of(h_ref, state_ref), leaves)
+        tolerance = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+        for name, g in zip(tensor_inputs(kw), g_ref):
+            torch.testing.assert_close(grads[name], g, **tolerance, msg=lambda m: f"dL/d{name}: {m}")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_zero_steps_returns_state_unchanged():
     kw = make_lstm_inputs(Config(rule="retroactive", source="internal", clip=1.0, T=0))
     h, state = call_lstm(tp.functional.plastic_lstm_scan, kw)
