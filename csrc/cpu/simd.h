@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -64,12 +64,21 @@ TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
 // reads the destination's lines first nor pushes the sequence's working set out of L2.
 template <typename T>
 void copy_to_checkpoint(T* dst, const T* src, int64_t n) {
-#if defined(__AVX512F__)
   const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+#if defined(__AVX512F__)
   if (reinterpret_cast<uintptr_t>(dst) % 64 == 0 && bytes % 64 == 0) {
     auto* d = reinterpret_cast<__m512i*>(dst);
     const auto* s = reinterpret_cast<const __m512i*>(src);
     for (int64_t k = 0; k < bytes / 64; ++k) _mm512_stream_si512(d + k, _mm512_loadu_si512(s + k));
+    _mm_sfence();
+    return;
+  }
+#elif defined(__AVX2__)
+  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0 && bytes % 32 == 0) {
+    auto* d = reinterpret_cast<__m256i*>(dst);
+    const auto* s = reinterpret_cast<const __m256i*>(src);
+    for (int64_t k = 0; k < bytes / 32; ++k)
+      _mm256_stream_si256(d + k, _mm256_loadu_si256(s + k));
     _mm_sfence();
     return;
   }
