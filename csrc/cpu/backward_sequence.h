@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "cpu/backward.h"
-#include "cpu/lstm_backward.h"
+#include "cpu/lstm.h"
 
 namespace torchplastic {
 namespace cpu {

@@ -15,7 +15,7 @@
 //   modulation, whose m_t depends on all of y_t, defers the updates until every row's y is
 //   known.
 // The plastic LSTM is the same passes over its cell candidate's rows, with its other gates, c_t
-// and h_t computed beside them (lstm_rows).
+// and h_t computed beside them (csrc/cpu/lstm.h).
 // Both step each element through next_trace and sum each row in the same order, so they give
 // the same results, bit for bit.
 #pragma once
@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/lstm.h"
 #include "cpu/plastic_scan_isa.h"
 #include "cpu/rule_loops.h"
 #include "cpu/simd.h"
@@ -32,9 +33,6 @@
 namespace torchplastic {
 namespace cpu {
 namespace TORCHPLASTIC_CPU_ISA {
-
-// Rows per block of the forward's passes (forward_group), and so at most per lstm_rows call.
-constexpr int kRowBlock = 8;
 
 // a_t[o] = z_t[o] + Σ_i (α H + W)[o, i] p[i] − θ[o] for Rows consecutive rows from o into a.
 // Several rows per pass give the vector unit independent chains of adds to overlap, and read p
@@ -155,116 +153,6 @@ void activate_block(Activation act, const T* a, T* y, int n) {
     }
   }
   for (int r = 0; r < n; ++r) y[r] = kernels::activate(act, a[r]);
-}
-
-// Σ_k W[g·H + o + r, k] p_s[k] for the gates g = i, f, o (rows 0, 1, 3 of W_hh's four blocks)
-// of Rows consecutive rows from o and N sequences s, into pre[s][gate][at + r]: the 3·Rows·N
-// dot products in one pass, independent chains of adds for the vector unit (one row at a time
-// was bound by the latency of its chain), each element of W loaded once for the N sequences.
-// Each sum runs over the same lanes in the same order whatever Rows and N, so a sequence's
-// gates do not depend on its group, bit for bit.
-template <int Rows, int N, typename T>
-void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
-                    T (*const* pre)[kRowBlock], int at) {
-  static_assert(Rows * N <= 4, "lstm_gate_rows: at most 12 accumulators");
-  constexpr int L = kLanes<T>;
-  constexpr int kGate[3] = {0, 1, 3};  // i, f, o
-  const int64_t H = P.O;
-  const T* W[3][Rows];
-  for (int g = 0; g < 3; ++g)
-    for (int r = 0; r < Rows; ++r) W[g][r] = P.weight_hh + (kGate[g] * H + o + r) * H;
-  T acc[3][Rows][N][L] = {};
-  for_lanes<T>(H, [&](int64_t k, int l) TP_ALWAYS_INLINE {
-    T pk[N];
-#pragma GCC unroll 4
-    for (int s = 0; s < N; ++s) pk[s] = p[s][k];
-#pragma GCC unroll 3
-    for (int g = 0; g < 3; ++g)
-#pragma GCC unroll 4
-      for (int r = 0; r < Rows; ++r) {
-        const T w = W[g][r][k];
-#pragma GCC unroll 4
-        for (int s = 0; s < N; ++s) acc[g][r][s][l] += w * pk[s];
-      }
-  });
-  for (int g = 0; g < 3; ++g)
-    for (int r = 0; r < Rows; ++r)
-      for (int s = 0; s < N; ++s) pre[s][g][at + r] = sum_lanes<T>(acc[g][r][s]);
-}
-
-// The gates i, f, o's products of rows o0 .. o1 − 1 (at most kRowBlock) for the sequences s
-// of a group (s < n) whose step is computed here (active[s]; h_{t-1} in p[s]), into gates[s]:
-// sequences in pairs, two rows at a time (twelve chains, as four rows of one sequence), so
-// that each row of W_ifo, which the first sequence brings in from L3, is read from L1 once per
-// pair rather than once per sequence; a sequence left over, four rows at a time.
-template <typename T>
-void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
-                     const bool* active, const T* const* p_group,
-                     T (*gates)[3][kRowBlock]) {
-  const T* p[kForwardGroup];
-  T(*pre[kForwardGroup])[kRowBlock];
-  int n = 0;
-  for (int s = 0; s < group; ++s)
-    if (active[s]) {
-      p[n] = p_group[s];
-      pre[n++] = gates[s];
-    }
-  int s = 0;
-  for (; s + 2 <= n; s += 2) {
-    int64_t o = o0;
-    for (; o + 2 <= o1; o += 2)
-      lstm_gate_rows<2, 2>(P, o, p + s, pre + s, static_cast<int>(o - o0));
-    for (; o < o1; ++o) lstm_gate_rows<1, 2>(P, o, p + s, pre + s, static_cast<int>(o - o0));
-  }
-  if (s < n) {
-    int64_t o = o0;
-    for (; o + 4 <= o1; o += 4)
-      lstm_gate_rows<4, 1>(P, o, p + s, pre + s, static_cast<int>(o - o0));
-    for (; o < o1; ++o) lstm_gate_rows<1, 1>(P, o, p + s, pre + s, static_cast<int>(o - o0));
-  }
-}
-
-// σ(x) = (1 + tanh(x/2)) / 2, through the vectorisable tanh for float.
-template <typename T>
-TP_ALWAYS_INLINE inline T sigmoid_vectorizable(T x) {
-  if constexpr (std::is_same<T, float>::value) return 0.5f + 0.5f * tanh_vectorizable(0.5f * x);
-  else return kernels::activate(Activation::Sigmoid, x);
-}
-template <typename T>
-TP_ALWAYS_INLINE inline T tanh_of(T x) {
-  if constexpr (std::is_same<T, float>::value) return tanh_vectorizable(x);
-  else return kernels::precise_tanh(x);
-}
-
-// The plastic LSTM around rows o0 .. o1 − 1 (at most kRowBlock) of step t, once their g_t is
-// in y and the products of the gates i, f and o in pre (lstm_gate_block): the gates, then c_t
-// and h_t, into P.activations and P.hseq.
-template <typename T>
-void lstm_rows(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o0, int64_t o1,
-               const T (*pre)[kRowBlock]) {
-  const int64_t H = P.O;
-  const T* z = P.z_row(t, b);
-  const T* c_prev = P.previous_cell(t, b);
-  T* gi = P.lstm_value(ScanParams<T>::kGateI, t, b);
-  T* gf = P.lstm_value(ScanParams<T>::kGateF, t, b);
-  const T* g = P.lstm_value(ScanParams<T>::kGateG, t, b);
-  T* go = P.lstm_value(ScanParams<T>::kGateO, t, b);
-  T* c = P.lstm_value(ScanParams<T>::kCell, t, b);
-  T* h = P.hseq + (t * P.B + b) * H;
-  const int n = static_cast<int>(o1 - o0);
-#pragma omp simd
-  for (int r = 0; r < n; ++r) {
-    const int64_t q = o0 + r;
-    const T i_ = sigmoid_vectorizable(z[q] + pre[0][r]);
-    const T f_ = sigmoid_vectorizable(z[H + q] + pre[1][r]);
-    const T o_ = sigmoid_vectorizable(z[3 * H + q] + pre[2][r]);
-    const T c_ = f_ * c_prev[q] + i_ * g[q];
-    gi[q] = i_;
-    gf[q] = f_;
-    go[q] = o_;
-    c[q] = c_;
-    h[q] = o_ * tanh_of(c_);
-  }
 }
 
 // The records of H_t (tp.inspect), when recording: Σ H_t² and, every R steps, H_t itself.

@@ -11,6 +11,8 @@ namespace torchplastic {
 namespace cpu {
 // The forward runs up to this many sequences in lockstep (forward.h, forward_group).
 constexpr int kForwardGroup = 4;
+// Rows per block of the forward's passes, and so at most per lstm_rows call.
+constexpr int kRowBlock = 8;
 // The plastic LSTM's backward runs up to this many sequences in lockstep, step by step
 // (backward_sequence.h, backward_lstm_group), each with a workspace of its own.
 constexpr int kLstmBackwardGroup = 4;

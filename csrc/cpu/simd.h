@@ -60,8 +60,9 @@ TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
 }
 
 // Copies n elements into a checkpoint, which the backward reads long after (all the forward
-// later): with non-temporal stores (where the destination is 64-byte aligned) the copy neither
-// reads the destination's lines first nor pushes the sequence's working set out of L2.
+// later): with non-temporal stores (AVX2, AVX-512; where the destination is aligned to a vector)
+// the copy neither reads the destination's lines first nor pushes the sequences' working set
+// out of cache.
 template <typename T>
 void copy_to_checkpoint(T* dst, const T* src, int64_t n) {
   const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
@@ -83,7 +84,7 @@ void copy_to_checkpoint(T* dst, const T* src, int64_t n) {
     return;
   }
 #endif
-  std::memcpy(dst, src, sizeof(T) * n);
+  std::memcpy(dst, src, bytes);
 }
 
 }  // namespace TORCHPLASTIC_CPU_ISA
