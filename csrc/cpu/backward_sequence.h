@@ -89,7 +89,6 @@ class SequenceBackward {
     }
   }
 
-  int64_t length() const { return T_; }
   int64_t segments() const { return P.num_segments(b); }
   // Whether backward_single_step takes the sequence (after begin): a single step whose
   // modulation, if any, is row-local (external).
@@ -253,14 +252,16 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   sequence.end();
 }
 
-// The plastic LSTM's backward of sequences b0 .. b0 + n − 1 (n ≤ 4, W: a workspace each), in
-// lockstep step by step, so that one read of W_ifo serves the whole group's share of dL/dh
-// (lstm_ifo_products); each sequence's arithmetic is the same as alone, so the results do not
-// depend on grouping. Sequences of different lengths go one at a time.
+// The plastic LSTM's backward of sequences b0 .. b0 + n − 1 (n ≤ kLstmBackwardGroup, W: a
+// workspace each), in lockstep step by step, so that one read of W_ifo serves the whole
+// group's share of dL/dh (lstm_ifo_products); each sequence's arithmetic is the same as alone,
+// so the results do not depend on grouping. Sequences of different lengths go one at a time.
+// (Interleaving the group's passes row by row as well, so that each row of α and W served all
+// of them, was slower: README, the plastic LSTM.)
 template <typename V, typename T>
 void backward_lstm_group(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b0, int n,
                          const BackwardWorkspace<T>* W) {
-  constexpr int kMax = 4;
+  constexpr int kMax = kLstmBackwardGroup;
   bool equal = n <= kMax;
   for (int s = 1; s < n && equal; ++s) equal = P.length(b0 + s) == P.length(b0);
   if (!equal || n == 1) {
