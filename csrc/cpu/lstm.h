@@ -59,10 +59,11 @@ void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
 }
 
 // The gates i, f, o's products of rows o0 .. o1 − 1 (at most kRowBlock) for the sequences s
-// of a group (s < n) whose step is computed here (active[s]; h_{t-1} in p[s]), into gates[s]:
-// sequences in pairs, two rows at a time (twelve chains, as four rows of one sequence), so
-// that each row of W_ifo, which the first sequence brings in from L3, is read from L1 once per
-// pair rather than once per sequence; a sequence left over, four rows at a time.
+// of a group (s < group) whose step is computed here (active[s]; h_{t-1} in p_group[s]), into
+// gates[s]: sequences in pairs, two rows at a time (twelve chains, as four rows of one
+// sequence), so that each row of W_ifo, which the first sequence brings in from L3, is read
+// from L1 once per pair rather than once per sequence; a sequence left over, four rows at a
+// time.
 template <typename T>
 void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
                      const bool* active, const T* const* p_group,
@@ -215,11 +216,12 @@ void lstm_ifo_product(const ScanParams<T>& P, const T* grad_z, T* gp) {
   ifo_products<1>(P, &grad_z, &gp, std::integral_constant<int64_t, kChunk>{});
 }
 
-// n sequences (1 ≤ n ≤ 4) at the same step, in one read of W_ifo. Chunks of two vectors per
-// sequence (four with AVX-512's 32 registers): with four sequences, 8 (16) accumulators.
+// n sequences (1 ≤ n ≤ kLstmBackwardGroup) at the same step, in one read of W_ifo. Chunks of
+// two vectors per sequence (four with AVX-512's 32 registers): with four sequences, 8 (16)
+// accumulators.
 template <typename T>
-void lstm_ifo_products(const ScanParams<T>& P, int n, const T* const* grad_z,
-                       T* const* gp) {
+void lstm_ifo_products(const ScanParams<T>& P, int n, const T* const* grad_z, T* const* gp) {
+  static_assert(kLstmBackwardGroup == 4, "lstm_ifo_products: a case per group size");
 #if defined(__AVX512F__)
   using Chunk = std::integral_constant<int64_t, 4 * kLanes<T>>;
 #else
