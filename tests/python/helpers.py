@@ -121,13 +121,23 @@ def gradcheck_call(caller, fn, kw, **tolerances) -> bool:
     return torch.autograd.gradcheck(f, tuple(kw[n] for n in names), **tolerances)
 
 
+def loss_weights(outputs, seed: int = 1):
+    """loss_of's fixed random weight for each of outputs (None where it has no elements)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = []
+    for t in outputs:
+        if t is not None and t.numel() > 0:
+            weights.append(torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype))
+        else:
+            weights.append(None)
+    return weights
+
+
 def loss_of(y, state, seed: int = 1):
     """A scalar touching every output with fixed random weights."""
-    gen = torch.Generator().manual_seed(seed)
     total = 0.0
-    for t in (y, *state):
-        if t is not None and t.numel() > 0:
-            w = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
+    for t, w in zip((y, *state), loss_weights((y, *state), seed)):
+        if w is not None:
             total = total + (t * w).sum()
     return total
 

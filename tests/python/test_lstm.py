@@ -8,7 +8,8 @@ import torch
 import torchplastic as tp
 from torchplastic import functional
 
-from helpers import RULES, Config, call_lstm, gradcheck_call, loss_of, make_lstm_inputs, tensor_inputs
+from helpers import (RULES, Config, call_lstm, gradcheck_call, loss_of, loss_weights, make_lstm_inputs,
+                     tensor_inputs)
 
 
 def lstm_configs():
@@ -96,34 +97,34 @@ def test_checkpoint_interval_gives_identical_results(T):
 ], ids=Config.id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_backward_in_groups_equals_each_sequence_alone(cfg, dtype):
-    time_major, batch_major = ("z", "modulation"), ("trace", "eligibility", "hidden", "cell", "threshold")
+    time_major = ("z", "modulation")
+
+    def sequence(v, b, is_time_major):
+        return v[:, b:b + 1] if is_time_major else v[b:b + 1]
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         kw = make_lstm_inputs(cfg, dtype=dtype)
         h, state = call_lstm(tp.functional.plastic_lstm_scan, kw)
-        per_sequence = [name for name in time_major + batch_major if kw.get(name) is not None]
+        per_sequence = [name for name in ("z", "modulation", "trace", "eligibility", "hidden", "cell", "threshold")
+                        if kw.get(name) is not None]
         leaves = list(tensor_inputs(kw).values())
         grads = dict(zip(tensor_inputs(kw), torch.autograd.grad(loss_of(h, state), leaves)))
+        weights = loss_weights((h, *state))
         for b in range(cfg.B):
             alone = dict(kw)
             for name in per_sequence:
-                v = kw[name].detach()
-                alone[name] = (v[:, b:b + 1] if name in time_major else v[b:b + 1]).requires_grad_(True)
+                alone[name] = sequence(kw[name].detach(), b, name in time_major).requires_grad_(True)
             h_b, state_b = call_lstm(tp.functional.plastic_lstm_scan, alone)
             assert torch.equal(h_b[:, 0], h[:, b]), f"sequence {b}"
-            # The same loss restricted to sequence b: its slices of the batch's weights.
-            gen = torch.Generator().manual_seed(1)
-            loss_b = 0.0
-            for full, part in zip((h, *state), (h_b, *state_b)):
-                if full is not None and full.numel() > 0:
-                    w = torch.randn(full.shape, generator=gen, dtype=torch.float64).to(full.dtype)
-                    w = w[:, b:b + 1] if full is h else w[b:b + 1]
-                    loss_b = loss_b + (part * w).sum()
+            # The same loss restricted to sequence b: its slices of loss_of's weights (h is
+            # time-major, the state batch-major).
+            loss_b = sum((part * sequence(w, b, k == 0)).sum()
+                         for k, (part, w) in enumerate(zip((h_b, *state_b), weights)) if w is not None)
             g_b = torch.autograd.grad(loss_b, [alone[name] for name in per_sequence])
             for name, g in zip(per_sequence, g_b):
-                expected = grads[name][:, b:b + 1] if name in time_major else grads[name][b:b + 1]
-                assert torch.equal(g, expected), f"dL/d{name}, sequence {b}"
+                assert torch.equal(g, sequence(grads[name], b, name in time_major)), f"dL/d{name}, sequence {b}"
         h_ref, state_ref = call_lstm(tp.reference.plastic_lstm_scan, kw)
         g_ref = torch.autograd.grad(loss_of(h_ref, state_ref), leaves)
         tolerance = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
