@@ -103,7 +103,9 @@ __global__ void __launch_bounds__(kThreads)
     S.gh[o] = P.recurrent ? G.grad_hidden[b * O + o] : T(0);
     if (P.lstm) S.gc[o] = G.grad_cell[b * O + o];
   }
-  __syncthreads();
+  // Over the cluster: the first step may write into a peer's shared memory (the modulation's
+  // partial sums), which is only there once every block of the cluster has started.
+  cluster_barrier(C);
 
   // What internal neuromodulation reads at step t: y_t (staged), or the LSTM's h_t.
   auto mod_input = [&](int64_t t) { return P.lstm ? P.modulation_input(t, b) : S.ybuf; };

@@ -113,7 +113,9 @@ __global__ void __launch_bounds__(kThreads)
     S.theta[o] = P.has_threshold ? P.theta0[b * O + o] : T(0);
   if (P.recurrent)
     for (int64_t o = threadIdx.x; o < O; o += kThreads) S.ybuf[2 * O + o] = P.hidden0[b * O + o];
-  __syncthreads();
+  // Over the cluster, not the block only: the first step writes y_0 into the peers' shared
+  // memory, which is only there once every block of the cluster has started.
+  cluster_barrier(C);
 
   for (int64_t t = 0; t < T_; ++t) {
     if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) {

@@ -32,6 +32,8 @@ cmake -S . -B $BUILD -G Ninja -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$(comman
   -DCMAKE_PREFIX_PATH="$($PY -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
   > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
 cmake --build $BUILD -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "slowest build steps (seconds):"
+awk 'NR > 1 { printf "%7.1f  %s\n", ($2 - $1) / 1000, $4 }' $BUILD/.ninja_log | sort -rn | head -5
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import torchplastic as tp; print(tp.build_info())"
 grep '^ptxas:' "$OUT/build.log"
@@ -39,8 +41,12 @@ cp $BUILD/ptxas_report.txt "$OUT/" 2>/dev/null || true
 
 if want tests; then
   step "CUDA tests"
-  timeout 300 $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py -rfE --durations=5 \
-    2>&1 | tee "$OUT/pytest_cuda.log" | tail -60
+  # Eight pytest-xdist workers where the machine has the plugin, two CPU threads each (the CPU
+  # side of each comparison is small); one process otherwise.
+  xdist=()
+  $PY -c "import xdist" 2> /dev/null && xdist=(-n 8)
+  OMP_NUM_THREADS=2 timeout 300 $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \
+    "${xdist[@]}" -rfE --durations=5 2>&1 | tee "$OUT/pytest_cuda.log" | tail -60
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
@@ -75,8 +81,9 @@ if want sanitizer; then
   step "compute-sanitizer"
   if command -v compute-sanitizer > /dev/null; then
     for tool in memcheck racecheck; do
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
-        $PY scripts/cuda_case.py --cases small > "$OUT/sanitizer_$tool.log" 2>&1
+      cases=small; [ $tool = racecheck ] && cases=on-chip
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
+        $PY scripts/cuda_case.py --cases $cases > "$OUT/sanitizer_$tool.log" 2>&1
       rc=$?; echo "$tool: exit $rc"; tail -3 "$OUT/sanitizer_$tool.log"
       [ $rc -eq 0 ] || status=1
     done
