@@ -1,6 +1,6 @@
 // CPU registration of plastic_scan: sequences in parallel, the time loop of each inside
-// (csrc/cpu/plastic_scan_kernel.h, built per instruction set and chosen here at run time),
-// everything else shared with CUDA (csrc/ops/scan.h).
+// (csrc/cpu/forward_isa.cpp and backward_isa.cpp, built per instruction set and chosen here at
+// run time), everything else shared with CUDA (csrc/ops/scan.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -1,5 +1,5 @@
-// The CPU time loops, compiled once per instruction set (plastic_scan_isa.cpp) and chosen at
-// run time by plastic_scan.cpp.
+// The CPU time loops, compiled once per instruction set and value type (forward_isa.cpp,
+// backward_isa.cpp) and chosen at run time by plastic_scan.cpp.
 #pragma once
 
 #include <cstdint>

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/simd.h"
 #include "cpu/workspace.h"
@@ -31,6 +32,22 @@ struct Variant {
   static constexpr bool clip = Clip;
   static constexpr bool eta_per_connection = EtaPerConnection;
 };
+
+// Calls f(Variant<...>{}) with the call's rule, clipping and η granularity as types.
+template <typename T, typename F>
+void with_variant(const ScanParams<T>& P, F&& f) {
+  kernels::with_rule(P.rule, [&](auto rule) {
+    using R = decltype(rule);
+    auto with_eta = [&](auto clip) {
+      if constexpr (R::uses_eta) {
+        if (P.eta_per_connection) return f(Variant<R, decltype(clip)::value, true>{});
+      }
+      f(Variant<R, decltype(clip)::value, false>{});
+    };
+    if (P.has_clip) with_eta(std::true_type{});
+    else with_eta(std::false_type{});
+  });
+}
 
 // η of connection i of a row, given the row's η (eta_row) and its first value: a rule
 // without η reads 0, otherwise per connection or one per row, as the variant says.
