@@ -6,10 +6,16 @@ event timings after warm-up, in µs per time step; memory is the peak allocated 
 forward+backward beyond the inputs. The compiled reference is the reference's own step
 function under torch.compile (fullgraph), driven by a Python loop over T, since compiling
 the T-step loop unrolled would take minutes.
+
+--dtypes, --layouts and --grid time the fused op alone: with bfloat16 and float16 inputs (traces
+in float32), under each cluster layout the planner can be forced into (TORCHPLASTIC_CUDA_CLUSTER,
+TORCHPLASTIC_CUDA_OFF_CHIP), and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
 """
 
 import argparse
+import contextlib
 import json
+import os
 
 import torch
 
@@ -53,6 +59,44 @@ def cuda_time(fn, repeats, warmup=2):
     return times[len(times) // 2]
 
 
+@contextlib.contextmanager
+def environment(**values):
+    """The planner's test hooks (read at every call) set for the duration of the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def fused_only(T, B, N, repeats, dtype=torch.float32, **env):
+    """Forward and forward+backward µs/step of the fused op alone at one size and input dtype,
+    with the planner hooks in env."""
+    kw = recurrent_hebb_inputs(T, B, N, dtype=dtype, device="cuda")
+
+    def fwd_bwd():
+        y, H = fused(kw)
+        (y.float().sum() + H.float().sum()).backward()
+
+    with environment(**env):
+        with torch.no_grad():
+            fwd = cuda_time(lambda: fused(kw), repeats)
+        fb = cuda_time(fwd_bwd, repeats)
+    return dict(forward_us_per_step=fwd / T, fwd_bwd_us_per_step=fb / T)
+
+
+def print_fused_table(title, rows):
+    print(title)
+    print(f"{'':28}{'fwd µs/step':>13}{'fwd+bwd µs/step':>17}")
+    for name, r in rows.items():
+        print(f"{name:28}{r['forward_us_per_step']:13.2f}{r['fwd_bwd_us_per_step']:17.2f}")
+
+
 def peak_bytes(fn):
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -70,6 +114,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=20, help="timed repeats of the fused op")
     ap.add_argument("--reference-repeats", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
+    ap.add_argument("--dtypes", action="store_true", help="also the fused op with bfloat16 and float16 inputs")
+    ap.add_argument("--layouts", action="store_true", help="also the fused op under each forced cluster layout")
+    ap.add_argument("--grid", action="store_true",
+                    help="also the fused op over B in {1, 32, 256} and N in {64, 256, 1024}")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench_gpu.py needs a CUDA device"
@@ -108,6 +156,20 @@ def main():
         memr = r["peak_mb"] / max(ref["peak_mb"], 1e-9)
         print(f"{name:22}{r['forward_us_per_step']:13.2f}{r['fwd_bwd_us_per_step']:17.2f}{r['peak_mb']:10.1f}"
               f"{speed:17.1f}x{memr:8.1f}x")
+    if args.dtypes:
+        res["dtypes"] = {str(d).removeprefix("torch."): fused_only(T, B, N, args.repeats, dtype=d)
+                         for d in (torch.float32, torch.bfloat16, torch.float16)}
+        print_fused_table(f"\nfused, input dtypes (traces in float32), B={B}, N={N}, T={T}", res["dtypes"])
+    if args.layouts:
+        layouts = {f"cluster {c}": dict(TORCHPLASTIC_CUDA_CLUSTER=c) for c in (1, 2, 3, 4, 8)}
+        layouts["off chip, cluster 2"] = dict(TORCHPLASTIC_CUDA_CLUSTER=2, TORCHPLASTIC_CUDA_OFF_CHIP=1)
+        res["layouts"] = {name: fused_only(T, B, N, args.repeats, **env) for name, env in layouts.items()}
+        print_fused_table(f"\nfused, forced layouts (the planner picks by itself above), B={B}, N={N}, T={T}",
+                          res["layouts"])
+    if args.grid:
+        res["grid"] = {f"B={b} N={n}": fused_only(T, b, n, max(3, args.repeats // 4))
+                       for b in (1, 32, 256) for n in (64, 256, 1024)}
+        print_fused_table(f"\nfused over sizes, float32, T={T}", res["grid"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

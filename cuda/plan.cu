@@ -59,7 +59,8 @@ Device device_info(int device) {
   return it->second;
 }
 
-// Test hooks: TORCHPLASTIC_CUDA_CLUSTER=1|2|4|8 forces the cluster size, and
+// Test hooks: TORCHPLASTIC_CUDA_CLUSTER=1..8 forces the cluster size (sizes that are no power
+// of two too, which split the rows unevenly), and
 // TORCHPLASTIC_CUDA_OFF_CHIP=1 keeps every matrix in global memory (the streaming fallback).
 int forced_cluster() {
   const char* v = std::getenv("TORCHPLASTIC_CUDA_CLUSTER");
@@ -128,8 +129,7 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     return L;
   };
   const int forced = forced_cluster();
-  if (forced == 1 || (forced > 1 && forced <= max_cluster && (forced & (forced - 1)) == 0))
-    return plan_for(forced);
+  if (forced >= 1 && forced <= max_cluster) return plan_for(forced);
   // The smallest cluster that holds everything on chip; then no more blocks than SMs (a second
   // wave would double the time), or more blocks while SMs are idle.
   Plan best = plan_for(1);

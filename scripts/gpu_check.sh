@@ -57,7 +57,8 @@ fi
 
 if want bench; then
   step "GPU benchmark"
-  timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" || status=1
+  timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --dtypes --layouts --grid \
+    --json "$OUT/bench_gpu.json" || status=1
 fi
 
 if want lstm; then

@@ -22,6 +22,7 @@ CUDA_LAYOUTS = [
     {},                                      # what the planner picks
     {"TORCHPLASTIC_CUDA_CLUSTER": "1"},      # one block per sequence
     {"TORCHPLASTIC_CUDA_CLUSTER": "4"},      # four blocks exchanging y through DSMEM
+    {"TORCHPLASTIC_CUDA_CLUSTER": "3"},      # three blocks, rows split unevenly
     {"TORCHPLASTIC_CUDA_OFF_CHIP": "1", "TORCHPLASTIC_CUDA_CLUSTER": "2"},  # streaming
 ]
 
@@ -58,7 +59,7 @@ def compare_cuda_with_cpu(cfg, dtype=torch.float64, rtol=1e-10, atol=1e-10, grad
                                    msg=lambda m: f"grad {name}: {m}")
 
 
-@pytest.fixture(params=range(len(CUDA_LAYOUTS)), ids=["auto", "cluster1", "cluster4", "off_chip"])
+@pytest.fixture(params=range(len(CUDA_LAYOUTS)), ids=["auto", "cluster1", "cluster4", "cluster3", "off_chip"])
 def layout(request, monkeypatch):
     for k, v in CUDA_LAYOUTS[request.param].items():
         monkeypatch.setenv(k, v)
