@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """One forward+backward of the fused CUDA kernels per case, for tools that watch a process:
-compute-sanitizer (`--cases small`: every kernel path at small sizes; `--cases on-chip` for
-racecheck) and Nsight Compute
-(`--cases bench --profile`: the benchmark's size, recurrent hebb, float32, B=32, N=256, T=256,
-with only the measured call between cudaProfilerStart and cudaProfilerStop, so that
-`ncu --profile-from-start off` sees the kernels of that one call and not the warm-up's)."""
+compute-sanitizer (`--cases small`: every kernel path at small sizes; `--cases on-chip`: the
+same without the off-chip path, for racecheck) and Nsight Compute (`--cases bench --profile`:
+the benchmark's size, recurrent hebb, float32, B=32, N=256, T=256, with only the measured call
+between cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off` sees the
+kernels of that one call and not the warm-up's)."""
 
 import argparse
 

@@ -63,8 +63,10 @@ fi
 
 if want lstm; then
   step "plastic LSTM benchmark (B=32, H=256, T=256, against cuDNN's LSTM)"
-  timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
-    --rounds 5 2>&1 | tee "$OUT/bench_lstm.log" || status=1
+  for rule in retroactive hebb; do
+    timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
+      --rounds 5 --rule $rule 2>&1 | tee -a "$OUT/bench_lstm.log" || status=1
+  done
 fi
 
 # Where the time goes (issue #14): the benchmark's forward and backward kernels under Nsight
