@@ -1,10 +1,13 @@
 // Planning of the CUDA plastic_scan kernels: the cluster size, which matrices stay on chip, and
 // the backward's global scratch, from the sizes and the device (plastic_scan_cuda.h).
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <string>
+#include <utility>
 
 #include "cuda/common.cuh"
 
@@ -12,26 +15,40 @@ namespace torchplastic {
 namespace cuda {
 namespace {
 
-// Whether at least one cluster of this plan can be resident at once (the driver refuses a
-// launch otherwise). Rules share block size and shared memory, so the hebb kernel stands in.
+// How many clusters of this plan can be resident on the device at once (0: none, and the
+// driver refuses the launch); for one-block clusters, blocks. Rules share block size and
+// shared memory, so the hebb kernel stands in.
 template <typename T>
-bool plan_runs(const Plan& L, bool backward) {
-  if (L.cluster <= 1) return true;
+int resident_clusters(const Plan& L, bool backward, int sms) {
   const void* kernel =
       backward ? backward_kernel_for_occupancy<T>() : forward_kernel_for_occupancy<T>();
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(L.smem_bytes)) != cudaSuccess) {
     cudaGetLastError();
-    return false;
+    return 0;
+  }
+  int n = 0;
+  if (L.cluster <= 1) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, L.smem_bytes) !=
+        cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return n * sms;
   }
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg = launch_config(L, L.cluster, nullptr, attr);
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
     cudaGetLastError();
-    return false;
+    return 0;
   }
-  return clusters > 0;
+  return n;
+}
+
+// Whether at least one cluster of this plan can be resident at once.
+template <typename T>
+bool plan_runs(const Plan& L, bool backward, int sms) {
+  return L.cluster <= 1 || resident_clusters<T>(L, backward, sms) > 0;
 }
 
 struct Device {
@@ -69,6 +86,35 @@ int forced_cluster() {
 bool forced_off_chip() {
   const char* v = std::getenv("TORCHPLASTIC_CUDA_OFF_CHIP");
   return v && std::atoi(v) != 0;
+}
+
+// TORCHPLASTIC_CUDA_PLAN_LOG=1 prints each plan to stderr when it differs from the last one
+// of its direction printed: what a benchmark measured, and whether all its clusters were
+// resident at once.
+template <typename T>
+void log_plan(const Plan& L, const ScanParams<T>& P, bool backward, int sms) {
+  const char* v = std::getenv("TORCHPLASTIC_CUDA_PLAN_LOG");
+  if (!v || std::atoi(v) == 0) return;
+  std::ostringstream line;
+  line << "plastic_scan (CUDA) " << (backward ? "backward" : "forward") << " plan: B=" << P.B
+       << " O=" << P.O << " I=" << P.I << ": cluster " << L.cluster << ", " << L.rows
+       << " rows per block, on chip:";
+  const std::pair<bool, const char*> parts[] = {
+      {L.trace, "H"}, {L.elig, "E"}, {L.alpha, "alpha"}, {L.weight, "W"},
+      {L.grad_trace, "dL/dH"}, {L.grad_elig, "dL/dE"}, {L.grad_alpha, "dL/dalpha"},
+      {L.partials, "dL/dp partials"}};
+  for (const auto& [on, name] : parts)
+    if (on) line << ' ' << name;
+  line << "; " << L.smem_bytes << " B of shared memory per block; "
+       << resident_clusters<T>(L, backward, sms) << " clusters resident at once, " << P.B
+       << " launched";
+  static std::mutex mutex;
+  static std::string last[2];  // forward's, backward's
+  std::lock_guard<std::mutex> lock(mutex);
+  std::string& previous = last[backward ? 1 : 0];
+  if (line.str() == previous) return;
+  previous = line.str();
+  std::fprintf(stderr, "%s\n", previous.c_str());
 }
 
 // Puts the optional buffers on chip in priority order while they fit.
@@ -129,7 +175,11 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     return L;
   };
   const int forced = forced_cluster();
-  if (forced >= 1 && forced <= max_cluster) return plan_for(forced);
+  if (forced >= 1 && forced <= max_cluster) {
+    const Plan L = plan_for(forced);
+    log_plan(L, P, backward, d.sms);
+    return L;
+  }
   // The smallest cluster that holds everything on chip; then no more blocks than SMs (a second
   // wave would double the time), or more blocks while SMs are idle.
   Plan best = plan_for(1);
@@ -141,7 +191,9 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
   while (best.cluster < max_cluster && P.B * best.cluster * 2 <= d.sms &&
          best.cluster * 2 <= P.O)
     best = plan_for(best.cluster * 2);
-  while (best.cluster > 1 && !plan_runs<T>(best, backward)) best = plan_for(best.cluster / 2);
+  while (best.cluster > 1 && !plan_runs<T>(best, backward, d.sms))
+    best = plan_for(best.cluster / 2);
+  log_plan(best, P, backward, d.sms);
   return best;
 }
 

@@ -57,8 +57,10 @@ fi
 
 if want bench; then
   step "GPU benchmark"
-  timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py --dtypes --layouts --grid \
-    --json "$OUT/bench_gpu.json" || status=1
+  # With each launch plan the benchmark meets printed (cluster size, what is on chip, how many
+  # clusters are resident at once).
+  TORCHPLASTIC_CUDA_PLAN_LOG=1 timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py \
+    --dtypes --layouts --grid --json "$OUT/bench_gpu.json" || status=1
 fi
 
 if want lstm; then

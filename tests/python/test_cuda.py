@@ -161,6 +161,26 @@ def test_cuda_does_not_synchronize():
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_cuda_plan_log_names_each_plan_once(monkeypatch, capfd):
+    # O=37 (no other test uses it), so that the log's memory of the last plan cannot hide it.
+    cfg = Config(rule="retroactive", source="fanout", T=4, B=3, O=37, I=37)
+    kw = to_device(make_inputs(cfg, dtype=torch.float32), "cuda")
+    monkeypatch.setenv("TORCHPLASTIC_CUDA_PLAN_LOG", "1")
+    monkeypatch.setenv("TORCHPLASTIC_CUDA_CLUSTER", "2")
+    for _ in range(2):
+        y, state = call(tp.functional.plastic_scan, kw)
+        (y.sum() + state.trace.sum()).backward()
+    torch.cuda.synchronize()
+    lines = [line for line in capfd.readouterr().err.splitlines() if "plastic_scan (CUDA)" in line]
+    assert len(lines) == 2, lines  # one forward plan and one backward plan, each printed once
+    assert lines[0].startswith("plastic_scan (CUDA) forward plan: B=3 O=37 I=37: cluster 2, 19 rows")
+    assert lines[1].startswith("plastic_scan (CUDA) backward plan: B=3 O=37 I=37: cluster 2, 19 rows")
+    for line in lines:
+        resident = int(line.split("; ")[-1].split()[0])
+        assert resident >= 1, line
+        assert line.endswith("clusters resident at once, 3 launched")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_runs_half_with_float32_traces(dtype):
     torch.manual_seed(0)
