@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make gpu-check`: on a machine with a GPU (the device tool's), build the extension with that
 # machine's python3 and torch, run the CUDA tests and the GPU benchmark. Logs go to $OUT
-# (default ./gpu-check-out): the build's ptxas report, test and benchmark logs, the Nsight Compute
-# profile of the benchmark's kernels and the compute-sanitizer logs. Bounded to about 9 minutes.
+# (default ./gpu-check-out), seven files at most, as the device tool brings back eight: this
+# script's whole output (gpu_check.log), the build's ptxas report, the CUDA tests' log, the
+# benchmark's figures (bench_gpu.json), the Nsight Compute profile of the benchmark's kernels and
+# the two compute-sanitizer logs; the build's own logs stay beside the build. Bounded to about 9
+# minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -28,15 +31,16 @@ nvcc --version | tail -1
 
 step "build"
 BUILD=build-gpu
+mkdir -p $BUILD
 cmake -S . -B $BUILD -G Ninja -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$(command -v $PY)" \
   -DCMAKE_PREFIX_PATH="$($PY -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
-  > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
-cmake --build $BUILD -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  > "$BUILD/configure.log" 2>&1 || { tail -30 "$BUILD/configure.log"; exit 1; }
+cmake --build $BUILD -j "$(nproc)" > "$BUILD/build.log" 2>&1 || { tail -40 "$BUILD/build.log"; exit 1; }
 echo "slowest build steps (seconds):"
 awk 'NR > 1 { printf "%7.1f  %s\n", ($2 - $1) / 1000, $4 }' $BUILD/.ninja_log | sort -rn | head -5
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import torchplastic as tp; print(tp.build_info())"
-grep '^ptxas:' "$OUT/build.log"
+grep '^ptxas:' "$BUILD/build.log"
 cp $BUILD/ptxas_report.txt "$OUT/" 2>/dev/null || true
 
 if want tests; then
@@ -67,7 +71,7 @@ if want lstm; then
   step "plastic LSTM benchmark (B=32, H=256, T=256, against cuDNN's LSTM)"
   for rule in retroactive hebb; do
     timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
-      --rounds 5 --rule $rule 2>&1 | tee -a "$OUT/bench_lstm.log" || status=1
+      --rounds 5 --rule $rule || status=1
   done
 fi
 
