@@ -43,6 +43,15 @@ def fused(kw):
     return y, state.trace
 
 
+def fwd_bwd(f):
+    """f's forward, then a backward from the sum of its output and final trace (in float32
+    whatever the input dtype)."""
+    def run():
+        y, H = f()
+        (y.float().sum() + H.float().sum()).backward()
+    return run
+
+
 def cuda_time(fn, repeats, warmup=2):
     for _ in range(warmup):
         fn()
@@ -78,15 +87,10 @@ def fused_only(T, B, N, repeats, dtype=torch.float32, **env):
     """Forward and forward+backward µs/step of the fused op alone at one size and input dtype,
     with the planner hooks in env."""
     kw = recurrent_hebb_inputs(T, B, N, dtype=dtype, device="cuda")
-
-    def fwd_bwd():
-        y, H = fused(kw)
-        (y.float().sum() + H.float().sum()).backward()
-
     with environment(**env):
         with torch.no_grad():
             fwd = cuda_time(lambda: fused(kw), repeats)
-        fb = cuda_time(fwd_bwd, repeats)
+        fb = cuda_time(fwd_bwd(lambda: fused(kw)), repeats)
     return dict(forward_us_per_step=fwd / T, fwd_bwd_us_per_step=fb / T)
 
 
@@ -131,12 +135,6 @@ def main():
     }
     if not args.no_compile:
         variants["reference compiled"] = lambda: scan_with_step(compiled_step, kw)
-
-    def fwd_bwd(f):
-        def run():
-            y, H = f()
-            (y.sum() + H.sum()).backward()
-        return run
 
     res = dict(device=torch.cuda.get_device_name(), B=B, N=N, T=T, torch=torch.__version__)
     for name, f in variants.items():

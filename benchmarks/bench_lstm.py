@@ -83,8 +83,8 @@ def main():
         (out.sum() + c.sum()).backward()
         sync()
 
-    modulated = tp.rules.rule_info(args.rule).modulated
-    print(f"plastic LSTM ({args.rule}{', fan-out modulation' if modulated else ''}), float32, B={B}, H={H}, I={args.input}, T={T}, "
+    modulation = ", fan-out modulation" if tp.rules.rule_info(args.rule).modulated else ""
+    print(f"plastic LSTM ({args.rule}{modulation}), float32, B={B}, H={H}, I={args.input}, T={T}, "
           f"{args.device}, {torch.get_num_threads()} threads; forward+backward per step, medians of "
           f"{args.rounds} paired rounds")
     t_fused, t_lstm, vs_lstm = paired_timeit(fused, torch_lstm, args.rounds)

@@ -28,8 +28,8 @@ CASES = {
     # racecheck watches shared memory alone, and under it the off-chip case, which streams its
     # matrices through global memory, takes minutes.
     "on-chip": ON_CHIP,
+    "bench": [("rnn hebb N=256 (the benchmark's)", "rnn", 256, 32, 256, dict(rule="hebb"))],
 }
-BENCH = [("rnn hebb N=256 (the benchmark's)", "rnn", 256, 32, 256, dict(rule="hebb"))]
 
 
 def run_case(kind, n, batch, steps, options, dtype, device):
@@ -49,7 +49,7 @@ def run_case(kind, n, batch, steps, options, dtype, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cases", choices=("small", "on-chip", "bench"), default="small",
+    ap.add_argument("--cases", choices=tuple(CASES), default="small",
                     help="small: every launch shape at small sizes; on-chip: those without the "
                          "off-chip path (for racecheck); bench: the benchmark's size")
     ap.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32")
@@ -59,7 +59,7 @@ def main():
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     profile = args.profile and args.device == "cuda"
-    for name, kind, n, batch, steps, options in CASES.get(args.cases, BENCH):
+    for name, kind, n, batch, steps, options in CASES[args.cases]:
         if profile:
             run_case(kind, n, batch, steps, options, dtype, args.device)
             torch.cuda.profiler.start()

@@ -162,7 +162,8 @@ def test_cuda_does_not_synchronize():
 
 
 def test_cuda_plan_log_names_each_plan_once(monkeypatch, capfd):
-    # O=37 (no other test uses it), so that the log's memory of the last plan cannot hide it.
+    # Only calls with the log on set its memory of the last plan, and no other test turns it on,
+    # so the first call prints both plans. O=37 splits its rows unevenly over the two blocks.
     cfg = Config(rule="retroactive", source="fanout", T=4, B=3, O=37, I=37)
     kw = to_device(make_inputs(cfg, dtype=torch.float32), "cuda")
     monkeypatch.setenv("TORCHPLASTIC_CUDA_PLAN_LOG", "1")

@@ -107,8 +107,8 @@ def test_backward_in_groups_equals_each_sequence_alone(cfg, dtype):
     try:
         kw = make_lstm_inputs(cfg, dtype=dtype)
         h, state = call_lstm(tp.functional.plastic_lstm_scan, kw)
-        per_sequence = [name for name in ("z", "modulation", "trace", "eligibility", "hidden", "cell", "threshold")
-                        if kw.get(name) is not None]
+        batch_major = ("trace", "eligibility", "hidden", "cell", "threshold")
+        per_sequence = [name for name in time_major + batch_major if kw.get(name) is not None]
         leaves = list(tensor_inputs(kw).values())
         grads = dict(zip(tensor_inputs(kw), torch.autograd.grad(loss_of(h, state), leaves)))
         weights = loss_weights((h, *state))
