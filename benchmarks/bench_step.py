@@ -2,10 +2,10 @@
 """Single steps, as reinforcement learning takes them when it learns through the steps it acted
 with (A2C): a PlasticRNNCell stepped S times with its state carried, then one backward through
 all S steps. (examples/maze.py instead acts under no_grad and learns from one sequence call.)
-Prints the time per step of the forward (building the graph) and of forward+backward, for the
-fused cell and for the reference's eager step (tp.reference.step, the same equations in plain
-PyTorch) with the same parameters, timed alternately in paired rounds; and the ratio of the
-two.
+Prints the time per step of a rollout (the steps under no_grad, as an agent acts), of the
+forward (building the graph) and of forward+backward, for the fused cell and for the
+reference's eager step (tp.reference.step, the same equations in plain PyTorch) with the same
+parameters, timed alternately in paired rounds; and the ratio of the two.
 
 Also the least memory traffic a step can have here: the forward writes a new trace [B, H, H]
 (autograd keeps every step's), and the backward reads it back and writes dL/dH of the step
@@ -55,8 +55,9 @@ def _steps(step, inputs):
         yield h, state
 
 
-def episode(step, inputs, backward):
-    outputs = [h for h, _ in _steps(step, inputs)]
+def episode(step, inputs, backward, grad=True):
+    with torch.set_grad_enabled(grad):
+        outputs = [h for h, _ in _steps(step, inputs)]
     if backward:
         torch.stack(outputs).square().mean().backward()
 
@@ -115,9 +116,10 @@ def main():
           f"{S} steps then one backward, {torch.get_num_threads()} threads"
           + (", glibc keeping freed memory" if args.keep_freed_memory else ""))
     rows = []
-    for name, backward in (("forward", False), ("forward+backward", True)):
-        fused_s, ref_s, ratio = paired_best_of(lambda: episode(cell, inputs, backward),
-                                               lambda: episode(reference, inputs, backward),
+    for name, backward, grad in (("rollout", False, False), ("forward", False, True),
+                                 ("forward+backward", True, True)):
+        fused_s, ref_s, ratio = paired_best_of(lambda: episode(cell, inputs, backward, grad),
+                                               lambda: episode(reference, inputs, backward, grad),
                                                args.rounds)
         rows.append((name, fused_s / S, ref_s / S, ratio))
         print(f"  {name:17s} fused {fused_s / S * 1e3:6.3f} ms/step   reference "

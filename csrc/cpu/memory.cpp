@@ -54,14 +54,18 @@ at::Tensor with_huge_pages(at::Tensor t) {
 // The large buffers of a call (traces, their checkpoints and gradients, gradient slabs), kept
 // when freed for the next call. A training loop allocates the same buffers every step; fresh
 // from the OS their pages are zeroed on first touch, a visible share of a call (README), and
-// glibc maps anything over 32 MiB anew every time. Freed buffers come back here instead, and
-// a request of the same size takes one. At most kMaxBlocks and kMaxBytes are held; the oldest
+// glibc maps anything over 32 MiB anew every time. Buffers of a few hundred KiB fare no better
+// under glibc: a cell stepped under no_grad frees each step's trace as it allocates the next,
+// and glibc's trimming hands the top of its heap back to the OS, so the next step faults the
+// pages in again (README, "Single steps"). Freed buffers come back here instead, and a
+// request of the same size takes one. At most kMaxBlocks and kMaxBytes are held; the oldest
 // go to make room.
 class BufferCache {
  public:
   static constexpr size_t kMaxBlocks = 16;
   static constexpr size_t kMaxBytes = size_t(1) << 30;
-  static constexpr size_t kMinBytes = size_t(4) << 20;  // smaller ones glibc recycles itself
+  static constexpr size_t kMinBytes = size_t(256) << 10;  // smaller ones: glibc's small bins
+  static constexpr size_t kHugeMinBytes = size_t(4) << 20;  // from here on, huge pages
 
   static BufferCache& get() {
     static auto* cache = new BufferCache();  // never destroyed: deleters may run at exit
@@ -73,10 +77,13 @@ class BufferCache {
     if (!opts.device().is_cpu() || bytes < kMinBytes) return with_huge_pages(at::empty(sizes, opts));
     void* data = take(bytes);
     if (!data) {
-      // Aligned and sized to huge pages, so that all of it can be huge pages.
-      data = std::aligned_alloc(kHugePage, huge_pages_for(bytes));
+      // Aligned and sized to huge pages, so that all of it can be huge pages; below a few of
+      // them the rounding would waste more than the faults it saves, so cache lines.
+      const bool huge = bytes >= kHugeMinBytes;
+      data = huge ? std::aligned_alloc(kHugePage, huge_pages_for(bytes))
+                  : std::aligned_alloc(64, (bytes + 63) / 64 * 64);
       TORCH_CHECK(data, "plastic_scan: out of memory allocating ", bytes, " bytes");
-      advise_huge_pages(data, bytes);
+      if (huge) advise_huge_pages(data, bytes);
     }
     return at::from_blob(data, sizes, [this, bytes](void* p) { give(p, bytes); }, opts);
   }

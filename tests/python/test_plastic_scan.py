@@ -361,16 +361,18 @@ def test_absent_initial_state_and_gradients_read_as_zeros_every_call(rule):
     assert torch.equal(empty.trace, torch.ones_like(empty.trace))
 
 
-def test_returned_traces_are_recycled_only_once_freed():
+@pytest.mark.parametrize("O", [520, 200], ids=["huge-pages", "small"])
+def test_returned_traces_are_recycled_only_once_freed(O):
     # The traces a call returns are large buffers from the same cache (csrc/cpu/memory.cpp):
     # one the caller holds is never handed out again, whatever the caller writes into it;
-    # once freed, the next call of the same size takes it.
-    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=3, B=4, O=520,  # a size of its own
+    # once freed, the next call of the same size takes it. Both kinds of block: from 4 MiB up
+    # (huge-page aligned) and from 256 KiB (a cell's trace stepped under no_grad).
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=3, B=4, O=O,  # a size of its own
                  checkpoint_every=8)  # and no checkpoints of that size
     kw = {k: (v.float().detach() if isinstance(v, torch.Tensor) else v) for k, v in make_inputs(cfg).items()}
     with torch.no_grad():
         _, first = call(tp.functional.plastic_scan, kw)
-        assert first.trace.nbytes >= 4 << 20
+        assert (first.trace.nbytes >= 4 << 20) == (O == 520) and first.trace.nbytes >= 256 << 10
         expected = first.trace.clone(), first.eligibility.clone()
         first.trace.fill_(7.0)
         first.eligibility.fill_(7.0)
