@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -94,13 +95,15 @@ class BufferCache {
     size_t bytes;
   };
 
+  // The most recently freed block of this size: of a few hundred KiB, it may still be in the
+  // caches.
   void* take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
+    for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it)
       if (it->bytes == bytes) {
         void* data = it->data;
         held_ -= bytes;
-        blocks_.erase(it);
+        blocks_.erase(std::next(it).base());
         return data;
       }
     return nullptr;
