@@ -127,6 +127,10 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     if (Lstm) saved.push_back(r.activations);
     ctx->save_for_backward(saved);
     for (auto& [name, value] : args.options()) ctx->saved_data[name] = value;
+    // An output the loss does not reach (the trace, when the loss reads y alone) gets no
+    // gradient rather than a materialised [B, O, I] of zeros: the backward op reads the
+    // read-only zeros for it (csrc/ops/scan.cpp, grad_or_zeros).
+    ctx->set_materialize_grads(false);
     return F::list(r);
   }
 
@@ -137,6 +141,10 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     args.set_tensors(saved);
     for (const auto& [name, value] : args.options()) args.set_option(name, ctx->saved_data[name]);
     if (at::GradMode::is_enabled()) return differentiable_backward(args, grads);
+    // The backward op's gradients are tensors in its schema: one that did not flow goes as an
+    // empty one, which the op reads as zeros.
+    for (size_t j = 0; j < grads.size(); ++j)
+      if (!grads[j].defined()) grads[j] = at::empty({0}, args.z.options());
     auto list = F::backward(args, grads, &*(saved.end() - kKept));
     // The backward op returns an empty tensor for each input that was not given, and for
     // lengths, which has no gradient; autograd wants none there.
