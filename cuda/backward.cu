@@ -92,8 +92,8 @@ __global__ void __launch_bounds__(kThreads)
   T* my_partials = partials + static_cast<int64_t>(warp) * I;
 
   for (int64_t k = threadIdx.x; k < n; k += kThreads) {
-    gH[k] = G.grad_trace[(b * O + r0) * I + k];
-    if (retro) gE[k] = G.grad_elig[(b * O + r0) * I + k];
+    gH[k] = G.grad_trace[b * G.grad_trace_stride + r0 * I + k];
+    if (retro) gE[k] = G.grad_elig[b * G.grad_elig_stride + r0 * I + k];
     if (L.grad_alpha) S.galpha[k] = T(0);
     if (L.alpha) S.alpha[k] = P.alpha[r0 * I + k];
     if (P.recurrent && L.weight) S.weight[k] = P.weight[r0 * I + k];

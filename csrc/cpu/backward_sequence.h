@@ -25,7 +25,7 @@ template <typename V, typename T>
 void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
                           const BackwardWorkspace<T>& S, const SequenceGrads<T>& sg) {
   constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
-  const int64_t O = P.O, I = P.I, OI = O * I;
+  const int64_t O = P.O, I = P.I;
   StepView<T> step;
   step.t = 0;
   step.b = b;
@@ -42,8 +42,8 @@ void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, in
   std::fill_n(S.gp_done, I, T(0));  // and the finish halves'
   for (int64_t o = 0; o < O; ++o) {
     const int64_t row = o * I;
-    std::memcpy(S.gH + row, G.grad_trace + b * OI + row, sizeof(T) * I);
-    if (retro) std::memcpy(S.gE + row, G.grad_elig + b * OI + row, sizeof(T) * I);
+    std::memcpy(S.gH + row, G.grad_trace + b * G.grad_trace_stride + row, sizeof(T) * I);
+    if (retro) std::memcpy(S.gE + row, G.grad_elig + b * G.grad_elig_stride + row, sizeof(T) * I);
     sg.template zero_rows<V>(O, I, o, 1);
     const T* H = step.H_anchor + row;
     const T* E = retro ? step.E_anchor + row : nullptr;
@@ -109,8 +109,8 @@ class SequenceBackward {
     }
     if (single_step()) return;  // backward_single_step zeroes the slabs and copies row by row
     sg.template zero_rows<V>(O, I, 0, O);
-    std::memcpy(S.gH, G.grad_trace + b * OI, sizeof(T) * OI);
-    if (retro) std::memcpy(S.gE, G.grad_elig + b * OI, sizeof(T) * OI);
+    std::memcpy(S.gH, G.grad_trace + b * G.grad_trace_stride, sizeof(T) * OI);
+    if (retro) std::memcpy(S.gE, G.grad_elig + b * G.grad_elig_stride, sizeof(T) * OI);
     if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
     if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
     if (P.lstm) std::memcpy(S.gc, G.grad_cell + b * O, sizeof(T) * O);

@@ -168,8 +168,10 @@ template <typename scalar_t>
 struct ScanGradParams {
   const scalar_t* grad_y = nullptr;       // [T, B, O]
   const scalar_t* grad_hidden = nullptr;  // [B, O]     recurrent only
-  const scalar_t* grad_trace = nullptr;   // [B, O, I]
-  const scalar_t* grad_elig = nullptr;    // [B, O, I]  retroactive only
+  const scalar_t* grad_trace = nullptr;   // [B, O, I]: sequence b's [O, I] at b · grad_trace_stride
+  const scalar_t* grad_elig = nullptr;    // [B, O, I]  retroactive only; likewise
+  int64_t grad_trace_stride = 0;          // O·I, or 0 when every sequence's is the same
+  int64_t grad_elig_stride = 0;
   const scalar_t* grad_theta = nullptr;   // [B, O]     adaptive threshold only
   const scalar_t* grad_cell = nullptr;    // [B, H]     LSTM only
 

@@ -130,9 +130,23 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   };
   const at::Tensor gy = grad_or_zeros(in.grad_y, {T, B, O}, "grad_y");
   const at::Tensor gh = c.recurrent ? grad_or_zeros(in.grad_hidden, {B, O}, "grad_hidden") : at::Tensor();
-  const at::Tensor gH = grad_or_zeros(in.grad_trace, {B, O, I}, "grad_trace");
-  const at::Tensor gE = retro ? grad_or_zeros(in.grad_eligibility, {B, O, I}, "grad_eligibility")
-                              : at::Tensor();
+  // dL/dH_T and dL/dE_T: the kernels read sequence b's [O, I] at b · stride. A gradient that
+  // is the same for every sequence (a broadcast one: a loss that sums the trace, or none that
+  // flowed) stays one [O, I] with stride 0, where a [B, O, I] copy would be a pass over memory.
+  struct StateGrad {
+    at::Tensor values;
+    int64_t stride;
+  };
+  auto state_grad = [&](const at::Tensor& g, const char* name) -> StateGrad {
+    if (!g.defined() || (g.numel() == 0 && g.sizes() != at::IntArrayRef({B, O, I})))
+      return {backend.read_only_zeros({O, I}, opts), 0};
+    TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef({B, O, I}), a.op_name(), "_backward: ", name,
+                      ": expected shape ", at::IntArrayRef({B, O, I}), ", got ", g.sizes());
+    if (B > 0 && g.stride(0) == 0) return {to_compute(g.select(0, 0), dt), 0};
+    return {to_compute(g, dt), O * I};
+  };
+  const StateGrad gH = state_grad(in.grad_trace, "grad_trace");
+  const StateGrad gE = retro ? state_grad(in.grad_eligibility, "grad_eligibility") : StateGrad{};
   const at::Tensor gth = a.adaptive_threshold
                              ? grad_or_zeros(in.grad_threshold, {B, O}, "grad_threshold")
                              : at::Tensor();
@@ -194,8 +208,10 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     kernels::ScanGradParams<scalar_t> G;
     G.grad_y = ptr<scalar_t>(gy);
     G.grad_hidden = ptr<scalar_t>(gh);
-    G.grad_trace = ptr<scalar_t>(gH);
-    G.grad_elig = ptr<scalar_t>(gE);
+    G.grad_trace = ptr<scalar_t>(gH.values);
+    G.grad_trace_stride = gH.stride;
+    G.grad_elig = ptr<scalar_t>(gE.values);
+    G.grad_elig_stride = gE.stride;
     G.grad_theta = ptr<scalar_t>(gth);
     G.grad_cell = ptr<scalar_t>(gc);
     G.grad_cell0 = mut_ptr<scalar_t>(grad_cell0);

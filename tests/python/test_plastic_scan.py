@@ -293,6 +293,38 @@ def test_single_segment_keeps_no_copy_of_the_initial_trace(rule):
         torch.testing.assert_close(a, b, **GRAD_TOL)
 
 
+@pytest.mark.parametrize("T", [1, 5], ids=["single-step", "sequence"])
+def test_broadcast_state_gradients_equal_materialised_ones(T):
+    # A gradient of the final trace (eligibility trace) that is the same for every sequence,
+    # as a loss summing the trace gives (an expanded tensor), is read as one [O, I] by the
+    # kernels (csrc/ops/scan.cpp, state_grad); and one that does not flow, as zeros. Both
+    # must give the gradients of the same values materialised, bit for bit.
+    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=T, B=3, O=4, I=4)
+    kw = make_inputs(cfg)
+    leaves = list(tensor_inputs(kw).values())
+    y, state = call(tp.functional.plastic_scan, kw)
+    gy = torch.randn_like(y)
+    per_row = torch.randn(1, cfg.O, cfg.I, dtype=y.dtype)
+    cases = {
+        "scalar": (torch.tensor(0.7, dtype=y.dtype).expand_as(state.trace),
+                   torch.tensor(-0.3, dtype=y.dtype).expand_as(state.eligibility)),
+        "batch": (per_row.expand_as(state.trace), (2 * per_row).expand_as(state.eligibility)),
+    }
+    for name, (gH, gE) in cases.items():
+        assert gH.stride(0) == 0 and gE.stride(0) == 0
+        outputs = (y, state.trace, state.eligibility)
+        broadcast = torch.autograd.grad(outputs, leaves, (gy, gH, gE), retain_graph=True)
+        materialised = torch.autograd.grad(outputs, leaves, (gy, gH.contiguous(), gE.contiguous()),
+                                           retain_graph=True)
+        for a, b in zip(broadcast, materialised):
+            assert torch.equal(a, b), name
+    not_flowing = torch.autograd.grad(y, leaves, gy, retain_graph=True)
+    zeros = torch.autograd.grad((y, state.trace, state.eligibility), leaves,
+                                (gy, torch.zeros_like(state.trace), torch.zeros_like(state.eligibility)))
+    for a, b in zip(not_flowing, zeros):
+        assert torch.equal(a, b)
+
+
 def test_checkpoint_buffers_are_reused_only_once_freed():
     # Checkpoints of at least 4 MiB come from a cache of freed buffers (csrc/cpu/memory.cpp):
     # a live one is never handed out again, a freed one is, and reuse changes no value.
