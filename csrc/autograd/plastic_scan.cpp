@@ -128,8 +128,8 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     ctx->save_for_backward(saved);
     for (auto& [name, value] : args.options()) ctx->saved_data[name] = value;
     // An output the loss does not reach (the trace, when the loss reads y alone) gets no
-    // gradient rather than a materialised [B, O, I] of zeros: the backward op reads the
-    // read-only zeros for it (csrc/ops/scan.cpp, grad_or_zeros).
+    // gradient rather than a materialised [B, O, I] of zeros: the backward op reads it as
+    // zeros (csrc/ops/scan.cpp: grad_or_zeros, state_grad).
     ctx->set_materialize_grads(false);
     return F::list(r);
   }

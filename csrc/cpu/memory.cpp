@@ -58,7 +58,7 @@ at::Tensor with_huge_pages(at::Tensor t) {
 // glibc maps anything over 32 MiB anew every time. Buffers of a few hundred KiB fare no better
 // under glibc: a cell stepped under no_grad frees each step's trace as it allocates the next,
 // and glibc's trimming hands the top of its heap back to the OS, so the next step faults the
-// pages in again (README, "Single steps"). Freed buffers come back here instead, and a
+// pages in again (README, "Rollouts"). Freed buffers come back here instead, and a
 // request of the same size takes one. At most kMaxBlocks and kMaxBytes are held; the oldest
 // go to make room.
 class BufferCache {
