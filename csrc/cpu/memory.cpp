@@ -20,6 +20,8 @@ namespace cpu {
 namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
+// Buffers this large are advised to huge pages: below two, little of one would be covered.
+constexpr size_t kHugeMinBytes = 2 * kHugePage;
 
 // Bytes of a tensor of these sizes and dtype.
 size_t bytes_of(at::IntArrayRef sizes, const at::TensorOptions& opts) {
@@ -38,18 +40,13 @@ size_t huge_pages_for(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = kHugePage;
-  if (bytes >= 2 * kHuge) {
+  if (bytes >= kHugeMinBytes) {
     const auto begin = reinterpret_cast<uintptr_t>(data);
     const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
     const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
     if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
   }
 #endif
-}
-
-at::Tensor with_huge_pages(at::Tensor t) {
-  if (t.is_cpu()) advise_huge_pages(t.data_ptr(), t.nbytes());
-  return t;
 }
 
 // The large buffers of a call (traces, their checkpoints and gradients, gradient slabs), kept
@@ -66,7 +63,6 @@ class BufferCache {
   static constexpr size_t kMaxBlocks = 16;
   static constexpr size_t kMaxBytes = size_t(1) << 30;
   static constexpr size_t kMinBytes = size_t(256) << 10;  // smaller ones: glibc's small bins
-  static constexpr size_t kHugeMinBytes = size_t(4) << 20;  // from here on, huge pages
 
   static BufferCache& get() {
     static auto* cache = new BufferCache();  // never destroyed: deleters may run at exit
@@ -75,7 +71,7 @@ class BufferCache {
 
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
     const size_t bytes = bytes_of(sizes, opts);
-    if (!opts.device().is_cpu() || bytes < kMinBytes) return with_huge_pages(at::empty(sizes, opts));
+    if (!opts.device().is_cpu() || bytes < kMinBytes) return at::empty(sizes, opts);
     void* data = take(bytes);
     if (!data) {
       // Aligned and sized to huge pages, so that all of it can be huge pages; below a few of

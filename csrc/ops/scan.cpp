@@ -120,13 +120,15 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   const int64_t S = checkpoint_count(T, c.K);
 
   // Gradients that did not flow arrive as undefined or empty tensors: zeros of the right shape,
-  // which the kernels only read.
-  auto grad_or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
-    if (!g.defined() || (g.numel() == 0 && g.sizes() != shape))
-      return backend.read_only_zeros(shape, opts);
+  // which the kernels only read. A gradient that did flow must have the output's shape.
+  auto flowed = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
+    if (!g.defined() || (g.numel() == 0 && g.sizes() != shape)) return false;
     TORCH_CHECK_VALUE(g.sizes() == shape, a.op_name(), "_backward: ", name, ": expected shape ",
                       shape, ", got ", g.sizes());
-    return to_compute(g, dt);
+    return true;
+  };
+  auto grad_or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
+    return flowed(g, shape, name) ? to_compute(g, dt) : backend.read_only_zeros(shape, opts);
   };
   const at::Tensor gy = grad_or_zeros(in.grad_y, {T, B, O}, "grad_y");
   const at::Tensor gh = c.recurrent ? grad_or_zeros(in.grad_hidden, {B, O}, "grad_hidden") : at::Tensor();
@@ -138,10 +140,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     int64_t stride;
   };
   auto state_grad = [&](const at::Tensor& g, const char* name) -> StateGrad {
-    if (!g.defined() || (g.numel() == 0 && g.sizes() != at::IntArrayRef({B, O, I})))
-      return {backend.read_only_zeros({O, I}, opts), 0};
-    TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef({B, O, I}), a.op_name(), "_backward: ", name,
-                      ": expected shape ", at::IntArrayRef({B, O, I}), ", got ", g.sizes());
+    if (!flowed(g, {B, O, I}, name)) return {backend.read_only_zeros({O, I}, opts), 0};
     if (B > 0 && g.stride(0) == 0) return {to_compute(g.select(0, 0), dt), 0};
     return {to_compute(g, dt), O * I};
   };
