@@ -13,8 +13,9 @@ reward per episode (mean and spread over seeds) to --out/rewards.png, and prints
 mean reward per episode over the last tenth of training, averaged over seeds, with the lowest
 and highest seed's in brackets. Completed runs go to
 --out/curves.json; a run in progress is saved to --out/checkpoint_VARIANT_SEED.pt after every
-episode, so that --resume continues it with no completed episode lost. Runs go --jobs at a
-time, each in a process of its own.
+episode, so that --resume continues it with no completed episode lost; --resume with a larger
+--episodes extends finished runs the same way, as if they had been run that long from the
+start. Runs go --jobs at a time, each in a process of its own.
 """
 
 import argparse
@@ -164,7 +165,7 @@ def train(variant, seed, args, device, checkpoint, bar_position=0):
     agent = Agent(variant, hidden, args.modulation).to(device)
     opt = torch.optim.Adam(agent.parameters(), lr=args.lr)
     curve = []
-    if args.resume and os.path.exists(checkpoint):  # this run was interrupted: continue it
+    if args.resume and os.path.exists(checkpoint):  # interrupted, or --episodes raised: continue
         curve = load_checkpoint(checkpoint, {"agent": agent}, {"agent": opt}, {"maze": gen})["curve"]
     maze = Maze(args.size, args.batch, gen, device)
     for _ in progress(range(len(curve), args.episodes), initial=len(curve), total=args.episodes,
@@ -235,8 +236,10 @@ def main():
     if args.resume and os.path.exists(results_path):
         with open(results_path) as f:
             curves = json.load(f)
+    # A run stored with fewer episodes than asked for continues from its checkpoint (--episodes
+    # raised on --resume); one with as many or more is done (its first --episodes are reported).
     jobs = [(v, args.seed + s) for v in args.variants for s in range(args.seeds)
-            if str(args.seed + s) not in curves.get(v, {})]
+            if len(curves.get(v, {}).get(str(args.seed + s), ())) < args.episodes]
     t0 = time.time()
 
     def done(variant, seed, curve):
@@ -260,7 +263,8 @@ def main():
             pool.close()  # let the workers exit on their own, not be terminated
             pool.join()
 
-    runs = {v: [curves[v][k] for k in sorted(curves[v], key=int)][:args.seeds] for v in args.variants}
+    seeds = [str(args.seed + s) for s in range(args.seeds)]
+    runs = {v: [curves[v][k][:args.episodes] for k in seeds] for v in args.variants}
     plot(os.path.join(args.out, "rewards.png"), runs, args.episodes)
     tail = max(1, args.episodes // 10)
     finals = {v: [sum(r[-tail:]) / tail for r in rs] for v, rs in runs.items()}

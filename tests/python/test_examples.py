@@ -1,5 +1,6 @@
 """Smoke tests: every example runs a few steps, writes its plots and checkpoint, resumes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,26 @@ def test_maze_example_runs_and_resumes(tmp_path):
         assert (tmp_path / f).exists(), f
     out = run("maze.py", *args[:-1], "--seeds", "2", "--no-progress", "--resume")
     assert "(4 runs" in out
+
+
+def test_maze_runs_extended_by_resume_equal_runs_that_long_from_the_start(tmp_path):
+    """--resume with a larger --episodes continues finished runs from their checkpoints: the
+    curves must be those of runs trained that long in one go, bit for bit (model, Adam, the
+    maze generator and the global generators all restored)."""
+    args = ["--steps", "5", "--batch", "2", "--seeds", "1", "--hidden", "8",
+            "--variants", "retroactive", "rnn", "--no-progress"]
+    whole, extended = tmp_path / "whole", tmp_path / "extended"
+    run("maze.py", *args, "--episodes", "4", "--out", str(whole))
+    run("maze.py", *args, "--episodes", "2", "--out", str(extended))
+    out = run("maze.py", *args, "--episodes", "4", "--out", str(extended), "--resume")
+    assert "(2 runs of 4 episodes" in out
+    with open(whole / "curves.json") as f:
+        expected = json.load(f)
+    with open(extended / "curves.json") as f:
+        got = json.load(f)
+    for variant in ("retroactive", "rnn"):
+        assert len(got[variant]["0"]) == 4, variant
+        assert got[variant]["0"] == expected[variant]["0"], variant
 
 
 def test_maze_agent_acts_and_learns_with_the_same_outputs():
