@@ -53,7 +53,7 @@ def main():
     ap.add_argument("--steps", "-T", type=int, default=64)
     ap.add_argument("--rule", default="retroactive", choices=list(tp.rules.RULES))
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds (default: 5)")
-    ap.add_argument("--memory-steps", type=int, default=256, help="T of the memory figure (default: 256)")
+    ap.add_argument("--memory-steps", type=int, default=256, help="T of the memory figure (default: 256; 0: no memory figure)")
     ap.add_argument("--no-reference", action="store_true", help="skip the eager reference (slow on a GPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -95,6 +95,8 @@ def main():
         print(f"  eager reference      {1e3 * t_ref / T:8.3f} ms/step   reference / plastic = {speedup:.1f}×")
 
     Tm = args.memory_steps
+    if Tm <= 0:
+        return
     um = torch.randn(Tm, B, args.input, device=device)
     fused_mem = saved_bytes(lambda: plastic(um))
     lstm_mem = saved_bytes(lambda: lstm(um))

@@ -60,10 +60,10 @@ void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
 
 // The gates i, f, o's products of rows o0 .. o1 − 1 (at most kRowBlock) for the sequences s
 // of a group (s < group) whose step is computed here (active[s]; h_{t-1} in p_group[s]), into
-// gates[s]: sequences in pairs, two rows at a time (twelve chains, as four rows of one
-// sequence), so that each row of W_ifo, which the first sequence brings in from L3, is read
-// from L1 once per pair rather than once per sequence; a sequence left over, four rows at a
-// time.
+// gates[s]: sequences in fours, one row at a time (three gates × four sequences: twelve
+// chains, as four rows of one sequence), so that each row of W_ifo is brought in from L3 once
+// per four sequences rather than once per pair; the rest in pairs, two rows at a time; a
+// sequence left over, four rows at a time.
 template <typename T>
 void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
                      const bool* active, const T* const* p_group,
@@ -77,6 +77,9 @@ void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
       pre[n++] = gates[s];
     }
   int s = 0;
+  for (; s + 4 <= n; s += 4)
+    for (int64_t o = o0; o < o1; ++o)
+      lstm_gate_rows<1, 4>(P, o, p + s, pre + s, static_cast<int>(o - o0));
   for (; s + 2 <= n; s += 2) {
     int64_t o = o0;
     for (; o + 2 <= o1; o += 2)
