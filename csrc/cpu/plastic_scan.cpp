@@ -24,12 +24,24 @@ using kernels::ScanParams;
 
 enum class Isa { Generic, Avx2, Avx512 };
 
-// The widest instruction set this CPU runs; TORCHPLASTIC_CPU_ISA=generic|avx2|avx512 caps it.
+// Which instruction sets' kernels this build has (CMake's TORCHPLASTIC_CPU_ISAS; generic
+// always). A build from elsewhere than CMake has all three.
+#ifndef TORCHPLASTIC_CPU_BUILT_AVX2
+#define TORCHPLASTIC_CPU_BUILT_AVX2 1
+#endif
+#ifndef TORCHPLASTIC_CPU_BUILT_AVX512
+#define TORCHPLASTIC_CPU_BUILT_AVX512 1
+#endif
+
+// The widest instruction set this CPU runs and this build has; TORCHPLASTIC_CPU_ISA=
+// generic|avx2|avx512 caps it.
 Isa detect_isa() {
   __builtin_cpu_init();
   Isa best = Isa::Generic;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
-  if (best == Isa::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+  if (TORCHPLASTIC_CPU_BUILT_AVX2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    best = Isa::Avx2;
+  if (TORCHPLASTIC_CPU_BUILT_AVX512 && best == Isa::Avx2 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512vl"))
     best = Isa::Avx512;
   if (const char* cap = std::getenv("TORCHPLASTIC_CPU_ISA")) {
     if (std::strcmp(cap, "generic") == 0) best = Isa::Generic;
@@ -71,8 +83,12 @@ void forward(const ScanParams<T>& P) {
     for (int64_t u = next(); u >= 0; u = next()) {
       const int64_t begin = u * group, end = std::min(P.B, begin + group);
       switch (cpu_isa()) {
+#if TORCHPLASTIC_CPU_BUILT_AVX512
         case Isa::Avx512: avx512::forward_range(P, begin, end, m.data()); break;
+#endif
+#if TORCHPLASTIC_CPU_BUILT_AVX2
         case Isa::Avx2: avx2::forward_range(P, begin, end, m.data()); break;
+#endif
         default: generic::forward_range(P, begin, end, m.data());
       }
     }
@@ -100,8 +116,12 @@ void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
     for (int64_t u = next(); u >= 0; u = next()) {
       const int64_t begin = u * group, end = std::min(P.B, begin + group);
       switch (cpu_isa()) {
+#if TORCHPLASTIC_CPU_BUILT_AVX512
         case Isa::Avx512: avx512::backward_range(P, G, begin, end, W.data()); break;
+#endif
+#if TORCHPLASTIC_CPU_BUILT_AVX2
         case Isa::Avx2: avx2::backward_range(P, G, begin, end, W.data()); break;
+#endif
         default: generic::backward_range(P, G, begin, end, W.data());
       }
     }
