@@ -86,7 +86,8 @@ demo: build
 ASAN_BUILD ?= build-asan
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DBUILD_TESTING=ON -DWITH_CUDA=OFF -DTORCHPLASTIC_PYTHON=OFF \
-	    -DTORCHPLASTIC_SANITIZE=ON -DTORCHPLASTIC_CPU_ISAS='generic;avx2' -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython3_EXECUTABLE=$(abspath $(PY)) \
+	    -DTORCHPLASTIC_SANITIZE=ON -DTORCHPLASTIC_CPU_ISAS='generic;avx2' \
+	    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython3_EXECUTABLE=$(abspath $(PY)) \
 	    -DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)') \
 	    -DTORCHPLASTIC_PYTHON_OUTPUT_DIR=$(abspath $(ASAN_BUILD))/lib > /dev/null
 	cmake --build $(ASAN_BUILD)

@@ -38,7 +38,8 @@ enum class Isa { Generic, Avx2, Avx512 };
 Isa detect_isa() {
   __builtin_cpu_init();
   Isa best = Isa::Generic;
-  if (TORCHPLASTIC_CPU_BUILT_AVX2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+  if (TORCHPLASTIC_CPU_BUILT_AVX2 && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma"))
     best = Isa::Avx2;
   if (TORCHPLASTIC_CPU_BUILT_AVX512 && best == Isa::Avx2 && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512vl"))
