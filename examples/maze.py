@@ -213,7 +213,8 @@ def main():
     add_common_args(ap, default_out="out/maze")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seeds", type=int, default=3, help="runs per variant (seed, seed+1, ...; default: 3)")
-    ap.add_argument("--episodes", type=int, default=650, help="training episodes per run (default: 650, about 17 min on 2 cores; "
+    ap.add_argument("--episodes", type=int, default=650,
+                    help="training episodes per run (default: 650, about 17 min on 2 cores; "
                          "the paper's ordering, seeds apart, shows from about 1600)")
     ap.add_argument("--steps", type=int, default=200, help="time steps per episode")
     ap.add_argument("--batch", type=int, default=32, help="mazes per episode")
@@ -239,8 +240,9 @@ def main():
             curves = json.load(f)
     # A run stored with fewer episodes than asked for continues from its checkpoint (--episodes
     # raised on --resume); one with as many or more is done (its first --episodes are reported).
-    jobs = [(v, args.seed + s) for v in args.variants for s in range(args.seeds)
-            if len(curves.get(v, {}).get(str(args.seed + s), ())) < args.episodes]
+    seeds = [str(args.seed + s) for s in range(args.seeds)]  # as curves.json keys them
+    jobs = [(v, int(k)) for v in args.variants for k in seeds
+            if len(curves.get(v, {}).get(k, ())) < args.episodes]
     t0 = time.time()
 
     def done(variant, seed, curve):
@@ -264,7 +266,6 @@ def main():
             pool.close()  # let the workers exit on their own, not be terminated
             pool.join()
 
-    seeds = [str(args.seed + s) for s in range(args.seeds)]
     runs = {v: [curves[v][k][:args.episodes] for k in seeds] for v in args.variants}
     plot(os.path.join(args.out, "rewards.png"), runs, args.episodes)
     tail = max(1, args.episodes // 10)
