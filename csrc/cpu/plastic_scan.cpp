@@ -11,6 +11,8 @@
 #include <cstring>
 #include <vector>
 
+#include <unistd.h>
+
 #include "cpu/memory.h"
 #include "cpu/plastic_scan_isa.h"
 #include "ops/scan.h"
@@ -96,20 +98,56 @@ void forward(const ScanParams<T>& P) {
   });
 }
 
+// The size of one core's L2 cache in bytes, or 0 where the C library does not tell.
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return n > 0 ? static_cast<int64_t>(n) : int64_t(0);
+#else
+    return int64_t(0);
+#endif
+  }();
+  return bytes;
+}
+
+// How many sequences the plastic LSTM's backward runs in lockstep (backward_lstm_group). In
+// lockstep one read of W_ifo (3H × H) per step serves the whole group, but the group's working
+// sets take turns in L2 step by step. Where one sequence's working set fits in L2 and
+// kLstmBackwardGroup of them do not, one sequence at a time keeps it there, and that pays more
+// than the shared reads of W_ifo (README, the plastic LSTM); otherwise, whether all of a group
+// fits or not even one does, the group goes in lockstep. `workspace`: elements of one
+// sequence's BackwardWorkspace.
+template <typename T>
+int64_t lstm_backward_group(const ScanParams<T>& P, int64_t workspace) {
+  const auto traits = kernels::traits(P.rule);
+  // Besides its workspace, a sequence's backward sweeps per step α, W_hh's g rows, its dL/dα
+  // slab and its checkpoint of H, each [O, I]; then E's checkpoint, η and its slab when per
+  // connection, A–D and their slabs.
+  const int64_t per_connection = 4 + (traits.eligibility ? 1 : 0) +
+                                 (P.eta_per_connection ? 2 : 0) +
+                                 (traits.coefficients ? 8 : 0);
+  const int64_t bytes =
+      static_cast<int64_t>(sizeof(T)) * (workspace + per_connection * P.O * P.I);
+  const int64_t l2 = l2_bytes();
+  const bool one_fits = l2 > 0 && bytes <= l2, group_fits = kLstmBackwardGroup * bytes <= l2;
+  return one_fits && !group_fits ? 1 : kLstmBackwardGroup;
+}
+
 template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
+  using Workspace = BackwardWorkspace<T>;
   const bool retro = kernels::traits(P.rule).eligibility;
-  // Units of one sequence; for the plastic LSTM, of up to kLstmBackwardGroup, which the kernel
+  const int64_t K = P.checkpoint_every;
+  const int64_t size = Workspace::size(K, P.O, P.I, retro, P.has_scaling);
+  // Units of one sequence; for the plastic LSTM, of up to lstm_backward_group, which the kernel
   // runs in lockstep (smaller ones when there are few sequences per thread, as the forward's).
   const int64_t threads = at::get_num_threads();
   const int64_t group = !P.lstm ? 1
                                 : std::max<int64_t>(1, std::min<int64_t>(
-                                                           kLstmBackwardGroup,
+                                                           lstm_backward_group(P, size),
                                                            (P.B + 2 * threads - 1) / (2 * threads)));
   run_units((P.B + group - 1) / group, [&](const auto& next) {
-    using Workspace = BackwardWorkspace<T>;
-    const int64_t K = P.checkpoint_every;
-    const int64_t size = Workspace::size(K, P.O, P.I, retro, P.has_scaling);
     std::vector<T> memory(group * size);
     std::vector<Workspace> W;
     for (int64_t s = 0; s < group; ++s)
