@@ -27,6 +27,19 @@ void backward_range(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t 
   });
 }
 
+// Rows o0 .. o1 − 1 of a batch of single steps whose slabs the kernels sum (G.slabs_summed).
+template <typename T>
+void batch_single_step_range(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t o0,
+                             int64_t o1, const BackwardWorkspace<T>& W, T* grad_p) {
+  with_variant(P, [&](auto variant) {
+    batch_single_step_rows<decltype(variant)>(P, G, o0, o1, W, grad_p);
+  });
+}
+
+template void batch_single_step_range<TORCHPLASTIC_CPU_SCALAR>(
+    const ScanParams<TORCHPLASTIC_CPU_SCALAR>&, const ScanGradParams<TORCHPLASTIC_CPU_SCALAR>&,
+    int64_t, int64_t, const BackwardWorkspace<TORCHPLASTIC_CPU_SCALAR>&,
+    TORCHPLASTIC_CPU_SCALAR*);
 template void backward_range<TORCHPLASTIC_CPU_SCALAR>(
     const ScanParams<TORCHPLASTIC_CPU_SCALAR>&, const ScanGradParams<TORCHPLASTIC_CPU_SCALAR>&,
     int64_t, int64_t, const BackwardWorkspace<TORCHPLASTIC_CPU_SCALAR>*);

@@ -13,19 +13,24 @@ namespace torchplastic {
 namespace cpu {
 namespace TORCHPLASTIC_CPU_ISA {
 
-// The backward of sequence b when it has a single step (T_ = 1, a cell's step) and its
-// modulation, if any, is row-local (external): each row is traced, then finished while its
-// rows of H_0 and dL/dH are still in L1, instead of a pass over all rows for each half. Row
+// Rows o0 .. o1 − 1 of sequence b's backward when it has a single step (T_ = 1, a cell's step)
+// and its modulation, if any, is row-local (external): each row is traced, then finished while
+// its rows of H_0 and dL/dH are still in L1, instead of a pass over all rows for each half. Row
 // o's dL/da_0 is complete once its trace half is, as nothing of the other rows reaches dL/dy_0
-// (internal modulation would, through m_0, which reads all of y_0). S.gH (S.gE) points into
-// the output dL/dH_0 (dL/dE_0): each row is copied there from dL/dH_1 (dL/dE_1), and its slab
-// rows zeroed, just before its passes, so that these land in L1 for them instead of taking a
-// pass over the whole trace each first.
+// (internal modulation would, through m_0, which reads all of y_0). Each row of dL/dH_1
+// (dL/dE_1) is copied into the output dL/dH_0 (dL/dE_0), where the row's passes update it, and
+// the row's slab rows zeroed if `zero_slabs`, just before its passes, so that these land in L1
+// for them instead of taking a pass over the whole trace each first. The rows' share of dL/dp_0
+// goes to grad_p [I] (O: recurrent).
 template <typename V, typename T>
-void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
-                          const BackwardWorkspace<T>& S, const SequenceGrads<T>& sg) {
+void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b, int64_t o0,
+                      int64_t o1, const BackwardWorkspace<T>& workspace,
+                      const SequenceGrads<T>& sg, bool zero_slabs, T* grad_p) {
   constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
-  const int64_t O = P.O, I = P.I;
+  const int64_t O = P.O, I = P.I, OI = O * I;
+  BackwardWorkspace<T> S = workspace;
+  S.gH = G.grad_trace0 + b * OI;
+  if (retro) S.gE = G.grad_elig0 + b * OI;
   StepView<T> step;
   step.t = 0;
   step.b = b;
@@ -38,13 +43,14 @@ void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, in
   const T* grad_theta = P.has_threshold ? G.grad_theta + b * O : nullptr;
   const T* grad_hidden = P.recurrent ? G.grad_hidden + b * O : nullptr;
   T* grad_z = G.grad_z + b * O;
-  std::fill_n(S.gp, I, T(0));       // dL/dp_0: the trace halves' share
-  std::fill_n(S.gp_done, I, T(0));  // and the finish halves'
-  for (int64_t o = 0; o < O; ++o) {
+  const int64_t Ip = P.recurrent ? O : I;
+  std::fill_n(S.gp, Ip, T(0));       // dL/dp_0: the trace halves' share
+  std::fill_n(S.gp_done, Ip, T(0));  // and the finish halves'
+  for (int64_t o = o0; o < o1; ++o) {
     const int64_t row = o * I;
     std::memcpy(S.gH + row, G.grad_trace + b * G.grad_trace_stride + row, sizeof(T) * I);
     if (retro) std::memcpy(S.gE + row, G.grad_elig + b * G.grad_elig_stride + row, sizeof(T) * I);
-    sg.template zero_rows<V>(O, I, o, 1);
+    if (zero_slabs) sg.template zero_rows<V>(O, I, o, 1);
     const T* H = step.H_anchor + row;
     const T* E = retro ? step.E_anchor + row : nullptr;
     S.gy[o] = grad_y[o] + (grad_theta ? P.threshold_rate * grad_theta[o] : T(0));
@@ -52,13 +58,36 @@ void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, in
     const T gy = S.gy[o] + (grad_hidden ? grad_hidden[o] : T(0));
     S.ga[o] = grad_z[o] = gy * kernels::activation_grad(P.activation, step.y[o]);
     backward_row<V, true, false, 0, 1>(P, S, step, step, H, E, sg, o);
+    if (modulated) G.grad_mod[b * O + o] = S.gm[o];
+    if (grad_theta) G.grad_theta0[b * O + o] = grad_theta[o] - S.ga[o];
   }
-  for (int64_t i = 0; i < I; ++i) S.gp_done[i] += S.gp[i];
-  std::memcpy(P.recurrent ? G.grad_hidden0 + b * O : G.grad_x + b * I, S.gp_done,
-              sizeof(T) * (P.recurrent ? O : I));
-  if (modulated) std::memcpy(G.grad_mod + b * O, S.gm, sizeof(T) * O);
-  if (grad_theta)
-    for (int64_t o = 0; o < O; ++o) G.grad_theta0[b * O + o] = grad_theta[o] - S.ga[o];
+  for (int64_t i = 0; i < Ip; ++i) grad_p[i] = S.gp_done[i] + S.gp[i];
+}
+
+// The backward of sequence b when it has a single step (see single_step_rows): all its rows,
+// into its own slabs.
+template <typename V, typename T>
+void backward_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b,
+                          const BackwardWorkspace<T>& S, const SequenceGrads<T>& sg) {
+  single_step_rows<V>(P, G, b, 0, P.O, S, sg, true,
+                      P.recurrent ? G.grad_hidden0 + b * P.O : G.grad_x + b * P.I);
+}
+
+// Rows o0 .. o1 − 1 of a batch's single step (every sequence one step long, modulation
+// row-local, G.slabs_summed): the batch's sequences in order, each row block's dL/dα (dL/dη,
+// dL/dA–D) summed over them in that order into the one slab G holds, where it stays in cache
+// from one sequence to the next; a slab per sequence would be written out and read back to
+// be summed. Each sequence's share of dL/dp_0 from these rows goes to grad_p [B, I] (O:
+// recurrent), which the caller sums over the row blocks in order, so the results depend on
+// the blocks (fixed by O) but not on the threads.
+template <typename V, typename T>
+void batch_single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t o0,
+                            int64_t o1, const BackwardWorkspace<T>& S, T* grad_p) {
+  const SequenceGrads<T> sg = SequenceGrads<T>::template of_sequence<V>(G, 0, P.O, P.I);
+  sg.template zero_rows<V>(P.O, P.I, o0, o1 - o0);
+  const int64_t Ip = P.recurrent ? P.O : P.I;
+  for (int64_t b = 0; b < P.B; ++b)
+    single_step_rows<V>(P, G, b, o0, o1, S, sg, false, grad_p + b * Ip);
 }
 
 // The backward of one sequence, in the steps a caller interleaves with other sequences': begin,

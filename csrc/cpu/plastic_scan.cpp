@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include <unistd.h>
@@ -134,12 +135,61 @@ int64_t lstm_backward_group(const ScanParams<T>& P, int64_t workspace) {
   return one_fits && !group_fits ? 1 : kLstmBackwardGroup;
 }
 
+// The single steps of a batch whose dL/dα (dL/dη, dL/dA–D) the kernels sum into one slab
+// (G.slabs_summed): units of row blocks, fixed by O alone, each running every sequence over its
+// rows (batch_single_step_rows); then each sequence's dL/dp_0, summed over the blocks in
+// order.
+template <typename T>
+void batch_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t size) {
+  TORCH_INTERNAL_ASSERT(P.T == 1 && !P.lengths && !P.internal_modulation() && !P.lstm &&
+                            !P.has_scaling,
+                        "plastic_scan_backward: summed slabs outside a batch of single steps");
+  using Workspace = BackwardWorkspace<T>;
+  const bool retro = kernels::traits(P.rule).eligibility;
+  // Blocks of at least kSingleStepRows rows, a power of two of them, so that they split evenly
+  // over two or four threads, and at most kSingleStepBlocks.
+  int64_t blocks = 1;
+  while (2 * blocks <= kSingleStepBlocks && 2 * blocks * kSingleStepRows <= P.O) blocks *= 2;
+  const int64_t rows = (P.O + blocks - 1) / blocks;
+  const int64_t Ip = P.recurrent ? P.O : P.I;  // dL/dp_0 per sequence
+  // Every element is written by its block (uninitialised: a zeroing pass would cost a trip
+  // through memory at large O).
+  std::unique_ptr<T[]> partial(new T[blocks * P.B * Ip]);
+  run_units(blocks, [&](const auto& next) {
+    std::vector<T> memory(size);
+    const Workspace W =
+        Workspace::carve(memory.data(), P.checkpoint_every, P.O, P.I, retro, P.has_scaling);
+    for (int64_t u = next(); u >= 0; u = next()) {
+      const int64_t o0 = u * rows, o1 = std::min(P.O, o0 + rows);
+      T* grad_p = partial.get() + u * P.B * Ip;
+      switch (cpu_isa()) {
+#if TORCHPLASTIC_CPU_BUILT_AVX512
+        case Isa::Avx512: avx512::batch_single_step_range(P, G, o0, o1, W, grad_p); break;
+#endif
+#if TORCHPLASTIC_CPU_BUILT_AVX2
+        case Isa::Avx2: avx2::batch_single_step_range(P, G, o0, o1, W, grad_p); break;
+#endif
+        default: generic::batch_single_step_range(P, G, o0, o1, W, grad_p);
+      }
+    }
+  });
+  T* grad_p = P.recurrent ? G.grad_hidden0 : G.grad_x;
+  at::parallel_for(0, P.B * Ip, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      T sum = partial[j];
+      for (int64_t u = 1; u < blocks; ++u) sum += partial[u * P.B * Ip + j];
+      grad_p[j] = sum;
+    }
+  });
+}
+
 template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
   using Workspace = BackwardWorkspace<T>;
   const bool retro = kernels::traits(P.rule).eligibility;
   const int64_t K = P.checkpoint_every;
   const int64_t size = Workspace::size(K, P.O, P.I, retro, P.has_scaling);
+  if (G.slabs_summed) return batch_single_step(P, G, size);
   // Units of one sequence; for the plastic LSTM, of up to lstm_backward_group, which the kernel
   // runs in lockstep (smaller ones when there are few sequences per thread, as the forward's).
   const int64_t threads = at::get_num_threads();
@@ -179,7 +229,7 @@ const char* isa_name() {
 
 const detail::ScanBackend backend{&forward<float>,  &forward<double>, &backward<float>,
                                   &backward<double>, &empty_buffer,    &read_only_zeros,
-                                  /*zeroes_grad_slabs=*/true};
+                                  /*zeroes_grad_slabs=*/true, /*sums_single_step_slabs=*/true};
 
 }  // namespace cpu
 }  // namespace torchplastic

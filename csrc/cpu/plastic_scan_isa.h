@@ -16,6 +16,12 @@ constexpr int kRowBlock = 8;
 // The plastic LSTM's backward runs up to this many sequences in lockstep, step by step
 // (backward_sequence.h, backward_lstm_group), each with a workspace of its own.
 constexpr int kLstmBackwardGroup = 4;
+// The single steps of a batch with summed slabs (backward_sequence.h, batch_single_step_rows)
+// go in blocks of at least this many rows, at most kSingleStepBlocks blocks: each block reads
+// a run of rows of every sequence's trace and dL/dH, and runs much shorter than this left the
+// prefetchers too little to follow; few blocks also leave few partial dL/dp to sum.
+constexpr int64_t kSingleStepRows = 32;
+constexpr int64_t kSingleStepBlocks = 16;
 // The instruction set whose kernels this process runs: "avx512", "avx2" or "generic".
 const char* isa_name();
 }  // namespace cpu
@@ -30,6 +36,10 @@ const char* isa_name();
   template <typename T>                                                                       \
   void backward_range(const kernels::ScanParams<T>& P, const kernels::ScanGradParams<T>& G,   \
                       int64_t begin, int64_t end, const BackwardWorkspace<T>* W);             \
+  template <typename T>                                                                       \
+  void batch_single_step_range(const kernels::ScanParams<T>& P,                               \
+                               const kernels::ScanGradParams<T>& G, int64_t o0, int64_t o1,   \
+                               const BackwardWorkspace<T>& W, T* grad_p);                     \
   }                                                                                           \
   }                                                                                           \
   }

@@ -186,10 +186,13 @@ struct ScanGradParams {
   scalar_t* grad_elig0 = nullptr;    // [B, O, I]
   scalar_t* grad_theta0 = nullptr;   // [B, O]
   scalar_t* grad_cell0 = nullptr;    // [B, H]     LSTM only
-  // dL/dα and dL/dη, one slab per sequence, summed over the batch by the caller.
+  // dL/dα and dL/dη, one slab per sequence, summed over the batch by the caller; or, where
+  // slabs_summed (the CPU's single steps of a batch: csrc/cpu/backward_sequence.h), one slab
+  // ([1, ...]) into which the kernels sum the batch themselves.
   scalar_t* grad_alpha = nullptr;    // [B, O, I]
   scalar_t* grad_eta = nullptr;      // [B, O, I] per-connection η, else [B, O, 1]
   scalar_t* grad_coefficients = nullptr;  // [B, 4, O, I] dL/dA–dL/dD (rule abcd), per sequence
+  bool slabs_summed = false;
 };
 
 // tanh and exp in the precision of their argument: on the host a bare tanh(float) resolves to

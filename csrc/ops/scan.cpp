@@ -183,16 +183,21 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   at::Tensor grad_elig0 = retro ? backend.empty_buffer({B, O, I}, opts) : at::Tensor();
   at::Tensor grad_theta0 = a.adaptive_threshold ? at::empty({B, O}, opts) : at::Tensor();
   // One slab per sequence: summed in a fixed order after the loop, so the result does not
-  // depend on the number of threads.
+  // depend on the number of threads. Or one for the batch, which the kernels sum into in a
+  // fixed order, where the backend does so for a batch of single steps.
+  const bool slabs_summed = backend.sums_single_step_slabs && T == 1 && !p.lengths.defined() &&
+                            !internal && !a.lstm && !a.synaptic_scaling.has_value();
+  const int64_t slab_count = slabs_summed ? 1 : B;
   auto slabs = [&](at::IntArrayRef shape) {
     at::Tensor t = backend.empty_buffer(shape, opts);
     return backend.zeroes_grad_slabs ? t : t.zero_();
   };
-  at::Tensor grad_alpha_slabs = slabs({B, O, I});
+  at::Tensor grad_alpha_slabs = slabs({slab_count, O, I});
   at::Tensor grad_eta_slabs = !c.traits.uses_eta
                                   ? at::Tensor()
-                                  : slabs({B, O, eta_per_connection(p.eta, c) ? I : 1});
-  at::Tensor grad_coefficient_slabs = c.traits.coefficients ? slabs({B, 4, O, I}) : at::Tensor();
+                                  : slabs({slab_count, O, eta_per_connection(p.eta, c) ? I : 1});
+  at::Tensor grad_coefficient_slabs =
+      c.traits.coefficients ? slabs({slab_count, 4, O, I}) : at::Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(dt, "plastic_scan_backward", [&] {
     auto P = make_params<scalar_t>(a, c, p);
@@ -226,6 +231,7 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     G.grad_alpha = mut_ptr<scalar_t>(grad_alpha_slabs);
     G.grad_eta = mut_ptr<scalar_t>(grad_eta_slabs);
     G.grad_coefficients = mut_ptr<scalar_t>(grad_coefficient_slabs);
+    G.slabs_summed = slabs_summed;
     run(backend, P, G);
   });
 

@@ -32,6 +32,10 @@ struct ScanBackend {
   // just before it starts, so the slab is in cache when its passes add to it); if not, the
   // caller hands them over zeroed.
   bool zeroes_grad_slabs = false;
+  // Whether the backward of a batch of single steps (T = 1, no lengths, row-local modulation,
+  // outside the LSTM and synaptic scaling) sums the dL/dα and dL/dη slabs over the batch itself,
+  // into one slab (ScanGradParams::slabs_summed; the CPU's).
+  bool sums_single_step_slabs = false;
 };
 
 // y, hidden, trace, eligibility, threshold: plastic_scan's outputs; plastic_lstm_scan's add

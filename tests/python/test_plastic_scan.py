@@ -87,7 +87,7 @@ def test_long_rows_matches_reference(rule):
 
 
 # A single step (T = 1, a cell's step) whose modulation is row-local has a backward of its own
-# on the CPU (csrc/cpu/backward_sequence.h, backward_single_step): every rule and option it
+# on the CPU (csrc/cpu/backward_sequence.h, single_step_rows): every rule and option it
 # takes, in both modes; and, beside them, the single steps that take the general path.
 SINGLE_STEP_CASES = [
     *[Config(rule=r, recurrent=rec, T=1, source="external" if tp.rules.rule_info(r).modulated else None,
@@ -113,6 +113,51 @@ def test_single_step_gradcheck():
     cfg = Config(rule="retroactive", source="external", T=1, B=2, O=3, I=3, clip=2.0,
                  threshold=0.2, eta="connection")
     assert gradcheck_call(call, tp.functional.plastic_scan, make_inputs(cfg), atol=1e-8, rtol=1e-6)
+
+
+# A batch of single steps sums dL/dα (dL/dη, dL/dA–D) over its sequences inside the CPU
+# kernels, in blocks of at least 32 rows (csrc/cpu/plastic_scan.cpp, batch_single_step): with
+# 130 rows, four blocks of 33, 33, 33 and 31 rows, each summing every sequence's share of
+# dL/dp over its rows.
+BLOCKED_SINGLE_STEP_CASES = [
+    Config(rule="hebb", T=1, B=5, O=130),
+    Config(rule="retroactive", source="external_per_neuron", recurrent=False, T=1, B=4, O=130,
+           I=70, eta="connection", threshold=0.2, clip=0.5),
+    Config(rule="abcd", T=1, B=3, O=130, abcd="connection", clip=0.3),
+    Config(rule="modulated", source="external", T=1, B=3, O=64, alpha="neuron", eta="neuron"),
+]
+
+
+@pytest.mark.parametrize("cfg", BLOCKED_SINGLE_STEP_CASES, ids=Config.id)
+def test_single_steps_in_row_blocks_match_reference(cfg):
+    assert_matches_reference(cfg, grad_tol=dict(rtol=1e-9, atol=1e-9))
+
+
+@pytest.mark.parametrize("cfg", BLOCKED_SINGLE_STEP_CASES[:2], ids=Config.id)
+def test_single_steps_do_not_depend_on_the_number_of_threads(cfg):
+    kw = make_inputs(cfg, dtype=torch.float32)
+    leaves = tensor_inputs(kw)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            y, state = call(tp.functional.plastic_scan, kw)
+            results.append(torch.autograd.grad(loss_of(y, state), list(leaves.values()),
+                                               allow_unused=True))
+    finally:
+        torch.set_num_threads(threads)
+    for name, one, three in zip(leaves, *results):
+        assert (one is None) == (three is None), name
+        if one is not None:
+            assert torch.equal(one, three), f"grad {name} differs between 1 and 3 threads"
+
+
+def test_single_steps_in_row_blocks_gradcheck():
+    cfg = Config(rule="abcd", recurrent=False, T=1, B=2, O=66, I=3, abcd="neuron", eta="neuron",
+                 clip=2.0, threshold=0.2)
+    assert gradcheck_call(call, tp.functional.plastic_scan, make_inputs(cfg), atol=1e-8,
+                          rtol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("rule", RULES)
