@@ -84,8 +84,8 @@ void PrintTo(const Case& c, std::ostream* os) {
 
 class PlasticScanTest : public ::testing::TestWithParam<Case> {};
 
-TEST_P(PlasticScanTest, MatchesAtenLoopInValuesAndGradients) {
-  Inputs in = make_inputs(GetParam());
+// Values and gradients of plastic_scan against the ATen loop.
+void expect_matches_aten_loop(const Inputs& in) {
   auto [y, state] = plastic_scan(in.z, in.alpha, in.eta, in.trace, in.options);
   auto [y_ref, state_ref] = test_reference::reference_scan(in.z, in.alpha, in.eta, in.trace, in.options);
   EXPECT_TRUE(torch::allclose(y, y_ref, 1e-10, 1e-12));
@@ -102,6 +102,17 @@ TEST_P(PlasticScanTest, MatchesAtenLoopInValuesAndGradients) {
   ASSERT_EQ(grads.size(), grads_ref.size());
   for (size_t i = 0; i < grads.size(); ++i)
     EXPECT_TRUE(torch::allclose(grads[i], grads_ref[i], 1e-9, 1e-11)) << "gradient of leaf " << i;
+}
+
+TEST_P(PlasticScanTest, MatchesAtenLoopInValuesAndGradients) {
+  expect_matches_aten_loop(make_inputs(GetParam()));
+}
+
+// A batch of single steps: with row-local modulation (or none) the CPU backward sums dL/dα over
+// the batch in blocks of rows (csrc/cpu/plastic_scan.cpp, batch_single_step), here four of
+// 33, 33, 33 and 31 rows; under the sanitizers too.
+TEST_P(PlasticScanTest, SingleStepsInRowBlocksMatchAtenLoop) {
+  expect_matches_aten_loop(make_inputs(GetParam(), /*T=*/1, /*B=*/3, /*O=*/130, /*I=*/70));
 }
 
 // create_graph=True: the op's gradients are differentiable, here through a penalty on them.
