@@ -40,6 +40,7 @@ template void batch_single_step_range<TORCHPLASTIC_CPU_SCALAR>(
     const ScanParams<TORCHPLASTIC_CPU_SCALAR>&, const ScanGradParams<TORCHPLASTIC_CPU_SCALAR>&,
     int64_t, int64_t, const BackwardWorkspace<TORCHPLASTIC_CPU_SCALAR>&,
     TORCHPLASTIC_CPU_SCALAR*);
+
 template void backward_range<TORCHPLASTIC_CPU_SCALAR>(
     const ScanParams<TORCHPLASTIC_CPU_SCALAR>&, const ScanGradParams<TORCHPLASTIC_CPU_SCALAR>&,
     int64_t, int64_t, const BackwardWorkspace<TORCHPLASTIC_CPU_SCALAR>*);
