@@ -1,6 +1,7 @@
 // The CPU backward of one sequence (backward_sequence): its segments in reverse, each from its
 // checkpoint through the row passes of csrc/cpu/backward.h; and the single step of a cell
-// (backward_single_step), whose rows are each traced and finished in one visit.
+// (backward_single_step), whose rows are each traced and finished in one visit, or of a whole
+// batch in blocks of rows (batch_single_step_rows).
 #pragma once
 
 #include <cstring>
