@@ -50,8 +50,18 @@ def run_once(kw):
     return [y.detach(), state.trace.detach(), *grads]
 
 
-def test_threads_and_thread_counts_give_identical_results():
-    cfg = Config(rule="retroactive", source="internal", clip=1.0, T=20, B=8, O=16, I=16)
+# A sequence per unit of work, and a batch of single steps, whose backward sums dL/dα over the
+# batch in blocks of rows (csrc/cpu/plastic_scan.cpp, batch_single_step; 130 rows: four blocks).
+THREAD_CASES = [
+    Config(rule="retroactive", source="internal", clip=1.0, T=20, B=8, O=16, I=16),
+    Config(rule="hebb", T=1, B=5, O=130),
+    Config(rule="retroactive", source="external_per_neuron", recurrent=False, T=1, B=4, O=130,
+           I=70, eta="connection", threshold=0.2, clip=0.5),
+]
+
+
+@pytest.mark.parametrize("cfg", THREAD_CASES, ids=Config.id)
+def test_threads_and_thread_counts_give_identical_results(cfg):
     kw = make_inputs(cfg)
     reference = run_once(kw)
     old = torch.get_num_threads()
