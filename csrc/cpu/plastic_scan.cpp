@@ -59,6 +59,39 @@ Isa cpu_isa() {
   return isa;
 }
 
+// The time loops of one instruction set (plastic_scan_isa.h).
+template <typename T>
+struct IsaKernels {
+  void (*forward_range)(const ScanParams<T>&, int64_t, int64_t, T*);
+  void (*backward_range)(const ScanParams<T>&, const ScanGradParams<T>&, int64_t, int64_t,
+                         const BackwardWorkspace<T>*);
+  void (*batch_single_step_range)(const ScanParams<T>&, const ScanGradParams<T>&, int64_t,
+                                  int64_t, const BackwardWorkspace<T>&, T*);
+};
+
+// Those of cpu_isa(), the one place that names each instruction set's kernels.
+template <typename T>
+const IsaKernels<T>& kernels_of_isa() {
+  static const IsaKernels<T> chosen = [] {
+    switch (cpu_isa()) {
+#if TORCHPLASTIC_CPU_BUILT_AVX512
+      case Isa::Avx512:
+        return IsaKernels<T>{&avx512::forward_range<T>, &avx512::backward_range<T>,
+                             &avx512::batch_single_step_range<T>};
+#endif
+#if TORCHPLASTIC_CPU_BUILT_AVX2
+      case Isa::Avx2:
+        return IsaKernels<T>{&avx2::forward_range<T>, &avx2::backward_range<T>,
+                             &avx2::batch_single_step_range<T>};
+#endif
+      default:
+        return IsaKernels<T>{&generic::forward_range<T>, &generic::backward_range<T>,
+                             &generic::batch_single_step_range<T>};
+    }
+  }();
+  return chosen;
+}
+
 // Runs worker(next) on each of torch's intra-op threads (as many as there are units, at
 // most); next() hands out units 0 .. n − 1 one at a time and then −1. On a shared machine one
 // thread can fall behind the other, and with a static split the rest wait for it at the end;
@@ -86,15 +119,7 @@ void forward(const ScanParams<T>& P) {
     std::vector<T> m(P.O);
     for (int64_t u = next(); u >= 0; u = next()) {
       const int64_t begin = u * group, end = std::min(P.B, begin + group);
-      switch (cpu_isa()) {
-#if TORCHPLASTIC_CPU_BUILT_AVX512
-        case Isa::Avx512: avx512::forward_range(P, begin, end, m.data()); break;
-#endif
-#if TORCHPLASTIC_CPU_BUILT_AVX2
-        case Isa::Avx2: avx2::forward_range(P, begin, end, m.data()); break;
-#endif
-        default: generic::forward_range(P, begin, end, m.data());
-      }
+      kernels_of_isa<T>().forward_range(P, begin, end, m.data());
     }
   });
 }
@@ -161,16 +186,8 @@ void batch_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
         Workspace::carve(memory.data(), P.checkpoint_every, P.O, P.I, retro, P.has_scaling);
     for (int64_t u = next(); u >= 0; u = next()) {
       const int64_t o0 = u * rows, o1 = std::min(P.O, o0 + rows);
-      T* grad_p = partial.get() + u * P.B * Ip;
-      switch (cpu_isa()) {
-#if TORCHPLASTIC_CPU_BUILT_AVX512
-        case Isa::Avx512: avx512::batch_single_step_range(P, G, o0, o1, W, grad_p); break;
-#endif
-#if TORCHPLASTIC_CPU_BUILT_AVX2
-        case Isa::Avx2: avx2::batch_single_step_range(P, G, o0, o1, W, grad_p); break;
-#endif
-        default: generic::batch_single_step_range(P, G, o0, o1, W, grad_p);
-      }
+      kernels_of_isa<T>().batch_single_step_range(P, G, o0, o1, W,
+                                                  partial.get() + u * P.B * Ip);
     }
   });
   T* grad_p = P.recurrent ? G.grad_hidden0 : G.grad_x;
@@ -204,15 +221,7 @@ void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
       W.push_back(Workspace::carve(memory.data() + s * size, K, P.O, P.I, retro, P.has_scaling));
     for (int64_t u = next(); u >= 0; u = next()) {
       const int64_t begin = u * group, end = std::min(P.B, begin + group);
-      switch (cpu_isa()) {
-#if TORCHPLASTIC_CPU_BUILT_AVX512
-        case Isa::Avx512: avx512::backward_range(P, G, begin, end, W.data()); break;
-#endif
-#if TORCHPLASTIC_CPU_BUILT_AVX2
-        case Isa::Avx2: avx2::backward_range(P, G, begin, end, W.data()); break;
-#endif
-        default: generic::backward_range(P, G, begin, end, W.data());
-      }
+      kernels_of_isa<T>().backward_range(P, G, begin, end, W.data());
     }
   });
 }
