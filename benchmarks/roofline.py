@@ -12,13 +12,17 @@ The passes and what they move per step (counted from the loops in csrc/cpu/forwa
 backward.h and kernels/rules/hebb.h; E = B·N² trace elements, one per connection and
 sequence; an "op" is one vector multiply or fused multiply-add, counted as 2 FLOPs):
 
-* forward: per element, H read and written once (the row block stays in L1 between the
-  matrix-vector product and the update) from where the thread's traces live (B/threads · N² · 4
-  bytes: beyond L2 at B=32), α and W read from L2 once per group of 4 sequences in lockstep;
-  4 ops: (α·H + W)·p and the update (1 − η)·H + ηy·p.
+* forward: a thread takes the sequences four at a time through all T steps (in lockstep), so
+  its working set is the group's four traces, α and W (6·N²·4 bytes: 1.5 MB at N=256), not all
+  its sequences' traces. Per element, H read and written once (each step updates a row and uses
+  it from the register for the next pre-activation), α and W read from L2 once per group;
+  the checkpoints, one trace per K steps, written with non-temporal stores to where all of them
+  live (working set: every checkpoint of the thread's sequences); 4 ops: (α·H + W)·p and the
+  update (1 − η)·H + ηy·p.
 * backward, anchors: per segment of K steps, each trace is stepped from its checkpoint to the
   anchor before step 4 (advance_row; every 4th step): at K = 8, half a step-update (1 op) and
-  an eighth of a read (checkpoint, beyond L2) and of a write (anchor, L2) per element and step.
+  an eighth of a read (checkpoint, from where the checkpoints live) and of a write (anchor, L2)
+  per element and step.
   Not timed apart: it runs inside each sequence's loop between row passes (the figure at
   K = 4, where the checkpoints are the anchors, is no substitute: its row passes then read
   every anchor from beyond L2). Its bound is shown; its time is in the backward loop's.
@@ -120,16 +124,18 @@ def main():
 
     E, f32 = B * N * N, 4
     traces_per_thread = -(-B // threads) * N * N * f32
-    l2_set = 6 * N * N * f32
+    checkpoints_per_thread = (math.ceil(T / K) - 1) * traces_per_thread
+    l2_set = 6 * N * N * f32  # a forward group's (4 traces, α, W) or a sequence's backward
     advanced = (K - 1) // 4 * 4 / K  # step-updates per step for the anchors
     # Per pass: seconds per step, ops per step, and (bytes per step, working set they come from).
     passes = {
-        "forward": (t_forward, 4 * E, [(2 * f32 * E, traces_per_thread), (2 * f32 * E / 4, 2 * N * N * f32)]),
+        "forward": (t_forward, 4 * E, [(2 * f32 * E + 2 * f32 * E / 4, l2_set),
+                                       (f32 * E / K, checkpoints_per_thread)]),
         "backward loop: anchors": (None, 2 * advanced * E,
-                                   [(f32 * E / K, traces_per_thread), (f32 * E / K, l2_set)]),
+                                   [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set)]),
         "backward loop: row passes": (None, 14 * E, [(28 * E, l2_set)]),
         "backward loop, both": (t_loop, (2 * advanced + 14) * E,
-                                [(f32 * E / K, traces_per_thread), (f32 * E / K + 28 * E, l2_set)]),
+                                [(f32 * E / K, checkpoints_per_thread), (f32 * E / K + 28 * E, l2_set)]),
         "backward: dL/dW GEMM": (t_gemm, B * N * N, [(2 * B * N * f32, 2 * T * B * N * f32 // threads)]),
         "backward: dL/dα slab sum": (t_slabs, E / T / 2, [(f32 * E / T, traces_per_thread)]),
     }
