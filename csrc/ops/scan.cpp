@@ -251,11 +251,15 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   grads.trace = like(a.trace, grad_trace0);
   if (!c.recurrent) grads.x = like(a.x, grad_x);
   if (c.recurrent) {
-    // dL/dW = Σ_t dL/da_tᵀ h_{t-1}: one GEMM over the stored per-step vectors (the LSTM's
-    // over its four gates: dL/dW_hh).
-    const at::Tensor h_prev = at::cat({p.hidden0.unsqueeze(0), y_c}).slice(0, 0, T);
-    grads.weight = like(a.weight, grad_z.reshape({T * B, grad_z.size(2)}).t().mm(
-                                      h_prev.reshape({T * B, O})));
+    // dL/dW = Σ_t dL/da_tᵀ h_{t-1} (the LSTM's over its four gates: dL/dW_hh): step 0's
+    // product with h_0, then one GEMM over steps 1 .. T − 1 of the stored per-step vectors,
+    // views of them, where concatenating h_0 with them first copied them all.
+    const int64_t Z = grad_z.size(2);
+    at::Tensor grad_weight = T > 0 ? grad_z[0].t().mm(p.hidden0) : at::zeros({Z, O}, grad_z.options());
+    if (T > 1)
+      grad_weight.addmm_(grad_z.slice(0, 1, T).reshape({(T - 1) * B, Z}).t(),
+                         y_c.slice(0, 0, T - 1).reshape({(T - 1) * B, O}));
+    grads.weight = like(a.weight, grad_weight);
     grads.hidden = like(a.hidden, grad_hidden0);
   }
   if (a.lstm) grads.cell = like(a.cell, grad_cell0);

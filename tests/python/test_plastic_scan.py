@@ -240,8 +240,10 @@ def test_zero_steps_returns_state_unchanged():
     torch.testing.assert_close(state.hidden, kw["hidden"], rtol=0, atol=0)
     assert state.trace.data_ptr() != kw["trace"].data_ptr(), "outputs must not alias inputs"
     loss = loss_of(y, state)
-    grads = torch.autograd.grad(loss, [kw["trace"], kw["hidden"]])
+    grads = torch.autograd.grad(loss, [kw["trace"], kw["hidden"], kw["weight"]])
     assert grads[0].shape == kw["trace"].shape
+    # No step read W: its gradient is zero (an empty sum over steps, not a product with h_0).
+    assert torch.equal(grads[2], torch.zeros_like(kw["weight"]))
 
 
 def test_float32_matches_float64_reference():
