@@ -255,7 +255,8 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     // product with h_0, then one GEMM over steps 1 .. T − 1 of the stored per-step vectors,
     // views of them, where concatenating h_0 with them first copied them all.
     const int64_t Z = grad_z.size(2);
-    at::Tensor grad_weight = T > 0 ? grad_z[0].t().mm(p.hidden0) : at::zeros({Z, O}, grad_z.options());
+    at::Tensor grad_weight =
+        T > 0 ? grad_z[0].t().mm(p.hidden0) : at::zeros({Z, O}, grad_z.options());
     if (T > 1)
       grad_weight.addmm_(grad_z.slice(0, 1, T).reshape({(T - 1) * B, Z}).t(),
                          y_c.slice(0, 0, T - 1).reshape({(T - 1) * B, O}));
