@@ -106,7 +106,7 @@ def main():
 
     kw = recurrent_hebb_inputs(T, B, N, requires_grad=False)
     ops = torch.ops.torchplastic
-    K = math.ceil(math.sqrt(T))  # the op's default checkpoint interval
+    K = tp._C.checkpoint_interval(T)  # the op's default checkpoint interval
     op_args = dict.fromkeys(tp.functional.SCAN_ARGUMENTS)  # the op's arguments, None where unused
     op_args.update(z=kw["z"], alpha=kw["alpha"], eta=kw["eta"], weight=kw["weight"], rule="hebb",
                  activation="tanh", target_activity=0.0, checkpoint_every=K)
