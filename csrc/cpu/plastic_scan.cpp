@@ -137,6 +137,19 @@ int64_t l2_bytes() {
   return bytes;
 }
 
+// One backward worker's scratch for these parameters: its size in elements, and its arrays
+// laid out in `memory`, which holds that many.
+template <typename T>
+int64_t workspace_size(const ScanParams<T>& P) {
+  return BackwardWorkspace<T>::size(P.checkpoint_every, P.O, P.I,
+                                    kernels::traits(P.rule).eligibility, P.has_scaling);
+}
+template <typename T>
+BackwardWorkspace<T> workspace_in(const ScanParams<T>& P, T* memory) {
+  return BackwardWorkspace<T>::carve(memory, P.checkpoint_every, P.O, P.I,
+                                     kernels::traits(P.rule).eligibility, P.has_scaling);
+}
+
 // How many sequences the plastic LSTM's backward runs in lockstep (backward_lstm_group). In
 // lockstep one read of W_ifo (3H × H) per step serves the whole group, but the group's working
 // sets take turns in L2 step by step. Where one sequence's working set fits in L2 and
@@ -165,12 +178,10 @@ int64_t lstm_backward_group(const ScanParams<T>& P, int64_t workspace) {
 // rows (batch_single_step_rows); then each sequence's dL/dp_0, summed over the blocks in
 // order.
 template <typename T>
-void batch_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t size) {
+void batch_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G) {
   TORCH_INTERNAL_ASSERT(P.T == 1 && !P.lengths && !P.internal_modulation() && !P.lstm &&
                             !P.has_scaling,
                         "plastic_scan_backward: summed slabs outside a batch of single steps");
-  using Workspace = BackwardWorkspace<T>;
-  const bool retro = kernels::traits(P.rule).eligibility;
   // Blocks of at least kSingleStepRows rows, a power of two of them, so that they split evenly
   // over two or four threads, and at most kSingleStepBlocks.
   int64_t blocks = 1;
@@ -181,9 +192,8 @@ void batch_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
   // through memory at large O).
   std::unique_ptr<T[]> partial(new T[blocks * P.B * Ip]);
   run_units(blocks, [&](const auto& next) {
-    std::vector<T> memory(size);
-    const Workspace W =
-        Workspace::carve(memory.data(), P.checkpoint_every, P.O, P.I, retro, P.has_scaling);
+    std::vector<T> memory(workspace_size(P));
+    const BackwardWorkspace<T> W = workspace_in(P, memory.data());
     for (int64_t u = next(); u >= 0; u = next()) {
       const int64_t o0 = u * rows, o1 = std::min(P.O, o0 + rows);
       kernels_of_isa<T>().batch_single_step_range(P, G, o0, o1, W,
@@ -202,11 +212,8 @@ void batch_single_step(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
 
 template <typename T>
 void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
-  using Workspace = BackwardWorkspace<T>;
-  const bool retro = kernels::traits(P.rule).eligibility;
-  const int64_t K = P.checkpoint_every;
-  const int64_t size = Workspace::size(K, P.O, P.I, retro, P.has_scaling);
-  if (G.slabs_summed) return batch_single_step(P, G, size);
+  if (G.slabs_summed) return batch_single_step(P, G);
+  const int64_t size = workspace_size(P);
   // Units of one sequence; for the plastic LSTM, of up to lstm_backward_group, which the kernel
   // runs in lockstep (smaller ones when there are few sequences per thread, as the forward's).
   const int64_t threads = at::get_num_threads();
@@ -216,9 +223,8 @@ void backward(const ScanParams<T>& P, const ScanGradParams<T>& G) {
                                                            (P.B + 2 * threads - 1) / (2 * threads)));
   run_units((P.B + group - 1) / group, [&](const auto& next) {
     std::vector<T> memory(group * size);
-    std::vector<Workspace> W;
-    for (int64_t s = 0; s < group; ++s)
-      W.push_back(Workspace::carve(memory.data() + s * size, K, P.O, P.I, retro, P.has_scaling));
+    std::vector<BackwardWorkspace<T>> W;
+    for (int64_t s = 0; s < group; ++s) W.push_back(workspace_in(P, memory.data() + s * size));
     for (int64_t u = next(); u >= 0; u = next()) {
       const int64_t begin = u * group, end = std::min(P.B, begin + group);
       kernels_of_isa<T>().backward_range(P, G, begin, end, W.data());
