@@ -111,13 +111,12 @@ void update_row(const ScanParams<T>& P, int64_t o, T y, T m, const T* p, const T
   const int64_t I = P.I;
   const T* eta = P.eta_row(o);
   const T eta_o = eta[0], clip = P.clip;
-#pragma omp simd
-  for (int64_t i = 0; i < I; ++i) {
+  for_lanes<T>(I, [&](int64_t i, int) TP_ALWAYS_INLINE {
     T E = elig ? E_src[i] : T(0);
     H_dst[i] =
         next_trace<V>(P, clip, o * I + i, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
     if (elig) E_dst[i] = E;
-  }
+  });
   if (P.has_scaling) {
     T sumsq = 0;
 #pragma omp simd reduction(+ : sumsq)
