@@ -37,13 +37,13 @@ constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
 // body(i, lane) for i = 0 .. n−1, lane = i mod kLanes<T>: one `omp simd` loop of kLanes<T>
 // iterations per chunk of the row (one vector), so arrays indexed by the lane stay in
 // registers across chunks. Then the last n mod kLanes elements. GCC 12 vectorises a loop of
-// fewer iterations than a vector at half width at best and runs the rest scalar, each
-// iteration reading and writing the lane arrays in memory; under AVX-512, where that rest is
-// up to 7 floats (a row of 100: 4), it goes in chunks of half and a quarter of a vector, then
-// one by one. Under AVX2 the same split left some of the backward's row loops without any
-// full-width arithmetic (test_backward_row_loops_are_vectorised_in_every_build), so there the
-// rest stays GCC's. Lanes and their order are the same either way, so the sums are too, bit
-// for bit.
+// fewer iterations than a vector at half width at best and runs what is left scalar, each
+// iteration reading and writing the lane arrays in memory: under AVX-512 up to 7 floats per
+// row and pass (a row of 100: 4). There the rest goes in chunks of half and a quarter of a
+// vector, then one by one. Under AVX2 the same split left some of the backward's row loops
+// without any full-width arithmetic (test_backward_row_loops_are_vectorised_in_every_build),
+// so there the rest stays GCC's. Lanes and their order are the same either way, so the sums
+// are too, bit for bit (test_plastic_scan.py's sizes take every chunk: O = 6, 11, 13, 18, 20).
 template <typename T, typename Body>
 TP_ALWAYS_INLINE inline void for_lanes(int64_t n, Body&& body) {
   constexpr int L = kLanes<T>;

@@ -75,6 +75,38 @@ def test_options_match_reference(cfg):
     assert_matches_reference(cfg)
 
 
+# Rows of every length the CPU row loops split their last elements by (for_lanes,
+# csrc/cpu/simd.h: under AVX-512, half and a quarter of a vector, then one by one), in both
+# dtypes: 16 floats a vector, 29 = 16 + 8 + 4 + 1 and 15 = 8 + 4 + 3; 8 doubles, 29 = 24 + 4 + 1
+# and 15 = 8 + 4 + 2 + 1. The rest of the suite compares float64 at shorter rows.
+REMAINDER_CASES = [
+    Config(rule="hebb", O=29, T=4, B=2),
+    Config(rule="retroactive", source="fanout", clip=1.0, O=15, T=4, B=2),
+    Config(rule="oja", recurrent=False, O=5, I=29, T=3, B=2),
+    Config(rule="hebb", O=15, T=1, B=3),  # a batch of single steps: its own backward
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", REMAINDER_CASES, ids=Config.id)
+def test_every_row_remainder_matches_reference(cfg, dtype):
+    single = dtype == torch.float32
+    value_tol = dict(rtol=2e-5, atol=2e-6) if single else VALUE_TOL
+    grad_tol = dict(rtol=1e-4, atol=2e-5) if single else GRAD_TOL
+    kw = make_inputs(cfg, dtype=dtype)
+    leaves = tensor_inputs(kw)
+    y, state = call(tp.functional.plastic_scan, kw)
+    y_ref, state_ref = call(tp.reference.plastic_scan, kw)
+    torch.testing.assert_close(y, y_ref, **value_tol)
+    torch.testing.assert_close(state.trace, state_ref.trace, **value_tol)
+    grads = torch.autograd.grad(loss_of(y, state), list(leaves.values()), allow_unused=True)
+    grads_ref = torch.autograd.grad(loss_of(y_ref, state_ref), list(leaves.values()),
+                                    allow_unused=True)
+    for name, g, g_ref in zip(leaves, grads, grads_ref):
+        if g_ref is not None:
+            torch.testing.assert_close(g, g_ref, **grad_tol, msg=lambda m: f"grad {name}: {m}")
+
+
 # Rows longer than 128: with 16 vector registers (AVX2, generic) the fused backward takes them
 # one at a time, shorter ones in pairs (fused_pairs, csrc/cpu/backward.h). An odd row count,
 # and T past K so that rows are replayed from anchors. Gradients summed over rows this long
