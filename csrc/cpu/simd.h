@@ -43,7 +43,7 @@ constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
 // vector, then one by one. Under AVX2 the same split left some of the backward's row loops
 // without any full-width arithmetic (test_backward_row_loops_are_vectorised_in_every_build),
 // so there the rest stays GCC's. Lanes and their order are the same either way, so the sums
-// are too, bit for bit (test_plastic_scan.py's sizes take every chunk: O = 6, 11, 13, 18, 20).
+// are too, bit for bit (test_every_row_remainder_matches_reference takes every chunk).
 template <typename T, typename Body>
 TP_ALWAYS_INLINE inline void for_lanes(int64_t n, Body&& body) {
   constexpr int L = kLanes<T>;
