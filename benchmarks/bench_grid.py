@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Forward+backward of the fused op over a grid of sizes and rules, this build against another.
 
-A change to the kernels must not make any configuration slower (issue #17): this times N ∈ {64,
-256, 1024} × T ∈ {1, 16, 256} × rules hebb, retroactive and modulated (recurrent, float32, B=32;
-the modulated rules with internal modulation and their default clip of 1, so that both kinds of
-clipped backward are timed: with an eligibility trace and without) with the torchplastic
-importable here and with the one under --against (the `python/` folder of another checkout's
-build), each in a process of its own, alternately, round after round, so that both see the same
-drift of a shared machine. Each round takes the best of several calls per side (enough to fill
---min-round-seconds), the side that goes first alternating. It prints each side's median time
-per step and the median of the per-round ratios against / this: above 1, this build is faster.
+A change to the kernels must not make any configuration slower (issue #17): this times
+N ∈ {64, 100, 256, 1024} × T ∈ {1, 16, 256} × rules hebb, retroactive and modulated (recurrent,
+float32, B=32; N=100, not a multiple of the vector width, so that the row loops' last elements
+are timed too; the modulated rules with internal modulation and their default clip of 1, so that
+both kinds of clipped backward are timed: with an eligibility trace and without) with the
+torchplastic importable here and with the one under --against (the `python/` folder of another
+checkout's build), each in a process of its own, alternately, round after round, so that both
+see the same drift of a shared machine. Each round takes the best of several calls per side
+(enough to fill --min-round-seconds), the side that goes first alternating. It prints each
+side's median time per step and the median of the per-round ratios against / this: above 1,
+this build is faster.
 
     git worktree add /tmp/base <commit>            # the build to compare against
     cmake -S /tmp/base -B /tmp/base/build -G Ninja -DWITH_CUDA=OFF -DBUILD_TESTING=OFF ...
@@ -100,7 +102,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", metavar="PYTHON_DIR", default=None,
                     help="the python/ folder of the build to compare against (default: none)")
-    ap.add_argument("--hidden", "-N", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--hidden", "-N", type=int, nargs="+", default=[64, 100, 256, 1024])
     ap.add_argument("--steps", "-T", type=int, nargs="+", default=[1, 16, 256])
     rules = ["hebb", "retroactive", "modulated"]
     ap.add_argument("--rules", nargs="+", default=rules, choices=rules)
