@@ -44,10 +44,11 @@ __device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams
   return d.g;
 }
 
-template <typename T, typename R>
+template <typename T, typename V>
 __global__ void __launch_bounds__(kThreads)
     plastic_scan_backward_kernel(const ScanParams<T> P, const ScanGradParams<T> G, const Plan L,
                                  T* scratch) {
+  using R = typename V::Rule;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   BackwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
   const int C = L.cluster;
@@ -59,9 +60,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r1 = min(O, r0 + L.rows);
   const int64_t n = (r1 - r0) * I;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int I32 = static_cast<int>(I);  // indices within a row (see update_row_warp)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
-  const bool eta_pc = P.eta_per_connection;
+  const T clip = P.clip;
 
   const int64_t Z = P.lstm ? 4 * O : O;  // z's width
   // Past its length a sequence's gradients are zero.
@@ -139,7 +141,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
         const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
         const int64_t row = o * I;
-        update_row_warp<R>(P, o, y[o], m, p, seg_H + j * OI + row, seg_H + (j + 1) * OI + row,
+        update_row_warp<V>(P, o, y[o], m, p, seg_H + j * OI + row, seg_H + (j + 1) * OI + row,
                            retro ? seg_E + j * OI + row : nullptr,
                            retro ? seg_E + (j + 1) * OI + row : nullptr, lane);
       }
@@ -163,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
         if (P.has_threshold) g += P.threshold_rate * S.gtheta[o];
         S.gy[o] = g;
       }
-      for (int64_t i = lane; i < I; i += 32) my_partials[i] = T(0);
+      for (int i = lane; i < I32; i += 32) my_partials[i] = T(0);
       __syncthreads();
       const T s = P.internal_modulation() ? modulation_signal(P, mod_input(t), S.red) : T(0);
 
@@ -180,7 +182,7 @@ __global__ void __launch_bounds__(kThreads)
         T* gH_row = gH + (o - r0) * I;
         T* gA_row = gA + (o - r0) * I;
         const T* W_row = P.recurrent ? W + (o - r0) * I : nullptr;
-        for (int64_t i = lane; i < I; i += 32) {
+        for (int i = lane; i < I32; i += 32) {
           const T a = A_row[i], h = H_row[i];
           gH_row[i] += ga * a * p[i];
           gA_row[i] += ga * h * p[i];
@@ -201,11 +203,11 @@ __global__ void __launch_bounds__(kThreads)
         T scale = 1, scale_grad = 0;
         if (P.has_scaling) {
           T sumsq = 0, dot = 0;
-          for (int64_t i = lane; i < I; i += 32) {
-            const T eta_i = eta_pc ? eta[i] : eta_o;
+          for (int i = lane; i < I32; i += 32) {
             T Cv = R::candidate(kernels::synapse<R>(P, o * I + i, H_row[i],
-                                                    retro ? E_row[i] : T(0), yo, p[i], mo, eta_i));
-            if (P.has_clip) Cv = kernels::clip_value(Cv, P.clip);
+                                                    retro ? E_row[i] : T(0), yo, p[i], mo,
+                                                    eta_at<V>(eta, eta_o, i)));
+            if constexpr (V::clip) Cv = kernels::clip_value(Cv, clip);
             sumsq += Cv * Cv;
             dot += gH_row[i] * Cv;
           }
@@ -218,22 +220,23 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         T gy_row = 0, gm_row = 0, geta_row = 0;
-        T* geta_conn = (G.grad_eta && eta_pc) ? G.grad_eta + (b * O + o) * I : nullptr;
-        for (int64_t i = lane; i < I; i += 32) {
-          const T eta_i = eta_pc ? eta[i] : eta_o;
-          const Synapse<T> syn = kernels::synapse<R>(P, o * I + i, H_row[i],
-                                                     retro ? E_row[i] : T(0), yo, p[i], mo, eta_i);
+        // η per connection implies a rule with η; its gradient exists where η is learned.
+        T* geta_conn = V::eta_per_connection && G.grad_eta ? G.grad_eta + (b * O + o) * I : nullptr;
+        const int64_t row = o * I;
+        for (int i = lane; i < I32; i += 32) {
+          const Synapse<T> syn = kernels::synapse<R>(P, row + i, H_row[i], retro ? E_row[i] : T(0),
+                                                     yo, p[i], mo, eta_at<V>(eta, eta_o, i));
           const T Cv = R::candidate(syn);
-          const T Hc = P.has_clip ? kernels::clip_value(Cv, P.clip) : Cv;
+          const T Hc = V::clip ? kernels::clip_value(Cv, clip) : Cv;
           T gC = scale * gH_row[i] - scale_grad * Hc;
-          if (P.has_clip) gC *= kernels::clip_grad_mask(Cv, P.clip);
+          if constexpr (V::clip) gC *= kernels::clip_grad_mask(Cv, clip);
           T gE_prev = 0;
           SynapseGrad<T> sg;
           gH_row[i] = R::backward(gC, retro ? gE_row[i] : T(0), syn, sg, gE_prev);
           if (retro) gE_row[i] = gE_prev;
-          if (geta_conn) geta_conn[i] += sg.eta;
+          if (V::eta_per_connection && geta_conn) geta_conn[i] += sg.eta;
           if constexpr (R::coefficients)
-            for (int j = 0; j < 4; ++j) G.grad_coefficients[(b * 4 + j) * OI + o * I + i] += sg.k[j];
+            for (int j = 0; j < 4; ++j) G.grad_coefficients[(b * 4 + j) * OI + row + i] += sg.k[j];
           gy_row += sg.y;
           gm_row += sg.m;
           geta_row += sg.eta;
@@ -245,7 +248,7 @@ __global__ void __launch_bounds__(kThreads)
         const T gy_total = S.gy[o] + gy_row;
         __syncwarp();
         if (lane == 0) {
-          if (G.grad_eta && !eta_pc) G.grad_eta[b * O + o] += geta_row;
+          if (G.grad_eta && !V::eta_per_connection) G.grad_eta[b * O + o] += geta_row;
           if (modulated) G.grad_mod[(t * B + b) * O + o] = gm_row;
           S.gm[o] = gm_row;
           S.gy[o] = gy_total;
@@ -319,16 +322,17 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 const void* backward_kernel_for_occupancy() {
-  return reinterpret_cast<const void*>(plastic_scan_backward_kernel<T, kernels::rules::Hebb>);
+  return reinterpret_cast<const void*>(
+      plastic_scan_backward_kernel<T, Variant<kernels::rules::Hebb, false, false>>);
 }
 
 template <typename T>
 void launch_backward(const ScanParams<T>& P, const ScanGradParams<T>& G, const Plan& L,
                      T* scratch, cudaStream_t stream) {
   if (P.B == 0 || P.O == 0) return;
-  kernels::with_rule(P.rule, [&](auto rule) {
-    launch(plastic_scan_backward_kernel<T, decltype(rule)>, L, P.B, stream, "backward", P, G, L,
-           scratch);
+  with_variant(P, [&](auto variant) {
+    launch(plastic_scan_backward_kernel<T, decltype(variant)>, L, P.B, stream, "backward", P, G,
+           L, scratch);
   });
 }
 

@@ -18,6 +18,7 @@
 
 #include "cuda/plastic_scan_cuda.h"
 #include "kernels/plastic_step.h"
+#include "kernels/variant.h"
 
 namespace torchplastic {
 namespace cuda {
@@ -30,6 +31,9 @@ using kernels::ScanGradParams;
 using kernels::ScanParams;
 using kernels::Synapse;
 using kernels::SynapseGrad;
+using kernels::Variant;
+using kernels::eta_at;
+using kernels::with_variant;
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
@@ -111,29 +115,35 @@ __device__ __forceinline__ T modulation_of_row(const ScanParams<T>& P, int64_t t
 }
 
 // Row o of the trace update by one warp: H_src (E_src) → H_dst (E_dst); src may equal dst
-// (each element is read and written by the same lane).
-template <typename R, typename T>
+// (each element is read and written by the same lane). V: the rule, clipping and η's
+// granularity as types (kernels/variant.h), so the element loop carries only its own terms.
+// Indices within a row are 32-bit: a row's length fits, and 64-bit index arithmetic doubled
+// the integer instructions per element.
+template <typename V, typename T>
 __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, const T* p,
                                 const T* H_src, T* H_dst, const T* E_src, T* E_dst, int lane) {
-  const int64_t I = P.I;
+  using R = typename V::Rule;
+  const int I = static_cast<int>(P.I);
+  const int64_t row = o * P.I;
   const T* eta = P.eta_row(o);
-  const T eta_o = eta[0];
+  const T eta_o = eta[0], clip = P.clip;
+  const bool scaling = P.has_scaling;
   T sumsq = 0;
-  for (int64_t i = lane; i < I; i += 32) {
+  for (int i = lane; i < I; i += 32) {
     const T E = R::eligibility ? E_src[i] : T(0);
-    const T eta_i = P.eta_per_connection ? eta[i] : eta_o;
-    const Synapse<T> s = kernels::synapse<R>(P, o * I + i, H_src[i], E, y, p[i], m, eta_i);
+    const Synapse<T> s =
+        kernels::synapse<R>(P, row + i, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
     T C = R::candidate(s);
     if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
-    if (P.has_clip) C = kernels::clip_value(C, P.clip);
+    if constexpr (V::clip) C = kernels::clip_value(C, clip);
     H_dst[i] = C;
-    sumsq += C * C;
+    if (scaling) sumsq += C * C;
   }
-  if (P.has_scaling) {
+  if (scaling) {
     const T norm = sqrt(warp_sum(sumsq));
     if (norm > P.scaling) {
       const T scale = P.scaling / norm;
-      for (int64_t i = lane; i < I; i += 32) H_dst[i] *= scale;
+      for (int i = lane; i < I; i += 32) H_dst[i] *= scale;
     }
   }
 }
@@ -229,8 +239,8 @@ void launch(Kernel kernel, const Plan& L, int64_t B, cudaStream_t stream, const 
 }
 
 
-// The hebb kernels, which stand in for every rule where the planner asks the driver about
-// occupancy (rules share block size and shared memory).
+// The hebb kernels (unclipped, η per row), which stand in for every variant where the planner
+// asks the driver about occupancy (variants share block size and shared memory).
 template <typename T>
 const void* forward_kernel_for_occupancy();
 template <typename T>

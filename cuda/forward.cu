@@ -70,9 +70,10 @@ __device__ T post(const ScanParams<T>& P, int64_t t, int64_t b, int64_t o, const
   return P.lstm ? P.y[(t * P.B + b) * P.O + o] : y_now[o];
 }
 
-template <typename T, typename R>
+template <typename T, typename V>
 __global__ void __launch_bounds__(kThreads)
     plastic_scan_forward_kernel(const ScanParams<T> P, const Plan L) {
+  using R = typename V::Rule;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   ForwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
   const int C = L.cluster;
@@ -83,6 +84,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r1 = min(O, r0 + L.rows);
   const int64_t n = (r1 - r0) * I;  // elements of this block's slice of a [O, I] matrix
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int I32 = static_cast<int>(I);  // indices within a row (see update_row_warp)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
 
@@ -142,9 +144,9 @@ __global__ void __launch_bounds__(kThreads)
       T acc = 0;
       if (P.recurrent) {
         const T* W_row = W + (o - r0) * I;
-        for (int64_t i = lane; i < I; i += 32) acc += (A_row[i] * H_row[i] + W_row[i]) * p[i];
+        for (int i = lane; i < I32; i += 32) acc += (A_row[i] * H_row[i] + W_row[i]) * p[i];
       } else {
-        for (int64_t i = lane; i < I; i += 32) acc += A_row[i] * H_row[i] * p[i];
+        for (int i = lane; i < I32; i += 32) acc += A_row[i] * H_row[i] * p[i];
       }
       acc = warp_sum(acc);
       const T y = kernels::activate(P.activation, S.zbuf[o] + acc - S.theta[o]);
@@ -156,7 +158,7 @@ __global__ void __launch_bounds__(kThreads)
         const T m = modulated ? S.mbuf[o] : T(0);
         if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
         T* E_row = retro ? E + (o - r0) * I : nullptr;
-        update_row_warp<R>(P, o, y, m, p, H_row, H_row, E_row, E_row, lane);
+        update_row_warp<V>(P, o, y, m, p, H_row, H_row, E_row, E_row, lane);
       }
     }
     cluster_barrier(C);  // every block now holds all of y_t
@@ -168,7 +170,7 @@ __global__ void __launch_bounds__(kThreads)
         if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
         T* H_row = H + (o - r0) * I;
         T* E_row = retro ? E + (o - r0) * I : nullptr;
-        update_row_warp<R>(P, o, post(P, t, b, o, y_now), m, p, H_row, H_row, E_row, E_row, lane);
+        update_row_warp<V>(P, o, post(P, t, b, o, y_now), m, p, H_row, H_row, E_row, E_row, lane);
       }
     }
     if (P.has_threshold)
@@ -207,14 +209,15 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 const void* forward_kernel_for_occupancy() {
-  return reinterpret_cast<const void*>(plastic_scan_forward_kernel<T, kernels::rules::Hebb>);
+  return reinterpret_cast<const void*>(
+      plastic_scan_forward_kernel<T, Variant<kernels::rules::Hebb, false, false>>);
 }
 
 template <typename T>
 void launch_forward(const ScanParams<T>& P, const Plan& L, cudaStream_t stream) {
   if (P.B == 0 || P.O == 0) return;
-  kernels::with_rule(P.rule, [&](auto rule) {
-    launch(plastic_scan_forward_kernel<T, decltype(rule)>, L, P.B, stream, "forward", P, L);
+  with_variant(P, [&](auto variant) {
+    launch(plastic_scan_forward_kernel<T, decltype(variant)>, L, P.B, stream, "forward", P, L);
   });
 }
 

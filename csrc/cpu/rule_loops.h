@@ -11,6 +11,7 @@
 #include "cpu/simd.h"
 #include "cpu/workspace.h"
 #include "kernels/plastic_step.h"
+#include "kernels/variant.h"
 
 namespace torchplastic {
 namespace cpu {
@@ -21,41 +22,9 @@ using kernels::ModSource;
 using kernels::ScanGradParams;
 using kernels::ScanParams;
 using kernels::Synapse;
-
-// The choices that hold for a whole call and sit inside the per-element loops: the rule,
-// clipping on or off, η per connection or per row. As template parameters they leave those
-// loops branch-free, which is what lets the compiler vectorise them (with them as run-time
-// flags, GCC 12 kept the backward's trace loop scalar).
-template <typename R, bool Clip, bool EtaPerConnection>
-struct Variant {
-  using Rule = R;
-  static constexpr bool clip = Clip;
-  static constexpr bool eta_per_connection = EtaPerConnection;
-};
-
-// Calls f(Variant<...>{}) with the call's rule, clipping and η granularity as types.
-template <typename T, typename F>
-void with_variant(const ScanParams<T>& P, F&& f) {
-  kernels::with_rule(P.rule, [&](auto rule) {
-    using R = decltype(rule);
-    auto with_eta = [&](auto clip) {
-      if constexpr (R::uses_eta) {
-        if (P.eta_per_connection) return f(Variant<R, decltype(clip)::value, true>{});
-      }
-      f(Variant<R, decltype(clip)::value, false>{});
-    };
-    if (P.has_clip) with_eta(std::true_type{});
-    else with_eta(std::false_type{});
-  });
-}
-
-// η of connection i of a row, given the row's η (eta_row) and its first value: a rule
-// without η reads 0, otherwise per connection or one per row, as the variant says.
-template <typename V, typename T>
-TP_ALWAYS_INLINE inline T eta_at(const T* eta_row, T eta_first, int64_t i) {
-  if (!V::Rule::uses_eta) return T(0);
-  return V::eta_per_connection ? eta_row[i] : eta_first;
-}
+using kernels::Variant;
+using kernels::eta_at;
+using kernels::with_variant;
 
 // The rule's row-sum backward (Rule::RowBackward) where it has one; a stand-in that is never
 // called where it has none.
