@@ -221,11 +221,13 @@ __global__ void __launch_bounds__(kThreads)
         }
         T gy_row = 0, gm_row = 0, geta_row = 0;
         // η per connection implies a rule with η; its gradient exists where η is learned.
-        T* geta_conn = V::eta_per_connection && G.grad_eta ? G.grad_eta + (b * O + o) * I : nullptr;
+        T* geta_conn =
+            V::eta_per_connection && G.grad_eta ? G.grad_eta + (b * O + o) * I : nullptr;
         const int64_t row = o * I;
         for (int i = lane; i < I32; i += 32) {
-          const Synapse<T> syn = kernels::synapse<R>(P, row + i, H_row[i], retro ? E_row[i] : T(0),
-                                                     yo, p[i], mo, eta_at<V>(eta, eta_o, i));
+          const Synapse<T> syn =
+              kernels::synapse<R>(P, row + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo,
+                                  eta_at<V>(eta, eta_o, i));
           const T Cv = R::candidate(syn);
           const T Hc = V::clip ? kernels::clip_value(Cv, clip) : Cv;
           T gC = scale * gH_row[i] - scale_grad * Hc;
@@ -236,7 +238,8 @@ __global__ void __launch_bounds__(kThreads)
           if (retro) gE_row[i] = gE_prev;
           if (V::eta_per_connection && geta_conn) geta_conn[i] += sg.eta;
           if constexpr (R::coefficients)
-            for (int j = 0; j < 4; ++j) G.grad_coefficients[(b * 4 + j) * OI + row + i] += sg.k[j];
+            for (int j = 0; j < 4; ++j)
+              G.grad_coefficients[(b * 4 + j) * OI + row + i] += sg.k[j];
           gy_row += sg.y;
           gm_row += sg.m;
           geta_row += sg.eta;

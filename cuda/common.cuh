@@ -114,15 +114,33 @@ __device__ __forceinline__ T modulation_of_row(const ScanParams<T>& P, int64_t t
   }
 }
 
+// Tells the compiler that p points into shared memory, where the caller knows it does, so its
+// loads and stores are shared-memory instructions (LDS, STS) rather than generic ones, which
+// must first find out which memory they address.
+template <typename T>
+__device__ __forceinline__ void assume_shared(const T* p) {
+  __builtin_assume(__isShared(p));
+}
+
 // Row o of the trace update by one warp: H_src (E_src) → H_dst (E_dst); src may equal dst
 // (each element is read and written by the same lane). V: the rule, clipping and η's
-// granularity as types (kernels/variant.h), so the element loop carries only its own terms.
+// granularity as types (kernels/variant.h), so the element loop carries only its own terms;
+// Shared: p and the rows are in shared memory.
 // Indices within a row are 32-bit: a row's length fits, and 64-bit index arithmetic doubled
 // the integer instructions per element.
-template <typename V, typename T>
+template <typename V, bool Shared = false, typename T>
 __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, const T* p,
                                 const T* H_src, T* H_dst, const T* E_src, T* E_dst, int lane) {
   using R = typename V::Rule;
+  if constexpr (Shared) {
+    assume_shared(p);
+    assume_shared(H_src);
+    assume_shared(H_dst);
+    if constexpr (R::eligibility) {
+      assume_shared(E_src);
+      assume_shared(E_dst);
+    }
+  }
   const int I = static_cast<int>(P.I);
   const int64_t row = o * P.I;
   const T* eta = P.eta_row(o);

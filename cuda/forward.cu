@@ -87,6 +87,10 @@ __global__ void __launch_bounds__(kThreads)
   const int I32 = static_cast<int>(I);  // indices within a row (see update_row_warp)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
+  // Whether the rows the step reads are all in shared memory (the plan's usual case), where the
+  // loops below take copies that load with shared-memory instructions.
+  const bool trace_on_chip = L.trace && (!retro || L.elig);
+  const bool rows_on_chip = trace_on_chip && L.alpha && (!P.recurrent || L.weight);
 
   // Row slices: on chip, or in place in the outputs / inputs.
   T* H = L.trace ? S.H : P.trace + (b * O + r0) * I;
@@ -137,6 +141,13 @@ __global__ void __launch_bounds__(kThreads)
       p = S.pbuf;
     }
     T* y_now = S.ybuf + (t % 3) * O;
+    // Row o's trace update in place; p is in shared memory (S.ybuf or S.pbuf).
+    auto update_row = [&](int64_t o, T post_o, T m, T* H_row, T* E_row) {
+      if (trace_on_chip)
+        update_row_warp<V, true>(P, o, post_o, m, p, H_row, H_row, E_row, E_row, lane);
+      else
+        update_row_warp<V, false>(P, o, post_o, m, p, H_row, H_row, E_row, E_row, lane);
+    };
 
     for (int64_t o = r0 + warp; o < r1; o += kWarps) {
       T* H_row = H + (o - r0) * I;
@@ -144,9 +155,26 @@ __global__ void __launch_bounds__(kThreads)
       T acc = 0;
       if (P.recurrent) {
         const T* W_row = W + (o - r0) * I;
-        for (int i = lane; i < I32; i += 32) acc += (A_row[i] * H_row[i] + W_row[i]) * p[i];
+        auto dot = [&](auto shared) {
+          if constexpr (decltype(shared)::value) {
+            assume_shared(A_row);
+            assume_shared(H_row);
+            assume_shared(W_row);
+          }
+          for (int i = lane; i < I32; i += 32) acc += (A_row[i] * H_row[i] + W_row[i]) * p[i];
+        };
+        if (rows_on_chip) dot(std::true_type{});
+        else dot(std::false_type{});
       } else {
-        for (int i = lane; i < I32; i += 32) acc += A_row[i] * H_row[i] * p[i];
+        auto dot = [&](auto shared) {
+          if constexpr (decltype(shared)::value) {
+            assume_shared(A_row);
+            assume_shared(H_row);
+          }
+          for (int i = lane; i < I32; i += 32) acc += A_row[i] * H_row[i] * p[i];
+        };
+        if (rows_on_chip) dot(std::true_type{});
+        else dot(std::false_type{});
       }
       acc = warp_sum(acc);
       const T y = kernels::activate(P.activation, S.zbuf[o] + acc - S.theta[o]);
@@ -158,7 +186,7 @@ __global__ void __launch_bounds__(kThreads)
         const T m = modulated ? S.mbuf[o] : T(0);
         if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
         T* E_row = retro ? E + (o - r0) * I : nullptr;
-        update_row_warp<V>(P, o, y, m, p, H_row, H_row, E_row, E_row, lane);
+        update_row(o, y, m, H_row, E_row);
       }
     }
     cluster_barrier(C);  // every block now holds all of y_t
@@ -170,7 +198,7 @@ __global__ void __launch_bounds__(kThreads)
         if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
         T* H_row = H + (o - r0) * I;
         T* E_row = retro ? E + (o - r0) * I : nullptr;
-        update_row_warp<V>(P, o, post(P, t, b, o, y_now), m, p, H_row, H_row, E_row, E_row, lane);
+        update_row(o, post(P, t, b, o, y_now), m, H_row, E_row);
       }
     }
     if (P.has_threshold)

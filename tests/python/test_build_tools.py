@@ -137,3 +137,33 @@ def test_ncu_profile_fails_on_any_other_error(tmp_path, output, returncode, says
     result, _ = run_ncu_profile(tmp_path, output, returncode)
     assert result.returncode == 1, result.stdout + result.stderr
     assert says in result.stdout
+
+
+# Two loops of cuobjdump -sass output: a 4-instruction one (shared-memory loads) nested in a
+# longer one that branches back past it, and a forward branch that is no loop.
+SASS = """\
+\t\tFunction : _ZN12torchplastic4cuda27plastic_scan_forward_kernelIfNS_7kernels7VariantINS2_5rules4HebbELb0ELb0EEEEEvNS2_10ScanParamsIT_EENS0_4PlanE
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDS R2, [R3] ;
+        /*0020*/                   LDS R4, [R3+0x4] ;
+        /*0030*/              @!P0 FFMA.FTZ R5, R2, R4, R5 ;
+        /*0040*/               @P1 BRA 0x10 ;
+        /*0050*/                   BRA 0x70 ;
+        /*0060*/                   LD.E R6, [R8.64] ;
+        /*0070*/               @P2 BRA 0x0 ;
+"""
+
+
+def test_sass_loops_finds_the_backward_branches_and_counts_their_instructions():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import sass_loops
+    finally:
+        sys.path.pop(0)
+    kernels = sass_loops.kernels(SASS)
+    (name, instructions), = kernels.items()
+    assert "HebbELb0ELb0E" in name and len(instructions) == 8
+    loops = sass_loops.loops(instructions, max_length=200)
+    assert [(start, end) for start, end, _ in loops] == [(0x0, 0x70), (0x10, 0x40)]
+    assert dict(loops[1][2]) == {"LDS": 2, "FFMA": 1, "BRA": 1}  # predicates and suffixes dropped
+    assert sass_loops.loops(instructions, max_length=4) == [loops[1]]
