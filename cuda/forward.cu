@@ -149,46 +149,80 @@ __global__ void __launch_bounds__(kThreads)
         update_row_warp<V, false>(P, o, post_o, m, p, H_row, H_row, E_row, E_row, lane);
     };
 
-    for (int64_t o = r0 + warp; o < r1; o += kWarps) {
-      T* H_row = H + (o - r0) * I;
-      const T* A_row = A + (o - r0) * I;
-      T acc = 0;
+    // Rows o, o + kWarps, ... (N of them, 1 or 2) of this warp: their pre-activations in one
+    // loop over i, then their warp sums, outputs and (row-local) trace updates. Two rows give
+    // the warp two independent chains (the rows' sums and their shuffle reductions) to overlap,
+    // where one row at a time left each warp waiting on its own latencies. Each row's arithmetic
+    // is as alone.
+    auto step_rows = [&](int64_t o_first, auto rows) {
+      constexpr int N = decltype(rows)::value;
+      int64_t o[N], offset[N];  // offset: the row's in the block's [rows, I] slices
+      T acc[N];
+#pragma unroll
+      for (int r = 0; r < N; ++r) {
+        o[r] = o_first + r * kWarps;
+        offset[r] = (o[r] - r0) * I;
+        acc[r] = 0;
+      }
+      // The rows are reached from the slices' bases inside, after the assumption, so that the
+      // compiler sees them in shared memory.
+      auto dot = [&](auto shared, auto recurrent) {
+        const T *A_s = A, *H_s = H, *W_s = W;
+        if constexpr (decltype(shared)::value) {
+          assume_shared(A_s);
+          assume_shared(H_s);
+          if constexpr (decltype(recurrent)::value) assume_shared(W_s);
+        }
+        const T* A_row[N];
+        const T* H_row[N];
+        const T* W_row[N];
+#pragma unroll
+        for (int r = 0; r < N; ++r) {
+          A_row[r] = A_s + offset[r];
+          H_row[r] = H_s + offset[r];
+          W_row[r] = decltype(recurrent)::value ? W_s + offset[r] : nullptr;
+        }
+        for (int i = lane; i < I32; i += 32) {
+          const T pi = p[i];
+#pragma unroll
+          for (int r = 0; r < N; ++r) {
+            if constexpr (decltype(recurrent)::value)
+              acc[r] += (A_row[r][i] * H_row[r][i] + W_row[r][i]) * pi;
+            else
+              acc[r] += A_row[r][i] * H_row[r][i] * pi;
+          }
+        }
+      };
       if (P.recurrent) {
-        const T* W_row = W + (o - r0) * I;
-        auto dot = [&](auto shared) {
-          if constexpr (decltype(shared)::value) {
-            assume_shared(A_row);
-            assume_shared(H_row);
-            assume_shared(W_row);
-          }
-          for (int i = lane; i < I32; i += 32) acc += (A_row[i] * H_row[i] + W_row[i]) * p[i];
-        };
-        if (rows_on_chip) dot(std::true_type{});
-        else dot(std::false_type{});
+        if (rows_on_chip) dot(std::true_type{}, std::true_type{});
+        else dot(std::false_type{}, std::true_type{});
       } else {
-        auto dot = [&](auto shared) {
-          if constexpr (decltype(shared)::value) {
-            assume_shared(A_row);
-            assume_shared(H_row);
-          }
-          for (int i = lane; i < I32; i += 32) acc += A_row[i] * H_row[i] * p[i];
-        };
-        if (rows_on_chip) dot(std::true_type{});
-        else dot(std::false_type{});
+        if (rows_on_chip) dot(std::true_type{}, std::false_type{});
+        else dot(std::false_type{}, std::false_type{});
       }
-      acc = warp_sum(acc);
-      const T y = kernels::activate(P.activation, S.zbuf[o] + acc - S.theta[o]);
-      if (lane == 0) P.y[(t * B + b) * O + o] = y;
-      // What the blocks exchange: y_t, or the LSTM's h_t.
-      const T out = P.lstm ? lstm_row(P, t, b, o, y, p, lane) : y;
-      if (lane < C) peer(y_now, lane, C)[o] = out;
-      if (row_local) {
-        const T m = modulated ? S.mbuf[o] : T(0);
-        if (modulated && P.record_modulation && lane == 0) P.record_modulation[(t * B + b) * O + o] = m;
-        T* E_row = retro ? E + (o - r0) * I : nullptr;
-        update_row(o, y, m, H_row, E_row);
+#pragma unroll
+      for (int r = 0; r < N; ++r) acc[r] = warp_sum(acc[r]);
+#pragma unroll
+      for (int r = 0; r < N; ++r) {
+        const T y = kernels::activate(P.activation, S.zbuf[o[r]] + acc[r] - S.theta[o[r]]);
+        if (lane == 0) P.y[(t * B + b) * O + o[r]] = y;
+        // What the blocks exchange: y_t, or the LSTM's h_t.
+        const T out = P.lstm ? lstm_row(P, t, b, o[r], y, p, lane) : y;
+        if (lane < C) peer(y_now, lane, C)[o[r]] = out;
+        if (row_local) {
+          const T m = modulated ? S.mbuf[o[r]] : T(0);
+          if (modulated && P.record_modulation && lane == 0)
+            P.record_modulation[(t * B + b) * O + o[r]] = m;
+          T* E_row = retro ? E + offset[r] : nullptr;
+          update_row(o[r], y, m, H + offset[r], E_row);
+        }
       }
-    }
+    };
+    // Pairs in float; in double they pushed the kernels past the register cap (spills).
+    int64_t o = r0 + warp;
+    if constexpr (sizeof(T) == 4)
+      for (; o + kWarps < r1; o += 2 * kWarps) step_rows(o, std::integral_constant<int, 2>{});
+    for (; o < r1; o += kWarps) step_rows(o, std::integral_constant<int, 1>{});
     cluster_barrier(C);  // every block now holds all of y_t
 
     if (!row_local) {
