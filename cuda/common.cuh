@@ -126,8 +126,8 @@ __device__ __forceinline__ void assume_shared(const T* p) {
 // (each element is read and written by the same lane). V: the rule, clipping and η's
 // granularity as types (kernels/variant.h), so the element loop carries only its own terms;
 // Shared: p and the rows are in shared memory.
-// Indices within a row are 32-bit: a row's length fits, and 64-bit index arithmetic doubled
-// the integer instructions per element.
+// Indices within a row are 32-bit: a row's length fits, and 64-bit index arithmetic takes
+// more integer instructions per element.
 template <typename V, bool Shared = false, typename T>
 __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, const T* p,
                                 const T* H_src, T* H_dst, const T* E_src, T* E_dst, int lane) {
