@@ -224,27 +224,34 @@ __global__ void __launch_bounds__(kThreads)
         T* geta_conn =
             V::eta_per_connection && G.grad_eta ? G.grad_eta + (b * O + o) * I : nullptr;
         const int64_t row = o * I;
-        for (int i = lane; i < I32; i += 32) {
-          const Synapse<T> syn =
-              kernels::synapse<R>(P, row + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo,
-                                  eta_at<V>(eta, eta_o, i));
-          const T Cv = R::candidate(syn);
-          const T Hc = V::clip ? kernels::clip_value(Cv, clip) : Cv;
-          T gC = scale * gH_row[i] - scale_grad * Hc;
-          if constexpr (V::clip) gC *= kernels::clip_grad_mask(Cv, clip);
-          T gE_prev = 0;
-          SynapseGrad<T> sg;
-          gH_row[i] = R::backward(gC, retro ? gE_row[i] : T(0), syn, sg, gE_prev);
-          if (retro) gE_row[i] = gE_prev;
-          if (V::eta_per_connection && geta_conn) geta_conn[i] += sg.eta;
-          if constexpr (R::coefficients)
-            for (int j = 0; j < 4; ++j)
-              G.grad_coefficients[(b * 4 + j) * OI + row + i] += sg.k[j];
-          gy_row += sg.y;
-          gm_row += sg.m;
-          geta_row += sg.eta;
-          my_partials[i] += sg.p;
-        }
+        // `scaled` is a type: without synaptic scaling dL/dC is dL/dH itself, and an unclipped
+        // rule's loop then needs no candidate at all.
+        auto sweep = [&](auto scaled) {
+          for (int i = lane; i < I32; i += 32) {
+            const Synapse<T> syn =
+                kernels::synapse<R>(P, row + i, H_row[i], retro ? E_row[i] : T(0), yo, p[i], mo,
+                                    eta_at<V>(eta, eta_o, i));
+            const T Cv = R::candidate(syn);
+            T gC = gH_row[i];
+            if constexpr (decltype(scaled)::value)
+              gC = scale * gC - scale_grad * (V::clip ? kernels::clip_value(Cv, clip) : Cv);
+            if constexpr (V::clip) gC *= kernels::clip_grad_mask(Cv, clip);
+            T gE_prev = 0;
+            SynapseGrad<T> sg;
+            gH_row[i] = R::backward(gC, retro ? gE_row[i] : T(0), syn, sg, gE_prev);
+            if (retro) gE_row[i] = gE_prev;
+            if (V::eta_per_connection && geta_conn) geta_conn[i] += sg.eta;
+            if constexpr (R::coefficients)
+              for (int j = 0; j < 4; ++j)
+                G.grad_coefficients[(b * 4 + j) * OI + row + i] += sg.k[j];
+            gy_row += sg.y;
+            gm_row += sg.m;
+            geta_row += sg.eta;
+            my_partials[i] += sg.p;
+          }
+        };
+        if (P.has_scaling) sweep(std::true_type{});
+        else sweep(std::false_type{});
         gy_row = warp_sum(gy_row);
         gm_row = warp_sum(gm_row);
         geta_row = warp_sum(geta_row);
