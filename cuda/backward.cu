@@ -182,11 +182,13 @@ __global__ void __launch_bounds__(kThreads)
         T* gH_row = gH + (o - r0) * I;
         T* gA_row = gA + (o - r0) * I;
         const T* W_row = P.recurrent ? W + (o - r0) * I : nullptr;
+        // p[i] read once and dL/da·p[i] formed once, as the CPU's backward does (the stores
+        // through gH_row and gA_row may alias p for all the compiler knows, so it read p twice).
         for (int i = lane; i < I32; i += 32) {
-          const T a = A_row[i], h = H_row[i];
-          gH_row[i] += ga * a * p[i];
-          gA_row[i] += ga * h * p[i];
-          my_partials[i] += ga * (a * h + (P.recurrent ? W_row[i] : T(0)));
+          const T a = A_row[i], h = H_row[i], gap = ga * p[i];
+          gH_row[i] += gap * a;
+          gA_row[i] += gap * h;
+          my_partials[i] += ga * (P.recurrent ? a * h + W_row[i] : a * h);
         }
       };
 
