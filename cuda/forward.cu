@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool row_local = !P.internal_modulation();
   // Whether the rows the step reads are all in shared memory (the plan's usual case), where the
   // loops below take copies that load with shared-memory instructions.
-  const bool trace_on_chip = L.trace && (!retro || L.elig);
+  const bool trace_on_chip = !L.plain_loops && L.trace && (!retro || L.elig);
   const bool rows_on_chip = trace_on_chip && L.alpha && (!P.recurrent || L.weight);
 
   // Row slices: on chip, or in place in the outputs / inputs.
@@ -221,7 +221,8 @@ __global__ void __launch_bounds__(kThreads)
     // Pairs in float; in double they pushed the kernels past the register cap (spills).
     int64_t o = r0 + warp;
     if constexpr (sizeof(T) == 4)
-      for (; o + kWarps < r1; o += 2 * kWarps) step_rows(o, std::integral_constant<int, 2>{});
+      if (!L.plain_loops)
+        for (; o + kWarps < r1; o += 2 * kWarps) step_rows(o, std::integral_constant<int, 2>{});
     for (; o < r1; o += kWarps) step_rows(o, std::integral_constant<int, 1>{});
     cluster_barrier(C);  // every block now holds all of y_t
 

@@ -87,6 +87,12 @@ bool forced_off_chip() {
   const char* v = std::getenv("TORCHPLASTIC_CUDA_OFF_CHIP");
   return v && std::atoi(v) != 0;
 }
+// TORCHPLASTIC_CUDA_PLAIN_LOOPS=1: Plan::plain_loops, the benchmark's baseline for the
+// forward's loops.
+bool forced_plain_loops() {
+  const char* v = std::getenv("TORCHPLASTIC_CUDA_PLAIN_LOOPS");
+  return v && std::atoi(v) != 0;
+}
 
 // TORCHPLASTIC_CUDA_PLAN_LOG=1 prints each plan to stderr when it differs from the last one
 // of its direction printed: what a benchmark measured, and whether all its clusters were
@@ -105,6 +111,7 @@ void log_plan(const Plan& L, const ScanParams<T>& P, bool backward, int sms) {
       {L.partials, "dL/dp partials"}};
   for (const auto& [on, name] : parts)
     if (on) line << ' ' << name;
+  if (L.plain_loops) line << "; plain loops";
   line << "; " << L.smem_bytes << " B of shared memory per block; "
        << resident_clusters<T>(L, backward, sms) << " clusters resident at once, " << P.B
        << " launched";
@@ -172,6 +179,7 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     L.cluster = C;
     L.rows = static_cast<int>((P.O + C - 1) / C);
     L.smem_bytes = place(L, P, backward, off_chip ? 0 : budget);  // budget 0: nothing fits
+    L.plain_loops = forced_plain_loops();
     return L;
   };
   const int forced = forced_cluster();

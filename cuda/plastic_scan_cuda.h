@@ -22,6 +22,9 @@ struct Plan {
   bool trace = false, elig = false, alpha = false, weight = false;     // H, E, α, W
   bool grad_trace = false, grad_elig = false, grad_alpha = false;      // backward accumulators
   bool partials = false;   // per-warp partial sums of dL/dp (backward)
+  // The forward's loops as they were before their shared-memory copies and row pairs: a
+  // baseline for the benchmark (TORCHPLASTIC_CUDA_PLAIN_LOOPS=1), the same results.
+  bool plain_loops = false;
   size_t smem_bytes = 0;
 };
 

@@ -101,6 +101,45 @@ def test_cuda_float32_matches_float64():
     torch.testing.assert_close(y32_cuda.cpu(), y32_cpu, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("O,env", [
+    (37, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),   # 37 rows per block: pairs, and a row alone
+    (64, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),   # 32 rows per block: pairs only
+    (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_PLAIN_LOOPS": "1"}),
+    (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}),
+], ids=["pairs-and-single", "pairs", "plain-loops", "off-chip"])
+@pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
+@pytest.mark.parametrize("rule,source", [(r, s) for r in RULES for s in
+                                         (("external", "fanout") if tp.rules.rule_info(r).modulated else (None,))])
+def test_cuda_float32_forward_rows_match_cpu(rule, source, recurrent, O, env, monkeypatch):
+    """The float forward's row loops: in pairs per warp (more than 16 rows per block), one row
+    alone, the plain loops and the off-chip ones; row-local updates (external modulation or
+    none) and updates after every row's output (fan-out). Against the CPU in float32, and the
+    gradients (the backward recomputes the forward's traces)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    info = tp.rules.rule_info(rule)
+    cfg = Config(rule=rule, recurrent=recurrent, source=source, clip=info.default_clip, T=6, B=3,
+                 O=O, I=O if recurrent else 24)
+    kw = make_inputs(cfg, dtype=torch.float32)
+    with torch.no_grad():  # a contracting recurrence, as in test_cuda_float32_matches_float64
+        for name in ("weight", "alpha"):
+            if kw.get(name) is not None:
+                kw[name].mul_(0.2)
+    kw_gpu = to_device(kw, "cuda")
+    y_c, s_c = call(tp.functional.plastic_scan, kw)
+    y_g, s_g = call(tp.functional.plastic_scan, kw_gpu)
+    torch.testing.assert_close(y_g.cpu(), y_c, rtol=1e-4, atol=1e-5)
+    for name in s_c._fields:
+        if getattr(s_c, name) is not None:
+            torch.testing.assert_close(getattr(s_g, name).cpu(), getattr(s_c, name), rtol=1e-4,
+                                       atol=1e-5, msg=lambda m: f"{name}: {m}")
+    leaves_c, leaves_g = tensor_inputs(kw), tensor_inputs(kw_gpu)
+    g_c = torch.autograd.grad(loss_of(y_c, s_c), list(leaves_c.values()))
+    g_g = torch.autograd.grad(loss_of(y_g, s_g), list(leaves_g.values()))
+    for name, a, b in zip(leaves_c, g_g, g_c):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-4, msg=lambda m: f"grad {name}: {m}")
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
 def test_cuda_half_precision_inputs(dtype, tol):
     cfg = Config(rule="hebb", T=16, B=4, O=32, I=32)
