@@ -76,22 +76,20 @@ Device device_info(int device) {
   return it->second;
 }
 
+// Whether environment variable `name` is set to a non-zero number.
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::atoi(v) != 0;
+}
+
 // Test hooks: TORCHPLASTIC_CUDA_CLUSTER=1..8 forces the cluster size (sizes that are no power
-// of two too, which split the rows unevenly), and
-// TORCHPLASTIC_CUDA_OFF_CHIP=1 keeps every matrix in global memory (the streaming fallback).
+// of two too, which split the rows unevenly),
+// TORCHPLASTIC_CUDA_OFF_CHIP=1 keeps every matrix in global memory (the streaming fallback),
+// and TORCHPLASTIC_CUDA_PLAIN_LOOPS=1 sets the forward's Plan::plain_loops (the benchmark's
+// baseline for its loops).
 int forced_cluster() {
   const char* v = std::getenv("TORCHPLASTIC_CUDA_CLUSTER");
   return v ? std::atoi(v) : 0;
-}
-bool forced_off_chip() {
-  const char* v = std::getenv("TORCHPLASTIC_CUDA_OFF_CHIP");
-  return v && std::atoi(v) != 0;
-}
-// TORCHPLASTIC_CUDA_PLAIN_LOOPS=1: Plan::plain_loops, the benchmark's baseline for the
-// forward's loops.
-bool forced_plain_loops() {
-  const char* v = std::getenv("TORCHPLASTIC_CUDA_PLAIN_LOOPS");
-  return v && std::atoi(v) != 0;
 }
 
 // TORCHPLASTIC_CUDA_PLAN_LOG=1 prints each plan to stderr when it differs from the last one
@@ -99,8 +97,7 @@ bool forced_plain_loops() {
 // resident at once.
 template <typename T>
 void log_plan(const Plan& L, const ScanParams<T>& P, bool backward, int sms) {
-  const char* v = std::getenv("TORCHPLASTIC_CUDA_PLAN_LOG");
-  if (!v || std::atoi(v) == 0) return;
+  if (!env_flag("TORCHPLASTIC_CUDA_PLAN_LOG")) return;
   std::ostringstream line;
   line << "plastic_scan (CUDA) " << (backward ? "backward" : "forward") << " plan: B=" << P.B
        << " O=" << P.O << " I=" << P.I << ": cluster " << L.cluster << ", " << L.rows
@@ -173,13 +170,14 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
         << " bytes of shared memory per block for their vectors; this device allows " << budget;
     throw std::runtime_error(msg.str());
   }
-  const bool off_chip = forced_off_chip();
+  const bool off_chip = env_flag("TORCHPLASTIC_CUDA_OFF_CHIP");
+  const bool plain_loops = !backward && env_flag("TORCHPLASTIC_CUDA_PLAIN_LOOPS");
   auto plan_for = [&](int C) {
     Plan L;
     L.cluster = C;
     L.rows = static_cast<int>((P.O + C - 1) / C);
     L.smem_bytes = place(L, P, backward, off_chip ? 0 : budget);  // budget 0: nothing fits
-    L.plain_loops = forced_plain_loops();
+    L.plain_loops = plain_loops;
     return L;
   };
   const int forced = forced_cluster();
