@@ -37,25 +37,31 @@ def to_device(kw, device, dtype=None):
 
 
 def compare_cuda_with_cpu(cfg, dtype=torch.float64, rtol=1e-10, atol=1e-10, grads=True, seed=0):
-    kw_cpu = make_inputs(cfg, seed=seed)
+    assert_cuda_matches_cpu(make_inputs(cfg, seed=seed), dtype, rtol, atol, grads)
+
+
+def assert_cuda_matches_cpu(kw_cpu, dtype=None, rtol=1e-10, atol=1e-10, grads=True):
+    """plastic_scan on kw_cpu against the same call on CUDA with the inputs in `dtype` there
+    (default: as on the CPU): outputs and final state within rtol/atol, gradients within ten
+    times that. CUDA's results are compared in the CPU's dtype."""
     kw_gpu = to_device(kw_cpu, "cuda", dtype)
     y_c, s_c = call(tp.functional.plastic_scan, kw_cpu)
     y_g, s_g = call(tp.functional.plastic_scan, kw_gpu)
-    torch.testing.assert_close(y_g.double().cpu(), y_c, rtol=rtol, atol=atol)
+    torch.testing.assert_close(y_g.to(y_c.dtype).cpu(), y_c, rtol=rtol, atol=atol)
     for name in s_c._fields:
         a, b = getattr(s_g, name), getattr(s_c, name)
         assert (a is None) == (b is None), name
         if b is not None:
-            torch.testing.assert_close(a.double().cpu(), b, rtol=rtol, atol=atol,
+            torch.testing.assert_close(a.to(b.dtype).cpu(), b, rtol=rtol, atol=atol,
                                        msg=lambda m: f"{name}: {m}")
     if not grads:
         return
     leaves_c = list(tensor_inputs(kw_cpu).values())
     leaves_g = list(tensor_inputs(kw_gpu).values())
     g_c = torch.autograd.grad(loss_of(y_c, s_c), leaves_c)
-    g_g = torch.autograd.grad(loss_of(y_g.double(), type(s_g)(*[None if t is None else t.double() for t in s_g])), leaves_g)
+    g_g = torch.autograd.grad(loss_of(y_g.to(y_c.dtype), type(s_g)(*[None if t is None else t.to(y_c.dtype) for t in s_g])), leaves_g)
     for name, a, b in zip(tensor_inputs(kw_cpu), g_g, g_c):
-        torch.testing.assert_close(a.double().cpu(), b, rtol=rtol * 10, atol=atol * 10,
+        torch.testing.assert_close(a.to(b.dtype).cpu(), b, rtol=rtol * 10, atol=atol * 10,
                                    msg=lambda m: f"grad {name}: {m}")
 
 
@@ -125,19 +131,7 @@ def test_cuda_float32_forward_rows_match_cpu(rule, source, recurrent, O, env, mo
         for name in ("weight", "alpha"):
             if kw.get(name) is not None:
                 kw[name].mul_(0.2)
-    kw_gpu = to_device(kw, "cuda")
-    y_c, s_c = call(tp.functional.plastic_scan, kw)
-    y_g, s_g = call(tp.functional.plastic_scan, kw_gpu)
-    torch.testing.assert_close(y_g.cpu(), y_c, rtol=1e-4, atol=1e-5)
-    for name in s_c._fields:
-        if getattr(s_c, name) is not None:
-            torch.testing.assert_close(getattr(s_g, name).cpu(), getattr(s_c, name), rtol=1e-4,
-                                       atol=1e-5, msg=lambda m: f"{name}: {m}")
-    leaves_c, leaves_g = tensor_inputs(kw), tensor_inputs(kw_gpu)
-    g_c = torch.autograd.grad(loss_of(y_c, s_c), list(leaves_c.values()))
-    g_g = torch.autograd.grad(loss_of(y_g, s_g), list(leaves_g.values()))
-    for name, a, b in zip(leaves_c, g_g, g_c):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-4, msg=lambda m: f"grad {name}: {m}")
+    assert_cuda_matches_cpu(kw, rtol=1e-4, atol=1e-5)  # gradients within 1e-3, 1e-4
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
