@@ -287,7 +287,7 @@ TP_ALWAYS_INLINE inline void replay_row(const ScanParams<T>& P, const BackwardWo
 // two of a pair's accumulators live on the stack, each iteration's sum waiting on the store
 // of the last: there rows one at a time are faster once a sequence's rows outgrow L2, while
 // short rows, whose sequence fits, still gain from pairs' shared loads of p. The bound of 128
-// was measured on a Zen 3 with 512 KB of L2 (README, CPU kernels).
+// was measured on a Zen 3 with 512 KB of L2 (docs/performance.md, the CPU op).
 TP_ALWAYS_INLINE inline bool fused_pairs(int64_t I) {
 #if defined(__AVX512F__)
   (void)I;

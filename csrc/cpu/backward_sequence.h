@@ -287,7 +287,7 @@ void backward_sequence(const ScanParams<T>& P, const ScanGradParams<T>& G, int64
 // group's share of dL/dh (lstm_ifo_products); each sequence's arithmetic is the same as alone,
 // so the results do not depend on grouping. Sequences of different lengths go one at a time.
 // (Interleaving the group's passes row by row as well, so that each row of α and W served all
-// of them, was slower: README, the plastic LSTM.)
+// of them, was slower: docs/performance.md, the plastic LSTM.)
 template <typename V, typename T>
 void backward_lstm_group(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b0, int n,
                          const BackwardWorkspace<T>* W) {

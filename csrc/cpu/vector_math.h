@@ -1,6 +1,6 @@
 // tanh for float that GCC vectorises: the CPU forward computes a block of rows' outputs in one
 // loop over this function instead of calling glibc's tanhf per row, which was a large share of
-// the whole forward (README, "CPU kernels: what was measured").
+// the whole forward (docs/performance.md, "CPU kernels: what was measured").
 //
 // Branch-free and built from + − × ÷, selects and bit casts, so `#pragma omp simd`
 // loops over it vectorise on every instruction set. Accuracy: within 1 ulp of the correctly
