@@ -94,7 +94,7 @@ def plastic_scan(
         raise TypeError(f"plastic_scan: activation: expected a str, got {type(activation).__name__}")
     # By name: the op's arguments are declared once, in C++ (csrc/ops/scan_args.h), and
     # tests/python/test_registration.py checks that this signature names each of them.
-    arguments = _as_op_arguments(
+    arguments = _op_positional(
         z=z, alpha=alpha, eta=eta, trace=trace, x=x, weight=weight, hidden=hidden,
         eligibility=eligibility, threshold=threshold, modulation=modulation,
         mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
@@ -102,10 +102,11 @@ def plastic_scan(
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
         lengths=lengths, cell=None)
-    # Positionally, in the schema's order (_as_op_arguments keeps it): the dispatcher parses
+    # Positionally, in the schema's order (_op_positional keeps it): the dispatcher parses
     # keywords at several µs a call, which a cell pays every step.
-    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan.default(*arguments.values())
-    _record(torch.ops.torchplastic.plastic_scan_record, arguments)
+    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan.default(*arguments)
+    if _recording_sink is not None:
+        _record(torch.ops.torchplastic.plastic_scan_record, arguments)
     return y, PlasticState(
         hidden=h if x is None else None,
         trace=H,
@@ -171,7 +172,7 @@ def plastic_lstm_scan(
     """
     if not isinstance(rule, str):
         raise TypeError(f"plastic_lstm_scan: rule: expected a str, got {type(rule).__name__}")
-    arguments = _as_op_arguments(
+    arguments = _op_positional(
         z=z, alpha=alpha, eta=eta, trace=trace, x=None, weight=weight_hh, hidden=hidden,
         eligibility=eligibility, threshold=threshold, modulation=modulation,
         mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
@@ -179,8 +180,9 @@ def plastic_lstm_scan(
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
         lengths=lengths, cell=cell)
-    h_seq, h, H, E, theta, c = torch.ops.torchplastic.plastic_lstm_scan.default(*arguments.values())
-    _record(torch.ops.torchplastic.plastic_lstm_scan_record, arguments)
+    h_seq, h, H, E, theta, c = torch.ops.torchplastic.plastic_lstm_scan.default(*arguments)
+    if _recording_sink is not None:
+        _record(torch.ops.torchplastic.plastic_lstm_scan_record, arguments)
     return h_seq, PlasticState(
         hidden=h,
         trace=H,
@@ -191,14 +193,12 @@ def plastic_lstm_scan(
 
 
 def _record(record_op, arguments):
-    """When tp.inspect.record is on: the same call once more, by the kernels that record, its
-    records detached."""
-    if _recording_sink is None:
-        return
+    """When tp.inspect.record is on: the same call (`arguments` in the schema's order) once
+    more, by the kernels that record, its records detached."""
     sink, every = _recording_sink
     with torch.no_grad():
         sink(record_op(**{k: v.detach() if isinstance(v, torch.Tensor) else v
-                          for k, v in arguments.items()}, every=every))
+                          for k, v in zip(SCAN_ARGUMENTS, arguments)}, every=every))
 
 
 # Set by tp.inspect.record around a module's call: (sink(records), every); None otherwise.
@@ -229,11 +229,26 @@ def _as_op_arguments(**values):
     """The op's arguments by name from `values` (one per schema argument), in the schema's order,
     numbers converted to the schema's types (a Python int for a float argument, a NumPy scalar,
     ...)."""
-    out = {}
-    for name, convert in _CONVERTERS:
-        value = values[name]
-        out[name] = value if convert is None or value is None else convert(value)
-    return out
+    return dict(zip(SCAN_ARGUMENTS, _op_positional(**values)))
+
+
+def _positional_builder():
+    """A function taking the op's arguments by keyword (every one) and returning them as a
+    tuple in the schema's order, numbers converted as _as_op_arguments says. Generated once from
+    the schema, as collections.namedtuple generates its classes: a cell pays this on every step,
+    and a loop over the arguments into a dict took it more than twice as long."""
+    def expression(name, convert):
+        if convert is None:
+            return name
+        return f"{name} if {name} is None else _{convert.__name__}({name})"
+    source = (f"def _op_positional(*, {', '.join(SCAN_ARGUMENTS)}):\n"
+              f"    return ({', '.join(expression(n, c) for n, c in _CONVERTERS)},)\n")
+    namespace = {"_float": float, "_int": int}
+    exec(source, namespace)
+    return namespace["_op_positional"]
+
+
+_op_positional = _positional_builder()
 
 
 def _bind(op_name: str, args, kwargs) -> SimpleNamespace:

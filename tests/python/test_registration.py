@@ -3,6 +3,8 @@ functional and the fake implementations all follow that table."""
 
 import inspect
 
+import pytest
+
 import torch
 
 import torchplastic as tp
@@ -68,6 +70,30 @@ def test_raw_op_takes_keywords_in_any_order():
            if name not in ("rule", "activation", "target_activity")},
         rule="hebb", activation="tanh", target_activity=0))
     y_ref, _ = tp.reference.plastic_scan(z, kw["alpha"], kw["eta"], None, weight=kw["weight"])
+    torch.testing.assert_close(y, y_ref)
+
+
+def test_numbers_reach_the_op_as_the_schema_types():
+    # The functional API converts what the schema declares float or int (a Python int for clip,
+    # NumPy scalars), as the op's own parser would refuse some of them.
+    np = pytest.importorskip("numpy")
+    args = functional._as_op_arguments(
+        **{**dict.fromkeys(functional.SCAN_ARGUMENTS), "rule": "hebb", "activation": "tanh"})
+    assert list(args) == list(functional.SCAN_ARGUMENTS)
+    converted = functional._as_op_arguments(
+        **{**args, "clip": 1, "synaptic_scaling": np.float32(2.5), "adaptive_threshold": None,
+           "target_activity": np.int64(0), "checkpoint_every": np.int64(3)})
+    assert type(converted["clip"]) is float and converted["clip"] == 1.0
+    assert type(converted["synaptic_scaling"]) is float and converted["synaptic_scaling"] == 2.5
+    assert converted["adaptive_threshold"] is None
+    assert type(converted["target_activity"]) is float
+    assert type(converted["checkpoint_every"]) is int and converted["checkpoint_every"] == 3
+    z = torch.randn(6, 2, 4, dtype=torch.float64)
+    alpha, eta = torch.rand(4, 4, dtype=torch.float64), torch.full((1, 1), 0.1, dtype=torch.float64)
+    weight = torch.randn(4, 4, dtype=torch.float64)
+    y, _ = tp.functional.plastic_scan(z, alpha, eta, None, weight=weight, clip=1,
+                                      checkpoint_every=np.int64(3), target_activity=np.int64(0))
+    y_ref, _ = tp.reference.plastic_scan(z, alpha, eta, None, weight=weight, clip=1.0)
     torch.testing.assert_close(y, y_ref)
 
 
