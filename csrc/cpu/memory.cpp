@@ -34,9 +34,9 @@ size_t huge_pages_for(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage
 
 // Fresh multi-megabyte CPU buffers (checkpoints, gradient slabs) are first touched inside the
 // kernels; with 4 KiB pages that costs one page fault per 4 KiB, a large share of a forward
-// that saves checkpoints (docs/performance.md, "Where the fused op's CPU time goes"). Transparent huge pages, where the
-// kernel allows them on request, cut the faults 512-fold. Advice only: nothing changes if
-// refused.
+// that saves checkpoints (docs/performance.md, "Where the fused op's CPU time goes").
+// Transparent huge pages, where the kernel allows them on request, cut the faults 512-fold.
+// Advice only: nothing changes if refused.
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = kHugePage;
@@ -51,13 +51,13 @@ void advise_huge_pages(void* data, size_t bytes) {
 
 // The large buffers of a call (traces, their checkpoints and gradients, gradient slabs), kept
 // when freed for the next call. A training loop allocates the same buffers every step; fresh
-// from the OS their pages are zeroed on first touch, a visible share of a call (docs/performance.md), and
-// glibc maps anything over 32 MiB anew every time. Buffers of a few hundred KiB fare no better
-// under glibc: a cell stepped under no_grad frees each step's trace as it allocates the next,
-// and glibc's trimming hands the top of its heap back to the OS, so the next step faults the
-// pages in again (docs/performance.md, "Rollouts"). Freed buffers come back here instead, and a
-// request of the same size takes one. At most kMaxBlocks and kMaxBytes are held; the oldest
-// go to make room.
+// from the OS their pages are zeroed on first touch, a visible share of a call
+// (docs/performance.md), and glibc maps anything over 32 MiB anew every time. Buffers of a few
+// hundred KiB fare no better under glibc: a cell stepped under no_grad frees each step's trace
+// as it allocates the next, and glibc's trimming hands the top of its heap back to the OS, so
+// the next step faults the pages in again (docs/performance.md, "Rollouts"). Freed buffers
+// come back here instead, and a request of the same size takes one. At most kMaxBlocks and
+// kMaxBytes are held; the oldest go to make room.
 class BufferCache {
  public:
   static constexpr size_t kMaxBlocks = 16;

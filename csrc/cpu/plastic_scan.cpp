@@ -154,9 +154,9 @@ BackwardWorkspace<T> workspace_in(const ScanParams<T>& P, T* memory) {
 // lockstep one read of W_ifo (3H × H) per step serves the whole group, but the group's working
 // sets take turns in L2 step by step. Where one sequence's working set fits in L2 and
 // kLstmBackwardGroup of them do not, one sequence at a time keeps it there, and that pays more
-// than the shared reads of W_ifo (docs/performance.md, the plastic LSTM); otherwise, whether all of a group
-// fits or not even one does, the group goes in lockstep. `workspace`: elements of one
-// sequence's BackwardWorkspace.
+// than the shared reads of W_ifo (docs/performance.md, the plastic LSTM); otherwise, whether
+// all of a group fits or not even one does, the group goes in lockstep. `workspace`: elements
+// of one sequence's BackwardWorkspace.
 template <typename T>
 int64_t lstm_backward_group(const ScanParams<T>& P, int64_t workspace) {
   const auto traits = kernels::traits(P.rule);
