@@ -369,7 +369,11 @@ void forward_group_deferred(const ScanParams<T>& P, int64_t b0, int n) {
                           elig ? E[s] + q * I : nullptr);
           continue;
         }
-        T a[kRowBlock];
+        // Outside the LSTM, a_t goes where y_t will be and is activated for the whole step at
+        // once after the blocks: a block's eight activations were a chain of latencies ending
+        // each block.
+        T a_block[kRowBlock];
+        T* a = P.lstm ? a_block : y[s] + o0;
         if (update[s]) {
           if (t >= 2)  // the state is the output, updated in place
             update_and_preactivate_block<V, true>(P, o0, o1, y_prev[s], m_prev[s], p_prev[s],
@@ -389,10 +393,15 @@ void forward_group_deferred(const ScanParams<T>& P, int64_t b0, int n) {
           for (; o < o1; ++o)
             preactivation_rows<1>(P, o, z[s], H_src[s], p[s], theta_in[s], a + (o - o0));
         }
-        activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
-        if (P.lstm) lstm_rows(P, t, b0 + s, o0, o1, gates[s]);
+        if (P.lstm) {
+          activate_block(P.activation, a, y[s] + o0, static_cast<int>(o1 - o0));
+          lstm_rows(P, t, b0 + s, o0, o1, gates[s]);
+        }
       }
     }
+    if (!P.lstm)
+      for (int s = 0; s < n; ++s)
+        if (pre[s]) activate_block(P.activation, y[s], y[s], static_cast<int>(O));
     for (int s = 0; s < n; ++s)
       if (pre[s] && theta[s])
         for (int64_t o = 0; o < O; ++o)

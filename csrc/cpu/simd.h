@@ -72,9 +72,38 @@ TP_ALWAYS_INLINE inline void for_lanes(int64_t n, Body&& body) {
   }
 }
 
-// Σ of the lanes, pairwise.
+// Σ of the lanes, pairwise: acc[l] += acc[l + w] for w = kLanes/2, …, 1, so the sum is the
+// same whatever the vector width's code path. Under AVX2 and AVX-512 written with intrinsics
+// on one vector: GCC compiled the loop below by storing the accumulator to the stack and
+// reading its halves back, a wait on store forwarding at the end of every row
+// (docs/performance.md, the CPU op).
 template <typename T>
 TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
+#if defined(__AVX2__)
+  // Each step adds the upper half of the live lanes to the lower, as the loop does.
+  if constexpr (std::is_same<T, float>::value) {
+#if defined(__AVX512F__)
+    const __m512 v = _mm512_loadu_ps(acc);
+    // The upper eight floats through the double view: extracting them as floats needs AVX512DQ.
+    const __m256 upper = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), upper);
+#else
+    const __m256 s8 = _mm256_loadu_ps(acc);
+#endif
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+  } else if constexpr (std::is_same<T, double>::value) {
+#if defined(__AVX512F__)
+    const __m512d v = _mm512_loadu_pd(acc);
+    const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+#else
+    const __m256d s4 = _mm256_loadu_pd(acc);
+#endif
+    const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+  }
+#endif
 #pragma GCC unroll 8
   for (int w = kLanes<T> / 2; w > 0; w /= 2)
 #pragma omp simd
