@@ -5,8 +5,10 @@
 //   g++ -O3 -march=native -fopenmp machine_rates.cpp -o machine_rates && ./machine_rates
 //
 // Prints one JSON object: threads, fma_gflops (float32), and for each working set per thread
-// the read bandwidth (a sum over the buffer) and the update bandwidth (x = s·x + c in place,
-// the access pattern of a trace update: each byte read once and written once), in GB/s.
+// the read bandwidth (a sum over the buffer), the update bandwidth (x = s·x + c in place, the
+// access pattern of a trace update: each byte read once and written once) and the five-stream
+// bandwidth (the backward's row passes: per element three arrays read, two read and written
+// in place, all five the same length), in GB/s.
 #include <omp.h>
 
 #include <algorithm>
@@ -57,8 +59,9 @@ double fma_gflops(int threads) {
   return 2.0 * 16 * kChains * iterations * threads / seconds / 1e9;
 }
 
-// Read and update bandwidth with `bytes` per thread.
-void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs) {
+// Read, update and five-stream bandwidth with `bytes` per thread.
+void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs,
+               double* five_gbs) {
   const long n = bytes / sizeof(v16);
   std::vector<v16*> buffers(threads);
 #pragma omp parallel
@@ -86,8 +89,23 @@ void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs) {
     for (long p = 0; p < passes; ++p)
       for (long i = 0; i < n; ++i) x[i] = x[i] * m + c;
   });
+  // The same bytes as five arrays, walked together: a[0..2] read, a[3], a[4] updated in place
+  // (as dL/dH and the dL/dα slab are beside the anchor, α and W).
+  const long m5 = n / 5;
+  const double five_s = best_seconds(5, [&](int t) {
+    v16* a[5];
+    for (int k = 0; k < 5; ++k) a[k] = buffers[t] + k * m5;
+    const v16 third = v16{} + 1.0f / 3, h = v16{} + 0.5f;  // the values stay at about 1
+    for (long p = 0; p < passes; ++p)
+      for (long i = 0; i < m5; ++i) {
+        const v16 s = (a[0][i] + a[1][i] + a[2][i]) * third * h;
+        a[3][i] = s + a[3][i] * h;
+        a[4][i] = s + a[4][i] * h;
+      }
+  });
   *read_gbs = double(bytes) * passes * threads / read_s / 1e9;
   *update_gbs = 2.0 * bytes * passes * threads / update_s / 1e9;
+  *five_gbs = 7.0 * m5 * sizeof(v16) * passes * threads / five_s / 1e9;
   for (auto b : buffers) std::free(b);
 }
 
@@ -98,10 +116,11 @@ int main(int argc, char** argv) {
                         512L << 20};
   bool first = true;
   for (long bytes : sizes) {
-    double read_gbs, update_gbs;
-    bandwidth(bytes, threads, &read_gbs, &update_gbs);
-    std::printf("%s{\"bytes_per_thread\": %ld, \"read_gbs\": %.1f, \"update_gbs\": %.1f}",
-                first ? "" : ", ", bytes, read_gbs, update_gbs);
+    double read_gbs, update_gbs, five_gbs;
+    bandwidth(bytes, threads, &read_gbs, &update_gbs, &five_gbs);
+    std::printf("%s{\"bytes_per_thread\": %ld, \"read_gbs\": %.1f, \"update_gbs\": %.1f, "
+                "\"five_stream_gbs\": %.1f}",
+                first ? "" : ", ", bytes, read_gbs, update_gbs, five_gbs);
     first = false;
     std::fflush(stdout);
   }

@@ -4,9 +4,9 @@ ceilings, and how far each pass runs from its bound.
 
 Workload: `make bench`'s (recurrent hebb, float32, α per connection, scalar η, B=32, N=256,
 T=64, default checkpoints). The ceilings come from benchmarks/machine_rates.cpp, built here
-with g++ and run on as many threads as torch uses: the float32 FMA rate, and the bandwidth of
-a streaming update (read and write each byte once, as a trace update does) at the working set
-per thread that each pass has.
+with g++ and run on as many threads as torch uses: the float32 FMA rate, and at the working
+set per thread that each pass has the bandwidth of a streaming update (read and write each
+byte once, as a trace update does) and of the backward's five-array pattern (below).
 
 The passes and what they move per step (counted from the loops in csrc/cpu/forward.h,
 backward.h and kernels/rules/hebb.h; E = B·N² trace elements, one per connection and
@@ -36,8 +36,11 @@ sequence; an "op" is one vector multiply or fused multiply-add, counted as 2 FLO
   B per-sequence dL/dα slabs (E·4 bytes once per call), each timed as the torch call it is.
 
 Each pass's bound: the larger of its FLOPs at the measured FMA rate and its bytes at the
-measured update bandwidth of the working set they come from (the smallest measured working
-set at least as large); "× bound" is the measured time over that bound.
+measured bandwidth of its access pattern at the working set they come from (the smallest
+measured working set at least as large); "× bound" is the measured time over that bound. The
+row passes' pattern is five arrays walked together (three read, two updated in place), which
+the machine serves more slowly than one array updated in place: on the Intel VM about 60% of
+it at 1.5 MB per thread (machine_rates.cpp measures both).
 """
 
 import argparse
@@ -82,11 +85,12 @@ def best_time(fn, repeats):
     return best
 
 
-def update_bandwidth_for(rates, bytes_per_thread):
-    """The measured update bandwidth (GB/s) at the smallest measured working set at least this
-    large (the largest measured one beyond them all)."""
+def bandwidth_for(rates, bytes_per_thread, pattern="update"):
+    """The measured bandwidth (GB/s) of an access pattern ("update": one array updated in place;
+    "five_stream": three arrays read and two updated together) at the smallest measured working
+    set at least this large (the largest measured one beyond them all)."""
     fitting = [r for r in rates["bandwidth"] if r["bytes_per_thread"] >= bytes_per_thread]
-    return (fitting[0] if fitting else rates["bandwidth"][-1])["update_gbs"]
+    return (fitting[0] if fitting else rates["bandwidth"][-1])[pattern + "_gbs"]
 
 
 def main():
@@ -133,17 +137,18 @@ def main():
                                        (f32 * E / K, checkpoints_per_thread)]),
         "backward loop: anchors": (None, 2 * advanced * E,
                                    [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set)]),
-        "backward loop: row passes": (None, 14 * E, [(28 * E, l2_set)]),
+        "backward loop: row passes": (None, 14 * E, [(28 * E, l2_set, "five_stream")]),
         "backward loop, both": (t_loop, (2 * advanced + 14) * E,
-                                [(f32 * E / K, checkpoints_per_thread), (f32 * E / K + 28 * E, l2_set)]),
+                                [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set),
+                                 (28 * E, l2_set, "five_stream")]),
         "backward: dL/dW GEMM": (t_gemm, B * N * N, [(2 * B * N * f32, 2 * T * B * N * f32 // threads)]),
         "backward: dL/dα slab sum": (t_slabs, E / T / 2, [(f32 * E / T, traces_per_thread)]),
     }
     fma_ops = rates["fma_gflops"] / 2 * 1e9  # vector ops per second
     rows = []
     for name, (seconds, ops_per_step, traffic) in passes.items():
-        moved = sum(b for b, _ in traffic)
-        t_mem = sum(b / (update_bandwidth_for(rates, ws) * 1e9) for b, ws in traffic)
+        moved = sum(b for b, *_ in traffic)
+        t_mem = sum(b / (bandwidth_for(rates, *where) * 1e9) for b, *where in traffic)
         t_fma = ops_per_step / fma_ops
         bound = max(t_mem, t_fma)
         timed = seconds is not None
@@ -153,9 +158,10 @@ def main():
                          bound="memory" if t_mem >= t_fma else "FMA", bound_us=bound * 1e6,
                          of_bound=seconds / bound if timed else None))
 
-    print(f"machine: {threads} threads; float32 FMA {rates['fma_gflops']:.0f} GFLOP/s; update bandwidth (GB/s) per "
-          "working set per thread: " + ", ".join(f"{r['bytes_per_thread'] >> 10} KB {r['update_gbs']:.0f}"
-                                                  for r in rates["bandwidth"]))
+    print(f"machine: {threads} threads; float32 FMA {rates['fma_gflops']:.0f} GFLOP/s; update (five-stream) "
+          "bandwidth in GB/s per working set per thread: "
+          + ", ".join(f"{r['bytes_per_thread'] >> 10} KB {r['update_gbs']:.0f} ({r['five_stream_gbs']:.0f})"
+                      for r in rates["bandwidth"]))
     print(f"op: recurrent hebb float32, B={B}, N={N}, T={T}, K={K}: forward {t_forward * 1e6:.0f} µs/step, "
           f"backward {t_backward * 1e6:.0f} µs/step")
     print()
