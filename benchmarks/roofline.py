@@ -131,16 +131,17 @@ def main():
     checkpoints_per_thread = (math.ceil(T / K) - 1) * traces_per_thread
     l2_set = 6 * N * N * f32  # a forward group's (4 traces, α, W) or a sequence's backward
     advanced = (K - 1) // 4 * 4 / K  # step-updates per step for the anchors
-    # Per pass: seconds per step, ops per step, and (bytes per step, working set they come from).
+    # Per pass: seconds per step, ops per step, and (bytes per step, working set they come from[,
+    # access pattern: bandwidth_for's, "update" if not given]). The backward loop's two parts run
+    # interleaved and are timed together: "both" is their sum.
+    anchors = (2 * advanced * E, [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set)])
+    row_passes = (14 * E, [(28 * E, l2_set, "five_stream")])
     passes = {
         "forward": (t_forward, 4 * E, [(2 * f32 * E + 2 * f32 * E / 4, l2_set),
                                        (f32 * E / K, checkpoints_per_thread)]),
-        "backward loop: anchors": (None, 2 * advanced * E,
-                                   [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set)]),
-        "backward loop: row passes": (None, 14 * E, [(28 * E, l2_set, "five_stream")]),
-        "backward loop, both": (t_loop, (2 * advanced + 14) * E,
-                                [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set),
-                                 (28 * E, l2_set, "five_stream")]),
+        "backward loop: anchors": (None, *anchors),
+        "backward loop: row passes": (None, *row_passes),
+        "backward loop, both": (t_loop, anchors[0] + row_passes[0], anchors[1] + row_passes[1]),
         "backward: dL/dW GEMM": (t_gemm, B * N * N, [(2 * B * N * f32, 2 * T * B * N * f32 // threads)]),
         "backward: dL/dα slab sum": (t_slabs, E / T / 2, [(f32 * E / T, traces_per_thread)]),
     }
