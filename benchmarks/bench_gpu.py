@@ -9,8 +9,8 @@ the T-step loop unrolled would take minutes.
 
 --dtypes, --layouts and --grid time the fused op alone: with bfloat16 and float16 inputs (traces
 in float32), under each cluster layout the planner can be forced into (TORCHPLASTIC_CUDA_CLUSTER,
-TORCHPLASTIC_CUDA_OFF_CHIP) and with the forward's plain loops (TORCHPLASTIC_CUDA_PLAIN_LOOPS),
-and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
+TORCHPLASTIC_CUDA_OFF_CHIP) and with the kernels' plain loops (TORCHPLASTIC_CUDA_PLAIN_LOOPS), on
+chip and off, and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
 """
 
 import argparse
@@ -162,9 +162,12 @@ def main():
     if args.layouts:
         layouts = {f"cluster {c}": dict(TORCHPLASTIC_CUDA_CLUSTER=c) for c in (1, 2, 3, 4, 8)}
         layouts["off chip, cluster 2"] = dict(TORCHPLASTIC_CUDA_CLUSTER=2, TORCHPLASTIC_CUDA_OFF_CHIP=1)
-        # The planner's layout with the forward's loops as before their shared-memory copies and
-        # row pairs (2026-12-05): what those are worth, measured in the same run.
+        # The kernels' loops as before the forward's shared-memory copies and row pairs and the
+        # row loops' chunked loads and the backward's prefetches (2026-12-05, Plan::plain_loops):
+        # what those are worth, measured in the same run, on chip and off.
         layouts["planner's, plain loops"] = dict(TORCHPLASTIC_CUDA_PLAIN_LOOPS=1)
+        layouts["off chip, cluster 2, plain loops"] = dict(
+            TORCHPLASTIC_CUDA_CLUSTER=2, TORCHPLASTIC_CUDA_OFF_CHIP=1, TORCHPLASTIC_CUDA_PLAIN_LOOPS=1)
         res["layouts"] = {name: fused_only(T, B, N, args.repeats, **env) for name, env in layouts.items()}
         print_fused_table(f"\nfused, forced layouts (the planner picks by itself above), B={B}, N={N}, T={T}",
                           res["layouts"])

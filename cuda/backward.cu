@@ -19,11 +19,20 @@ namespace cuda {
 // later steps and dg_rule the rule's and θ's shares of dL/dg_t, writes the gates'
 // pre-activation gradients of i, f, o into grad_z, carries dL/dc_{t-1} in S.gc[o], adds the
 // row's W_hh i, f, o terms to the warp's dL/dp partials and returns dL/dg̃ (every lane).
+// prefetch: ask for those rows of W_hh first (prefetch_row, common.cuh).
 template <typename T>
 __device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams<T>& G,
                                     const BackwardSmem<T>& S, int64_t t, int64_t b, int64_t o,
-                                    T dg_rule, T* partials, int lane) {
+                                    T dg_rule, T* partials, int lane, bool prefetch) {
   const int64_t H = P.O;
+  const T* Wi = P.weight_hh + o * H;
+  const T* Wf = P.weight_hh + (H + o) * H;
+  const T* Wo = P.weight_hh + (3 * H + o) * H;
+  if (prefetch) {
+    prefetch_row(Wi, static_cast<int>(H), lane);
+    prefetch_row(Wf, static_cast<int>(H), lane);
+    prefetch_row(Wo, static_cast<int>(H), lane);
+  }
   const auto d = kernels::lstm_cell_grad(
       P.lstm_value(ScanParams<T>::kGateI, t, b)[o], P.lstm_value(ScanParams<T>::kGateF, t, b)[o],
       P.lstm_value(ScanParams<T>::kGateG, t, b)[o], P.lstm_value(ScanParams<T>::kGateO, t, b)[o],
@@ -37,9 +46,6 @@ __device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams
     grad_z[3 * H + o] = d.o;
     S.gc[o] = d.cell_prev;
   }
-  const T* Wi = P.weight_hh + o * H;
-  const T* Wf = P.weight_hh + (H + o) * H;
-  const T* Wo = P.weight_hh + (3 * H + o) * H;
   for (int64_t k = lane; k < H; k += 32) partials[k] += d.i * Wi[k] + d.f * Wf[k] + d.o * Wo[k];
   return d.g;
 }
@@ -64,6 +70,9 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
   const T clip = P.clip;
+  // Rows in global memory are asked into L1 one row ahead (prefetch_row, common.cuh); not in
+  // the benchmark's baseline (Plan::plain_loops).
+  const bool prefetch = !L.plain_loops;
 
   const int64_t Z = P.lstm ? 4 * O : O;  // z's width
   // Past its length a sequence's gradients are zero.
@@ -133,12 +142,20 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     for (int64_t j = 0; j + 1 < len; ++j) {
       const int64_t t = t0 + j;
+      // Row o of H_{t-1} (E_{t-1}), which step j's recomputation reads.
+      auto prefetch_source = [&](int64_t o) {
+        if (!prefetch || o >= r1) return;
+        prefetch_row(seg_H + j * OI + o * I, I32, lane);
+        if (retro) prefetch_row(seg_E + j * OI + o * I, I32, lane);
+      };
+      prefetch_source(r0 + warp);
       stage_step(t);
       __syncthreads();
       const T* p = S.pbuf;
       const T* y = S.ybuf;
       const T s = P.internal_modulation() ? modulation_signal(P, mod_input(t), S.red) : T(0);
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
+        prefetch_source(o + kWarps);
         const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
         const int64_t row = o * I;
         update_row_warp<V>(P, o, y[o], m, p, seg_H + j * OI + row, seg_H + (j + 1) * OI + row,
@@ -171,7 +188,8 @@ __global__ void __launch_bounds__(kThreads)
 
       // dL/da of row o (the LSTM: through its cell's backward), then its α, H_{t-1} and p terms.
       auto finish_row = [&](int64_t o, T gy_total) {
-        const T ga = P.lstm ? lstm_cell_backward_row(P, G, S, t, b, o, gy_total, my_partials, lane)
+        const T ga = P.lstm ? lstm_cell_backward_row(P, G, S, t, b, o, gy_total, my_partials,
+                                                     lane, prefetch)
                             : gy_total * kernels::activation_grad(P.activation, y[o]);
         if (lane == 0) {
           G.grad_z[(t * B + b) * Z + (P.lstm ? 2 * O : 0) + o] = ga;
@@ -192,7 +210,22 @@ __global__ void __launch_bounds__(kThreads)
         }
       };
 
+      // Row o's slices in global memory that the sweep and finish_row read: H_{t-1} (E_{t-1})
+      // always, the others where the plan keeps them off chip.
+      auto prefetch_row_of_step = [&](int64_t o) {
+        if (!prefetch || o >= r1) return;
+        const int64_t local = (o - r0) * I;
+        prefetch_row(H_prev + o * I, I32, lane);
+        if (retro) prefetch_row(E_prev + o * I, I32, lane);
+        if (!L.grad_trace) prefetch_row(gH + local, I32, lane);
+        if (retro && !L.grad_elig) prefetch_row(gE + local, I32, lane);
+        if (!L.grad_alpha) prefetch_row(gA + local, I32, lane);
+        if (!L.alpha) prefetch_row(A + local, I32, lane);
+        if (P.recurrent && !L.weight) prefetch_row(W + local, I32, lane);
+      };
+      prefetch_row_of_step(r0 + warp);
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
+        prefetch_row_of_step(o + kWarps);
         const T yo = y[o];
         const T mo = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
         const T* eta = P.eta_row(o);

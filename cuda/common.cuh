@@ -122,13 +122,59 @@ __device__ __forceinline__ void assume_shared(const T* p) {
   __builtin_assume(__isShared(p));
 }
 
+// Asks for the line holding p (global memory) to be brought into L1, without a register to
+// wait on: a hint, which the loads that follow find done or in flight.
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(__cvta_generic_to_global(p)));
+}
+
+// Every line of a row of I elements in global memory into L1, each lane its elements' (the
+// lanes of one instruction cover consecutive elements, so each instruction asks for one or two
+// lines). The backward's row loops store as they go, and the compiler cannot move a load above
+// a store through a pointer that may alias it: without this, each of a row's global loads waits
+// out its whole latency in turn (seen in their SASS). Holding the loads' values in registers
+// instead (row_chunks) pushed the backward kernels, at the register cap, into spilling.
+template <typename T>
+__device__ __forceinline__ void prefetch_row(const T* row, int I, int lane) {
+  for (int i = lane; i < I; i += 32) prefetch_l1(row + i);
+}
+
+// Elements per lane that a row loop loads before it computes (row_chunks): in double, whose
+// values take two registers each, half as many.
+template <typename T>
+constexpr int kChunk = sizeof(T) == 4 ? 4 : 2;
+
+// A warp's pass over a row of I elements, element i on lane i mod 32, U elements per lane at a
+// time: load(u, i) for each of the chunk's elements, then body(u, i) for each, which stores.
+// A loop that loads, computes and stores one element at a time waits out each load's latency in
+// turn: the compiler cannot move a load above a store through a pointer that may alias it (in
+// the SASS of the forward's trace update, the loads of p came after the last element's store).
+// A chunk's loads go out together. U = 1 is that plain loop (Plan::plain_loops, and the
+// backward, which prefetches instead: prefetch_row); the order in which a lane's elements are
+// summed is the same for every U.
+template <int U, typename Load, typename Body>
+__device__ __forceinline__ void row_chunks(int I, int lane, Load&& load, Body&& body) {
+  int i0 = lane;
+  for (; i0 + 32 * (U - 1) < I; i0 += 32 * U) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) load(u, i0 + 32 * u);
+#pragma unroll
+    for (int u = 0; u < U; ++u) body(u, i0 + 32 * u);
+  }
+  for (; i0 < I; i0 += 32) {  // the row's last elements, fewer than a chunk
+    load(0, i0);
+    body(0, i0);
+  }
+}
+
 // Row o of the trace update by one warp: H_src (E_src) → H_dst (E_dst); src may equal dst
 // (each element is read and written by the same lane). V: the rule, clipping and η's
 // granularity as types (kernels/variant.h), so the element loop carries only its own terms;
-// Shared: p and the rows are in shared memory.
+// Shared: p and the rows are in shared memory; U: elements per lane loaded at once
+// (row_chunks).
 // Indices within a row are 32-bit: a row's length fits, and 64-bit index arithmetic takes
 // more integer instructions per element.
-template <typename V, bool Shared = false, typename T>
+template <typename V, bool Shared = false, int U = 1, typename T>
 __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, const T* p,
                                 const T* H_src, T* H_dst, const T* E_src, T* E_dst, int lane) {
   using R = typename V::Rule;
@@ -147,16 +193,24 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
   const T eta_o = eta[0], clip = P.clip;
   const bool scaling = P.has_scaling;
   T sumsq = 0;
-  for (int i = lane; i < I; i += 32) {
-    const T E = R::eligibility ? E_src[i] : T(0);
-    const Synapse<T> s =
-        kernels::synapse<R>(P, row + i, H_src[i], E, y, p[i], m, eta_at<V>(eta, eta_o, i));
-    T C = R::candidate(s);
-    if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
-    if constexpr (V::clip) C = kernels::clip_value(C, clip);
-    H_dst[i] = C;
-    if (scaling) sumsq += C * C;
-  }
+  T h[U], e[U], pv[U], et[U];
+  row_chunks<U>(
+      I, lane,
+      [&](int u, int i) {
+        h[u] = H_src[i];
+        if constexpr (R::eligibility) e[u] = E_src[i];
+        pv[u] = p[i];
+        et[u] = eta_at<V>(eta, eta_o, i);
+      },
+      [&](int u, int i) {
+        const Synapse<T> s = kernels::synapse<R>(P, row + i, h[u],
+                                                 R::eligibility ? e[u] : T(0), y, pv[u], m, et[u]);
+        T C = R::candidate(s);
+        if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
+        if constexpr (V::clip) C = kernels::clip_value(C, clip);
+        H_dst[i] = C;
+        if (scaling) sumsq += C * C;
+      });
   if (scaling) {
     const T norm = sqrt(warp_sum(sumsq));
     if (norm > P.scaling) {

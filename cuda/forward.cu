@@ -144,9 +144,12 @@ __global__ void __launch_bounds__(kThreads)
     // Row o's trace update in place; p is in shared memory (S.ybuf or S.pbuf).
     auto update_row = [&](int64_t o, T post_o, T m, T* H_row, T* E_row) {
       if (trace_on_chip)
-        update_row_warp<V, true>(P, o, post_o, m, p, H_row, H_row, E_row, E_row, lane);
+        update_row_warp<V, true, kChunk<T>>(P, o, post_o, m, p, H_row, H_row, E_row, E_row, lane);
+      else if (L.plain_loops)
+        update_row_warp<V, false, 1>(P, o, post_o, m, p, H_row, H_row, E_row, E_row, lane);
       else
-        update_row_warp<V, false>(P, o, post_o, m, p, H_row, H_row, E_row, E_row, lane);
+        update_row_warp<V, false, kChunk<T>>(P, o, post_o, m, p, H_row, H_row, E_row, E_row,
+                                             lane);
     };
 
     // Rows o, o + kWarps, ... (N of them, 1 or 2) of this warp: their pre-activations in one

@@ -85,8 +85,8 @@ bool env_flag(const char* name) {
 // Test hooks: TORCHPLASTIC_CUDA_CLUSTER=1..8 forces the cluster size (sizes that are no power
 // of two too, which split the rows unevenly),
 // TORCHPLASTIC_CUDA_OFF_CHIP=1 keeps every matrix in global memory (the streaming fallback),
-// and TORCHPLASTIC_CUDA_PLAIN_LOOPS=1 sets the forward's Plan::plain_loops (the benchmark's
-// baseline for its loops).
+// and TORCHPLASTIC_CUDA_PLAIN_LOOPS=1 sets Plan::plain_loops (the benchmark's baseline for
+// the kernels' loops).
 int forced_cluster() {
   const char* v = std::getenv("TORCHPLASTIC_CUDA_CLUSTER");
   return v ? std::atoi(v) : 0;
@@ -171,7 +171,7 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     throw std::runtime_error(msg.str());
   }
   const bool off_chip = env_flag("TORCHPLASTIC_CUDA_OFF_CHIP");
-  const bool plain_loops = !backward && env_flag("TORCHPLASTIC_CUDA_PLAIN_LOOPS");
+  const bool plain_loops = env_flag("TORCHPLASTIC_CUDA_PLAIN_LOOPS");
   auto plan_for = [&](int C) {
     Plan L;
     L.cluster = C;

@@ -22,7 +22,8 @@ struct Plan {
   bool trace = false, elig = false, alpha = false, weight = false;     // H, E, α, W
   bool grad_trace = false, grad_elig = false, grad_alpha = false;      // backward accumulators
   bool partials = false;   // per-warp partial sums of dL/dp (backward)
-  // The forward's loops as they were before their shared-memory copies and row pairs: a
+  // The kernels' loops as they were before the forward's shared-memory copies, row pairs and
+  // chunked loads (row_chunks, common.cuh) and the backward's prefetches (prefetch_row): a
   // baseline for the benchmark (TORCHPLASTIC_CUDA_PLAIN_LOOPS=1), the same results.
   bool plain_loops = false;
   size_t smem_bytes = 0;

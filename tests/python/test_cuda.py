@@ -112,25 +112,31 @@ def test_cuda_float32_matches_float64():
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),   # 32 rows per block: pairs only
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_PLAIN_LOOPS": "1"}),
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}),
-], ids=["pairs-and-single", "pairs", "plain-loops", "off-chip"])
+    (160, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),  # rows of 160: a chunk of 4 per lane, then 1
+    (160, {"TORCHPLASTIC_CUDA_CLUSTER": "2", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}),
+], ids=["pairs-and-single", "pairs", "plain-loops", "off-chip", "chunks", "chunks-off-chip"])
 @pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
 @pytest.mark.parametrize("rule,source", [(r, s) for r in RULES for s in
                                          (("external", "fanout") if tp.rules.rule_info(r).modulated else (None,))])
 def test_cuda_float32_forward_rows_match_cpu(rule, source, recurrent, O, env, monkeypatch):
     """The float forward's row loops: in pairs per warp (more than 16 rows per block), one row
-    alone, the plain loops and the off-chip ones; row-local updates (external modulation or
-    none) and updates after every row's output (fan-out). Against the CPU in float32, and the
-    gradients (the backward recomputes the forward's traces)."""
+    alone, the plain loops and the off-chip ones, and rows long enough for whole chunks
+    (row_chunks, cuda/common.cuh: four elements per lane, loaded before they are stored) and a
+    rest; row-local updates (external modulation or none) and updates after every row's output
+    (fan-out). Against the CPU in float32, and the gradients (the backward recomputes the
+    forward's traces, with the same loops)."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     info = tp.rules.rule_info(rule)
     cfg = Config(rule=rule, recurrent=recurrent, source=source, clip=info.default_clip, T=6, B=3,
                  O=O, I=O if recurrent else 24)
     kw = make_inputs(cfg, dtype=torch.float32)
-    with torch.no_grad():  # a contracting recurrence, as in test_cuda_float32_matches_float64
+    # A contracting recurrence, as in test_cuda_float32_matches_float64, and as much at O=160
+    # as at 64 (there float32 on the CPU stays within a third of these tolerances of float64).
+    with torch.no_grad():
         for name in ("weight", "alpha"):
             if kw.get(name) is not None:
-                kw[name].mul_(0.2)
+                kw[name].mul_(0.2 * min(1.0, (64 / O) ** 0.5))
     assert_cuda_matches_cpu(kw, rtol=1e-4, atol=1e-5)  # gradients within 1e-3, 1e-4
 
 
