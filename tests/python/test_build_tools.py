@@ -139,6 +139,64 @@ def test_ncu_profile_fails_on_any_other_error(tmp_path, output, returncode, says
     assert says in result.stdout
 
 
+# The source page of a report (`ncu --import R --page source --csv --print-source sass`), as
+# Nsight Compute prints it: the kernel's name, then one row per instruction.
+NCU_SOURCE_CSV = """\
+"Kernel Name","plastic_scan_backward_kernel<float, Hebb>"
+"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_barrier","stall_wait"
+"0x7f00","MOV R1, c[0x0][0x28]","2","0","0","2"
+"0x7f10","LDG.E R115, desc[UR20][R88.64]","10","0","0","1"
+"0x7f20","FFMA R79, R112, R107, R79","150","140","0","10"
+"0x7f30","BAR.SYNC.DEFER_BLOCKING 0x0","38","0","36","2"
+"""
+
+
+def test_ncu_profile_adds_the_most_stalled_instructions(tmp_path):
+    """Against a stand-in ncu that writes a report with -o, prints its details on --import and
+    its source page on --import --page source: ncu.txt gets the details and, per kernel, the
+    instructions ranked by their warps' stall samples with their largest reasons."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "details.txt").write_text(NCU_REPORT)
+    (tmp_path / "source.csv").write_text(NCU_SOURCE_CSV)
+    ncu = bin_dir / "ncu"
+    ncu.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import sys
+        args = sys.argv[1:]
+        if "-o" in args:
+            open(args[args.index("-o") + 1] + ".ncu-rep", "w").write("report")
+            print("==PROF== Report: ...")
+        elif "--page" in args:
+            print(open({str(tmp_path / "source.csv")!r}).read(), end="")
+        else:
+            print(open({str(tmp_path / "details.txt")!r}).read(), end="")
+        """))
+    ncu.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = subprocess.run(["bash", NCU_PROFILE, str(out), sys.executable], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = (out / "ncu.txt").read_text()
+    assert NCU_REPORT in log
+    hot = log[log.index("plastic_scan_backward_kernel<float, Hebb>: 4 instructions, 200"):]
+    lines = hot.splitlines()[1:4]
+    assert "75.0%" in lines[0] and "FFMA" in lines[0] and "stall_long_sb 140" in lines[0]
+    assert "19.0%" in lines[1] and "BAR.SYNC" in lines[1] and "stall_barrier 36" in lines[1]
+    assert "LDG.E" in lines[2]
+    assert "FFMA R79" in result.stdout  # the summary printed
+
+
+def test_ncu_hot_instructions_reports_a_file_it_cannot_read(tmp_path):
+    csv_file = tmp_path / "source.csv"
+    csv_file.write_text("==ERROR== something else entirely\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ncu_hot_instructions.py"),
+                             str(csv_file)], capture_output=True, text=True)
+    assert result.returncode == 0 and "no table of instructions" in result.stdout
+
+
 # Two loops of cuobjdump -sass output: a 4-instruction one (shared-memory loads) nested in a
 # longer one that branches back past it, and a forward branch that is no loop.
 SASS = """\
