@@ -193,7 +193,7 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
   const T eta_o = eta[0], clip = P.clip;
   const bool scaling = P.has_scaling;
   T sumsq = 0;
-  T h[U], e[U], pv[U], et[U];
+  T h[U], e[U] = {}, pv[U], et[U];  // e: read only by rules with an eligibility trace
   row_chunks<U>(
       I, lane,
       [&](int u, int i) {
