@@ -70,9 +70,9 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
   const T clip = P.clip;
-  // Rows in global memory are asked into L1 one row ahead (prefetch_row, common.cuh); not in
-  // the benchmark's baseline (Plan::plain_loops).
-  const bool prefetch = !L.plain_loops;
+  // Rows in global memory are asked into L1 one row ahead (prefetch_row, common.cuh) where the
+  // plan says so (Plan::prefetch_rows).
+  const bool prefetch = L.prefetch_rows;
 
   const int64_t Z = P.lstm ? 4 * O : O;  // z's width
   // Past its length a sequence's gradients are zero.

@@ -109,6 +109,7 @@ void log_plan(const Plan& L, const ScanParams<T>& P, bool backward, int sms) {
   for (const auto& [on, name] : parts)
     if (on) line << ' ' << name;
   if (L.plain_loops) line << "; plain loops";
+  if (L.prefetch_rows) line << "; rows prefetched";
   line << "; " << L.smem_bytes << " B of shared memory per block; "
        << resident_clusters<T>(L, backward, sms) << " clusters resident at once, " << P.B
        << " launched";
@@ -178,6 +179,7 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     L.rows = static_cast<int>((P.O + C - 1) / C);
     L.smem_bytes = place(L, P, backward, off_chip ? 0 : budget);  // budget 0: nothing fits
     L.plain_loops = plain_loops;
+    L.prefetch_rows = backward && !plain_loops && P.I * static_cast<int64_t>(sizeof(T)) <= 1024;
     return L;
   };
   const int forced = forced_cluster();

@@ -26,6 +26,11 @@ struct Plan {
   // chunked loads (row_chunks, common.cuh) and the backward's prefetches (prefetch_row): a
   // baseline for the benchmark (TORCHPLASTIC_CUDA_PLAIN_LOOPS=1), the same results.
   bool plain_loops = false;
+  // The backward asks for each warp's next row in global memory into L1 while it works on the
+  // current one (prefetch_row in common.cuh): where a row is at most 1 KB, so that 16 warps'
+  // rows ahead stay in L1 (at N=1024 off chip, rows of 4 KB, they would evict one another), and
+  // not with plain_loops.
+  bool prefetch_rows = false;
   size_t smem_bytes = 0;
 };
 

@@ -215,6 +215,7 @@ def test_cuda_plan_log_names_each_plan_once(monkeypatch, capfd):
     assert len(lines) == 2, lines  # one forward plan and one backward plan, each printed once
     assert lines[0].startswith("plastic_scan (CUDA) forward plan: B=3 O=37 I=37: cluster 2, 19 rows")
     assert lines[1].startswith("plastic_scan (CUDA) backward plan: B=3 O=37 I=37: cluster 2, 19 rows")
+    assert "rows prefetched" in lines[1] and "rows prefetched" not in lines[0]  # rows of 148 B
     for line in lines:
         resident = int(line.split("; ")[-1].split()[0])
         assert resident >= 1, line
