@@ -15,6 +15,7 @@ chip and off, and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 
@@ -95,11 +96,17 @@ def fused_only(T, B, N, repeats, dtype=torch.float32, **env):
     return dict(forward_us_per_step=fwd / T, fwd_bwd_us_per_step=fb / T)
 
 
-def print_fused_table(title, rows):
-    print(title)
-    print(f"{'':28}{'fwd µs/step':>13}{'fwd+bwd µs/step':>17}")
-    for name, r in rows.items():
-        print(f"{name:28}{r['forward_us_per_step']:13.2f}{r['fwd_bwd_us_per_step']:17.2f}")
+def fused_table(title, rows):
+    """Runs each of rows' measurements (name: a function returning fused_only's dict), printing
+    the table row by row as they come, so that a run cut short (make gpu-check bounds this
+    script's time) still shows the rows it measured; returns {name: figures}."""
+    print(title, flush=True)
+    print(f"{'':34}{'fwd µs/step':>13}{'fwd+bwd µs/step':>17}", flush=True)
+    out = {}
+    for name, measure in rows.items():
+        r = out[name] = measure()
+        print(f"{name:34}{r['forward_us_per_step']:13.2f}{r['fwd_bwd_us_per_step']:17.2f}", flush=True)
+    return out
 
 
 def peak_bytes(fn):
@@ -155,30 +162,43 @@ def main():
         memr = r["peak_mb"] / max(ref["peak_mb"], 1e-9)
         print(f"{name:22}{r['forward_us_per_step']:13.2f}{r['fwd_bwd_us_per_step']:17.2f}{r['peak_mb']:10.1f}"
               f"{speed:17.1f}x{memr:8.1f}x")
+    save(res, args.json)
     if args.dtypes:
-        res["dtypes"] = {str(d).removeprefix("torch."): fused_only(T, B, N, args.repeats, dtype=d)
-                         for d in (torch.float32, torch.bfloat16, torch.float16)}
-        print_fused_table(f"\nfused, input dtypes (traces in float32), B={B}, N={N}, T={T}", res["dtypes"])
+        res["dtypes"] = fused_table(
+            f"\nfused, input dtypes (traces in float32), B={B}, N={N}, T={T}",
+            {str(d).removeprefix("torch."): functools.partial(fused_only, T, B, N, args.repeats, dtype=d)
+             for d in (torch.float32, torch.bfloat16, torch.float16)})
+        save(res, args.json)
     if args.layouts:
         layouts = {f"cluster {c}": dict(TORCHPLASTIC_CUDA_CLUSTER=c) for c in (1, 2, 3, 4, 8)}
         layouts["off chip, cluster 2"] = dict(TORCHPLASTIC_CUDA_CLUSTER=2, TORCHPLASTIC_CUDA_OFF_CHIP=1)
         # The kernels' loops as before the forward's shared-memory copies and row pairs and the
         # row loops' chunked loads and the backward's prefetches (2026-12-05, Plan::plain_loops):
-        # what those are worth, measured in the same run, on chip and off.
+        # what those are worth, measured in the same run, on chip and off, beside the same
+        # layouts with them.
+        layouts["planner's"] = {}
         layouts["planner's, plain loops"] = dict(TORCHPLASTIC_CUDA_PLAIN_LOOPS=1)
         layouts["off chip, cluster 2, plain loops"] = dict(
             TORCHPLASTIC_CUDA_CLUSTER=2, TORCHPLASTIC_CUDA_OFF_CHIP=1, TORCHPLASTIC_CUDA_PLAIN_LOOPS=1)
-        res["layouts"] = {name: fused_only(T, B, N, args.repeats, **env) for name, env in layouts.items()}
-        print_fused_table(f"\nfused, forced layouts (the planner picks by itself above), B={B}, N={N}, T={T}",
-                          res["layouts"])
+        res["layouts"] = fused_table(
+            f"\nfused, forced layouts (the planner picks by itself above), B={B}, N={N}, T={T}",
+            {name: functools.partial(fused_only, T, B, N, args.repeats, **env)
+             for name, env in layouts.items()})
+        save(res, args.json)
     if args.grid:
-        res["grid"] = {f"B={b} N={n}": fused_only(T, b, n, max(3, args.repeats // 4))
-                       for b in (1, 32, 256) for n in (64, 256, 1024)}
-        print_fused_table(f"\nfused over sizes, float32, T={T}", res["grid"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        res["grid"] = fused_table(
+            f"\nfused over sizes, float32, T={T}",
+            {f"B={b} N={n}": functools.partial(fused_only, T, b, n, max(3, args.repeats // 4))
+             for b in (1, 32, 256) for n in (64, 256, 1024)})
+        save(res, args.json)
 
+
+def save(res, path):
+    """The figures so far into the JSON file, if one was asked for: after each table, so that a
+    run cut short keeps the tables it finished."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=2)
 
 if __name__ == "__main__":
     main()
