@@ -123,12 +123,19 @@ __global__ void __launch_bounds__(kThreads)
   // memory, which is only there once every block of the cluster has started.
   cluster_barrier(C);
 
+  // The next step that starts a segment, so that a step's test is one comparison: the 64-bit
+  // modulo in checkpoint_slot compiles to a division of some twenty instructions (a call to a
+  // longer routine for values past 32 bits), which every thread ran at every step.
+  int64_t next_segment = P.checkpoint_every;
   for (int64_t t = 0; t < T_; ++t) {
-    if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) {
-      T* elig_slot = P.checkpoint_slot(P.elig_ckpt, t, b);
-      for (int64_t k = threadIdx.x; k < n; k += kThreads) {
-        slot[r0 * I + k] = H[k];
-        if (retro) elig_slot[r0 * I + k] = E[k];
+    if (t == next_segment) {
+      next_segment += P.checkpoint_every;
+      if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) {
+        T* elig_slot = P.checkpoint_slot(P.elig_ckpt, t, b);
+        for (int64_t k = threadIdx.x; k < n; k += kThreads) {
+          slot[r0 * I + k] = H[k];
+          if (retro) elig_slot[r0 * I + k] = E[k];
+        }
       }
     }
     const T* p;
