@@ -22,9 +22,10 @@ struct Plan {
   bool trace = false, elig = false, alpha = false, weight = false;     // H, E, α, W
   bool grad_trace = false, grad_elig = false, grad_alpha = false;      // backward accumulators
   bool partials = false;   // per-warp partial sums of dL/dp (backward)
-  // The kernels' loops as they were before the forward's shared-memory copies, row pairs and
-  // chunked loads (row_chunks, common.cuh) and the backward's prefetches (prefetch_row): a
-  // baseline for the benchmark (TORCHPLASTIC_CUDA_PLAIN_LOOPS=1), the same results.
+  // The kernels' loops as they were before the forward's shared-memory copies, row pairs,
+  // chunked loads (row_chunks, common.cuh) and staging of the next step's z ahead, and before
+  // the backward's prefetches (prefetch_row): a baseline for the benchmark
+  // (TORCHPLASTIC_CUDA_PLAIN_LOOPS=1), the same results.
   bool plain_loops = false;
   // The backward asks for each warp's next row in global memory into L1 while it works on the
   // current one (prefetch_row in common.cuh): where a row is at most 1 KB, so that 16 warps'
