@@ -184,6 +184,9 @@ def main():
             f"\nfused, forced layouts (the planner picks by itself above), B={B}, N={N}, T={T}",
             {name: functools.partial(fused_only, T, B, N, args.repeats, **env)
              for name, env in layouts.items()})
+        print_ratios(res["layouts"], [("planner's, plain loops", "planner's"),
+                                      ("off chip, cluster 2, plain loops", "off chip, cluster 2"),
+                                      ("cluster 4", "cluster 3")])
         save(res, args.json)
     if args.grid:
         res["grid"] = fused_table(
@@ -191,6 +194,16 @@ def main():
             {f"B={b} N={n}": functools.partial(fused_only, T, b, n, max(3, args.repeats // 4))
              for b in (1, 32, 256) for n in (64, 256, 1024)})
         save(res, args.json)
+
+
+def print_ratios(rows, pairs):
+    """For each (a, b) of pairs: how many times a's time per step b's is, forward and
+    forward+backward (above 1: b faster), the comparisons the layouts table is there for."""
+    for a, b in pairs:
+        if a in rows and b in rows:
+            fwd = rows[a]["forward_us_per_step"] / rows[b]["forward_us_per_step"]
+            fb = rows[a]["fwd_bwd_us_per_step"] / rows[b]["fwd_bwd_us_per_step"]
+            print(f"{a} / {b}: forward {fwd:.2f}x, forward+backward {fb:.2f}x", flush=True)
 
 
 def save(res, path):
