@@ -4,8 +4,9 @@
 # (default ./gpu-check-out), seven files at most, as the device tool brings back eight: this
 # script's whole output (gpu_check.log), the build's ptxas report, the CUDA tests' log, the
 # benchmark's figures (bench_gpu.json), the Nsight Compute profile of the benchmark's kernels and
-# the two compute-sanitizer logs; the build's own logs stay beside the build. Bounded to about 9
-# minutes.
+# the two compute-sanitizer logs; the build's own logs stay beside the build. Each step has its
+# own time bound; together they can outlast one device call (10 minutes), so the steps run in
+# the order they are needed in and GPU_CHECK_ONLY (below) reruns those a call had no time for.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -21,7 +22,8 @@ export PATH
 status=0
 step() { echo; echo "=== $* ($(date +%T))"; }
 # GPU_CHECK_ONLY="profile sanitizer" runs only those steps after the build (a rerun of what a
-# first call had no time left for); the steps: tests smoke bench lstm profile sanitizer.
+# first call had no time left for); the steps, in this order (what #14 needs first, first): tests
+# smoke bench profile lstm sanitizer.
 want() { [ -z "${GPU_CHECK_ONLY:-}" ] || [[ " $GPU_CHECK_ONLY " == *" $1 "* ]]; }
 
 step "device"
@@ -67,20 +69,20 @@ if want bench; then
     --dtypes --layouts --grid --json "$OUT/bench_gpu.json" || status=1
 fi
 
-if want lstm; then
-  step "plastic LSTM benchmark (B=32, H=256, T=256, against cuDNN's LSTM)"
-  for rule in retroactive hebb; do
-    timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
-      --rounds 5 --rule $rule || status=1
-  done
-fi
-
 # Where the time goes (issue #14): the benchmark's forward and backward kernels under Nsight
 # Compute (scripts/ncu_profile.sh; a machine that withholds the performance counters is reported,
 # not counted as a failure).
 if want profile; then
   step "Nsight Compute: the benchmark's kernels"
   bash scripts/ncu_profile.sh "$OUT" "$PY" || status=1
+fi
+
+if want lstm; then
+  step "plastic LSTM benchmark (B=32, H=256, T=256, against cuDNN's LSTM)"
+  for rule in retroactive hebb; do
+    timeout 45 $PY -X faulthandler benchmarks/bench_lstm.py --device cuda --steps 256 --no-reference \
+      --rounds 5 --rule $rule || status=1
+  done
 fi
 
 # Every launch shape at small sizes under compute-sanitizer: out-of-bounds and misaligned
