@@ -96,14 +96,13 @@ NCU_REPORT = """\
 """
 
 
-def run_ncu_profile(tmp_path, output, returncode):
-    """scripts/ncu_profile.sh with a stand-in `ncu` first on PATH that prints `output` and exits
-    with `returncode`."""
+def run_ncu_profile_with(tmp_path, ncu_program):
+    """scripts/ncu_profile.sh with `ncu_program` (a script's text) as the `ncu` first on PATH;
+    returns the run and the ncu.txt it wrote."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     ncu = bin_dir / "ncu"
-    (tmp_path / "ncu_output.txt").write_text(output)
-    ncu.write_text(f"#!/bin/sh\ncat {tmp_path / 'ncu_output.txt'}\nexit {returncode}\n")
+    ncu.write_text(ncu_program)
     ncu.chmod(0o755)
     out = tmp_path / "out"
     out.mkdir()
@@ -111,6 +110,14 @@ def run_ncu_profile(tmp_path, output, returncode):
     result = subprocess.run(["bash", NCU_PROFILE, str(out), sys.executable], capture_output=True,
                             text=True, env=env, timeout=60)
     return result, (out / "ncu.txt").read_text()
+
+
+def run_ncu_profile(tmp_path, output, returncode):
+    """scripts/ncu_profile.sh with a stand-in `ncu` that prints `output` and exits with
+    `returncode`."""
+    (tmp_path / "ncu_output.txt").write_text(output)
+    return run_ncu_profile_with(
+        tmp_path, f"#!/bin/sh\ncat {tmp_path / 'ncu_output.txt'}\nexit {returncode}\n")
 
 
 def test_ncu_profile_summarises_the_kernels_it_profiled(tmp_path):
@@ -155,12 +162,9 @@ def test_ncu_profile_adds_the_most_stalled_instructions(tmp_path):
     """Against a stand-in ncu that writes a report with -o, prints its details on --import and
     its source page on --import --page source: ncu.txt gets the details and, per kernel, the
     instructions ranked by their warps' stall samples with their largest reasons."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     (tmp_path / "details.txt").write_text(NCU_REPORT)
     (tmp_path / "source.csv").write_text(NCU_SOURCE_CSV)
-    ncu = bin_dir / "ncu"
-    ncu.write_text(textwrap.dedent(f"""\
+    result, log = run_ncu_profile_with(tmp_path, textwrap.dedent(f"""\
         #!{sys.executable}
         import sys
         args = sys.argv[1:]
@@ -172,14 +176,7 @@ def test_ncu_profile_adds_the_most_stalled_instructions(tmp_path):
         else:
             print(open({str(tmp_path / "details.txt")!r}).read(), end="")
         """))
-    ncu.chmod(0o755)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    result = subprocess.run(["bash", NCU_PROFILE, str(out), sys.executable], capture_output=True,
-                            text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    log = (out / "ncu.txt").read_text()
     assert NCU_REPORT in log
     hot = log[log.index("plastic_scan_backward_kernel<float, Hebb>: 4 instructions, 200"):]
     lines = hot.splitlines()[1:4]
