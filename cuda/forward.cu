@@ -104,14 +104,17 @@ __global__ void __launch_bounds__(kThreads)
     if (L.alpha) S.alpha[k] = P.alpha[r0 * I + k];
     if (P.recurrent && L.weight) S.weight[k] = P.weight[r0 * I + k];
   }
+  // Row o's per-step inputs at step t: z (the LSTM's g rows) and external m.
+  auto z_at = [&](int64_t t, int64_t o) { return P.z_row(t, b)[(P.lstm ? 2 * O : 0) + o]; };
+  auto m_at = [&](int64_t t, int64_t o) { return P.modulation[(t * B + b) * O + o]; };
+  const bool external = P.mod_source == ModSource::External;
   // Per-step inputs of this block's rows are staged in shared memory one step ahead, so no
   // warp waits on a global load in the middle of its row.
   auto stage = [&](int64_t t) {
     if (t >= T_) return;
-    const T* z = P.z_row(t, b) + (P.lstm ? 2 * O : 0);  // the LSTM's g rows
     for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
-      S.zbuf[o] = z[o];
-      if (P.mod_source == ModSource::External) S.mbuf[o] = P.modulation[(t * B + b) * O + o];
+      S.zbuf[o] = z_at(t, o);
+      if (external) S.mbuf[o] = m_at(t, o);
     }
   };
   stage(0);
@@ -124,8 +127,8 @@ __global__ void __launch_bounds__(kThreads)
   T z_next = 0, m_next = 0;
   auto load_ahead = [&](int64_t t) {
     if (!stage_ahead || t >= T_ || my_row >= r1) return;
-    z_next = P.z_row(t, b)[(P.lstm ? 2 * O : 0) + my_row];
-    if (P.mod_source == ModSource::External) m_next = P.modulation[(t * B + b) * O + my_row];
+    z_next = z_at(t, my_row);
+    if (external) m_next = m_at(t, my_row);
   };
   auto store_ahead = [&](int64_t t) {
     if (!stage_ahead) {
@@ -134,7 +137,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (t >= T_ || my_row >= r1) return;
     S.zbuf[my_row] = z_next;
-    if (P.mod_source == ModSource::External) S.mbuf[my_row] = m_next;
+    if (external) S.mbuf[my_row] = m_next;
   };
   for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
     S.theta[o] = P.has_threshold ? P.theta0[b * O + o] : T(0);
