@@ -13,6 +13,7 @@ import torchplastic as tp
 from helpers import (RULES, Config, all_rule_mode_sources, call, call_lstm, gradcheck_call, loss_of,
                      make_inputs, make_lstm_inputs, tensor_inputs)
 from test_plastic_scan import OPTION_CASES, opcheck_args
+from test_random import assert_same_results, random_case, run_cases, run_scan
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and tp.build_info()["with_cuda"]),
@@ -383,3 +384,24 @@ def test_cuda_lstm_gradcheck_and_module():
     out, state = lstm(torch.randn(7, 3, 5, device="cuda"))
     (out.sum() + state.cell.sum()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lstm.parameters())
+
+
+def check_random_case_on_cuda(seed: int, wide: bool = False, lstm: bool = False):
+    """test_random's case `seed` (non-contiguous, expanded and transposed inputs, lengths at wide
+    sizes) on CUDA under a layout drawn from CUDA_LAYOUTS by the seed, against the CPU kernel,
+    both in float64."""
+    kw = random_case(seed, wide, lstm)
+    layout = CUDA_LAYOUTS[seed % len(CUDA_LAYOUTS)]
+    with pytest.MonkeyPatch.context() as m:
+        for k, v in layout.items():
+            m.setenv(k, v)
+        assert_same_results(to_device(kw, "cuda"), kw, lambda k: run_scan(tp.functional, k, lstm),
+                            lambda k: run_scan(tp.functional, k, lstm), tol=(1e-10, 1e-10),
+                            grad_tol=(1e-9, 1e-9))
+
+
+# test_random's three families on CUDA, ten seconds each (gpu-check's time is short).
+@pytest.mark.parametrize("family", [dict(), dict(wide=True), dict(wide=True, lstm=True)],
+                         ids=["small", "wide", "wide_lstm"])
+def test_cuda_random_configurations_match_cpu(family):
+    run_cases(3000, 10, check=check_random_case_on_cuda, **family)

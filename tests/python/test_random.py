@@ -2,9 +2,14 @@
 sizes (including 1), T up to 50, non-contiguous, expanded and transposed inputs, against the
 reference in values and gradients (float64).
 
-Bounded to about a minute: TORCHPLASTIC_RANDOM_CASES (default 1500) configurations, stopping
-early after TORCHPLASTIC_RANDOM_SECONDS (default 60). A failure prints its seed; rerun exactly
-that case with TORCHPLASTIC_RANDOM_SEED=<seed>.
+Three families: plastic_scan at small sizes (up to 9, T up to 50); plastic_scan and the plastic
+LSTM at wide sizes (up to 70 rows and columns, batches up to 40, variable lengths), which reach
+the kernels' vector loops with their rests, rows in pairs, sequences in groups and a batch of
+single steps in blocks of rows, paths the small sizes never take.
+
+Each family is bounded: TORCHPLASTIC_RANDOM_CASES (default 1500) configurations, stopping early
+after TORCHPLASTIC_RANDOM_SECONDS (default 60; the wide families a third of it each). A failure
+prints its seed; rerun exactly that case with TORCHPLASTIC_RANDOM_SEED=<seed>.
 """
 
 import os
@@ -36,38 +41,70 @@ def odd_layout(t: torch.Tensor, rng: random.Random) -> torch.Tensor:
     return t
 
 
-def random_case(seed: int):
+def random_size(rng: random.Random, wide: bool) -> int:
+    """A row or column count: up to 9, or for wide cases whole vectors of floats and doubles
+    (16, 32, 48, 64), one past them, and anything up to 70."""
+    if not wide:
+        return rng.choice([1, rng.randint(2, 9)])
+    return rng.choice([1, rng.randint(2, 15), 16, 32, 33, 48, 64, rng.randint(17, 70)])
+
+
+def random_lengths(rng: random.Random, T: int, B: int):
+    """Per-sequence lengths in [0, T] (None, a full batch, in some cases)."""
+    if T == 0 or rng.random() < 0.6:
+        return None
+    return torch.tensor([rng.randint(0, T) for _ in range(B)])
+
+
+def random_case(seed: int, wide: bool = False, lstm: bool = False):
+    """Keyword arguments of plastic_scan (plastic_lstm_scan with lstm) for seed."""
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
     D = torch.float64
     rule = rng.choice(RULES)
     info = tp.rules.rule_info(rule)
-    recurrent = rng.random() < 0.5
-    T, B, O = rng.choice([0, 1, 2, rng.randint(3, 50)]), rng.choice([1, rng.randint(2, 5)]), rng.choice([1, rng.randint(2, 9)])
-    I = O if recurrent else rng.choice([1, rng.randint(2, 9)])
+    recurrent = lstm or rng.random() < 0.5
+    if wide:
+        T, B = rng.choice([0, 1, 2, rng.randint(3, 20)]), rng.choice([1, rng.randint(2, 5), rng.randint(30, 40)])
+    else:
+        T, B = rng.choice([0, 1, 2, rng.randint(3, 50)]), rng.choice([1, rng.randint(2, 5)])
+    O = random_size(rng, wide)
+    I = O if recurrent else random_size(rng, wide)
+    # At wide sizes the weights shrink with the fan-in (recurrent weights' spectral radius about
+    # 0.6), so that the recurrence contracts: a chaotic one would amplify both sides' different
+    # rounding past the tolerances within a few dozen steps.
+    fan = min(1.0, (4.0 / max(O, I)) ** 0.5) if wide else 1.0
 
     def randn(*shape, scale=1.0):
         return scale * torch.randn(shape, generator=g, dtype=D)
 
-    kw = dict(rule=rule, activation=rng.choice(["tanh", "relu", "sigmoid", "identity"]),
-              checkpoint_every=rng.choice([None, 1, rng.randint(1, 60)]))
-    # Keep long, unclipped, identity-activation runs from overflowing.
-    bounded = kw["activation"] in ("tanh", "sigmoid")
+    kw = dict(rule=rule)
+    if not lstm:  # the LSTM's activations are its own
+        kw["activation"] = rng.choice(["tanh", "relu", "sigmoid", "identity"])
+    kw["checkpoint_every"] = rng.choice([None, 1, rng.randint(1, 60)])
+    # Keep long, unclipped, identity-activation runs from overflowing. At wide sizes a clip is
+    # not enough: it bounds each element of the trace, so (α ⊙ H) y can still grow with the
+    # row's length; synaptic scaling bounds the row's norm.
+    bounded = kw.get("activation", "tanh") in ("tanh", "sigmoid")
     kw["clip"] = rng.choice([None, 0.5, 2.0]) if info.default_clip is None else rng.choice([0.5, 1.0])
     kw["synaptic_scaling"] = rng.choice([None, None, 0.7, 3.0])
-    if not bounded and kw["clip"] is None and kw["synaptic_scaling"] is None:
+    if not bounded and (wide or kw["clip"] is None) and kw["synaptic_scaling"] is None:
         kw["synaptic_scaling"] = 1.0
     kw["adaptive_threshold"] = rng.choice([None, 0.05])
     kw["target_activity"] = rng.choice([0.0, 0.2])
-    kw["z"] = randn(T, B, O)
+    kw["z"] = randn(T, B, 4 * O if lstm else O)
     ga, ge = rng.choice(list(GRAN)), rng.choice(list(GRAN))
-    kw["alpha"] = randn(*GRAN[ga](O, I), scale=0.3)
+    kw["alpha"] = randn(*GRAN[ga](O, I), scale=0.3 * fan)
     kw["eta"] = 0.05 + 0.3 * torch.rand(GRAN[ge](O, I), generator=g, dtype=D) if info.uses_eta else None
     if info.coefficients:
         kw["abcd"] = randn(4, *GRAN[rng.choice(list(GRAN))](O, I), scale=0.5)
-    kw["trace"] = rng.choice([None, randn(B, O, I, scale=0.2)])
-    scale = 0.3 if bounded else 0.1
-    if recurrent:
+    kw["trace"] = rng.choice([None, randn(B, O, I, scale=0.2 * fan)])
+    scale = (0.3 if bounded else 0.1) * fan
+    if lstm:
+        kw["weight_hh"] = randn(4 * O, O, scale=scale)
+        kw["hidden"] = rng.choice([None, randn(B, O, scale=0.3)])
+        kw["cell"] = rng.choice([None, randn(B, O, scale=0.3)])
+    elif recurrent:
         kw["weight"] = randn(O, O, scale=scale)
         kw["hidden"] = rng.choice([None, randn(B, O, scale=0.3)])
     else:
@@ -79,57 +116,109 @@ def random_case(seed: int):
         elif source == "external_per_neuron":
             kw["modulation"] = randn(T, B, O, scale=0.5)
         else:
-            kw["mod_weight"], kw["mod_bias"] = randn(O), randn(1)
+            kw["mod_weight"], kw["mod_bias"] = randn(O, scale=fan), randn(1)
             if source == "fanout":
                 kw["mod_fanout_weight"], kw["mod_fanout_bias"] = randn(O), randn(O)
     if info.eligibility:
-        kw["eligibility"] = rng.choice([None, randn(B, O, I, scale=0.2)])
+        kw["eligibility"] = rng.choice([None, randn(B, O, I, scale=0.2 * fan)])
     if kw["adaptive_threshold"] is not None:
         kw["threshold"] = rng.choice([None, randn(B, O, scale=0.1)])
     for k, v in list(kw.items()):
         if isinstance(v, torch.Tensor):
             kw[k] = odd_layout(v, rng).requires_grad_(True)
+    if wide:
+        kw["lengths"] = random_lengths(rng, T, B)
     return kw
 
 
-def check_case(seed: int):
-    kw = random_case(seed)
-    leaves = tensor_inputs(kw)
-    y, state = call(tp.functional.plastic_scan, kw)
-    y_ref, state_ref = call(tp.reference.plastic_scan, kw)
-    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+def split_lstm(kw):
+    """plastic_lstm_scan's positional arguments and keywords from random_case's dict."""
+    kw = dict(kw)
+    return [kw.pop(name) for name in ("z", "weight_hh", "alpha", "eta", "trace")], kw
+
+
+def run_scan(module, kw, lstm: bool):
+    """module.plastic_scan (module.plastic_lstm_scan with lstm) on random_case's dict; module is
+    tp.functional or tp.reference."""
+    if lstm:
+        args, rest = split_lstm(kw)
+        return module.plastic_lstm_scan(*args, **rest)
+    return call(module.plastic_scan, kw)
+
+
+def differentiable_inputs(kw):
+    return {k: v for k, v in tensor_inputs(kw).items() if v.requires_grad}  # not lengths
+
+
+def assert_same_results(kw, kw_expected, run, run_expected, tol=(1e-9, 1e-10), grad_tol=(1e-7, 1e-9)):
+    """run(kw) against run_expected(kw_expected), the same inputs (perhaps on another device): the
+    outputs and final state within tol (rtol, atol), and the gradients of loss_of in every input
+    that requires one within grad_tol; results are compared on the CPU in the expected dtype."""
+    y, state = run(kw)
+    y_ref, state_ref = run_expected(kw_expected)
+    def here(t):
+        return t.to(device="cpu", dtype=y_ref.dtype)
+    torch.testing.assert_close(here(y), y_ref, rtol=tol[0], atol=tol[1])
     for name in state._fields:
         a, b = getattr(state, name), getattr(state_ref, name)
+        assert (a is None) == (b is None), name
         if b is not None:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(here(a), b, rtol=tol[0], atol=tol[1], msg=lambda m: f"{name}: {m}")
     loss, loss_ref = loss_of(y, state), loss_of(y_ref, state_ref)
-    if not all(isinstance(v, torch.Tensor) and v.requires_grad for v in (loss, loss_ref)):
-        return  # T = 0 without an initial state: nothing to differentiate
-    g = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    g_ref = torch.autograd.grad(loss_ref, list(leaves.values()), allow_unused=True)
-    for name, a, b in zip(leaves, g, g_ref):
+    leaves, leaves_ref = differentiable_inputs(kw), differentiable_inputs(kw_expected)
+
+    def grads(loss, leaves):
+        if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+            return [None] * len(leaves)  # T = 0 without an initial state: nothing depends on them
+        return torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+
+    g, g_ref = grads(loss, leaves), grads(loss_ref, leaves_ref)
+    for name, a, b in zip(leaves_ref, g, g_ref):
         if b is None:
             assert a is None or torch.count_nonzero(a) == 0, name
             continue
-        if a is None:
-            a = torch.zeros_like(b)
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=lambda m: f"grad {name}: {m}")
+        a = torch.zeros_like(b) if a is None else here(a)
+        torch.testing.assert_close(a, b, rtol=grad_tol[0], atol=grad_tol[1], msg=lambda m: f"grad {name}: {m}")
 
 
-def test_random_configurations_match_reference():
+def check_case(seed: int, wide: bool = False, lstm: bool = False):
+    """The fused op against the reference, both on the CPU, on random_case(seed, wide, lstm)."""
+    kw = random_case(seed, wide, lstm)
+    assert_same_results(kw, kw, lambda k: run_scan(tp.functional, k, lstm),
+                        lambda k: run_scan(tp.reference, k, lstm))
+
+
+def run_cases(base: int, seconds: float, check=check_case, **family):
+    """check(seed, **family) over the seeds from base (or TORCHPLASTIC_RANDOM_SEED alone) until
+    the cases or the seconds run out."""
     if "TORCHPLASTIC_RANDOM_SEED" in os.environ:
         seeds = [int(os.environ["TORCHPLASTIC_RANDOM_SEED"])]
     else:
-        base = int(os.environ.get("TORCHPLASTIC_RANDOM_BASE", "1000"))
+        base = int(os.environ.get("TORCHPLASTIC_RANDOM_BASE", str(base)))
         seeds = range(base, base + int(os.environ.get("TORCHPLASTIC_RANDOM_CASES", "1500")))
-    deadline = time.time() + float(os.environ.get("TORCHPLASTIC_RANDOM_SECONDS", "60"))
+    deadline = time.time() + seconds
     ran = 0
     for seed in seeds:
         if time.time() > deadline:
             break
         try:
-            check_case(seed)
+            check(seed, **family)
         except Exception as e:
             pytest.fail(f"seed {seed} failed (rerun with TORCHPLASTIC_RANDOM_SEED={seed}): {e}")
         ran += 1
     assert ran >= 1
+
+
+SECONDS = float(os.environ.get("TORCHPLASTIC_RANDOM_SECONDS", "60"))
+
+
+def test_random_configurations_match_reference():
+    run_cases(1000, SECONDS)
+
+
+def test_random_wide_configurations_match_reference():
+    run_cases(1000, SECONDS / 3, wide=True)
+
+
+def test_random_wide_lstm_configurations_match_reference():
+    run_cases(1000, SECONDS / 3, wide=True, lstm=True)
