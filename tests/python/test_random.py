@@ -2,10 +2,11 @@
 sizes (including 1), T up to 50, non-contiguous, expanded and transposed inputs, against the
 reference in values and gradients (float64).
 
-Three families: plastic_scan at small sizes (up to 9, T up to 50); plastic_scan and the plastic
+Four families: plastic_scan at small sizes (up to 9, T up to 50); plastic_scan and the plastic
 LSTM at wide sizes (up to 70 rows and columns, batches up to 40, variable lengths), which reach
 the kernels' vector loops with their rests, rows in pairs, sequences in groups and a batch of
-single steps in blocks of rows, paths the small sizes never take.
+single steps in blocks of rows, paths the small sizes never take; and both at wide sizes in
+float32, whose kernels have vectors of their own width, against the reference in float64.
 
 Each family is bounded: TORCHPLASTIC_RANDOM_CASES (default 1500) configurations, stopping early
 after TORCHPLASTIC_RANDOM_SECONDS (default 60; the wide families a third of it each). A failure
@@ -150,10 +151,13 @@ def differentiable_inputs(kw):
     return {k: v for k, v in tensor_inputs(kw).items() if v.requires_grad}  # not lengths
 
 
-def assert_same_results(kw, kw_expected, run, run_expected, tol=(1e-9, 1e-10), grad_tol=(1e-7, 1e-9)):
-    """run(kw) against run_expected(kw_expected), the same inputs (perhaps on another device): the
-    outputs and final state within tol (rtol, atol), and the gradients of loss_of in every input
-    that requires one within grad_tol; results are compared on the CPU in the expected dtype."""
+def assert_same_results(kw, kw_expected, run, run_expected, tol=(1e-9, 1e-10), grad_tol=(1e-7, 1e-9),
+                        grad_atol_of_largest=False, grad_outliers=0):
+    """run(kw) against run_expected(kw_expected), the same inputs (perhaps on another device or in
+    another dtype): the outputs and final state within tol (rtol, atol), and the gradients of
+    loss_of in every input that requires one within grad_tol (with grad_atol_of_largest, its atol
+    times the largest expected element, at least 1), but for at most grad_outliers elements of
+    each; results are compared on the CPU in the expected dtype."""
     y, state = run(kw)
     y_ref, state_ref = run_expected(kw_expected)
     def here(t):
@@ -178,7 +182,10 @@ def assert_same_results(kw, kw_expected, run, run_expected, tol=(1e-9, 1e-10), g
             assert a is None or torch.count_nonzero(a) == 0, name
             continue
         a = torch.zeros_like(b) if a is None else here(a)
-        torch.testing.assert_close(a, b, rtol=grad_tol[0], atol=grad_tol[1], msg=lambda m: f"grad {name}: {m}")
+        atol = grad_tol[1] * (max(1.0, b.abs().max().item()) if grad_atol_of_largest and b.numel() else 1.0)
+        outside = ((a - b).abs() > atol + grad_tol[0] * b.abs()).sum().item()
+        if outside > grad_outliers:
+            torch.testing.assert_close(a, b, rtol=grad_tol[0], atol=atol, msg=lambda m: f"grad {name}: {m}")
 
 
 def check_case(seed: int, wide: bool = False, lstm: bool = False):
@@ -186,6 +193,25 @@ def check_case(seed: int, wide: bool = False, lstm: bool = False):
     kw = random_case(seed, wide, lstm)
     assert_same_results(kw, kw, lambda k: run_scan(tp.functional, k, lstm),
                         lambda k: run_scan(tp.reference, k, lstm))
+
+
+def check_float32_case(seed: int):
+    """The fused op in float32 against the reference in float64 on random_case(seed, wide=True),
+    the plastic LSTM's for every third seed. The tolerances are float32's after up to 20 steps of
+    a contracting recurrence: over 3000 such cases on the AVX-512 kernels, outputs and states came
+    within 0.3% (relative, past an absolute 1e-4) and gradients within 3.4% (relative, past 1e-3
+    of the largest element), so a wrong element of a float32 loop, off by its own size, stands
+    out. One element of a gradient may differ beyond them: where a value lies within float32's
+    rounding of a kink (a ReLU's pre-activation at 0, a trace at its clip bound) the two sides take
+    different branches, and the gradient through it is passed on one and cut on the other (two
+    of 15000 cases, seeds 13038 and 15404, one element each)."""
+    lstm = seed % 3 == 0
+    kw = random_case(seed, wide=True, lstm=lstm)
+    kw32 = {k: v.detach().float().requires_grad_(v.requires_grad)
+            if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kw.items()}
+    assert_same_results(kw32, kw, lambda k: run_scan(tp.functional, k, lstm),
+                        lambda k: run_scan(tp.reference, k, lstm), tol=(1e-2, 1e-4),
+                        grad_tol=(0.1, 1e-3), grad_atol_of_largest=True, grad_outliers=1)
 
 
 def run_cases(base: int, seconds: float, check=check_case, **family):
@@ -222,3 +248,7 @@ def test_random_wide_configurations_match_reference():
 
 def test_random_wide_lstm_configurations_match_reference():
     run_cases(1000, SECONDS / 3, wide=True, lstm=True)
+
+
+def test_random_wide_float32_configurations_match_float64_reference():
+    run_cases(1000, SECONDS / 3, check=check_float32_case)
