@@ -5,6 +5,7 @@ the op's schema and registers the shape functions ``torch.compile`` traces with.
 """
 
 import math
+import numbers
 from types import SimpleNamespace
 from typing import Optional, Tuple
 
@@ -95,6 +96,7 @@ def plastic_scan(
     # By name: the op's arguments are declared once, in C++ (csrc/ops/scan_args.h), and
     # tests/python/test_registration.py checks that this signature names each of them.
     arguments = _op_positional(
+        "plastic_scan",
         z=z, alpha=alpha, eta=eta, trace=trace, x=x, weight=weight, hidden=hidden,
         eligibility=eligibility, threshold=threshold, modulation=modulation,
         mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
@@ -173,6 +175,7 @@ def plastic_lstm_scan(
     if not isinstance(rule, str):
         raise TypeError(f"plastic_lstm_scan: rule: expected a str, got {type(rule).__name__}")
     arguments = _op_positional(
+        "plastic_lstm_scan",
         z=z, alpha=alpha, eta=eta, trace=trace, x=None, weight=weight_hh, hidden=hidden,
         eligibility=eligibility, threshold=threshold, modulation=modulation,
         mod_weight=mod_weight, mod_bias=mod_bias, mod_fanout_weight=mod_fanout_weight,
@@ -218,32 +221,59 @@ def _converter(jit_type) -> Optional[type]:
     return None
 
 
+def _optional(jit_type) -> bool:
+    return str(jit_type).startswith("Optional[")
+
+
 _SCHEMA = torch.ops.torchplastic.plastic_scan.default._schema
 SCAN_ARGUMENTS = tuple(a.name for a in _SCHEMA.arguments)
 SCAN_TENSOR_ARGUMENTS = tuple(a.name for a in _SCHEMA.arguments
                               if str(a.type) in ("Tensor", "Optional[Tensor]"))
-_CONVERTERS = tuple((a.name, _converter(a.type)) for a in _SCHEMA.arguments)
+_CONVERTERS = tuple((a.name, _converter(a.type), _optional(a.type)) for a in _SCHEMA.arguments)
 
 
-def _as_op_arguments(**values):
+def _as_op_arguments(op: str = "plastic_scan", **values):
     """The op's arguments by name from `values` (one per schema argument), in the schema's order,
     numbers converted to the schema's types (a Python int for a float argument, a NumPy scalar,
-    ...)."""
-    return dict(zip(SCAN_ARGUMENTS, _op_positional(**values)))
+    ...); `op` names the caller in errors."""
+    return dict(zip(SCAN_ARGUMENTS, _op_positional(op, **values)))
+
+
+def _float_argument(value, op: str, name: str) -> float:
+    """value, a real number (a Python int, a NumPy scalar, ...), as a Python float. A string, a
+    bool or anything else is refused: float() would read "2" or True as a number."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
+        raise TypeError(f"{op}: {name}: expected a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _int_argument(value, op: str, name: str) -> int:
+    """value, an integer (a NumPy integer, ...), as a Python int. A float, a string or a bool is
+    refused: int() would cut 1.5 to 1 and read "3" as a number."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{op}: {name}: expected an int, got {type(value).__name__} {value!r}")
+    return int(value)
 
 
 def _positional_builder():
-    """A function taking the op's arguments by keyword (every one) and returning them as a
-    tuple in the schema's order, numbers converted as _as_op_arguments says. Generated once from
-    the schema, as collections.namedtuple generates its classes: a cell pays this on every step,
-    and a loop over the arguments into a dict took it more than twice as long."""
-    def expression(name, convert):
+    """A function taking the op's name (for errors) and its arguments by keyword (every one),
+    returning them as a tuple in the schema's order, numbers converted as _as_op_arguments says.
+    Generated once from the schema, as collections.namedtuple generates its classes: a cell pays
+    this on every step, and a loop over the arguments into a dict took it more than twice as
+    long."""
+    def expression(name, convert, optional):
         if convert is None:
             return name
-        return f"{name} if {name} is None else _{convert.__name__}({name})"
-    source = (f"def _op_positional(*, {', '.join(SCAN_ARGUMENTS)}):\n"
-              f"    return ({', '.join(expression(n, c) for n, c in _CONVERTERS)},)\n")
-    namespace = {"_float": float, "_int": int}
+        # The usual case, a value of the schema's type (or None where it may be), inline.
+        kept = f"type({name}) is {convert.__name__}" + (f" or {name} is None" if optional else "")
+        return f"{name} if {kept} else _{convert.__name__}({name}, _op, {name!r})"
+    source = (f"def _op_positional(_op, *, {', '.join(SCAN_ARGUMENTS)}):\n"
+              f"    return ({', '.join(expression(*c) for c in _CONVERTERS)},)\n")
+    namespace = {"_float": _float_argument, "_int": _int_argument}
     exec(source, namespace)
     return namespace["_op_positional"]
 

@@ -70,6 +70,35 @@ def test_functional_rejects_bad_input(case):
     assert "expected" in msg and "got" in msg, msg
 
 
+@pytest.mark.parametrize("fn", ["plastic_scan", "plastic_lstm_scan"])
+@pytest.mark.parametrize("argument,value,expected", [
+    ("checkpoint_every", 1.5, "an int"), ("checkpoint_every", "3", "an int"),
+    ("checkpoint_every", True, "an int"), ("clip", "2", "a real number"),
+    ("clip", True, "a real number"), ("synaptic_scaling", [1.0], "a real number"),
+    ("target_activity", None, "a real number"), ("adaptive_threshold", 1j, "a real number")])
+def test_number_options_of_another_type_are_refused(fn, argument, value, expected):
+    # float() and int() would take "2", True or 1.5 (cut to 1): the functional API refuses them,
+    # as torch.nn.RNN refuses a float hidden_size.
+    kw = base()
+    if fn == "plastic_lstm_scan":
+        z, alpha, eta = torch.randn(5, 3, 16, dtype=D), kw["alpha"], kw["eta"]
+        call_it = lambda **o: tp.functional.plastic_lstm_scan(z, torch.zeros(16, 4, dtype=D), alpha, eta,
+                                                              None, **o)
+    else:
+        call_it = lambda **o: call(tp.functional.plastic_scan, with_(kw, **o))
+    with pytest.raises(TypeError, match=rf"{fn}: {argument}: expected {expected}, got {type(value).__name__}"):
+        call_it(**{argument: value})
+
+
+def test_number_options_take_numpy_scalars_and_ints():
+    np = pytest.importorskip("numpy")
+    kw = base()
+    y, _ = call(tp.functional.plastic_scan, with_(kw, clip=np.float32(2), checkpoint_every=np.int64(2),
+                                                   target_activity=0))
+    y_ref, _ = call(tp.reference.plastic_scan, with_(kw, clip=2.0, checkpoint_every=2))
+    torch.testing.assert_close(y, y_ref)
+
+
 def test_raw_op_checks_too():
     kw = base()
     with pytest.raises(ValueError, match=r"alpha: expected shape \[4, 4\].*got \[3, 3\]"):

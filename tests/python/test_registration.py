@@ -78,7 +78,8 @@ def test_numbers_reach_the_op_as_the_schema_types():
     # NumPy scalars), as the op's own parser would refuse some of them.
     np = pytest.importorskip("numpy")
     args = functional._as_op_arguments(
-        **{**dict.fromkeys(functional.SCAN_ARGUMENTS), "rule": "hebb", "activation": "tanh"})
+        **{**dict.fromkeys(functional.SCAN_ARGUMENTS), "rule": "hebb", "activation": "tanh",
+           "target_activity": 0.0})
     assert list(args) == list(functional.SCAN_ARGUMENTS)
     converted = functional._as_op_arguments(
         **{**args, "clip": 1, "synaptic_scaling": np.float32(2.5), "adaptive_threshold": None,
