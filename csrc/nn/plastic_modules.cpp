@@ -3,6 +3,7 @@
 // initialisation, so one seed gives the same weights in both languages.
 #include "torchplastic/nn.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/nn/functional/linear.h>
 #include <torch/nn/init.h>
 #include <torch/torch.h>
@@ -38,6 +39,17 @@ std::pair<at::Tensor, bool> sequence_input(const std::string& owner, const at::T
                     " (in_features), got shape ", x.sizes());
   if (x.dim() == 2) return {x.unsqueeze(1), true};
   return {batch_first ? x.transpose(0, 1) : x, false};
+}
+
+// As torch.nn.RNN: an input of another dtype than the module's weights is refused here, naming
+// both, rather than deep in a matrix product; under autocast, which casts both, it passes.
+void input_dtype(const std::string& owner, const at::Tensor& x, const char* name,
+                 const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(x.scalar_type() == weight.scalar_type() ||
+                        at::autocast::is_autocast_enabled(x.device().type()),
+                    owner, ": ", name, ": expected dtype ", weight.scalar_type(),
+                    " (the module's parameters), got ", x.scalar_type(),
+                    "; convert the input or the module with .to()");
 }
 
 // External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)].
@@ -257,6 +269,7 @@ std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor
                                                                 const at::Tensor& lengths) {
   auto [xs, unbatched] = detail::sequence_input(core.owner, x, "x", options.in_features(),
                                                 options.batch_first());
+  detail::input_dtype(core.owner, xs, "x", weight);
   const at::Tensor z = torch::nn::functional::linear(xs, weight, bias);
   auto [y, out] = core.scan(z, xs, {}, state,
                             detail::sequence_modulation(modulation, options.batch_first(), unbatched),
@@ -311,6 +324,7 @@ std::tuple<at::Tensor, PlasticState> cell_step(const detail::PlasticCore& core,
                         u.size(-1) == options.input_size(),
                     core.owner, ": input: expected shape [B, ", options.input_size(), "] or [",
                     options.input_size(), "], got ", u.defined() ? u.sizes() : at::IntArrayRef{});
+  detail::input_dtype(core.owner, u, "input", weight_ih);
   const bool unbatched = u.dim() == 1;
   const at::Tensor ub = unbatched ? u.unsqueeze(0) : u;
   const at::Tensor z = torch::nn::functional::linear(ub, weight_ih, bias).unsqueeze(0);
@@ -331,6 +345,7 @@ std::tuple<at::Tensor, PlasticState> sequence(const detail::PlasticCore& core,
                                               const at::Tensor& lengths) {
   auto [us, unbatched] = detail::sequence_input(core.owner, u, "input", options.input_size(),
                                                 options.batch_first());
+  detail::input_dtype(core.owner, us, "input", weight_ih);
   const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
   auto [y, out] = core.scan(z, {}, weight_hh, state,
                             detail::sequence_modulation(modulation, options.batch_first(), unbatched),

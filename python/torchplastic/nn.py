@@ -239,6 +239,7 @@ class _PlasticBase(nn.Module):
             x, unbatched = self._sequence_input(inp, name, size)
             modulation = self._sequence_modulation(modulation, unbatched)
             lengths = self._lengths(lengths, x, unbatched)
+        self._input_dtype(x, name, weight)
         z = nn.functional.linear(x, weight, bias)
         y, state = self._scan(z, None if self.recurrent else x, state, modulation, unbatched, lengths)
         if packed:
@@ -283,6 +284,15 @@ class _PlasticBase(nn.Module):
         elif layout == "[B, T, F]":
             x = x.transpose(0, 1)
         return x, unbatched
+
+    def _input_dtype(self, x: Tensor, name: str, weight: Tensor) -> None:
+        """As torch.nn.RNN: an input of another dtype than the module's weights is refused here,
+        naming both, rather than deep in a matrix product; under autocast, which casts both, it
+        passes."""
+        if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(f"{type(self).__name__}: {name}: expected dtype {weight.dtype} (the "
+                             f"module's parameters), got {x.dtype}; convert the input with "
+                             f".to({weight.dtype}) or the module with .to({x.dtype})")
 
     def _output(self, y: Tensor, unbatched: bool) -> Tensor:
         return y.transpose(0, 1) if (self.batch_first and not unbatched) else y
@@ -466,6 +476,7 @@ class PlasticRNNCell(PlasticRNN):
         if u.dim() not in (1, 2) or u.shape[-1] != self.input_size:
             raise ValueError(f"{owner}: input: expected shape [B, {self.input_size}] or "
                              f"[{self.input_size}], got {list(u.shape)}")
+        self._input_dtype(u, "input", self.weight_ih)
         unbatched = u.dim() == 1
         # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
         # the batch dimension of the state and the modulation itself.

@@ -100,3 +100,16 @@ TEST(Errors, Modules) {
   PlasticRNN external(PlasticRNNOptions(5, 4).rule(Rule::Modulated).modulation(Modulation::External));
   expect_error([&] { external->forward(torch::randn({3, 2, 5})); }, {"modulation"});
 }
+
+TEST(Errors, ModuleInputDtype) {
+  // As torch.nn.RNN: named in the module's own check, not deep in a matrix product.
+  const auto doubles = torch::randn({3, 2, 5}, torch::kFloat64);
+  expect_error([&] { PlasticRNN(5, 4)->forward(doubles); }, {"PlasticRNN: input", "dtype Float", "Double"});
+  expect_error([&] { PlasticLSTM(5, 4)->forward(doubles); }, {"PlasticLSTM: input", "dtype Float"});
+  expect_error([&] { PlasticLinear(5, 4)->forward(doubles); }, {"PlasticLinear: x", "dtype Float"});
+  expect_error([&] { PlasticRNNCell(5, 4)->forward(doubles[0]); }, {"PlasticRNNCell: input", "dtype Float"});
+  expect_error([&] { PlasticLSTMCell(5, 4)->forward(doubles[0]); }, {"PlasticLSTMCell: input", "dtype Float"});
+  PlasticRNN rnn(5, 4);
+  rnn->to(torch::kFloat64);
+  EXPECT_EQ(std::get<0>(rnn->forward(doubles)).scalar_type(), torch::kFloat64);
+}

@@ -136,6 +136,23 @@ def test_modules_reject_bad_input(module):
         m(torch.randn(3, 2, 5), None, torch.randn(3, 2))
 
 
+@pytest.mark.parametrize("module", [tp.PlasticLinear, tp.PlasticRNN, tp.PlasticLSTM, tp.PlasticRNNCell,
+                                    tp.PlasticLSTMCell, tp.cpp.PlasticLinear, tp.cpp.PlasticRNN,
+                                    tp.cpp.PlasticLSTM, tp.cpp.PlasticRNNCell, tp.cpp.PlasticLSTMCell])
+def test_modules_refuse_an_input_of_another_dtype_but_under_autocast(module):
+    # As torch.nn.RNN: named in the module's own check, not deep in a matrix product.
+    m = module(5, 4)
+    x = torch.randn(2, 5) if "Cell" in module.__name__ else torch.randn(3, 2, 5)
+    name = "x" if "Linear" in module.__name__ else "input"
+    for dtype in (torch.float64, torch.long):
+        with pytest.raises(ValueError, match=rf"{module.__name__}: {name}: expected dtype .*(float32|Float)"):
+            m(x.to(dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x.bfloat16())[0]
+    assert torch.isfinite(out).all()
+    assert m.double()(x.double())[0].dtype == torch.float64
+
+
 @pytest.mark.parametrize("kwargs,argument", [
     (dict(rule="stdp"), "rule"), (dict(alpha="row"), "alpha"), (dict(eta="column"), "eta"),
     (dict(rule="abcd", abcd="row"), "abcd"), (dict(rule="abcd", abcd_init=(1.0, 0.0)), "abcd_init"),
