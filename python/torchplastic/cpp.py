@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _C
 from .nn import _packed_like
-from .state import PlasticState
+from .state import PlasticState, as_state
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "PlasticLSTMCell"]
 
@@ -55,6 +55,7 @@ class _CppModule(nn.Module):
         module of the same name (a ``PackedSequence`` input is padded here, the C++ module
         runs with its lengths, and the output is packed the same way)."""
         parameters = {name: getattr(self, name) for name in self._parameters}
+        state = as_state(state, type(self).__name__)
         if isinstance(lengths, (list, tuple)):
             lengths = torch.tensor(lengths, dtype=torch.long)
         if not isinstance(input, PackedSequence):

@@ -34,6 +34,28 @@ class PlasticState(NamedTuple):
         return PlasticState(*(None if t is None else t.detach() for t in self))
 
 
+def as_state(state, owner: str, check_fields: bool = True) -> PlasticState:
+    """The state a module's forward was given, as a PlasticState: None (zeros), a PlasticState or
+    a plain tuple of its fields (hidden, trace, eligibility, threshold[, cell]). Anything else is
+    refused naming `owner`, and with check_fields a field that is neither a tensor nor None
+    (check_field, for a caller that walks the fields anyway)."""
+    if state is None:
+        return PlasticState()
+    if not isinstance(state, PlasticState):
+        if not (isinstance(state, tuple) and len(state) in (4, 5)):
+            raise TypeError(f"{owner}: state: expected a PlasticState or None, got {type(state).__name__}")
+        state = PlasticState(*state)
+    if check_fields:
+        for name, t in zip(state._fields, state):
+            check_field(t, name, owner)
+    return state
+
+
+def check_field(t, name: str, owner: str) -> None:
+    if t is not None and not isinstance(t, torch.Tensor):
+        raise TypeError(f"{owner}: state: expected {name} to be a tensor or None, got {type(t).__name__}")
+
+
 # A saved state loads under torch.load's default weights_only=True.
 torch.serialization.add_safe_globals([PlasticState])
 # A pytree node with a stable name, so that torch.export.save can write a program whose

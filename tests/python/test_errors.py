@@ -136,6 +136,21 @@ def test_modules_reject_bad_input(module):
         m(torch.randn(3, 2, 5), None, torch.randn(3, 2))
 
 
+@pytest.mark.parametrize("module", [tp.PlasticRNN, tp.PlasticLSTMCell, tp.cpp.PlasticRNN, tp.cpp.PlasticLSTMCell])
+def test_modules_take_a_state_or_a_tuple_of_its_fields_and_refuse_the_rest(module):
+    m = module(5, 4)
+    x = torch.randn(2, 5) if "Cell" in module.__name__ else torch.randn(3, 2, 5)
+    out, state = m(x)
+    torch.testing.assert_close(m(x, tuple(state))[0], m(x, state)[0])
+    name = module.__name__
+    with pytest.raises(TypeError, match=f"{name}: state: expected a PlasticState or None, got list"):
+        m(x, list(state))
+    with pytest.raises(TypeError, match=f"{name}: state: expected a PlasticState or None, got tuple"):
+        m(x, (state.hidden,))
+    with pytest.raises(TypeError, match=f"{name}: state: expected trace to be a tensor or None, got str"):
+        m(x, state._replace(trace="zeros"))
+
+
 @pytest.mark.parametrize("module", [tp.PlasticLinear, tp.PlasticRNN, tp.PlasticLSTM, tp.PlasticRNNCell,
                                     tp.PlasticLSTMCell, tp.cpp.PlasticLinear, tp.cpp.PlasticRNN,
                                     tp.cpp.PlasticLSTM, tp.cpp.PlasticRNNCell, tp.cpp.PlasticLSTMCell])
