@@ -37,8 +37,8 @@ class PlasticState(NamedTuple):
 def as_state(state, owner: str, check_fields: bool = True) -> PlasticState:
     """The state a module's forward was given, as a PlasticState: None (zeros), a PlasticState or
     a plain tuple of its fields (hidden, trace, eligibility, threshold[, cell]). Anything else is
-    refused naming `owner`, and with check_fields a field that is neither a tensor nor None
-    (check_field, for a caller that walks the fields anyway)."""
+    refused naming `owner`, and so is a field that is neither a tensor nor None (unless
+    check_fields is False: a caller that walks the fields anyway calls check_field itself)."""
     if state is None:
         return PlasticState()
     if not isinstance(state, PlasticState):
@@ -52,6 +52,7 @@ def as_state(state, owner: str, check_fields: bool = True) -> PlasticState:
 
 
 def check_field(t, name: str, owner: str) -> None:
+    """Refuses a state field `name` that is neither a tensor nor None, naming `owner`."""
     if t is not None and not isinstance(t, torch.Tensor):
         raise TypeError(f"{owner}: state: expected {name} to be a tensor or None, got {type(t).__name__}")
 
