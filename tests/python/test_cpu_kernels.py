@@ -4,8 +4,9 @@ The library holds the CPU kernels three times (generic x86-64, AVX2, AVX-512) an
 this CPU has; the rest of the suite therefore tests only that one. Here each narrower one, chosen
 with TORCHPLASTIC_CPU_ISA in a fresh process (the choice is made once per process), runs the
 reference comparisons, gradcheck, the K-invariance tests and the test that a sequence equals its
-steps taken one call at a time (two forwards) of test_plastic_scan.py. Shapes there include rows
-shorter than a vector (I = 1, 2, 6) and the lane loops' remainders.
+steps taken one call at a time (two forwards) of test_plastic_scan.py, and test_random.py's wide
+families. Shapes there include rows shorter than a vector (I = 1, 2, 6) and the lane loops'
+remainders.
 """
 
 import os
@@ -28,10 +29,13 @@ def test_narrower_cpu_kernels_match_reference(isa):
     check = [sys.executable, "-c", "import torchplastic as tp; print(tp.build_info()['cpu_kernels'])"]
     assert subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout.strip() == isa
     selection = ("matches_reference or gradcheck or checkpoint_interval or reused"
-                 " or one_call_at_a_time")
+                 " or one_call_at_a_time or random_wide")
+    # test_random's wide families (vector loops and their rests at many sizes, float32 too),
+    # a few seconds each here.
+    env.setdefault("TORCHPLASTIC_RANDOM_SECONDS", "15")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
-         os.path.join(HERE, "test_plastic_scan.py")],
+         os.path.join(HERE, "test_plastic_scan.py"), os.path.join(HERE, "test_random.py")],
         env=env, capture_output=True, text=True, cwd=HERE)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
