@@ -359,8 +359,8 @@ class PlasticLinear(_PlasticBase):
 
         Args:
             x: ``[T, B, I]`` (``[B, T, I]`` if ``batch_first``), or unbatched ``[T, I]``.
-            state: the :class:`~torchplastic.PlasticState` a previous call returned, or
-                ``None`` for zeros.
+            state: the :class:`~torchplastic.PlasticState` a previous call returned (or a
+                plain tuple of its fields), or ``None`` for zeros.
             modulation: external neuromodulation (``modulation="external"`` only): ``[T, B]``
                 or ``[T, B, O]`` (``[B, T]`` or ``[B, T, O]`` if ``batch_first``; ``[T]`` or
                 ``[T, O]`` unbatched).
@@ -424,7 +424,7 @@ class PlasticRNN(_PlasticBase):
             u: ``[T, B, input_size]`` (``[B, T, input_size]`` if ``batch_first``), or
                 unbatched ``[T, input_size]``.
             state: the :class:`~torchplastic.PlasticState` a previous call returned (hidden
-                state, traces), or ``None`` for zeros.
+                state, traces; or a plain tuple of its fields), or ``None`` for zeros.
             modulation: external neuromodulation (``modulation="external"`` only): ``[T, B]``
                 or ``[T, B, H]`` (``[B, T]`` or ``[B, T, H]`` if ``batch_first``; ``[T]`` or
                 ``[T, H]`` unbatched).
