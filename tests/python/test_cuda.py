@@ -392,6 +392,9 @@ def check_random_case_on_cuda(seed: int, wide: bool = False, lstm: bool = False)
     both in float64."""
     kw = random_case(seed, wide, lstm)
     layout = CUDA_LAYOUTS[seed % len(CUDA_LAYOUTS)]
+    O = kw["z"].shape[-1] // (4 if lstm else 1)
+    if int(layout.get("TORCHPLASTIC_CUDA_CLUSTER", "1")) > O:
+        layout = {}  # the planner never splits fewer rows than blocks: what it picks instead
     with pytest.MonkeyPatch.context() as m:
         for k, v in layout.items():
             m.setenv(k, v)
