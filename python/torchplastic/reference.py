@@ -79,11 +79,13 @@ def _trace_update(rule, H, E, y, p, m, eta, abcd, clip, synaptic_scaling):
     if clip is not None:
         H = torch.clamp(H, -clip, clip)
     if synaptic_scaling is not None:
-        norm = torch.linalg.vector_norm(H, dim=-1, keepdim=True)         # [B, O, 1]
-        # Rows at or under κ are untouched, with no gradient through the scale.
-        scaled_norm = torch.where(norm > synaptic_scaling, norm,
-                                  torch.full_like(norm, synaptic_scaling))
-        H = H * (synaptic_scaling / scaled_norm)
+        sumsq = (H * H).sum(-1, keepdim=True)                              # [B, O, 1]
+        # Rows at or under κ are untouched, with no gradient through the scale. The norm is
+        # taken only where it is over κ: a row of zeros (a zero initial state's first step) would
+        # give its norm's second derivative 0/0, a NaN in every second-order gradient.
+        over = sumsq.sqrt() > synaptic_scaling
+        norm = torch.where(over, sumsq, torch.full_like(sumsq, synaptic_scaling ** 2)).sqrt()
+        H = H * (synaptic_scaling / norm)
     return H, E
 
 

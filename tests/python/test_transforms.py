@@ -10,7 +10,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 import torchplastic as tp
-from helpers import Config, call, loss_of, make_inputs, tensor_inputs
+from helpers import Config, call, call_lstm, loss_of, make_inputs, make_lstm_inputs, tensor_inputs
 
 CONFIGS = [
     Config(rule="hebb"),
@@ -74,6 +74,26 @@ def test_double_backward_matches_the_reference(cfg):
     reference = gradient_penalty_gradients(tp.reference.plastic_scan, kw)
     assert any(g is not None and g.abs().max() > 0 for g in reference)
     for a, b in zip(fused, reference):
+        assert_close_or_zero(a, b)
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
+def test_second_order_gradients_are_finite_from_a_zero_state_under_synaptic_scaling(lstm):
+    # A zero initial state leaves the first step's trace rows at zero (p = h_0 = 0), where the
+    # row norm's second derivative is 0/0: both the reference and the op's ATen steps took the
+    # norm there and gave NaN in every second-order gradient (a random fuzz found it).
+    cfg = Config(rule="hebb", scaling=0.7, initial_state=False, T=3, B=2, O=3)
+    kw = make_lstm_inputs(cfg) if lstm else make_inputs(cfg)
+    caller, fns = ((call_lstm, (tp.functional.plastic_lstm_scan, tp.reference.plastic_lstm_scan)) if lstm
+                   else (call, (tp.functional.plastic_scan, tp.reference.plastic_scan)))
+    leaves = list(tensor_inputs(kw).values())
+    results = []
+    for fn in fns:
+        first = torch.autograd.grad(loss_of(*caller(fn, kw)), leaves, create_graph=True)
+        second = torch.autograd.grad(scalar_of(first, seed=2), leaves, allow_unused=True)
+        assert all(g is None or torch.isfinite(g).all() for g in second)
+        results.append(second)
+    for a, b in zip(*results):
         assert_close_or_zero(a, b)
 
 
