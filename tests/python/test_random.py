@@ -2,15 +2,17 @@
 sizes (including 1), T up to 50, non-contiguous, expanded and transposed inputs, against the
 reference in values and gradients (float64).
 
-Four families: plastic_scan at small sizes (up to 9, T up to 50); plastic_scan and the plastic
+Five families: plastic_scan at small sizes (up to 9, T up to 50); plastic_scan and the plastic
 LSTM at wide sizes (up to 70 rows and columns, batches up to 40, variable lengths), which reach
 the kernels' vector loops with their rests, rows in pairs, sequences in groups and a batch of
-single steps in blocks of rows, paths the small sizes never take; and both at wide sizes in
-float32, whose kernels have vectors of their own width, against the reference in float64.
+single steps in blocks of rows, paths the small sizes never take; both at wide sizes in
+float32, whose kernels have vectors of their own width, against the reference in float64; and
+second-order gradients (double backward) at small sizes.
 
 Each family is bounded: TORCHPLASTIC_RANDOM_CASES (default 1500) configurations, stopping early
-after TORCHPLASTIC_RANDOM_SECONDS (default 60; the wide families a third of it each). A failure
-prints its seed; rerun exactly that case with TORCHPLASTIC_RANDOM_SEED=<seed>.
+after TORCHPLASTIC_RANDOM_SECONDS (default 60; the wide families a third of it each, second
+order a sixth). A failure prints its seed; rerun exactly that case with
+TORCHPLASTIC_RANDOM_SEED=<seed>.
 """
 
 import os
@@ -214,6 +216,36 @@ def check_float32_case(seed: int):
                         grad_tol=(0.1, 1e-3), grad_atol_of_largest=True, grad_outliers=1)
 
 
+def check_second_order_case(seed: int):
+    """Double backward (the op's ATen steps, csrc/autograd/aten_scan.cpp) against the reference's
+    on random_case(seed), the plastic LSTM's for every fourth seed, at up to 12 steps: the
+    gradient of a random weighting of the first gradients, finite and equal on both sides."""
+    lstm = seed % 4 == 0
+    kw = random_case(seed, lstm=lstm)
+    if kw["z"].shape[0] > 12:
+        return
+    leaves = differentiable_inputs(kw)
+    second = []
+    for module in (tp.functional, tp.reference):
+        loss = loss_of(*run_scan(module, kw, lstm))
+        if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+            return  # T = 0 without an initial state
+        first = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+        gen = torch.Generator().manual_seed(seed)
+        weighted = [(g * torch.randn(g.shape, generator=gen, dtype=g.dtype)).sum()
+                    for g in first if g is not None and g.requires_grad]
+        if not weighted:
+            return
+        second.append(torch.autograd.grad(sum(weighted), list(leaves.values()), allow_unused=True))
+    for name, a, b in zip(leaves, *second):
+        if b is None:
+            assert a is None or torch.count_nonzero(a) == 0, name
+            continue
+        assert torch.isfinite(b).all(), f"reference's second-order d/d{name} not finite"
+        a = torch.zeros_like(b) if a is None else a
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8, msg=lambda m: f"second-order d/d{name}: {m}")
+
+
 def run_cases(base: int, seconds: float, check=check_case, **family):
     """check(seed, **family) over the seeds from base (or TORCHPLASTIC_RANDOM_SEED alone) until
     the cases or the seconds run out."""
@@ -252,3 +284,7 @@ def test_random_wide_lstm_configurations_match_reference():
 
 def test_random_wide_float32_configurations_match_float64_reference():
     run_cases(1000, SECONDS / 3, check=check_float32_case)
+
+
+def test_random_second_order_gradients_match_reference():
+    run_cases(1000, SECONDS / 6, check=check_second_order_case)
