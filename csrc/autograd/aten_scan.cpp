@@ -129,11 +129,12 @@ ForwardResult aten_scan(const ScanArgs& a) {
       if (a.synaptic_scaling) {
         // Rows at or under κ are untouched, with no gradient through the scale (SPEC §2). The
         // norm is taken only where it is over κ: at a row of zeros (a zero initial state's first
-        // step) its second derivative is 0/0, a NaN in every second-order gradient.
+        // step) its second derivative is 0/0, which made second-order gradients NaN.
         const double kappa = *a.synaptic_scaling;
         const at::Tensor sumsq = (H_next * H_next).sum(-1, /*keepdim=*/true);
-        const at::Tensor over = sumsq.sqrt() > kappa;
-        H_next = H_next * (kappa / at::where(over, sumsq, at::full_like(sumsq, kappa * kappa)).sqrt());
+        const at::Tensor norm =
+            at::where(sumsq.sqrt() > kappa, sumsq, at::full_like(sumsq, kappa * kappa)).sqrt();
+        H_next = H_next * (kappa / norm);
       }
       if (theta.defined()) theta_next = theta + *a.adaptive_threshold * (y - a.target_activity);
 

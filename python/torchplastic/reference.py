@@ -81,8 +81,8 @@ def _trace_update(rule, H, E, y, p, m, eta, abcd, clip, synaptic_scaling):
     if synaptic_scaling is not None:
         sumsq = (H * H).sum(-1, keepdim=True)                              # [B, O, 1]
         # Rows at or under κ are untouched, with no gradient through the scale. The norm is
-        # taken only where it is over κ: a row of zeros (a zero initial state's first step) would
-        # give its norm's second derivative 0/0, a NaN in every second-order gradient.
+        # taken only where it is over κ: at a row of zeros (a zero initial state's first step)
+        # its second derivative is 0/0, which made second-order gradients NaN.
         over = sumsq.sqrt() > synaptic_scaling
         norm = torch.where(over, sumsq, torch.full_like(sumsq, synaptic_scaling ** 2)).sqrt()
         H = H * (synaptic_scaling / norm)
