@@ -2,16 +2,17 @@
 sizes (including 1), T up to 50, non-contiguous, expanded and transposed inputs, against the
 reference in values and gradients (float64).
 
-Five families: plastic_scan at small sizes (up to 9, T up to 50); plastic_scan and the plastic
+Six families: plastic_scan at small sizes (up to 9, T up to 50); plastic_scan and the plastic
 LSTM at wide sizes (up to 70 rows and columns, batches up to 40, variable lengths), which reach
 the kernels' vector loops with their rests, rows in pairs, sequences in groups and a batch of
 single steps in blocks of rows, paths the small sizes never take; both at wide sizes in
-float32, whose kernels have vectors of their own width, against the reference in float64; and
-second-order gradients (double backward) at small sizes.
+float32, whose kernels have vectors of their own width, against the reference in float64;
+second-order gradients (double backward) at small sizes; and torch.library.opcheck of the raw
+ops (schema, autograd registration, fake kernels, AOT dispatch) on cases of either size.
 
 Each family is bounded: TORCHPLASTIC_RANDOM_CASES (default 1500) configurations, stopping early
 after TORCHPLASTIC_RANDOM_SECONDS (default 60; the wide families a third of it each, second
-order a sixth). A failure prints its seed; rerun exactly that case with
+order and opcheck a sixth). A failure prints its seed; rerun exactly that case with
 TORCHPLASTIC_RANDOM_SEED=<seed>.
 """
 
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 import torchplastic as tp
+from torchplastic import functional
 from helpers import call, loss_of, tensor_inputs
 
 RULES = tuple(tp.rules.RULES)
@@ -246,6 +248,23 @@ def check_second_order_case(seed: int):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8, msg=lambda m: f"second-order d/d{name}: {m}")
 
 
+def check_opcheck_case(seed: int):
+    """torch.library.opcheck of the raw op (plastic_lstm_scan's for every third seed) on
+    random_case(seed), wide for even seeds: its schema, autograd registration, fake kernel
+    (the shapes torch.compile traces with, lengths and every option among them) and AOT
+    dispatch against the real kernel."""
+    lstm = seed % 3 == 0
+    kw = random_case(seed, wide=seed % 2 == 0, lstm=lstm)
+    if lstm:
+        kw["weight"] = kw.pop("weight_hh")
+        kw["activation"] = "tanh"
+    arguments = functional._as_op_arguments(
+        "opcheck", **{name: kw.get(name) for name in functional.SCAN_ARGUMENTS if name != "target_activity"},
+        target_activity=kw["target_activity"])
+    op = torch.ops.torchplastic.plastic_lstm_scan if lstm else torch.ops.torchplastic.plastic_scan
+    torch.library.opcheck(op.default, tuple(arguments.values()))
+
+
 def run_cases(base: int, seconds: float, check=check_case, **family):
     """check(seed, **family) over the seeds from base (or TORCHPLASTIC_RANDOM_SEED alone) until
     the cases or the seconds run out."""
@@ -288,3 +307,7 @@ def test_random_wide_float32_configurations_match_float64_reference():
 
 def test_random_second_order_gradients_match_reference():
     run_cases(1000, SECONDS / 6, check=check_second_order_case)
+
+
+def test_random_configurations_pass_opcheck():
+    run_cases(1000, SECONDS / 6, check=check_opcheck_case)
