@@ -81,7 +81,7 @@ def test_double_backward_matches_the_reference(cfg):
 def test_second_order_gradients_are_finite_from_a_zero_state_under_synaptic_scaling(lstm):
     # A zero initial state leaves the first step's trace rows at zero (p = h_0 = 0), where the
     # row norm's second derivative is 0/0: both the reference and the op's ATen steps took the
-    # norm there and gave NaN in every second-order gradient (a random fuzz found it).
+    # norm there, and second-order gradients came out NaN (a random fuzz found it).
     cfg = Config(rule="hebb", scaling=0.7, initial_state=False, T=3, B=2, O=3)
     kw = make_lstm_inputs(cfg) if lstm else make_inputs(cfg)
     caller, fns = ((call_lstm, (tp.functional.plastic_lstm_scan, tp.reference.plastic_lstm_scan)) if lstm
