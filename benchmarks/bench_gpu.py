@@ -213,5 +213,6 @@ def save(res, path):
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
 
+
 if __name__ == "__main__":
     main()
