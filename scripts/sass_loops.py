@@ -8,10 +8,18 @@ is on chip rather than generic LD/ST.
 
     python3 scripts/sass_loops.py build/CMakeFiles/torchplastic.dir/cuda/forward.cu.o \\
         --kernel 'forward.*Hebb.*Lb0ELb0E' --dtype float
+
+With --spills it lists instead where each kernel's register spills are: every local-memory
+store and load (STL, LDL) with the innermost loop around it, so that the spills `ptxas -v`
+counts (build/ptxas_report.txt) can be told apart: in an element loop (one with floating-point
+arithmetic, run for every element of a row) a spill costs a local-memory access per element; in
+set-up, write-back or once per row or step it costs next to nothing.
 """
 
 import argparse
 import collections
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -56,6 +64,57 @@ def loops(instructions, max_length):
     return sorted(found)
 
 
+def find_cuobjdump():
+    """cuobjdump from PATH, else the CUDA toolkit's (CUDA_HOME, /usr/local/cuda), else the copy
+    that PyPI's triton (a dependency of torch's CUDA builds) ships; None if there is none."""
+    candidates = [shutil.which("cuobjdump"),
+                  os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump")]
+    triton = importlib.util.find_spec("triton")
+    if triton is not None and triton.origin:
+        candidates.append(os.path.join(os.path.dirname(triton.origin), "backends", "nvidia",
+                                       "bin", "cuobjdump"))
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def disassemble(tool, path):
+    """cuobjdump -sass of an object file (its notes on stderr, such as an older cuobjdump's
+    format warning, are dropped)."""
+    return subprocess.run([tool, "-sass", path], capture_output=True, text=True,
+                          check=True).stdout
+
+
+SPILL_OPCODES = ("STL", "LDL")
+ARITHMETIC = ("FMA", "MUL", "ADD")
+
+
+def is_arithmetic(op):
+    """A floating-point multiply or add of any width: FFMA, DMUL, HADD2 (suffixes dropped)."""
+    return op[:1] in "FDH" and op[1:].rstrip("2") in ARITHMETIC
+
+
+def innermost_loop(address, all_loops):
+    """The shortest of all_loops (as loops() returns them) around address, or None."""
+    around = [loop for loop in all_loops if loop[0] <= address <= loop[1]]
+    return min(around, key=lambda loop: loop[1] - loop[0], default=None)
+
+
+def spills(instructions, max_length):
+    """[(address, instruction text, innermost loop or None)] for each spill instruction, the
+    loop among those of at most max_length instructions (loops() with that bound), so that a
+    spill in an outer loop of thousands of instructions (once per step) reads as outside."""
+    all_loops = loops(instructions, max_length)
+    return [(address, text, innermost_loop(address, all_loops))
+            for address, text in instructions if opcode(text) in SPILL_OPCODES]
+
+
+def in_element_loop(spill):
+    """Whether a spill (as spills() gives it) sits in a loop with floating-point arithmetic. A
+    loop's mix includes the loops nested in it, so a spill in a row loop around an element loop
+    counts as in an element loop too: this errs on the side of reporting."""
+    loop = spill[2]
+    return loop is not None and any(is_arithmetic(op) for op, _ in loop[2])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,25 +127,46 @@ def main():
                         help="the longest loop body shown, in instructions (default 200)")
     parser.add_argument("--arithmetic", action="store_true",
                         help="only loops with floating-point arithmetic (FFMA, FMUL, FADD, DFMA...)")
+    parser.add_argument("--spills", action="store_true",
+                        help="where the spills are instead of the loops: each STL/LDL with the "
+                             "innermost loop of at most --max-length instructions around it")
     args = parser.parse_args()
-    tool = shutil.which("cuobjdump")
+    tool = find_cuobjdump()
     if not tool:
-        sys.exit("sass_loops: cuobjdump not found on PATH (pip install nvidia-cuda-cuobjdump, "
-                 "then add its nvidia/cu13/bin to PATH)")
-    sass = subprocess.run([tool, "-sass", args.object], capture_output=True, text=True,
-                          check=True).stdout
+        sys.exit("sass_loops: cuobjdump not found on PATH, in the CUDA toolkit or in triton "
+                 "(pip install nvidia-cuda-cuobjdump, then add its nvidia/cu13/bin to PATH)")
+    sass = disassemble(tool, args.object)
     dtype_tag = {"float": "If", "double": "Id", "any": ""}[args.dtype]
     for name, instructions in kernels(sass).items():
         if not re.search(args.kernel, name) or dtype_tag not in name:
             continue
+        if args.spills:
+            report_spills(name, instructions, args.max_length)
+            continue
         print(f"{name}: {len(instructions)} instructions")
         for start, end, mix in loops(instructions, args.max_length):
-            if args.arithmetic and not any(op[0] in "FDH" and op[1:] in ("FMA", "MUL", "ADD")
-                                           for op, _ in mix):
+            if args.arithmetic and not any(is_arithmetic(op) for op, _ in mix):
                 continue
             n = sum(c for _, c in mix)
             print(f"  loop {start:#07x}-{end:#07x}: {n:4d} instructions: " +
                   ", ".join(f"{op} {c}" for op, c in mix))
+
+
+
+def report_spills(name, instructions, max_length):
+    found = spills(instructions, max_length)
+    if not found:
+        return
+    hot = sum(in_element_loop(spill) for spill in found)
+    print(f"{name}: {len(found)} spill instructions, {hot} in element loops")
+    for address, text, loop in found:
+        if loop is None:
+            where = f"outside every loop of up to {max_length} instructions"
+        else:
+            n = sum(c for _, c in loop[2])
+            kind = "element loop" if in_element_loop((address, text, loop)) else "loop"
+            where = f"in the {kind} {loop[0]:#07x}-{loop[1]:#07x} ({n} instructions)"
+        print(f"  {address:#07x} {text:<36} {where}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The build's and the GPU check's own tools, which run where no GPU test can watch them:
 the ptxas report launcher (cmake/ptxas_report.py), the GPU check's profile step
-(scripts/ncu_profile.sh) and the cases that compute-sanitizer and Nsight Compute run
-(scripts/cuda_case.py)."""
+(scripts/ncu_profile.sh), the cases that compute-sanitizer and Nsight Compute run
+(scripts/cuda_case.py) and the SASS reader (scripts/sass_loops.py), which also checks this
+build's CUDA kernels for spills in their element loops."""
 
 import os
 import pytest
@@ -222,3 +223,64 @@ def test_sass_loops_finds_the_backward_branches_and_counts_their_instructions():
     assert [(start, end) for start, end, _ in loops] == [(0x0, 0x70), (0x10, 0x40)]
     assert dict(loops[1][2]) == {"LDS": 2, "FFMA": 1, "BRA": 1}  # predicates and suffixes dropped
     assert sass_loops.loops(instructions, max_length=4) == [loops[1]]
+
+
+# A kernel's spills, cuobjdump -sass: one before every loop, one in a loop of integer work (a
+# set-up loop), one in a loop with floating-point arithmetic (an element loop).
+SPILLING_SASS = """\
+\t\tFunction : _ZN12torchplastic4cuda28plastic_scan_backward_kernelIfNS_7kernels7VariantINS2_5rules11RetroactiveELb1ELb1EEEEEvNS2_10ScanParamsIT_EENS2_14ScanGradParamsIS8_EENS0_4PlanEPS8_
+        /*0000*/                   STL [R1], R12 ;
+        /*0010*/                   LDL R4, [R1] ;
+        /*0020*/                   IADD3 R5, R4, 0x1, RZ ;
+        /*0030*/               @P0 BRA 0x10 ;
+        /*0040*/                   LDL R6, [R1+0x4] ;
+        /*0050*/                   FFMA R7, R6, R6, R7 ;
+        /*0060*/               @P1 BRA 0x40 ;
+"""
+
+
+def test_sass_loops_tells_spills_in_element_loops_from_the_others():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import sass_loops
+    finally:
+        sys.path.pop(0)
+    (instructions,) = sass_loops.kernels(SPILLING_SASS).values()
+    found = sass_loops.spills(instructions, max_length=200)
+    assert [(address, loop and loop[:2]) for address, _, loop in found] == [
+        (0x0, None), (0x10, (0x10, 0x30)), (0x40, (0x40, 0x60))]
+    assert [sass_loops.in_element_loop(spill) for spill in found] == [False, False, True]
+    # HFMA2, DADD, FMUL count as arithmetic; integer adds and local loads do not.
+    assert [sass_loops.is_arithmetic(op) for op in ("HFMA2", "DADD", "FMUL", "IADD3", "LDL")] == [
+        True, True, True, False, False]
+
+
+def cuda_objects():
+    """The built CUDA kernels' object files, where this build compiled them."""
+    build = os.path.join(ROOT, os.environ.get("TORCHPLASTIC_BUILD_DIR", "build"))
+    paths = [os.path.join(build, "CMakeFiles", "torchplastic.dir", "cuda", f"{name}.cu.o")
+             for name in ("forward", "backward")]
+    return [p for p in paths if os.path.exists(p)]
+
+
+def test_cuda_kernels_spill_in_no_element_loop():
+    # ptxas -v counts some backward kernels' spills (build/ptxas_report.txt); this checks where
+    # they are, in the SASS: a spill in a loop over a row's elements would cost a local-memory
+    # access per element, one in set-up or once per row or step next to nothing.
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import sass_loops
+    finally:
+        sys.path.pop(0)
+    objects = cuda_objects()
+    tool = sass_loops.find_cuobjdump()
+    if not objects or not tool:
+        pytest.skip("needs the CUDA objects of this build and cuobjdump")
+    checked = 0
+    for path in objects:
+        for name, instructions in sass_loops.kernels(sass_loops.disassemble(tool, path)).items():
+            checked += 1
+            hot = [hex(address) for address, text, loop in sass_loops.spills(instructions, 200)
+                   if sass_loops.in_element_loop((address, text, loop))]
+            assert not hot, f"{name}: spills in element loops at {hot}"
+    assert checked == 72  # 36 forward and 36 backward variants
