@@ -52,13 +52,5 @@ const detail::ScanBackend backend{&forward<float>,  &forward<double>, &backward<
 }  // namespace torchplastic
 
 TORCH_LIBRARY_IMPL(torchplastic, CUDA, m) {
-  using Kernels = torchplastic::detail::ScanKernels<torchplastic::cuda::backend>;
-  m.impl("plastic_scan", &Kernels::plastic_scan);
-  m.impl("plastic_scan_forward", &Kernels::plastic_scan_forward);
-  m.impl("plastic_scan_record", &Kernels::plastic_scan_record);
-  m.impl("plastic_scan_backward", &Kernels::plastic_scan_backward);
-  m.impl("plastic_lstm_scan", &Kernels::plastic_lstm_scan);
-  m.impl("plastic_lstm_scan_forward", &Kernels::plastic_lstm_scan_forward);
-  m.impl("plastic_lstm_scan_record", &Kernels::plastic_lstm_scan_record);
-  m.impl("plastic_lstm_scan_backward", &Kernels::plastic_lstm_scan_backward);
+  torchplastic::detail::ScanKernels<torchplastic::cuda::backend>::register_ops(m);
 }

@@ -1,10 +1,11 @@
 // Orchestration of the plastic_scan kernels, shared by every device: checks, output
 // allocation, the device's time loops, and the work after the loop (GEMMs and reductions for
 // the gradients of loop-invariant inputs). A device registers its kernels as
-// ScanKernels<its ScanBackend>.
+// ScanKernels<its ScanBackend> (ScanKernels::register_ops in its TORCH_LIBRARY_IMPL block).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include <tuple>
 #include <vector>
@@ -139,6 +140,18 @@ struct ScanKernels {
                             activations};
     return backward_op_outputs(
         scan_backward(in, ScanArgs::from(true, TORCHPLASTIC_SCAN_ARGS), Backend), z);
+  }
+
+  // Every op above as the device's implementation: its TORCH_LIBRARY_IMPL block's body.
+  static void register_ops(torch::Library& m) {
+    m.impl("plastic_scan", &plastic_scan);
+    m.impl("plastic_scan_forward", &plastic_scan_forward);
+    m.impl("plastic_scan_record", &plastic_scan_record);
+    m.impl("plastic_scan_backward", &plastic_scan_backward);
+    m.impl("plastic_lstm_scan", &plastic_lstm_scan);
+    m.impl("plastic_lstm_scan_forward", &plastic_lstm_scan_forward);
+    m.impl("plastic_lstm_scan_record", &plastic_lstm_scan_record);
+    m.impl("plastic_lstm_scan_backward", &plastic_lstm_scan_backward);
   }
 
  private:
