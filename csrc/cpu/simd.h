@@ -77,16 +77,29 @@ TP_ALWAYS_INLINE inline void for_lanes(int64_t n, Body&& body) {
 // on one vector: GCC compiled the loop below by storing the accumulator to the stack and
 // reading its halves back, a wait on store forwarding at the end of every row
 // (docs/performance.md, the CPU op).
+#if defined(__AVX512F__)
+// Half h (0: lanes 0–3, 1: lanes 4–7) of an AVX-512 vector of doubles. GCC 12's own
+// _mm512_extractf64x4_pd and the 512 → 256-bit casts pass _mm256_undefined_pd() as the
+// builtin's merge source, which -Wmaybe-uninitialized reports at every inlined use (fixed in
+// GCC 13); the masked form with every lane selected takes a defined source instead and
+// compiles to the same single vextractf64x4.
+template <int h>
+TP_ALWAYS_INLINE inline __m256d half_of(__m512d v) {
+  return _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, v, h);
+}
+#endif
+
 template <typename T>
 TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
 #if defined(__AVX2__)
   // Each step adds the upper half of the live lanes to the lower, as the loop does.
   if constexpr (std::is_same<T, float>::value) {
 #if defined(__AVX512F__)
-    const __m512 v = _mm512_loadu_ps(acc);
-    // The upper eight floats through the double view: extracting them as floats needs AVX512DQ.
-    const __m256 upper = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), upper);
+    // The two halves of eight floats through the double view: extracting them as floats needs
+    // AVX512DQ.
+    const __m512d v = _mm512_castps_pd(_mm512_loadu_ps(acc));
+    const __m256 s8 =
+        _mm256_add_ps(_mm256_castpd_ps(half_of<0>(v)), _mm256_castpd_ps(half_of<1>(v)));
 #else
     const __m256 s8 = _mm256_loadu_ps(acc);
 #endif
@@ -96,7 +109,7 @@ TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
   } else if constexpr (std::is_same<T, double>::value) {
 #if defined(__AVX512F__)
     const __m512d v = _mm512_loadu_pd(acc);
-    const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    const __m256d s4 = _mm256_add_pd(half_of<0>(v), half_of<1>(v));
 #else
     const __m256d s4 = _mm256_loadu_pd(acc);
 #endif
