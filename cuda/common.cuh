@@ -5,9 +5,10 @@
 // block cluster of C blocks (1 ≤ C ≤ 8; the planner takes powers of two, the test hook any);
 // block `rank` of the cluster owns the postsynaptic rows [rank·R, rank·R + R). Per step every
 // warp takes rows, its lanes take columns: the row's matrix-vector product is a warp
-// reduction, and the trace update of the row follows while it is in registers / L1. Where they fit, the block's slices of H, E, α and
-// W stay in shared memory for all T steps; otherwise the same code reads them from global
-// memory (the streaming fallback). Plan (plastic_scan_cuda.h) says which.
+// reduction, and the trace update of the row follows while it is in registers / L1. Where they
+// fit, the block's slices of H, E, α and W stay in shared memory for all T steps; otherwise the
+// same code reads them from global memory (the streaming fallback). Plan (plastic_scan_cuda.h)
+// says which.
 #pragma once
 
 #include <cooperative_groups.h>
