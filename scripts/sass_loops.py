@@ -107,12 +107,28 @@ def spills(instructions, max_length):
             for address, text in instructions if opcode(text) in SPILL_OPCODES]
 
 
-def in_element_loop(spill):
-    """Whether a spill (as spills() gives it) sits in a loop with floating-point arithmetic. A
-    loop's mix includes the loops nested in it, so a spill in a row loop around an element loop
-    counts as in an element loop too: this errs on the side of reporting."""
-    loop = spill[2]
+def is_element_loop(loop):
+    """Whether a loop (as loops() gives it; None: no loop) has floating-point arithmetic. A
+    loop's mix includes the loops nested in it, so a row loop around an element loop counts as
+    one too: for spills, this errs on the side of reporting."""
     return loop is not None and any(is_arithmetic(op) for op, _ in loop[2])
+
+
+def report_spills(name, instructions, max_length):
+    """Prints a kernel's spill instructions, each with where it is; nothing if it has none."""
+    found = spills(instructions, max_length)
+    if not found:
+        return
+    hot = sum(is_element_loop(loop) for _, _, loop in found)
+    print(f"{name}: {len(found)} spill instructions, {hot} in element loops")
+    for address, text, loop in found:
+        if loop is None:
+            where = f"outside every loop of up to {max_length} instructions"
+        else:
+            n = sum(c for _, c in loop[2])
+            kind = "element loop" if is_element_loop(loop) else "loop"
+            where = f"in the {kind} {loop[0]:#07x}-{loop[1]:#07x} ({n} instructions)"
+        print(f"  {address:#07x} {text:<36} {where}")
 
 
 def main():
@@ -150,23 +166,6 @@ def main():
             n = sum(c for _, c in mix)
             print(f"  loop {start:#07x}-{end:#07x}: {n:4d} instructions: " +
                   ", ".join(f"{op} {c}" for op, c in mix))
-
-
-
-def report_spills(name, instructions, max_length):
-    found = spills(instructions, max_length)
-    if not found:
-        return
-    hot = sum(in_element_loop(spill) for spill in found)
-    print(f"{name}: {len(found)} spill instructions, {hot} in element loops")
-    for address, text, loop in found:
-        if loop is None:
-            where = f"outside every loop of up to {max_length} instructions"
-        else:
-            n = sum(c for _, c in loop[2])
-            kind = "element loop" if in_element_loop((address, text, loop)) else "loop"
-            where = f"in the {kind} {loop[0]:#07x}-{loop[1]:#07x} ({n} instructions)"
-        print(f"  {address:#07x} {text:<36} {where}")
 
 
 if __name__ == "__main__":

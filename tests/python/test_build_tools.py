@@ -249,7 +249,7 @@ def test_sass_loops_tells_spills_in_element_loops_from_the_others():
     found = sass_loops.spills(instructions, max_length=200)
     assert [(address, loop and loop[:2]) for address, _, loop in found] == [
         (0x0, None), (0x10, (0x10, 0x30)), (0x40, (0x40, 0x60))]
-    assert [sass_loops.in_element_loop(spill) for spill in found] == [False, False, True]
+    assert [sass_loops.is_element_loop(loop) for _, _, loop in found] == [False, False, True]
     # HFMA2, DADD, FMUL count as arithmetic; integer adds and local loads do not.
     assert [sass_loops.is_arithmetic(op) for op in ("HFMA2", "DADD", "FMUL", "IADD3", "LDL")] == [
         True, True, True, False, False]
@@ -280,7 +280,7 @@ def test_cuda_kernels_spill_in_no_element_loop():
     for path in objects:
         for name, instructions in sass_loops.kernels(sass_loops.disassemble(tool, path)).items():
             checked += 1
-            hot = [hex(address) for address, text, loop in sass_loops.spills(instructions, 200)
-                   if sass_loops.in_element_loop((address, text, loop))]
+            hot = [hex(address) for address, _, loop in sass_loops.spills(instructions, 200)
+                   if sass_loops.is_element_loop(loop)]
             assert not hot, f"{name}: spills in element loops at {hot}"
     assert checked == 72  # 36 forward and 36 backward variants
