@@ -10,12 +10,12 @@ median of the per-round ratios, and the bytes each keeps for the backward.
 import argparse
 import json
 import os
-import platform
 
 import torch
 
 import torchplastic as tp
-from common import bytes_saved_for_backward, forward_backward, paired_timeit, recurrent_hebb_inputs, run
+from common import (bytes_saved_for_backward, cpu_model, forward_backward, paired_timeit,
+                    recurrent_hebb_inputs, run)
 
 
 def main():
@@ -46,7 +46,7 @@ def main():
     fused_mem = bytes_saved_for_backward(tp.functional.plastic_scan, kw_mem)
     ref_mem = bytes_saved_for_backward(tp.reference.plastic_scan, kw_mem)
 
-    res = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+    res = dict(machine=cpu_model(), cpu_kernels=tp.build_info()["cpu_kernels"], cpus=os.cpu_count(),
                threads=torch.get_num_threads(), B=B, N=N, T=T, memory_T=args.memory_steps,
                fused_forward_ms_per_step=1e3 * fused_fwd / T, reference_forward_ms_per_step=1e3 * ref_fwd / T,
                fused_fwd_bwd_ms_per_step=1e3 * fused_fb / T, reference_fwd_bwd_ms_per_step=1e3 * ref_fb / T,
@@ -55,6 +55,7 @@ def main():
                memory_ratio=ref_mem / fused_mem)
     print(f"plastic_scan CPU benchmark: recurrent hebb, float32, B={B}, N={N}, T={T}, "
           f"{res['threads']} threads, {res['cpus']} CPUs")
+    print(f"machine: {res['machine']}, {res['cpu_kernels']} kernels")
     print(f"medians over {args.rounds} rounds; speed-up: median of the per-round ratios")
     print(f"{'':24}{'fused':>12}{'reference':>12}{'speed-up':>10}")
     print(f"{'forward ms/step':24}{res['fused_forward_ms_per_step']:12.3f}{res['reference_forward_ms_per_step']:12.3f}"

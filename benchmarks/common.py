@@ -1,10 +1,24 @@
 """Shared pieces of the benchmarks: the workload and the measurements."""
 
+import platform
 import time
 
 import torch
 
 import torchplastic as tp
+
+
+def cpu_model():
+    """The CPU's model name as Linux reports it (/proc/cpuinfo), else the platform's word for it:
+    benchmark figures are only comparable on the same kind of machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def recurrent_hebb_inputs(T, B, N, dtype=torch.float32, device="cpu", requires_grad=True, seed=0):
