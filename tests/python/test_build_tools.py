@@ -195,6 +195,16 @@ def test_ncu_hot_instructions_reports_a_file_it_cannot_read(tmp_path):
     assert result.returncode == 0 and "no table of instructions" in result.stdout
 
 
+def import_sass_loops():
+    """scripts/sass_loops.py as a module (scripts/ is no package)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import sass_loops
+    finally:
+        sys.path.pop(0)
+    return sass_loops
+
+
 # Two loops of cuobjdump -sass output: a 4-instruction one (shared-memory loads) nested in a
 # longer one that branches back past it, and a forward branch that is no loop.
 SASS = """\
@@ -211,11 +221,7 @@ SASS = """\
 
 
 def test_sass_loops_finds_the_backward_branches_and_counts_their_instructions():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import sass_loops
-    finally:
-        sys.path.pop(0)
+    sass_loops = import_sass_loops()
     kernels = sass_loops.kernels(SASS)
     (name, instructions), = kernels.items()
     assert "HebbELb0ELb0E" in name and len(instructions) == 8
@@ -240,11 +246,7 @@ SPILLING_SASS = """\
 
 
 def test_sass_loops_tells_spills_in_element_loops_from_the_others():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import sass_loops
-    finally:
-        sys.path.pop(0)
+    sass_loops = import_sass_loops()
     (instructions,) = sass_loops.kernels(SPILLING_SASS).values()
     found = sass_loops.spills(instructions, max_length=200)
     assert [(address, loop and loop[:2]) for address, _, loop in found] == [
@@ -267,11 +269,7 @@ def test_cuda_kernels_spill_in_no_element_loop():
     # ptxas -v counts some backward kernels' spills (build/ptxas_report.txt); this checks where
     # they are, in the SASS: a spill in a loop over a row's elements would cost a local-memory
     # access per element, one in set-up or once per row or step next to nothing.
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import sass_loops
-    finally:
-        sys.path.pop(0)
+    sass_loops = import_sass_loops()
     objects = cuda_objects()
     tool = sass_loops.find_cuobjdump()
     if not objects or not tool:
