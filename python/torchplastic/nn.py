@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _C, functional
 from .rules import rule_info
-from .state import PlasticState, as_state, check_field
+from .state import PlasticState, as_state
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "PlasticLSTMCell"]
 
@@ -171,15 +171,13 @@ class _PlasticBase(nn.Module):
               modulation: Optional[Tensor], unbatched: bool,
               lengths: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
         owner = type(self).__name__
-        state = as_state(state, owner, check_fields=False)  # checked with their sizes below
+        state = as_state(state, owner)
         if unbatched:
             state = PlasticState(*(None if t is None else t.unsqueeze(0) for t in state))
             if modulation is not None:
                 modulation = modulation.unsqueeze(1)
         B = z.shape[1]
         for name, t in zip(state._fields, state):
-            if t is not None and not isinstance(t, Tensor):
-                check_field(t, name, owner)
             if t is not None and (t.dim() < 2 or t.shape[0] != B):
                 raise ValueError(f"{owner}: state: expected {name} for batch size {B} (from the "
                                  f"input), got shape {list(t.shape)}")

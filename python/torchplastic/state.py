@@ -34,27 +34,20 @@ class PlasticState(NamedTuple):
         return PlasticState(*(None if t is None else t.detach() for t in self))
 
 
-def as_state(state, owner: str, check_fields: bool = True) -> PlasticState:
+def as_state(state, owner: str) -> PlasticState:
     """The state a module's forward was given, as a PlasticState: None (zeros), a PlasticState or
     a plain tuple of its fields (hidden, trace, eligibility, threshold[, cell]). Anything else is
-    refused naming `owner`, and so is a field that is neither a tensor nor None (unless
-    check_fields is False: a caller that walks the fields anyway calls check_field itself)."""
+    refused naming `owner`, and so is a field that is neither a tensor nor None."""
     if state is None:
         return PlasticState()
     if not isinstance(state, PlasticState):
         if not (isinstance(state, tuple) and len(state) in (4, 5)):
             raise TypeError(f"{owner}: state: expected a PlasticState or None, got {type(state).__name__}")
         state = PlasticState(*state)
-    if check_fields:
-        for name, t in zip(state._fields, state):
-            check_field(t, name, owner)
+    for name, t in zip(state._fields, state):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{owner}: state: expected {name} to be a tensor or None, got {type(t).__name__}")
     return state
-
-
-def check_field(t, name: str, owner: str) -> None:
-    """Refuses a state field `name` that is neither a tensor nor None, naming `owner`."""
-    if t is not None and not isinstance(t, torch.Tensor):
-        raise TypeError(f"{owner}: state: expected {name} to be a tensor or None, got {type(t).__name__}")
 
 
 # A saved state loads under torch.load's default weights_only=True.

@@ -149,6 +149,9 @@ def test_modules_take_a_state_or_a_tuple_of_its_fields_and_refuse_the_rest(modul
         m(x, (state.hidden,))
     with pytest.raises(TypeError, match=f"{name}: state: expected trace to be a tensor or None, got str"):
         m(x, state._replace(trace="zeros"))
+    # Unbatched too, where the state gains its batch dimension before anything reads its sizes.
+    with pytest.raises(TypeError, match=f"{name}: state: expected hidden to be a tensor or None, got list"):
+        m(x[0], tp.PlasticState(hidden=[0.0] * 4))
 
 
 @pytest.mark.parametrize("module", [tp.PlasticLinear, tp.PlasticRNN, tp.PlasticLSTM, tp.PlasticRNNCell,
