@@ -53,10 +53,11 @@ void input_dtype(const std::string& owner, const at::Tensor& x, const char* name
 }
 
 // External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)].
-at::Tensor sequence_modulation(const at::Tensor& m, bool batch_first, bool unbatched) {
+at::Tensor sequence_modulation(const std::string& owner, const at::Tensor& m, bool batch_first,
+                               bool unbatched) {
   if (!m.defined() || !batch_first || unbatched) return m;
-  TORCH_CHECK_VALUE(m.dim() >= 2, "modulation: expected a tensor [B, T] or [B, T, O] (batch_first), got shape ",
-                    m.sizes());
+  TORCH_CHECK_VALUE(m.dim() >= 2, owner, ": modulation: expected a tensor [B, T] or [B, T, O] "
+                    "(batch_first=True), got ", m.sizes());
   return m.transpose(0, 1);
 }
 
@@ -271,9 +272,9 @@ std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor
                                                 options.batch_first());
   detail::input_dtype(core.owner, xs, "x", weight);
   const at::Tensor z = torch::nn::functional::linear(xs, weight, bias);
-  auto [y, out] = core.scan(z, xs, {}, state,
-                            detail::sequence_modulation(modulation, options.batch_first(), unbatched),
-                            unbatched, lengths);
+  const at::Tensor m =
+      detail::sequence_modulation(core.owner, modulation, options.batch_first(), unbatched);
+  auto [y, out] = core.scan(z, xs, {}, state, m, unbatched, lengths);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};
 }
@@ -347,9 +348,9 @@ std::tuple<at::Tensor, PlasticState> sequence(const detail::PlasticCore& core,
                                                 options.batch_first());
   detail::input_dtype(core.owner, us, "input", weight_ih);
   const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
-  auto [y, out] = core.scan(z, {}, weight_hh, state,
-                            detail::sequence_modulation(modulation, options.batch_first(), unbatched),
-                            unbatched, lengths);
+  const at::Tensor m =
+      detail::sequence_modulation(core.owner, modulation, options.batch_first(), unbatched);
+  auto [y, out] = core.scan(z, {}, weight_hh, state, m, unbatched, lengths);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};
 }

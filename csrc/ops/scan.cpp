@@ -119,18 +119,32 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   const bool internal = c.mod_source == ModSource::Internal || c.mod_source == ModSource::Fanout;
   const int64_t S = checkpoint_count(T, c.K);
 
+  // The backward op's own tensors (the output gradients, and what the forward kept) come from
+  // autograd on z's device in a floating dtype, which the kernels convert to theirs; a direct
+  // call may pass anything, and a tensor on another device would hand the kernels a pointer
+  // they cannot read.
+  auto check_backward_input = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.device() == a.z.device(), a.op_name(), "_backward: ", name,
+                      ": expected a tensor on ", a.z.device(), " (the device of z), got ",
+                      t.device());
+    TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), a.op_name(), "_backward: ", name,
+                      ": expected a floating-point tensor, got ", t.scalar_type());
+  };
   // Gradients that did not flow arrive as undefined or empty tensors: zeros of the right shape,
   // which the kernels only read. A gradient that did flow must have the output's shape.
   auto flowed = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
     if (!g.defined() || (g.numel() == 0 && g.sizes() != shape)) return false;
     TORCH_CHECK_VALUE(g.sizes() == shape, a.op_name(), "_backward: ", name, ": expected shape ",
                       shape, ", got ", g.sizes());
+    check_backward_input(g, name);
     return true;
   };
   auto grad_or_zeros = [&](const at::Tensor& g, at::IntArrayRef shape, const char* name) {
     return flowed(g, shape, name) ? to_compute(g, dt) : backend.read_only_zeros(shape, opts);
   };
-  const at::Tensor gy = grad_or_zeros(in.grad_y, {T, B, O}, "grad_y");
+  // The LSTM's backward op calls its outputs `output` (as torch.nn.LSTM does) and their gradient
+  // `grad_output`.
+  const at::Tensor gy = grad_or_zeros(in.grad_y, {T, B, O}, a.lstm ? "grad_output" : "grad_y");
   const at::Tensor gh = c.recurrent ? grad_or_zeros(in.grad_hidden, {B, O}, "grad_hidden") : at::Tensor();
   // dL/dH_T and dL/dE_T: the kernels read sequence b's [O, I] at b · stride. A gradient that
   // is the same for every sequence (a broadcast one: a loss that sums the trace, or none that
@@ -165,6 +179,10 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
     TORCH_CHECK_VALUE(in.eligibility_checkpoints.sizes() == at::IntArrayRef({S, B, O, I}),
                       a.op_name(), "_backward: eligibility_checkpoints: expected shape ",
                       at::IntArrayRef({S, B, O, I}), ", got ", in.eligibility_checkpoints.sizes());
+  check_backward_input(in.y, a.lstm ? "output" : "y");
+  if (a.lstm) check_backward_input(in.activations, "activations");
+  check_backward_input(in.trace_checkpoints, "trace_checkpoints");
+  if (retro) check_backward_input(in.eligibility_checkpoints, "eligibility_checkpoints");
   const at::Tensor y_c = to_compute(in.y, dt);
   const at::Tensor H_ckpt = to_compute(in.trace_checkpoints, dt);
   const at::Tensor E_ckpt = retro ? to_compute(in.eligibility_checkpoints, dt) : at::Tensor();

@@ -34,6 +34,11 @@ def _run(impl, parameters, input, state, modulation, lengths):
     return impl.forward_with(parameters, input, state, modulation, lengths)
 
 
+def _check_modulation_type(owner, modulation):
+    if modulation is not None and not isinstance(modulation, Tensor):
+        raise TypeError(f"{owner}: modulation: expected a Tensor or None, got {type(modulation).__name__}")
+
+
 class _CppModule(nn.Module):
     """A C++ module (the pybind11 class ``_bound``) whose parameters this module owns."""
 
@@ -55,12 +60,22 @@ class _CppModule(nn.Module):
         module of the same name (a ``PackedSequence`` input is padded here, the C++ module
         runs with its lengths, and the output is packed the same way)."""
         parameters = {name: getattr(self, name) for name in self._parameters}
-        state = as_state(state, type(self).__name__)
+        name = type(self).__name__
+        state = as_state(state, name)
         if isinstance(lengths, (list, tuple)):
             lengths = torch.tensor(lengths, dtype=torch.long)
+        cell = name.endswith("Cell")
+        # Named here as the Python modules name them; pybind11 would refuse them all with one
+        # list of the C++ signature.
+        if not isinstance(input, Tensor) and (cell or not isinstance(input, PackedSequence)):
+            argument = "x" if name == "PlasticLinear" else "input"  # as the Python module's
+            raise TypeError(f"{name}: {argument}: expected a Tensor"
+                            f"{'' if cell else ' or a PackedSequence'}, got {type(input).__name__}")
+        if lengths is not None and not isinstance(lengths, Tensor):
+            raise TypeError(f"{name}: lengths: expected a [B] integer tensor, got {type(lengths).__name__}")
         if not isinstance(input, PackedSequence):
+            _check_modulation_type(name, modulation)
             return _run(self._impl, parameters, input, state, modulation, lengths)
-        name = type(self).__name__
         if lengths is not None:
             raise ValueError(f"{name}: lengths: expected None with a PackedSequence input, which "
                              f"carries its lengths, got {lengths!r}")
@@ -68,6 +83,7 @@ class _CppModule(nn.Module):
         padded, lengths = pad_packed_sequence(input, batch_first=batch_first)
         if isinstance(modulation, PackedSequence):
             modulation = pad_packed_sequence(modulation, batch_first=batch_first)[0]
+        _check_modulation_type(name, modulation)
         y, state = _run(self._impl, parameters, padded, state, modulation, lengths)
         return _packed_like(y.transpose(0, 1) if batch_first else y, input, lengths), state
 

@@ -172,6 +172,7 @@ class _PlasticBase(nn.Module):
               lengths: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
         owner = type(self).__name__
         state = as_state(state, owner)
+        self._check_modulation_type(modulation)
         if unbatched:
             state = PlasticState(*(None if t is None else t.unsqueeze(0) for t in state))
             if modulation is not None:
@@ -291,13 +292,19 @@ class _PlasticBase(nn.Module):
     def _output(self, y: Tensor, unbatched: bool) -> Tensor:
         return y.transpose(0, 1) if (self.batch_first and not unbatched) else y
 
+    def _check_modulation_type(self, modulation) -> None:
+        """Before the calls reshape it: a modulation that is not a tensor is refused by name."""
+        if modulation is not None and not isinstance(modulation, Tensor):
+            raise TypeError(f"{type(self).__name__}: modulation: expected a Tensor or None, got "
+                            f"{type(modulation).__name__}")
+
     def _sequence_modulation(self, modulation: Optional[Tensor], unbatched: bool) -> Optional[Tensor]:
         """External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)]."""
+        self._check_modulation_type(modulation)
         if modulation is not None and self.batch_first and not unbatched:
-            if not isinstance(modulation, Tensor) or modulation.dim() < 2:
+            if modulation.dim() < 2:
                 raise ValueError(f"{type(self).__name__}: modulation: expected a tensor [B, T] or "
-                                 f"[B, T, O] (batch_first=True), got "
-                                 f"{list(modulation.shape) if isinstance(modulation, Tensor) else modulation!r}")
+                                 f"[B, T, O] (batch_first=True), got {list(modulation.shape)}")
             modulation = modulation.transpose(0, 1)
         return modulation
 
@@ -475,6 +482,7 @@ class PlasticRNNCell(PlasticRNN):
         # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
         # the batch dimension of the state and the modulation itself.
         z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
+        self._check_modulation_type(modulation)
         m = None if modulation is None else modulation.unsqueeze(0)
         y, state = self._scan(z, None, state, m, unbatched, self._lengths(lengths, z, unbatched))
         return y[0], state

@@ -2,6 +2,8 @@
 received value (SPEC §6) — through the functional API, the raw op, and the modules."""
 
 import math
+import random
+import re
 
 import pytest
 import torch
@@ -111,6 +113,47 @@ def test_raw_op_checks_too():
                                                     None, "hebb", "tanh", None, None, None, 0.0, -2)
 
 
+
+def _backward_op_inputs(lstm, device="cpu"):
+    """A valid call's arguments and its backward op's own inputs (output gradients, then what
+    the forward kept), both in the op's order."""
+    ops = torch.ops.torchplastic
+    T, B, O = 3, 2, 4
+    args = dict.fromkeys(_SCAN_ARGS)
+    args.update(z=torch.randn(T, B, 4 * O if lstm else O, device=device),
+                alpha=0.1 * torch.randn(O, O, device=device), eta=0.1 * torch.rand(O, O, device=device),
+                weight=torch.randn(4 * O if lstm else O, O, device=device), rule="hebb",
+                activation="tanh", target_activity=0.0)
+    forward = ops.plastic_lstm_scan_forward if lstm else ops.plastic_scan_forward
+    out = forward(*args.values())
+    n = 6 if lstm else 5
+    inputs = [torch.randn_like(v) if v.numel() else v for v in out[:n]]
+    inputs += [out[0], out[n], out[n + 1]] + ([out[-1]] if lstm else [])
+    return list(args.values()), inputs
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
+@pytest.mark.parametrize("name,bad", [
+    ("grad_output", lambda t: t.to(torch.complex64)),   # grad_y in the RNN's op
+    ("grad_output", lambda t: t.bool()),
+    ("grad_trace", lambda t: t.int()),
+    ("grad_output", lambda t: t[:-1]),
+    ("output", lambda t: t.long()),                      # y in the RNN's op
+    ("trace_checkpoints", lambda t: t.long()),
+])
+def test_backward_op_checks_its_own_inputs(lstm, name, bad):
+    """The backward op's gradients and kept tensors, which autograd hands it, are checked too
+    when it is called directly: an integer or complex gradient was converted silently."""
+    op = torch.ops.torchplastic.plastic_lstm_scan_backward if lstm else torch.ops.torchplastic.plastic_scan_backward
+    if not lstm:
+        name = {"grad_output": "grad_y", "output": "y"}.get(name, name)
+    args, inputs = _backward_op_inputs(lstm)
+    position = [a.name for a in op.default._schema.arguments].index(name)
+    inputs[position] = bad(inputs[position])
+    with pytest.raises(ValueError, match=rf"_backward: {name}: expected"):
+        op(*inputs, *args)
+
+
 def test_nan_and_inf_propagate_without_crash():
     kw = base(T=6)
     z = kw["z"].clone()
@@ -134,6 +177,36 @@ def test_modules_reject_bad_input(module):
         m(torch.randn(3, 6, 5), state)
     with pytest.raises(ValueError, match="modulation"):
         m(torch.randn(3, 2, 5), None, torch.randn(3, 2))
+
+
+ALL_MODULES = [getattr(namespace, name) for namespace in (tp, tp.cpp)
+               for name in ("PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "PlasticLSTMCell")]
+
+
+@pytest.mark.parametrize("module", ALL_MODULES, ids=lambda m: f"{m.__module__}.{m.__name__}")
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+def test_modules_name_arguments_of_another_type(module, unbatched):
+    """The Python and the C++ modules alike (pybind11 refused the latter's with its signature,
+    and a Python cell or an unbatched call failed on a number as modulation with an
+    AttributeError)."""
+    m = module(5, 4, rule="modulated", modulation="external")
+    cell = "Cell" in module.__name__
+    x = torch.randn(*([] if unbatched else [2]) + ([] if cell else [3]) + [5])
+    if not cell and not unbatched:
+        x = x.transpose(0, 1)  # [T, B, I]
+    name = module.__name__
+    argument = "x" if name == "PlasticLinear" else "input"  # the names of SPEC §4
+    with pytest.raises(TypeError, match=rf"{name}: {argument}: expected a Tensor"):
+        m(x.tolist())
+    with pytest.raises(TypeError, match=rf"{name}: modulation: expected a Tensor or None, got float"):
+        m(x, None, 0.5)
+    with pytest.raises(TypeError, match=rf"{name}: lengths: expected a \[B\] integer tensor, got str"):
+        m(x, None, None, "all")
+    if not cell and not unbatched:
+        m = module(5, 4, rule="modulated", modulation="external", batch_first=True)
+        with pytest.raises(ValueError, match=rf"{name}: modulation: expected a tensor \[B, T\] or "
+                                             rf"\[B, T, O\] \(batch_first=True\), got \[2\]"):
+            m(x.transpose(0, 1), None, torch.zeros(2))
 
 
 @pytest.mark.parametrize("module", [tp.PlasticRNN, tp.PlasticLSTMCell, tp.cpp.PlasticRNN, tp.cpp.PlasticLSTMCell])
@@ -181,3 +254,196 @@ def test_modules_refuse_an_input_of_another_dtype_but_under_autocast(module):
 def test_module_options_are_checked(module, kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         module(5, 4, **kwargs)
+
+
+# Mutation fuzzing of the raw ops. A valid call of each op (random rule, sizes, options and
+# modulation) has one or two of its arguments replaced by something else: another shape, rank or
+# dtype, a transposed, strided, expanded or truncated view, NaN or infinity, an empty tensor,
+# None, an out-of-range number, a misspelt name, a tensor on another device; the backward ops
+# also get a valid forward's outputs with one of them so replaced. Each call must either return
+# or raise a ValueError or TypeError whose message starts with the op's name and one of its
+# arguments (a crash, an internal assertion or an error from inside ATen fails the test).
+FUZZ_CASES = 600
+
+_SCAN_ARGS = [a.name for a in torch.ops.torchplastic.plastic_scan.default._schema.arguments]
+
+
+def _op_arguments(op):
+    return {a.name for a in op.default._schema.arguments}
+
+
+def _fuzz_base(r, device):
+    """A valid call: (lstm, the op's keyword arguments in schema order)."""
+    lstm = r.random() < 0.3
+    rule = r.choice(sorted(tp.rules.RULES))
+    T, B, O = r.randint(0, 4), r.randint(1, 3), r.randint(1, 5)
+    recurrent = lstm or r.random() < 0.5
+    I = O if recurrent else r.randint(1, 5)
+    dtype = r.choice([torch.float32, torch.float64])
+
+    def t(*shape, scale=1.0):
+        return scale * torch.randn(shape, dtype=dtype, device=device)
+
+    a = dict.fromkeys(_SCAN_ARGS)
+    a.update(z=t(T, B, 4 * O if lstm else O), alpha=t(O, I, scale=0.1),
+             eta=t(O, I, scale=0.1).abs(), trace=t(B, O, I), rule=rule, activation="tanh",
+             clip=r.choice([None, 1.0]), synaptic_scaling=r.choice([None, 2.0]),
+             adaptive_threshold=r.choice([None, 0.1]), target_activity=0.0,
+             checkpoint_every=r.choice([None, 1, 2, 3]))
+    if recurrent:
+        a.update(weight=t(4 * O if lstm else O, O), hidden=t(B, O))
+    else:
+        a["x"] = t(T, B, I)
+    if lstm:
+        a["cell"] = t(B, O)
+    if rule == "retroactive":
+        a["eligibility"] = t(B, O, I)
+    if rule == "abcd":
+        a["abcd"] = t(4, O, I)
+    if a["adaptive_threshold"] is not None:
+        a["threshold"] = t(B, O)
+    if rule in ("modulated", "retroactive"):
+        source = r.choice(["internal", "fanout", "external"])
+        if source == "external":
+            a["modulation"] = t(T, B) if r.random() < 0.5 else t(T, B, O)
+        else:
+            a.update(mod_weight=t(O), mod_bias=t(1))
+            if source == "fanout":
+                a.update(mod_fanout_weight=t(O), mod_fanout_bias=t(O))
+    if rule == "modulated" and r.random() < 0.5:
+        a["eta"] = None
+    if r.random() < 0.3:
+        a["lengths"] = torch.tensor([r.randint(0, T) for _ in range(B)], device=device)
+    return lstm, a
+
+
+def _fuzz_tensor(r, v):
+    """Something in place of tensor argument v (which may be None)."""
+    float_dtype = v.dtype if v is not None and v.is_floating_point() else torch.float32
+    device = v.device if v is not None else "cpu"
+    kinds = ["none", "random shape", "empty", "integers", "out of range"]
+    if v is not None:
+        kinds += ["dtype", "half", "other float", "unsqueezed", "nan", "inf", "strided",
+                  "stride 0", "other device"]
+        if v.dim() >= 2:
+            kinds.append("transposed")
+        if v.dim() >= 1 and v.size(-1) > 0:
+            kinds += ["truncated", "expanded"]
+    kind = r.choice(kinds)
+    if kind == "none":
+        return None
+    if kind == "random shape":
+        shape = [r.randint(0, 6) for _ in range(r.randint(0, 5))]
+        return torch.randn(shape, dtype=float_dtype, device=device)
+    if kind == "empty":
+        return torch.empty(0, dtype=float_dtype, device=device)
+    if kind == "integers":
+        return torch.randint(-3, 3, v.shape if v is not None else (3,), device=device)
+    if kind == "out of range":
+        return torch.tensor([-1, 10**9, 2**40][: r.randint(0, 3)], device=device)
+    if kind == "dtype":
+        return v.to(r.choice([torch.int32, torch.bool, torch.complex64]))
+    if kind == "half":
+        return v.to(r.choice([torch.float16, torch.bfloat16]))
+    if kind == "other float":
+        return v.to(torch.float64 if v.dtype == torch.float32 else torch.float32)
+    if kind == "unsqueezed":
+        return v.unsqueeze(0)
+    if kind in ("nan", "inf"):
+        return v.clone().fill_(math.nan if kind == "nan" else math.inf) if v.is_floating_point() else v
+    if kind == "strided":
+        return v.flatten()[:: max(1, v.numel() // 2)]
+    if kind == "stride 0":
+        return v.as_strided(v.shape, [0] * v.dim())
+    if kind == "other device":
+        return v.to("cpu" if v.is_cuda else "meta")
+    if kind == "transposed":
+        return v.transpose(0, 1)
+    if kind == "truncated":
+        return v.narrow(-1, 0, v.size(-1) - 1)
+    return v[..., :1].expand(*v.shape)  # expanded
+
+
+def _fuzz_argument(r, a):
+    """a with one argument replaced; returns its name too."""
+    a = dict(a)
+    name = r.choice(_SCAN_ARGS)
+    if name in ("rule", "activation"):
+        a[name] = r.choice(["", "hebb ", "HEBB", "relu", "sigmoid", "identity", "x" * 300, "tanh",
+                            "abcd"])
+    elif name in ("clip", "synaptic_scaling", "adaptive_threshold"):
+        a[name] = r.choice([None, 0.0, -1.0, math.nan, math.inf, 1e300, -0.0])
+    elif name == "target_activity":
+        a[name] = r.choice([0.0, math.nan, -math.inf, 1e300])
+    elif name == "checkpoint_every":
+        a[name] = r.choice([None, 0, -1, -2**62, 2**62, 1, 10**6])
+    else:
+        a[name] = _fuzz_tensor(r, a[name])
+    return name, a
+
+
+def _fuzz_call(r, lstm, a):
+    """One call of a random op of the family (the LSTM's or the RNN's)."""
+    ops = torch.ops.torchplastic
+    scan, forward, backward = ((ops.plastic_lstm_scan, ops.plastic_lstm_scan_forward,
+                                ops.plastic_lstm_scan_backward) if lstm else
+                               (ops.plastic_scan, ops.plastic_scan_forward, ops.plastic_scan_backward))
+    args = list(a.values())
+    which = r.choice(["scan", "forward", "backward"])
+    if which != "backward":
+        (scan if which == "scan" else forward)(*args)
+        return
+    out = forward(*args)
+    # The output gradients (those of the outputs that exist), then what the forward kept.
+    n_grads = 6 if lstm else 5
+    inputs = [torch.randn_like(v) if v.numel() else v for v in out[:n_grads]]
+    inputs += [out[0], out[n_grads], out[n_grads + 1]] + ([out[-1]] if lstm else [])
+    j = r.randrange(len(inputs))
+    replaced = _fuzz_tensor(r, inputs[j])
+    inputs[j] = replaced if replaced is not None else torch.empty(0)
+    backward(*inputs, *args)
+
+
+def _assert_fuzzed_calls_fail_cleanly(device, cases, seed):
+    for case in range(cases):
+        r = random.Random(seed * 1_000_003 + case)
+        lstm, a = _fuzz_base(r, device)
+        changed = []
+        for _ in range(r.randint(0, 2)):
+            name, a = _fuzz_argument(r, a)
+            changed.append(name)
+        where = f"case {case} (lstm={lstm}, rule={a['rule']!r}, changed {changed})"
+        try:
+            _fuzz_call(r, lstm, a)
+        except (ValueError, TypeError) as e:
+            message = str(e)
+            head = re.match(r"(plastic_(?:lstm_)?scan(?:_backward)?): ([\w/]+):", message)
+            assert head, f"{where}: the error names no argument: {message[:300]}"
+            family = head.group(1).replace("_backward", "")
+            arguments = (_op_arguments(getattr(torch.ops.torchplastic, head.group(1)))
+                         | _op_arguments(getattr(torch.ops.torchplastic, family)))
+            assert set(head.group(2).split("/")) <= arguments, \
+                f"{where}: {head.group(2)!r} is not an argument of {head.group(1)}: {message[:300]}"
+            assert "INTERNAL ASSERT" not in message, f"{where}: {message[:300]}"
+
+
+def test_raw_ops_fail_cleanly_on_mutated_arguments():
+    _assert_fuzzed_calls_fail_cleanly("cpu", FUZZ_CASES, seed=1)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and tp.build_info()["with_cuda"]),
+                    reason="needs a CUDA device and a build with CUDA")
+def test_raw_ops_fail_cleanly_on_mutated_arguments_cuda():
+    _assert_fuzzed_calls_fail_cleanly("cuda", FUZZ_CASES, seed=2)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and tp.build_info()["with_cuda"]),
+                    reason="needs a CUDA device and a build with CUDA")
+@pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
+@pytest.mark.parametrize("position", [0, 2, -1])
+def test_backward_op_refuses_inputs_on_another_device_cuda(lstm, position):
+    op = torch.ops.torchplastic.plastic_lstm_scan_backward if lstm else torch.ops.torchplastic.plastic_scan_backward
+    args, inputs = _backward_op_inputs(lstm, device="cuda")
+    inputs[position] = inputs[position].cpu()
+    with pytest.raises(ValueError, match=r"_backward: \w+: expected a tensor on cuda"):
+        op(*inputs, *args)
