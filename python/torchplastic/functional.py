@@ -218,6 +218,8 @@ def _converter(jit_type) -> Optional[type]:
         return float
     if kind in ("int", "Optional[int]"):
         return int
+    if kind in ("Tensor", "Optional[Tensor]"):
+        return torch.Tensor
     return None
 
 
@@ -252,28 +254,45 @@ def _float_argument(value, op: str, name: str) -> float:
 def _int_argument(value, op: str, name: str) -> int:
     """value, an integer (a NumPy integer, ...), as a Python int. A float, a string or a bool is
     refused: int() would cut 1.5 to 1 and read "3" as a number."""
-    if type(value) is int:
-        return value
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"{op}: {name}: expected an int, got {type(value).__name__} {value!r}")
+    if isinstance(value, numbers.Integral) and not -2**63 <= value < 2**63:
+        raise ValueError(f"{op}: {name}: expected a 64-bit integer, got {value}")
     return int(value)
+
+
+def _tensor_argument(value, op: str, name: str, optional: bool):
+    """Where a tensor argument is not a tensor (nor None where it may be): refused by name, where
+    the dispatcher's RuntimeError would name it amid the op's whole declaration."""
+    if value is None and optional:
+        return value
+    raise TypeError(f"{op}: {name}: expected a Tensor{' or None' if optional else ''}, got "
+                    f"{type(value).__name__}")
 
 
 def _positional_builder():
     """A function taking the op's name (for errors) and its arguments by keyword (every one),
-    returning them as a tuple in the schema's order, numbers converted as _as_op_arguments says.
-    Generated once from the schema, as collections.namedtuple generates its classes: a cell pays
-    this on every step, and a loop over the arguments into a dict took it more than twice as
-    long."""
+    returning them as a tuple in the schema's order, numbers converted as _as_op_arguments says
+    and tensors checked to be tensors. Generated once from the schema, as collections.namedtuple
+    generates its classes: a cell pays this on every step, and a loop over the arguments into a
+    dict took it more than twice as long."""
     def expression(name, convert, optional):
         if convert is None:
             return name
-        # The usual case, a value of the schema's type (or None where it may be), inline.
-        kept = f"type({name}) is {convert.__name__}" + (f" or {name} is None" if optional else "")
+        if convert is torch.Tensor:  # a subclass too (a Parameter, a fake tensor)
+            kept = (f"{name} is None or " if optional else "") + f"isinstance({name}, _Tensor)"
+            return f"{name} if {kept} else _tensor({name}, _op, {name!r}, {optional})"
+        # The usual case, a value of the schema's type (or None where it may be), inline; an int
+        # the op's 64 bits cannot hold goes to _int, which refuses it.
+        kept = f"type({name}) is {convert.__name__}"
+        if convert is int:
+            kept = f"({kept} and {-2**63} <= {name} < {2**63})"
+        kept += f" or {name} is None" if optional else ""
         return f"{name} if {kept} else _{convert.__name__}({name}, _op, {name!r})"
     source = (f"def _op_positional(_op, *, {', '.join(SCAN_ARGUMENTS)}):\n"
               f"    return ({', '.join(expression(*c) for c in _CONVERTERS)},)\n")
-    namespace = {"_float": _float_argument, "_int": _int_argument}
+    namespace = {"_float": _float_argument, "_int": _int_argument, "_tensor": _tensor_argument,
+                 "_Tensor": torch.Tensor}
     exec(source, namespace)
     return namespace["_op_positional"]
 

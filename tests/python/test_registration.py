@@ -78,7 +78,8 @@ def test_numbers_reach_the_op_as_the_schema_types():
     # NumPy scalars), as the op's own parser would refuse some of them.
     np = pytest.importorskip("numpy")
     args = functional._as_op_arguments(
-        **{**dict.fromkeys(functional.SCAN_ARGUMENTS), "rule": "hebb", "activation": "tanh",
+        **{**dict.fromkeys(functional.SCAN_ARGUMENTS), "z": torch.zeros(1, 1, 1),
+           "alpha": torch.zeros(1, 1), "rule": "hebb", "activation": "tanh",
            "target_activity": 0.0})
     assert list(args) == list(functional.SCAN_ARGUMENTS)
     converted = functional._as_op_arguments(
@@ -89,6 +90,16 @@ def test_numbers_reach_the_op_as_the_schema_types():
     assert converted["adaptive_threshold"] is None
     assert type(converted["target_activity"]) is float
     assert type(converted["checkpoint_every"]) is int and converted["checkpoint_every"] == 3
+    # Tensors are checked to be tensors, and ints to fit the op's 64 bits, by name, where the
+    # dispatcher's RuntimeError named them amid the op's whole declaration.
+    with pytest.raises(TypeError, match=r"^plastic_scan: alpha: expected a Tensor, got float$"):
+        functional._as_op_arguments(**{**args, "alpha": 0.5})
+    with pytest.raises(TypeError, match=r"^plastic_scan: lengths: expected a Tensor or None, got list$"):
+        functional._as_op_arguments(**{**args, "lengths": [3, 2]})
+    with pytest.raises(ValueError, match=r"^plastic_scan: checkpoint_every: expected a 64-bit integer"):
+        functional._as_op_arguments(**{**args, "checkpoint_every": 2**64})
+    assert type(functional._as_op_arguments(**{**args, "alpha": torch.nn.Parameter(args["alpha"])})["alpha"]) \
+        is torch.nn.Parameter
     z = torch.randn(6, 2, 4, dtype=torch.float64)
     alpha, eta = torch.rand(4, 4, dtype=torch.float64), torch.full((1, 1), 0.1, dtype=torch.float64)
     weight = torch.randn(4, 4, dtype=torch.float64)
