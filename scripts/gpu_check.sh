@@ -48,10 +48,12 @@ cp $BUILD/ptxas_report.txt "$OUT/" 2>/dev/null || true
 if want tests; then
   step "CUDA tests"
   # Eight pytest-xdist workers where the machine has the plugin, two CPU threads each (the CPU
-  # side of each comparison is small); one process otherwise.
+  # side of each comparison is small); one process otherwise. test_errors.py has the CUDA
+  # mutation fuzz and device checks (and its CPU cases, a few seconds).
   xdist=()
   $PY -c "import xdist" 2> /dev/null && xdist=(-n 8)
   OMP_NUM_THREADS=2 timeout 300 $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \
+    tests/python/test_errors.py \
     "${xdist[@]}" -rfE --durations=5 2>&1 | tee "$OUT/pytest_cuda.log" | tail -60
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
