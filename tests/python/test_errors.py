@@ -23,6 +23,8 @@ def with_(kw, **changes):
 
 
 D = torch.float64
+# The raw ops' arguments, in their schemas' order.
+_SCAN_ARGS = [a.name for a in torch.ops.torchplastic.plastic_scan.default._schema.arguments]
 # (id, keyword arguments, the argument the message must name, a fragment of the message)
 BAD = [
     ("z_not_3d", lambda: with_(base(), z=torch.zeros(5, 3, dtype=D)), "z", "3-D"),
@@ -195,7 +197,7 @@ def test_modules_name_arguments_of_another_type(module, unbatched):
     if not cell and not unbatched:
         x = x.transpose(0, 1)  # [T, B, I]
     name = module.__name__
-    argument = "x" if name == "PlasticLinear" else "input"  # the names of SPEC §4
+    argument = "x" if name == "PlasticLinear" else "input"  # as the Python modules name it
     with pytest.raises(TypeError, match=rf"{name}: {argument}: expected a Tensor"):
         m(x.tolist())
     with pytest.raises(TypeError, match=rf"{name}: modulation: expected a Tensor or None, got float"):
@@ -265,8 +267,6 @@ def test_module_options_are_checked(module, kwargs, argument):
 # arguments (a crash, an internal assertion or an error from inside ATen fails the test).
 FUZZ_CASES = 600
 
-_SCAN_ARGS = [a.name for a in torch.ops.torchplastic.plastic_scan.default._schema.arguments]
-
 
 def _op_arguments(op):
     return {a.name for a in op.default._schema.arguments}
@@ -276,7 +276,7 @@ def _fuzz_base(r, device):
     """A valid call: (lstm, the op's keyword arguments in schema order)."""
     lstm = r.random() < 0.3
     rule = r.choice(sorted(tp.rules.RULES))
-    T, B, O = r.randint(0, 4), r.randint(1, 3), r.randint(1, 5)
+    T, B, O = r.randint(0, 4), r.randint(0, 3), r.randint(1, 5)
     recurrent = lstm or r.random() < 0.5
     I = O if recurrent else r.randint(1, 5)
     dtype = r.choice([torch.float32, torch.float64])
@@ -440,10 +440,14 @@ def test_raw_ops_fail_cleanly_on_mutated_arguments_cuda():
 @pytest.mark.skipif(not (torch.cuda.is_available() and tp.build_info()["with_cuda"]),
                     reason="needs a CUDA device and a build with CUDA")
 @pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
-@pytest.mark.parametrize("position", [0, 2, -1])
-def test_backward_op_refuses_inputs_on_another_device_cuda(lstm, position):
+@pytest.mark.parametrize("name", ["grad_output", "grad_trace", "trace_checkpoints"])
+def test_backward_op_refuses_inputs_on_another_device_cuda(lstm, name):
+    """Where the kernels would have read a host pointer on the device."""
     op = torch.ops.torchplastic.plastic_lstm_scan_backward if lstm else torch.ops.torchplastic.plastic_scan_backward
+    if not lstm and name == "grad_output":
+        name = "grad_y"
     args, inputs = _backward_op_inputs(lstm, device="cuda")
+    position = [a.name for a in op.default._schema.arguments].index(name)
     inputs[position] = inputs[position].cpu()
-    with pytest.raises(ValueError, match=r"_backward: \w+: expected a tensor on cuda"):
+    with pytest.raises(ValueError, match=rf"_backward: {name}: expected a tensor on cuda"):
         op(*inputs, *args)
