@@ -451,3 +451,88 @@ def test_backward_op_refuses_inputs_on_another_device_cuda(lstm, name):
     inputs[position] = inputs[position].cpu()
     with pytest.raises(ValueError, match=rf"_backward: {name}: expected a tensor on cuda"):
         op(*inputs, *args)
+
+
+# The same for the modules, Python and C++ (tp.cpp): a valid call (random rule, modulation
+# source, threshold, scaling, batch_first, sizes from 0) with its input, state, modulation or
+# lengths replaced, or a PackedSequence input; a call that returns is also backpropagated. Each
+# must return or raise a ValueError or TypeError whose message starts with the module's name
+# (or the op's, for what only the op can check) and the argument.
+_MODULE_ARGUMENTS = {"input", "x", "state", "modulation", "lengths"} | set(_SCAN_ARGS)
+
+
+def _fuzz_module_call(r):
+    """(what the call was, a function that makes it)."""
+    module = r.choice(ALL_MODULES)
+    cell = "Cell" in module.__name__
+    rule = r.choice(sorted(tp.rules.RULES))
+    I, H = r.randint(1, 5), r.randint(1, 5)
+    source = r.choice(["internal", "fanout", "external"])
+    options = {"rule": rule}
+    if tp.rules.rule_info(rule).modulated:
+        options["modulation"] = source
+    external = options.get("modulation") == "external"
+    batch_first = not cell and r.random() < 0.3
+    if not cell:
+        options["batch_first"] = batch_first
+    if r.random() < 0.3:
+        options["adaptive_threshold"] = 0.1
+    if r.random() < 0.2:
+        options["synaptic_scaling"] = 2.0
+    m = module(I, H, **options)
+    T, B = r.randint(0, 4), r.randint(0, 3)
+    shape = [B, I] if cell else ([B, T, I] if batch_first else [T, B, I])
+    x = torch.randn(shape)
+    kwargs = {}
+    if external:
+        m_shape = shape[:-1] + [H]
+        kwargs["modulation"] = torch.randn(m_shape if r.random() < 0.5 else m_shape[:-1])
+    change = r.choice(["none", "rank", "features", "dtype", "layout", "unbatched", "lengths",
+                       "state", "modulation", "packed", "nan"])
+    if change == "rank":
+        x = torch.randn([r.randint(0, 3) for _ in range(r.choice([0, 1, 4]))])
+    elif change == "features":
+        x = torch.randn(shape[:-1] + [I + 1])
+    elif change == "dtype":
+        x = x.to(r.choice([torch.int64, torch.float64, torch.float16, torch.bool]))
+    elif change == "layout" and x.dim() >= 2:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+    elif change == "unbatched" and x.size(0) > 0:
+        x = x[0]
+    elif change == "lengths" and not cell:
+        kwargs["lengths"] = r.choice([torch.tensor([r.randint(-2, T + 2) for _ in range(B)]),
+                                      torch.tensor([1.5] * B), torch.tensor([1] * (B + 1)),
+                                      [1] * B, torch.tensor(T), "all"])
+    elif change == "state":
+        kwargs["state"] = r.choice([3, [torch.zeros(1)], (torch.zeros(B, H),) * r.randint(0, 6),
+                                    tp.PlasticState(hidden=torch.zeros(B + 1, H)),
+                                    tp.PlasticState(trace=torch.zeros(B, H, H + 1))])
+    elif change == "modulation":
+        kwargs["modulation"] = r.choice([torch.randn(2, 2, 2, 2), torch.randn(1), 3.0, "m"])
+    elif change == "packed" and not cell and B > 0 and T > 0:
+        lengths = sorted((r.randint(1, T) for _ in range(B)), reverse=True)
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first)
+    elif change == "nan":
+        x = torch.full_like(x, math.nan)
+
+    def call():
+        out = m(x, **kwargs)
+        y = out[0].data if isinstance(out[0], torch.nn.utils.rnn.PackedSequence) else out[0]
+        if y.requires_grad and y.numel():
+            y.sum().backward()
+
+    return f"{module.__module__}.{module.__name__}({I}, {H}, {options}), {change}, T={T}, B={B}", call
+
+
+def test_modules_fail_cleanly_on_mutated_calls():
+    for case in range(400):
+        where, call = _fuzz_module_call(random.Random(case))
+        try:
+            call()
+        except (ValueError, TypeError) as e:
+            message = str(e)
+            head = re.match(r"(\w+): ([\w/]+):", message)
+            assert head and head.group(1) in {m.__name__ for m in ALL_MODULES} | {
+                "plastic_scan", "plastic_lstm_scan"}, f"case {case}, {where}: {message[:300]}"
+            assert set(head.group(2).split("/")) <= _MODULE_ARGUMENTS, \
+                f"case {case}, {where}: names no argument: {message[:300]}"
