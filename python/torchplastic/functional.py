@@ -262,10 +262,8 @@ def _int_argument(value, op: str, name: str) -> int:
 
 
 def _tensor_argument(value, op: str, name: str, optional: bool):
-    """Where a tensor argument is not a tensor (nor None where it may be): refused by name, where
+    """A tensor argument that is not a tensor (nor None where it may be), refused by name, where
     the dispatcher's RuntimeError would name it amid the op's whole declaration."""
-    if value is None and optional:
-        return value
     raise TypeError(f"{op}: {name}: expected a Tensor{' or None' if optional else ''}, got "
                     f"{type(value).__name__}")
 

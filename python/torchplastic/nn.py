@@ -172,7 +172,6 @@ class _PlasticBase(nn.Module):
               lengths: Optional[Tensor] = None) -> Tuple[Tensor, PlasticState]:
         owner = type(self).__name__
         state = as_state(state, owner)
-        self._check_modulation_type(modulation)
         if unbatched:
             state = PlasticState(*(None if t is None else t.unsqueeze(0) for t in state))
             if modulation is not None:
@@ -230,6 +229,7 @@ class _PlasticBase(nn.Module):
             x, unbatched = self._sequence_input(x, name, size, layout="[T, B, F]")
             if isinstance(modulation, PackedSequence):
                 modulation = pad_packed_sequence(modulation)[0]
+            self._check_modulation_type(modulation)
         else:
             x, unbatched = self._sequence_input(inp, name, size)
             modulation = self._sequence_modulation(modulation, unbatched)
@@ -293,7 +293,8 @@ class _PlasticBase(nn.Module):
         return y.transpose(0, 1) if (self.batch_first and not unbatched) else y
 
     def _check_modulation_type(self, modulation) -> None:
-        """Before the calls reshape it: a modulation that is not a tensor is refused by name."""
+        """A modulation that is not a tensor, refused by name before the call reshapes it for
+        _scan."""
         if modulation is not None and not isinstance(modulation, Tensor):
             raise TypeError(f"{type(self).__name__}: modulation: expected a Tensor or None, got "
                             f"{type(modulation).__name__}")
@@ -481,8 +482,8 @@ class PlasticRNNCell(PlasticRNN):
         unbatched = u.dim() == 1
         # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
         # the batch dimension of the state and the modulation itself.
-        z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
         self._check_modulation_type(modulation)
+        z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
         m = None if modulation is None else modulation.unsqueeze(0)
         y, state = self._scan(z, None, state, m, unbatched, self._lengths(lengths, z, unbatched))
         return y[0], state
