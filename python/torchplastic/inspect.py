@@ -78,8 +78,8 @@ class record:
     def __init__(self, model: nn.Module, every: int = 1):
         if not isinstance(model, nn.Module):
             raise TypeError(f"record: model: expected an nn.Module, got {type(model).__name__}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"record: every: expected an int >= 1, got {every!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or not 1 <= every < 2**63:
+            raise ValueError(f"record: every: expected an int >= 1 (that fits 64 bits), got {every!r}")
         self.every = every
         self._modules = {name: m for name, m in model.named_modules() if isinstance(m, _PlasticBase)}
         if not self._modules:
