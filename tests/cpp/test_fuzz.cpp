@@ -11,11 +11,13 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <iostream>
 #include <limits>
 #include <random>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
