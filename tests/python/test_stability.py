@@ -90,3 +90,38 @@ def test_threads_and_thread_counts_give_identical_results(cfg):
     for r in results:
         for a, b in zip(r, reference):
             assert torch.equal(a, b)
+
+
+def test_concurrent_calls_of_different_sizes_share_the_buffer_cache_safely():
+    """Python threads calling the op at once, each with its own configuration and sizes (traces,
+    checkpoints and gradient slabs of 256 KiB and more come from one cache of freed buffers,
+    csrc/cpu/memory.cpp): every result equals, bit for bit, the same call made alone. A buffer
+    handed to two calls, or back to the cache while a tensor still used it, would show here."""
+    cases = [
+        Config(rule="hebb", T=6, B=6, O=120),                                # traces of 675 KiB
+        Config(rule="retroactive", source="fanout", clip=1.0, T=5, B=4, O=100),
+        Config(rule="hebb", T=1, B=8, O=96),                                 # a batch of single steps
+        Config(rule="abcd", T=9, B=3, O=64, recurrent=False, I=200),
+        Config(rule="modulated", source="external", T=4, B=5, O=110, scaling=2.0),
+    ]
+    inputs = [make_inputs(cfg, seed=k) for k, cfg in enumerate(cases)]
+    inputs.append({k: v.float().detach().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor)
+                   else v for k, v in inputs[0].items()})                   # float32, other sizes
+    alone = [run_once(kw) for kw in inputs]
+    errors = []
+
+    def worker(i):
+        try:
+            for round_ in range(6):
+                k = (i + round_) % len(inputs)
+                for a, b in zip(run_once(inputs[k]), alone[k]):
+                    assert torch.equal(a, b), f"thread {i}, round {round_}: case {k} differs"
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
