@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _C
-from .nn import _packed_like
+from .nn import _as_lengths, _check_modulation_type, _packed_like
 from .state import PlasticState, as_state
 
 __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "PlasticLSTMCell"]
@@ -32,11 +32,6 @@ __all__ = ["PlasticLinear", "PlasticRNN", "PlasticRNNCell", "PlasticLSTM", "Plas
                                 "the Python modules (torchplastic.PlasticRNN, ...) compile whole")
 def _run(impl, parameters, input, state, modulation, lengths):
     return impl.forward_with(parameters, input, state, modulation, lengths)
-
-
-def _check_modulation_type(owner, modulation):
-    if modulation is not None and not isinstance(modulation, Tensor):
-        raise TypeError(f"{owner}: modulation: expected a Tensor or None, got {type(modulation).__name__}")
 
 
 class _CppModule(nn.Module):
@@ -62,8 +57,7 @@ class _CppModule(nn.Module):
         parameters = {name: getattr(self, name) for name in self._parameters}
         name = type(self).__name__
         state = as_state(state, name)
-        if isinstance(lengths, (list, tuple)):
-            lengths = torch.tensor(lengths, dtype=torch.long)
+        lengths = _as_lengths(name, lengths)
         cell = name.endswith("Cell")
         # Named here as the Python modules name them; pybind11 would refuse them all with one
         # list of the C++ signature.
@@ -71,8 +65,6 @@ class _CppModule(nn.Module):
             argument = "x" if name == "PlasticLinear" else "input"  # as the Python module's
             raise TypeError(f"{name}: {argument}: expected a Tensor"
                             f"{'' if cell else ' or a PackedSequence'}, got {type(input).__name__}")
-        if lengths is not None and not isinstance(lengths, Tensor):
-            raise TypeError(f"{name}: lengths: expected a [B] integer tensor, got {type(lengths).__name__}")
         if not isinstance(input, PackedSequence):
             _check_modulation_type(name, modulation)
             return _run(self._impl, parameters, input, state, modulation, lengths)

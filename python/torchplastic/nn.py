@@ -38,6 +38,27 @@ _MODULATIONS = ("internal", "fanout", "external")
 _HEAD_MODULATIONS = ("internal", "fanout")
 
 
+def _check_modulation_type(owner: str, modulation) -> None:
+    """A modulation that is not a tensor, refused by name before a call reshapes it (the Python
+    modules and torchplastic.cpp's alike)."""
+    if modulation is not None and not isinstance(modulation, Tensor):
+        raise TypeError(f"{owner}: modulation: expected a Tensor or None, got {type(modulation).__name__}")
+
+
+def _as_lengths(owner: str, lengths) -> Optional[Tensor]:
+    """lengths= as a tensor (a list or tuple of ints also does), or None; its shape and values
+    are checked where the batch size is known."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in lengths):
+            raise ValueError(f"{owner}: lengths: expected a [B] tensor or list of ints, got {lengths!r}")
+        lengths = torch.tensor(lengths, dtype=torch.long)
+    if not isinstance(lengths, Tensor):
+        raise TypeError(f"{owner}: lengths: expected a [B] integer tensor, got {type(lengths).__name__}")
+    return lengths
+
+
 def _check_choice(owner: str, name: str, value, choices):
     # The names a module translates into parameters; every other option is the op's to check.
     if value not in choices:
@@ -229,7 +250,7 @@ class _PlasticBase(nn.Module):
             x, unbatched = self._sequence_input(x, name, size, layout="[T, B, F]")
             if isinstance(modulation, PackedSequence):
                 modulation = pad_packed_sequence(modulation)[0]
-            self._check_modulation_type(modulation)
+            _check_modulation_type(type(self).__name__, modulation)
         else:
             x, unbatched = self._sequence_input(inp, name, size)
             modulation = self._sequence_modulation(modulation, unbatched)
@@ -243,15 +264,10 @@ class _PlasticBase(nn.Module):
 
     def _lengths(self, lengths, x: Tensor, unbatched: bool) -> Optional[Tensor]:
         """lengths= as a [B] integer tensor (a list or tuple of ints also does)."""
+        owner = type(self).__name__
+        lengths = _as_lengths(owner, lengths)
         if lengths is None:
             return None
-        owner = type(self).__name__
-        if isinstance(lengths, (list, tuple)):
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in lengths):
-                raise ValueError(f"{owner}: lengths: expected a [B] tensor or list of ints, got {lengths!r}")
-            lengths = torch.tensor(lengths, dtype=torch.long)
-        if not isinstance(lengths, Tensor):
-            raise TypeError(f"{owner}: lengths: expected a [B] integer tensor, got {type(lengths).__name__}")
         if unbatched and lengths.numel() == 1:
             lengths = lengths.reshape(1)
         B = x.shape[1]
@@ -292,16 +308,9 @@ class _PlasticBase(nn.Module):
     def _output(self, y: Tensor, unbatched: bool) -> Tensor:
         return y.transpose(0, 1) if (self.batch_first and not unbatched) else y
 
-    def _check_modulation_type(self, modulation) -> None:
-        """A modulation that is not a tensor, refused by name before the call reshapes it for
-        _scan."""
-        if modulation is not None and not isinstance(modulation, Tensor):
-            raise TypeError(f"{type(self).__name__}: modulation: expected a Tensor or None, got "
-                            f"{type(modulation).__name__}")
-
     def _sequence_modulation(self, modulation: Optional[Tensor], unbatched: bool) -> Optional[Tensor]:
         """External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)]."""
-        self._check_modulation_type(modulation)
+        _check_modulation_type(type(self).__name__, modulation)
         if modulation is not None and self.batch_first and not unbatched:
             if modulation.dim() < 2:
                 raise ValueError(f"{type(self).__name__}: modulation: expected a tensor [B, T] or "
@@ -482,7 +491,7 @@ class PlasticRNNCell(PlasticRNN):
         unbatched = u.dim() == 1
         # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
         # the batch dimension of the state and the modulation itself.
-        self._check_modulation_type(modulation)
+        _check_modulation_type(type(self).__name__, modulation)
         z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
         m = None if modulation is None else modulation.unsqueeze(0)
         y, state = self._scan(z, None, state, m, unbatched, self._lengths(lengths, z, unbatched))

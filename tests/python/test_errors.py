@@ -204,6 +204,10 @@ def test_modules_name_arguments_of_another_type(module, unbatched):
         m(x, None, 0.5)
     with pytest.raises(TypeError, match=rf"{name}: lengths: expected a \[B\] integer tensor, got str"):
         m(x, None, None, "all")
+    # A list of lengths must hold ints (the tp.cpp modules cut 1.5 to 1 before they shared the
+    # Python modules' check).
+    with pytest.raises(ValueError, match=rf"{name}: lengths: expected a \[B\] tensor or list of ints"):
+        m(x, None, None, [1.5])
     if not cell and not unbatched:
         m = module(5, 4, rule="modulated", modulation="external", batch_first=True)
         with pytest.raises(ValueError, match=rf"{name}: modulation: expected a tensor \[B, T\] or "
