@@ -127,11 +127,16 @@ def _backward_op_inputs(lstm, device="cpu"):
                 weight=torch.randn(4 * O if lstm else O, O, device=device), rule="hebb",
                 activation="tanh", target_activity=0.0)
     forward = ops.plastic_lstm_scan_forward if lstm else ops.plastic_scan_forward
-    out = forward(*args.values())
+    return list(args.values()), _backward_inputs_of(forward(*args.values()), lstm)
+
+
+def _backward_inputs_of(out, lstm):
+    """The backward op's own inputs from its forward's outputs `out`: random gradients of the
+    outputs that exist, then what the forward kept (y or h, the checkpoints, the LSTM's
+    activations)."""
     n = 6 if lstm else 5
     inputs = [torch.randn_like(v) if v.numel() else v for v in out[:n]]
-    inputs += [out[0], out[n], out[n + 1]] + ([out[-1]] if lstm else [])
-    return list(args.values()), inputs
+    return inputs + [out[0], out[n], out[n + 1]] + ([out[-1]] if lstm else [])
 
 
 @pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
@@ -397,11 +402,7 @@ def _fuzz_call(r, lstm, a):
     if which != "backward":
         (scan if which == "scan" else forward)(*args)
         return
-    out = forward(*args)
-    # The output gradients (those of the outputs that exist), then what the forward kept.
-    n_grads = 6 if lstm else 5
-    inputs = [torch.randn_like(v) if v.numel() else v for v in out[:n_grads]]
-    inputs += [out[0], out[n_grads], out[n_grads + 1]] + ([out[-1]] if lstm else [])
+    inputs = _backward_inputs_of(forward(*args), lstm)
     j = r.randrange(len(inputs))
     replaced = _fuzz_tensor(r, inputs[j])
     inputs[j] = replaced if replaced is not None else torch.empty(0)
