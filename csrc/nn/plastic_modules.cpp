@@ -52,13 +52,59 @@ void input_dtype(const std::string& owner, const at::Tensor& x, const char* name
                     "; convert the input or the module with .to()");
 }
 
-// External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)].
-at::Tensor sequence_modulation(const std::string& owner, const at::Tensor& m, bool batch_first,
-                               bool unbatched) {
-  if (!m.defined() || !batch_first || unbatched) return m;
-  TORCH_CHECK_VALUE(m.dim() >= 2, owner, ": modulation: expected a tensor [B, T] or [B, T, O] "
-                    "(batch_first=True), got ", m.sizes());
-  return m.transpose(0, 1);
+// External modulation as the caller passed it, before any change of layout: with modulation
+// external, a tensor of shape `leading` (the input's sizes before its features, named `names`,
+// e.g. "T, B") or `leading` + [O]; otherwise undefined. `layout` names the input's layout where
+// it is not [T, B, F] (", batch_first=true"). As the Python modules' _check_modulation.
+void check_modulation(const PlasticCore& core, const at::Tensor& m,
+                      std::vector<int64_t> leading, const std::string& names,
+                      const char* layout = "") {
+  const auto& o = core.options;
+  if (!is_modulated(o.rule()) || o.modulation() != Modulation::External) {
+    TORCH_CHECK_VALUE(!m.defined(), core.owner, ": modulation: expected undefined (",
+                      is_modulated(o.rule())
+                          ? "modulation " + to_string(o.modulation()) + ": the module computes its own"
+                          : "rule " + to_string(o.rule()) + " takes no neuromodulation",
+                      "), got a tensor");
+    return;
+  }
+  const char* size = core.kind == PlasticCore::Kind::Feedforward ? "O" : "H";
+  const std::string forms =
+      "[" + names + "] or [" + (names.empty() ? "" : names + ", ") + size + "]";
+  TORCH_CHECK_VALUE(m.defined(), core.owner, ": modulation: expected a tensor ", forms,
+                    " (modulation external", layout, "), got undefined");
+  std::vector<int64_t> with_size = leading;
+  with_size.push_back(o.out_features());
+  TORCH_CHECK_VALUE(m.sizes() == at::IntArrayRef(leading) || m.sizes() == at::IntArrayRef(with_size),
+                    core.owner, ": modulation: expected shape ", at::IntArrayRef(leading), " or ",
+                    at::IntArrayRef(with_size), " (", forms, layout, "), got ", m.sizes());
+}
+
+// External modulation in the input's layout ([B, T(, O)] if batch_first, [T(, O)] unbatched),
+// checked against xs [T, B, F] → [T, B(, O)] (unbatched: as given).
+at::Tensor sequence_modulation(const PlasticCore& core, const at::Tensor& m, const at::Tensor& xs,
+                               bool batch_first, bool unbatched) {
+  const int64_t T = xs.size(0), B = xs.size(1);
+  if (unbatched) check_modulation(core, m, {T}, "T", ", unbatched");
+  else if (batch_first) check_modulation(core, m, {B, T}, "B, T", ", batch_first=true");
+  else check_modulation(core, m, {T, B}, "T, B");
+  return m.defined() && batch_first && !unbatched ? m.transpose(0, 1) : m;
+}
+
+// lengths= as the caller passed it: integers, and, where reading them costs no wait for a
+// device (on the CPU), in [0, T]; `steps` says what T is. The op checks the values in any case,
+// but under its own name, with T as the length of z. As the Python modules' _lengths.
+void check_lengths(const std::string& owner, const at::Tensor& lengths, int64_t T,
+                   const char* steps) {
+  if (!lengths.defined()) return;
+  TORCH_CHECK_VALUE(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt, owner,
+                    ": lengths: expected an integer tensor (int64 or int32), got ",
+                    lengths.scalar_type());
+  if (!lengths.is_cpu() || lengths.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(lengths);
+  const int64_t shortest = lo.item<int64_t>(), longest = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(shortest >= 0 && longest <= T, owner, ": lengths: expected values in [0, ", T,
+                    "] (", steps, "), got values from ", shortest, " to ", longest);
 }
 
 PlasticState map_state(const PlasticState& s, at::Tensor (*f)(const at::Tensor&)) {
@@ -174,13 +220,6 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
                       ": state: expected ", name, " for batch size ", B,
                       " (from the input), got shape ", t.defined() ? t.sizes() : at::IntArrayRef{});
   }
-  const bool external = is_modulated(options.rule()) && options.modulation() == Modulation::External;
-  TORCH_CHECK_VALUE(!external || modulation.defined(), owner,
-                    ": modulation: expected a tensor [T, B] or [T, B, O] (modulation external), "
-                    "got undefined");
-  TORCH_CHECK_VALUE(external || !modulation.defined(), owner,
-                    ": modulation: this module computes its own (rule ", to_string(options.rule()),
-                    "), got a tensor");
   const bool recurrent = kind != Kind::Feedforward;
   ScanOptions so;
   so.x(recurrent ? at::Tensor() : x)
@@ -272,8 +311,9 @@ std::tuple<at::Tensor, PlasticState> PlasticLinearImpl::forward(const at::Tensor
                                                 options.batch_first());
   detail::input_dtype(core.owner, xs, "x", weight);
   const at::Tensor z = torch::nn::functional::linear(xs, weight, bias);
+  detail::check_lengths(core.owner, lengths, xs.size(0), "T, the input's steps");
   const at::Tensor m =
-      detail::sequence_modulation(core.owner, modulation, options.batch_first(), unbatched);
+      detail::sequence_modulation(core, modulation, xs, options.batch_first(), unbatched);
   auto [y, out] = core.scan(z, xs, {}, state, m, unbatched, lengths);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};
@@ -329,6 +369,9 @@ std::tuple<at::Tensor, PlasticState> cell_step(const detail::PlasticCore& core,
   const bool unbatched = u.dim() == 1;
   const at::Tensor ub = unbatched ? u.unsqueeze(0) : u;
   const at::Tensor z = torch::nn::functional::linear(ub, weight_ih, bias).unsqueeze(0);
+  detail::check_lengths(core.owner, lengths, 1, "0 skips the step, 1 takes it");
+  if (unbatched) detail::check_modulation(core, modulation, {}, "", ", unbatched");
+  else detail::check_modulation(core, modulation, {u.size(0)}, "B");
   const at::Tensor m = modulation.defined() ? modulation.unsqueeze(0) : modulation;
   // core.scan takes z [T = 1, B, H]; for an unbatched input B = 1 and the state and the
   // modulation carry no batch dimension.
@@ -348,8 +391,9 @@ std::tuple<at::Tensor, PlasticState> sequence(const detail::PlasticCore& core,
                                                 options.batch_first());
   detail::input_dtype(core.owner, us, "input", weight_ih);
   const at::Tensor z = torch::nn::functional::linear(us, weight_ih, bias);
+  detail::check_lengths(core.owner, lengths, us.size(0), "T, the input's steps");
   const at::Tensor m =
-      detail::sequence_modulation(core.owner, modulation, options.batch_first(), unbatched);
+      detail::sequence_modulation(core, modulation, us, options.batch_first(), unbatched);
   auto [y, out] = core.scan(z, {}, weight_hh, state, m, unbatched, lengths);
   if (options.batch_first() && !unbatched) y = y.transpose(0, 1);
   return {y, out};

@@ -202,12 +202,6 @@ class _PlasticBase(nn.Module):
             if t is not None and (t.dim() < 2 or t.shape[0] != B):
                 raise ValueError(f"{owner}: state: expected {name} for batch size {B} (from the "
                                  f"input), got shape {list(t.shape)}")
-        if self.modulation == "external" and modulation is None:
-            raise ValueError(f"{owner}: modulation: expected a tensor [T, B] or [T, B, O] "
-                             f"(modulation='external'), got None")
-        if self.modulation != "external" and modulation is not None:
-            raise ValueError(f"{owner}: modulation: this module computes its own "
-                             f"(rule={self.rule!r}, modulation={self.modulation!r}), got a tensor")
         # The modulation head's parameters exist only for the sources that use them; asking for
         # them by getattr with a default would raise and catch an AttributeError per parameter
         # missing, on every call.
@@ -250,11 +244,11 @@ class _PlasticBase(nn.Module):
             x, unbatched = self._sequence_input(x, name, size, layout="[T, B, F]")
             if isinstance(modulation, PackedSequence):
                 modulation = pad_packed_sequence(modulation)[0]
-            _check_modulation_type(type(self).__name__, modulation)
+            self._check_modulation(modulation, x.shape[:2], "T, B", ", padded as the input")
         else:
             x, unbatched = self._sequence_input(inp, name, size)
-            modulation = self._sequence_modulation(modulation, unbatched)
-            lengths = self._lengths(lengths, x, unbatched)
+            lengths = self._lengths(lengths, x, unbatched, "T, the input's steps")
+            modulation = self._sequence_modulation(modulation, x, unbatched)
         self._input_dtype(x, name, weight)
         z = nn.functional.linear(x, weight, bias)
         y, state = self._scan(z, None if self.recurrent else x, state, modulation, unbatched, lengths)
@@ -262,8 +256,9 @@ class _PlasticBase(nn.Module):
             return _packed_like(y, inp, lengths), state
         return self._output(y, unbatched), state
 
-    def _lengths(self, lengths, x: Tensor, unbatched: bool) -> Optional[Tensor]:
-        """lengths= as a [B] integer tensor (a list or tuple of ints also does)."""
+    def _lengths(self, lengths, x: Tensor, unbatched: bool, steps: str) -> Optional[Tensor]:
+        """lengths= as a [B] integer tensor (a list or tuple of ints also does), for x [T, B, F];
+        `steps` says what T is, for the message of a length beyond it."""
         owner = type(self).__name__
         lengths = _as_lengths(owner, lengths)
         if lengths is None:
@@ -274,6 +269,18 @@ class _PlasticBase(nn.Module):
         if lengths.shape != (B,):
             raise ValueError(f"{owner}: lengths: expected shape [{B}] (the batch size of the input), "
                              f"got {list(lengths.shape)}")
+        if lengths.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{owner}: lengths: expected an integer tensor (int64 or int32), "
+                             f"got {lengths.dtype}")
+        # The values too where reading them costs no wait for a device (on the CPU, where
+        # torch.nn.utils.rnn keeps them) and no graph break (torch.compile): the op checks them
+        # in any case, but under its own name, with T as the length of z.
+        if lengths.device.type == "cpu" and lengths.numel() > 0 and not torch.compiler.is_compiling():
+            values = lengths.tolist()
+            shortest, longest = min(values), max(values)
+            if shortest < 0 or longest > x.shape[0]:
+                raise ValueError(f"{owner}: lengths: expected values in [0, {x.shape[0]}] ({steps}), "
+                                 f"got values from {shortest} to {longest}")
         return lengths
 
     def _sequence_input(self, x: Tensor, name: str, size: int, layout: Optional[str] = None) -> Tuple[Tensor, bool]:
@@ -308,15 +315,44 @@ class _PlasticBase(nn.Module):
     def _output(self, y: Tensor, unbatched: bool) -> Tensor:
         return y.transpose(0, 1) if (self.batch_first and not unbatched) else y
 
-    def _sequence_modulation(self, modulation: Optional[Tensor], unbatched: bool) -> Optional[Tensor]:
-        """External modulation in the input's layout ([B, T(, O)] if batch_first) → [T, B(, O)]."""
-        _check_modulation_type(type(self).__name__, modulation)
+    def _sequence_modulation(self, modulation: Optional[Tensor], x: Tensor,
+                             unbatched: bool) -> Optional[Tensor]:
+        """External modulation in the input's layout ([B, T(, O)] if batch_first, [T(, O)]
+        unbatched), checked against x [T, B, F] → [T, B(, O)] (unbatched: as given)."""
+        T, B = x.shape[0], x.shape[1]
+        if unbatched:
+            self._check_modulation(modulation, (T,), "T", ", unbatched")
+        elif self.batch_first:
+            self._check_modulation(modulation, (B, T), "B, T", ", batch_first=True")
+        else:
+            self._check_modulation(modulation, (T, B), "T, B")
         if modulation is not None and self.batch_first and not unbatched:
-            if modulation.dim() < 2:
-                raise ValueError(f"{type(self).__name__}: modulation: expected a tensor [B, T] or "
-                                 f"[B, T, O] (batch_first=True), got {list(modulation.shape)}")
             modulation = modulation.transpose(0, 1)
         return modulation
+
+    def _check_modulation(self, modulation, leading, names: str, layout: str = "") -> None:
+        """External modulation as the caller passed it, before any change of layout: with
+        modulation="external", a tensor of shape `leading` (the input's sizes before its
+        features, named `names`, e.g. "T, B") or `leading` + [O]; otherwise None. `layout`
+        names the input's layout where it is not [T, B, F] (", batch_first=True")."""
+        owner = type(self).__name__
+        _check_modulation_type(owner, modulation)
+        if self.modulation != "external":
+            if modulation is not None:
+                why = (f"rule={self.rule!r} takes no neuromodulation" if self.modulation is None else
+                       f"modulation={self.modulation!r}: the module computes its own")
+                raise ValueError(f"{owner}: modulation: expected None ({why}), got a tensor")
+            return
+        size = "H" if self.recurrent else "O"
+        forms = f"[{names}] or [{names + ', ' if names else ''}{size}]"
+        if modulation is None:
+            raise ValueError(f"{owner}: modulation: expected a tensor {forms} "
+                             f"(modulation='external'{layout}), got None")
+        leading = list(leading)
+        if list(modulation.shape) not in (leading, leading + [self.out_features]):
+            raise ValueError(f"{owner}: modulation: expected shape {leading} or "
+                             f"{leading + [self.out_features]} ({forms}{layout}), "
+                             f"got {list(modulation.shape)}")
 
 
 class PlasticLinear(_PlasticBase):
@@ -491,10 +527,14 @@ class PlasticRNNCell(PlasticRNN):
         unbatched = u.dim() == 1
         # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
         # the batch dimension of the state and the modulation itself.
-        _check_modulation_type(type(self).__name__, modulation)
         z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
+        lengths = self._lengths(lengths, z, unbatched, "0 skips the step, 1 takes it")
+        if unbatched:
+            self._check_modulation(modulation, (), "", ", unbatched")
+        else:
+            self._check_modulation(modulation, (u.shape[0],), "B")
         m = None if modulation is None else modulation.unsqueeze(0)
-        y, state = self._scan(z, None, state, m, unbatched, self._lengths(lengths, z, unbatched))
+        y, state = self._scan(z, None, state, m, unbatched, lengths)
         return y[0], state
 
 

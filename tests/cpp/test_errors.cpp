@@ -113,3 +113,35 @@ TEST(Errors, ModuleInputDtype) {
   rnn->to(torch::kFloat64);
   EXPECT_EQ(std::get<0>(rnn->forward(doubles)).scalar_type(), torch::kFloat64);
 }
+
+TEST(Errors, ModuleModulationAndLengthsInTheCallersLayout) {
+  // Checked as the caller passed them, under the module's name, before the module moves the
+  // batch and time dimensions (the op named neither).
+  auto external = [](auto options) { return options.rule(Rule::Modulated).modulation(Modulation::External); };
+  PlasticRNN rnn(external(PlasticRNNOptions(5, 4)));
+  const auto u = torch::randn({3, 2, 5});
+  expect_error([&] { rnn->forward(u, {}, torch::randn({3, 3})); },
+               {"PlasticRNN: modulation: expected shape [3, 2] or [3, 2, 4] ([T, B] or [T, B, H]), got [3, 3]"});
+  expect_error([&] { rnn->forward(u); }, {"PlasticRNN: modulation: expected a tensor [T, B] or [T, B, H]"});
+  expect_error([&] { rnn->forward(u[0], {}, torch::randn({2, 1})); },
+               {"([T] or [T, H], unbatched), got [2, 1]"});
+  expect_error([&] { rnn->forward(u, {}, torch::ones({3, 2}), torch::tensor({1, 4})); },
+               {"PlasticRNN: lengths: expected values in [0, 3] (T, the input's steps), got values from 1 to 4"});
+  expect_error([&] { rnn->forward(u, {}, torch::ones({3, 2}), torch::tensor({1.0, 2.0})); },
+               {"PlasticRNN: lengths: expected an integer tensor", "Float"});
+  PlasticRNN batch_first(external(PlasticRNNOptions(5, 4)).batch_first(true));
+  expect_error([&] { batch_first->forward(u.transpose(0, 1), {}, torch::ones({3, 2})); },
+               {"expected shape [2, 3] or [2, 3, 4] ([B, T] or [B, T, H], batch_first=true), got [3, 2]"});
+  EXPECT_EQ(std::get<0>(batch_first->forward(u.transpose(0, 1), {}, torch::ones({2, 3}))).sizes(),
+            at::IntArrayRef({2, 3, 4}));
+  PlasticLinear linear(PlasticLinearOptions(5, 4).rule(Rule::Modulated).modulation(Modulation::External));
+  expect_error([&] { linear->forward(u, {}, torch::randn({3, 2, 5})); }, {"([T, B] or [T, B, O]), got [3, 2, 5]"});
+  PlasticLSTMCell cell(external(PlasticLSTMOptions(5, 4)));
+  expect_error([&] { cell->forward(u[0], {}, torch::randn({3})); },
+               {"PlasticLSTMCell: modulation: expected shape [2] or [2, 4] ([B] or [B, H]), got [3]"});
+  expect_error([&] { cell->forward(u[0][0], {}, torch::randn({2})); }, {"([] or [H], unbatched), got [2]"});
+  expect_error([&] { cell->forward(u[0], {}, torch::ones({2}), torch::tensor({0, 2})); },
+               {"PlasticLSTMCell: lengths: expected values in [0, 1] (0 skips the step, 1 takes it)"});
+  expect_error([&] { PlasticRNN(5, 4)->forward(u, {}, torch::ones({3, 2})); },
+               {"PlasticRNN: modulation: expected undefined (rule hebb takes no neuromodulation)"});
+}

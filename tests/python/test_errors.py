@@ -213,11 +213,59 @@ def test_modules_name_arguments_of_another_type(module, unbatched):
     # Python modules' check).
     with pytest.raises(ValueError, match=rf"{name}: lengths: expected a \[B\] tensor or list of ints"):
         m(x, None, None, [1.5])
-    if not cell and not unbatched:
+
+
+@pytest.mark.parametrize("module", ALL_MODULES, ids=lambda m: f"{m.__module__}.{m.__name__}")
+def test_modules_check_modulation_and_lengths_as_the_caller_passed_them(module):
+    """In the caller's layout, under the module's name: the op, which sees them after the module
+    has moved the batch and time dimensions (batch_first, unbatched, a cell's one step), had
+    named neither the module nor the shapes the caller passed (with batch_first=True, a
+    time-major [T, B] was refused as "expected shape [T, B] ..., got [B, T]")."""
+    name = module.__name__
+    cell = "Cell" in name
+    size = "O" if name == "PlasticLinear" else "H"
+    bf = r"batch_first=true" if module.__module__ == "torchplastic.cpp" else r"batch_first=True"
+    m = module(5, 4, rule="modulated", modulation="external")
+    if cell:
+        x, cases = torch.randn(2, 5), [
+            (torch.randn(3), rf"expected shape \[2\] or \[2, 4\] \(\[B\] or \[B, H\]\), got \[3\]"),
+            (torch.randn(1, 2), r"expected shape \[2\] or \[2, 4\] .*got \[1, 2\]")]
+        unbatched = (torch.randn(5), torch.randn(2),
+                     r"expected shape \[\] or \[4\] \(\[\] or \[H\], unbatched\), got \[2\]")
+        steps = r"expected values in \[0, 1\] \(0 skips the step, 1 takes it\), got values from 0 to 2"
+    else:
+        x, cases = torch.randn(3, 2, 5), [
+            (torch.randn(3, 3), rf"expected shape \[3, 2\] or \[3, 2, 4\] \(\[T, B\] or \[T, B, {size}\]\), "
+                                r"got \[3, 3\]"),
+            (torch.randn(3, 2, 5), r"expected shape .*got \[3, 2, 5\]")]
+        unbatched = (torch.randn(3, 5), torch.randn(3, 1),
+                     rf"expected shape \[3\] or \[3, 4\] \(\[T\] or \[T, {size}\], unbatched\), got \[3, 1\]")
+        steps = r"expected values in \[0, 3\] \(T, the input's steps\), got values from 0 to 4"
+    for modulation, message in cases:
+        with pytest.raises(ValueError, match=rf"^{name}: modulation: {message}$"):
+            m(x, None, modulation)
+    u, modulation, message = unbatched
+    with pytest.raises(ValueError, match=rf"^{name}: modulation: {message}$"):
+        m(u, None, modulation)
+    with pytest.raises(ValueError, match=rf"^{name}: modulation: expected a tensor .*got (None|undefined)$"):
+        m(x)
+    with pytest.raises(ValueError, match=rf"^{name}: lengths: {steps}$"):
+        m(x, None, torch.ones(2), torch.tensor([0, 2 if cell else 4]))
+    with pytest.raises(ValueError, match=rf"^{name}: lengths: expected an integer tensor"):
+        m(x, None, torch.ones(2), torch.tensor([1.0, 1.0]))
+    if not cell:
+        # The batch-first module, given a time-major modulation: refused in the caller's layout.
         m = module(5, 4, rule="modulated", modulation="external", batch_first=True)
-        with pytest.raises(ValueError, match=rf"{name}: modulation: expected a tensor \[B, T\] or "
-                                             rf"\[B, T, O\] \(batch_first=True\), got \[2\]"):
-            m(x.transpose(0, 1), None, torch.zeros(2))
+        with pytest.raises(ValueError, match=rf"^{name}: modulation: expected shape \[2, 3\] or \[2, 3, 4\] "
+                                             rf"\(\[B, T\] or \[B, T, {size}\], {bf}\), got \[3, 2\]$"):
+            m(x.transpose(0, 1), None, torch.zeros(3, 2))
+        m(x.transpose(0, 1), None, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=rf"^{name}: modulation: expected (None|undefined) \(rule.*hebb.* takes "
+                                         r"no neuromodulation\), got a tensor$"):
+        module(5, 4)(x, None, torch.ones(2))
+    with pytest.raises(ValueError, match=rf"^{name}: modulation: expected (None|undefined) \(modulation.*fanout.*: "
+                                         r"the module computes its own\), got a tensor$"):
+        module(5, 4, rule="retroactive", modulation="fanout")(x, None, torch.ones(2))
 
 
 @pytest.mark.parametrize("module", [tp.PlasticRNN, tp.PlasticLSTMCell, tp.cpp.PlasticRNN, tp.cpp.PlasticLSTMCell])

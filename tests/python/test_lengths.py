@@ -154,7 +154,8 @@ def test_module_refuses_bad_lengths(cls):
     x = torch.randn(5, 2, 3)
     with pytest.raises(ValueError, match=r"PlasticRNN: lengths: expected shape \[2\] \(the batch size"):
         m(x, lengths=[5, 5, 5])
-    with pytest.raises(ValueError, match="plastic_scan: lengths: expected values in"):
+    with pytest.raises(ValueError, match=r"^PlasticRNN: lengths: expected values in \[0, 5\] \(T, the input's "
+                                         r"steps\), got values from 5 to 6$"):
         m(x, lengths=[5, 6])
     with pytest.raises(ValueError, match="lengths: expected None with a PackedSequence"):
         m(pack_padded_sequence(x, torch.tensor([5, 3])), lengths=[5, 3])
