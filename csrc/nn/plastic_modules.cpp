@@ -78,6 +78,10 @@ void check_modulation(const PlasticCore& core, const at::Tensor& m,
   TORCH_CHECK_VALUE(m.sizes() == at::IntArrayRef(leading) || m.sizes() == at::IntArrayRef(with_size),
                     core.owner, ": modulation: expected shape ", at::IntArrayRef(leading), " or ",
                     at::IntArrayRef(with_size), " (", forms, layout, "), got ", m.sizes());
+  TORCH_CHECK_VALUE(m.scalar_type() == core.alpha.scalar_type() ||
+                        at::autocast::is_autocast_enabled(m.device().type()),
+                    core.owner, ": modulation: expected dtype ", core.alpha.scalar_type(),
+                    " (the module's parameters), got ", m.scalar_type());
 }
 
 // External modulation in the input's layout ([B, T(, O)] if batch_first, [T(, O)] unbatched),
@@ -211,14 +215,39 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
   TORCH_CHECK_VALUE(!lengths.defined() || (lengths.dim() == 1 && lengths.size(0) == B), owner,
                     ": lengths: expected shape [", B, "] (the batch size of the input), got ",
                     lengths.sizes());
-  for (const auto& [name, t] : {std::pair<const char*, at::Tensor>{"hidden", state.hidden},
-                                {"trace", state.trace},
-                                {"eligibility", state.eligibility},
-                                {"threshold", state.threshold},
-                                {"cell", state.cell}}) {
-    TORCH_CHECK_VALUE(!t.defined() || (t.dim() >= 2 && t.size(0) == B), owner,
-                      ": state: expected ", name, " for batch size ", B,
-                      " (from the input), got shape ", t.defined() ? t.sizes() : at::IntArrayRef{});
+  const int64_t O = options.out_features();
+  const int64_t I = kind == Kind::Feedforward ? options.in_features() : O;
+  const std::vector<int64_t> vector{B, O}, matrix{B, O, I};
+  for (const auto& [name, t, shape] :
+       {std::tuple<const char*, at::Tensor, at::IntArrayRef>{"hidden", state.hidden, vector},
+        {"trace", state.trace, matrix},
+        {"eligibility", state.eligibility, matrix},
+        {"threshold", state.threshold, vector},
+        {"cell", state.cell, vector}}) {
+    if (!t.defined() || t.sizes() == shape) continue;
+    // Unbatched: as the caller passed it, without the batch dimension added above.
+    TORCH_CHECK_VALUE(!unbatched, owner, ": state: expected ", name, " of shape ", shape.slice(1),
+                      " (unbatched input), got shape ", t.sizes().slice(1));
+    TORCH_CHECK_VALUE(false, owner, ": state: expected ", name, " of shape ", shape,
+                      " for batch size ", B, " (from the input), got shape ", t.sizes());
+  }
+  // Dtypes as the op takes them (the traces may also come in float32 for float16/bfloat16
+  // parameters); under autocast, which casts them, not here.
+  if (!at::autocast::is_autocast_enabled(z.device().type())) {
+    const auto dtype = z.scalar_type();
+    const auto compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+    for (const auto& [name, t, traces] :
+         {std::tuple<const char*, at::Tensor, bool>{"hidden", state.hidden, false},
+          {"trace", state.trace, true},
+          {"eligibility", state.eligibility, true},
+          {"threshold", state.threshold, true},
+          {"cell", state.cell, false}}) {
+      if (!t.defined() || t.scalar_type() == dtype || (traces && t.scalar_type() == compute))
+        continue;
+      TORCH_CHECK_VALUE(false, owner, ": state: expected ", name, " of dtype ", dtype,
+                        traces && compute != dtype ? std::string(" or ") + c10::toString(compute) : "",
+                        " (the module's parameters), got ", t.scalar_type());
+    }
   }
   const bool recurrent = kind != Kind::Feedforward;
   ScanOptions so;

@@ -198,10 +198,30 @@ class _PlasticBase(nn.Module):
             if modulation is not None:
                 modulation = modulation.unsqueeze(1)
         B = z.shape[1]
+        O, I = self.out_features, self._presynaptic_size()
+        checked_dtypes = None  # whether dtypes are this call's to check (not under autocast)
         for name, t in zip(state._fields, state):
-            if t is not None and (t.dim() < 2 or t.shape[0] != B):
-                raise ValueError(f"{owner}: state: expected {name} for batch size {B} (from the "
-                                 f"input), got shape {list(t.shape)}")
+            if t is None:
+                continue
+            size = (O, I) if name in ("trace", "eligibility") else (O,)
+            if t.shape != (B,) + size:
+                if unbatched:  # as the caller passed it, without the batch dimension added above
+                    raise ValueError(f"{owner}: state: expected {name} of shape {list(size)} "
+                                     f"(unbatched input), got shape {list(t.shape[1:])}")
+                raise ValueError(f"{owner}: state: expected {name} of shape {[B, *size]} for "
+                                 f"batch size {B} (from the input), got shape {list(t.shape)}")
+            # Dtypes as the op takes them: the parameters', or for the traces also float32
+            # where the parameters are float16/bfloat16; under autocast, which casts them, not
+            # here.
+            if t.dtype != z.dtype:
+                if checked_dtypes is None:
+                    checked_dtypes = not torch._C._is_any_autocast_enabled()
+                traces = name in ("trace", "eligibility", "threshold")
+                compute = torch.float64 if z.dtype == torch.float64 else torch.float32
+                if checked_dtypes and not (traces and t.dtype == compute):
+                    also = f" or {compute}" if traces and compute != z.dtype else ""
+                    raise ValueError(f"{owner}: state: expected {name} of dtype {z.dtype}{also} "
+                                     f"(the module's parameters), got {t.dtype}")
         # The modulation head's parameters exist only for the sources that use them; asking for
         # them by getattr with a default would raise and catch an AttributeError per parameter
         # missing, on every call.
@@ -275,7 +295,7 @@ class _PlasticBase(nn.Module):
         # The values too where reading them costs no wait for a device (on the CPU, where
         # torch.nn.utils.rnn keeps them) and no graph break (torch.compile): the op checks them
         # in any case, but under its own name, with T as the length of z.
-        if lengths.device.type == "cpu" and lengths.numel() > 0 and not torch.compiler.is_compiling():
+        if lengths.is_cpu and B > 0 and not torch.compiler.is_compiling():
             values = lengths.tolist()
             shortest, longest = min(values), max(values)
             if shortest < 0 or longest > x.shape[0]:
@@ -343,16 +363,19 @@ class _PlasticBase(nn.Module):
                        f"modulation={self.modulation!r}: the module computes its own")
                 raise ValueError(f"{owner}: modulation: expected None ({why}), got a tensor")
             return
-        size = "H" if self.recurrent else "O"
-        forms = f"[{names}] or [{names + ', ' if names else ''}{size}]"
+        def forms():
+            return f"[{names}] or [{names + ', ' if names else ''}{'H' if self.recurrent else 'O'}]"
         if modulation is None:
-            raise ValueError(f"{owner}: modulation: expected a tensor {forms} "
+            raise ValueError(f"{owner}: modulation: expected a tensor {forms()} "
                              f"(modulation='external'{layout}), got None")
-        leading = list(leading)
-        if list(modulation.shape) not in (leading, leading + [self.out_features]):
-            raise ValueError(f"{owner}: modulation: expected shape {leading} or "
-                             f"{leading + [self.out_features]} ({forms}{layout}), "
+        leading = tuple(leading)
+        if modulation.shape != leading and modulation.shape != leading + (self.out_features,):
+            raise ValueError(f"{owner}: modulation: expected shape {list(leading)} or "
+                             f"{[*leading, self.out_features]} ({forms()}{layout}), "
                              f"got {list(modulation.shape)}")
+        if modulation.dtype != self.alpha.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(f"{owner}: modulation: expected dtype {self.alpha.dtype} (the module's "
+                             f"parameters), got {modulation.dtype}")
 
 
 class PlasticLinear(_PlasticBase):

@@ -142,6 +142,15 @@ TEST(Errors, ModuleModulationAndLengthsInTheCallersLayout) {
   expect_error([&] { cell->forward(u[0][0], {}, torch::randn({2})); }, {"([] or [H], unbatched), got [2]"});
   expect_error([&] { cell->forward(u[0], {}, torch::ones({2}), torch::tensor({0, 2})); },
                {"PlasticLSTMCell: lengths: expected values in [0, 1] (0 skips the step, 1 takes it)"});
+  expect_error([&] { rnn->forward(u, {}, torch::ones({3, 2}, torch::kFloat64)); },
+               {"PlasticRNN: modulation: expected dtype Float (the module's parameters), got Double"});
+  PlasticState doubles;
+  doubles.trace = torch::zeros({2, 4, 4}, torch::kFloat64);
+  expect_error([&] { rnn->forward(u, doubles, torch::ones({3, 2})); },
+               {"PlasticRNN: state: expected trace of dtype Float (the module's parameters), got Double"});
+  doubles.trace = torch::zeros({2, 4, 5});
+  expect_error([&] { rnn->forward(u, doubles, torch::ones({3, 2})); },
+               {"PlasticRNN: state: expected trace of shape [2, 4, 4] for batch size 2 (from the input), got shape [2, 4, 5]"});
   expect_error([&] { PlasticRNN(5, 4)->forward(u, {}, torch::ones({3, 2})); },
                {"PlasticRNN: modulation: expected undefined (rule hebb takes no neuromodulation)"});
 }

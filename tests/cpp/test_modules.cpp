@@ -172,6 +172,6 @@ TEST(LSTMModules, BadOptionsAndInputsNameTheArgument) {
   PlasticState bad;
   bad.cell = torch::zeros({3, 4});
   EXPECT_NE(message([&] { lstm->forward(torch::randn({3, 2, 5}), bad); })
-                .find("PlasticLSTM: state: expected cell for batch size 2"),
+                .find("PlasticLSTM: state: expected cell of shape [2, 4] for batch size 2"),
             std::string::npos);
 }

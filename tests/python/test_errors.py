@@ -253,6 +253,11 @@ def test_modules_check_modulation_and_lengths_as_the_caller_passed_them(module):
         m(x, None, torch.ones(2), torch.tensor([0, 2 if cell else 4]))
     with pytest.raises(ValueError, match=rf"^{name}: lengths: expected an integer tensor"):
         m(x, None, torch.ones(2), torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match=rf"^{name}: modulation: expected dtype (torch.float32|Float) \(the "
+                                         r"module's parameters\), got (torch.float64|Double)$"):
+        m(x, None, torch.ones(x.shape[:-1], dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # which casts it itself
+        m(x, None, torch.ones(x.shape[:-1], dtype=torch.bfloat16))
     if not cell:
         # The batch-first module, given a time-major modulation: refused in the caller's layout.
         m = module(5, 4, rule="modulated", modulation="external", batch_first=True)
@@ -266,6 +271,36 @@ def test_modules_check_modulation_and_lengths_as_the_caller_passed_them(module):
     with pytest.raises(ValueError, match=rf"^{name}: modulation: expected (None|undefined) \(modulation.*fanout.*: "
                                          r"the module computes its own\), got a tensor$"):
         module(5, 4, rule="retroactive", modulation="fanout")(x, None, torch.ones(2))
+
+
+@pytest.mark.parametrize("module", ALL_MODULES, ids=lambda m: f"{m.__module__}.{m.__name__}")
+def test_modules_check_the_state_s_shapes_and_dtypes(module):
+    """Every field of the state in full, under the module's name (the op had named the trace's
+    other sizes, and dtypes "matching z"), and without the batch dimension for an unbatched
+    input, as the caller passed them."""
+    name = module.__name__
+    cell = "Cell" in name
+    m = module(3, 4, rule="retroactive", adaptive_threshold=0.1)
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    I = 3 if name == "PlasticLinear" else 4
+    _, state = m(x)
+    for field, shape in (("trace", [2, 4, I + 1]), ("eligibility", [2, 5, I]), ("threshold", [2, 3])):
+        bad = state._replace(**{field: torch.zeros(shape)})
+        with pytest.raises(ValueError, match=rf"^{name}: state: expected {field} of shape "
+                                             rf"\[2, 4(, {I})?\] for batch size 2 \(from the input\), "
+                                             rf"got shape \[{', '.join(map(str, shape))}\]$"):
+            m(x, bad)
+    _, state = m(x[0])
+    with pytest.raises(ValueError, match=rf"^{name}: state: expected trace of shape \[4, {I}\] \(unbatched "
+                                         rf"input\), got shape \[4, {I + 1}\]$"):
+        m(x[0], state._replace(trace=torch.zeros(4, I + 1)))
+    _, state = m(x)
+    for field in ("hidden", "trace", "threshold"):
+        if getattr(state, field) is None:  # PlasticLinear's hidden
+            continue
+        with pytest.raises(ValueError, match=rf"^{name}: state: expected {field} of dtype (torch.float32|Float) "
+                                             r"\(the module's parameters\), got (torch.float64|Double)$"):
+            m(x, state._replace(**{field: getattr(state, field).double()}))
 
 
 @pytest.mark.parametrize("module", [tp.PlasticRNN, tp.PlasticLSTMCell, tp.cpp.PlasticRNN, tp.cpp.PlasticLSTMCell])
@@ -510,7 +545,8 @@ def test_backward_op_refuses_inputs_on_another_device_cuda(lstm, name):
 # source, threshold, scaling, batch_first, sizes from 0) with its input, state, modulation or
 # lengths replaced, or a PackedSequence input; a call that returns is also backpropagated. Each
 # must return or raise a ValueError or TypeError whose message starts with the module's name
-# (or the op's, for what only the op can check) and the argument.
+# and the argument (until 2026-12-05 what only the op checked, such as a state's or a
+# modulation's dtype or a length beyond T, came under the op's name).
 _MODULE_ARGUMENTS = {"input", "x", "state", "modulation", "lengths"} | set(_SCAN_ARGS)
 
 
@@ -559,9 +595,11 @@ def _fuzz_module_call(r):
     elif change == "state":
         kwargs["state"] = r.choice([3, [torch.zeros(1)], (torch.zeros(B, H),) * r.randint(0, 6),
                                     tp.PlasticState(hidden=torch.zeros(B + 1, H)),
+                                    tp.PlasticState(hidden=torch.zeros(B, H, dtype=torch.float64)),
                                     tp.PlasticState(trace=torch.zeros(B, H, H + 1))])
     elif change == "modulation":
-        kwargs["modulation"] = r.choice([torch.randn(2, 2, 2, 2), torch.randn(1), 3.0, "m"])
+        kwargs["modulation"] = r.choice([torch.randn(2, 2, 2, 2), torch.randn(1), 3.0, "m",
+                                         torch.zeros(shape[:-1], dtype=torch.float64)])
     elif change == "packed" and not cell and B > 0 and T > 0:
         lengths = sorted((r.randint(1, T) for _ in range(B)), reverse=True)
         x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first)
@@ -574,18 +612,17 @@ def _fuzz_module_call(r):
         if y.requires_grad and y.numel():
             y.sum().backward()
 
-    return f"{module.__module__}.{module.__name__}({I}, {H}, {options}), {change}, T={T}, B={B}", call
+    return module.__name__, f"{module.__module__}.{module.__name__}({I}, {H}, {options}), {change}, T={T}, B={B}", call
 
 
 def test_modules_fail_cleanly_on_mutated_calls():
     for case in range(400):
-        where, call = _fuzz_module_call(random.Random(case))
+        name, where, call = _fuzz_module_call(random.Random(case))
         try:
             call()
         except (ValueError, TypeError) as e:
             message = str(e)
             head = re.match(r"(\w+): ([\w/]+):", message)
-            assert head and head.group(1) in {m.__name__ for m in ALL_MODULES} | {
-                "plastic_scan", "plastic_lstm_scan"}, f"case {case}, {where}: {message[:300]}"
+            assert head and head.group(1) == name, f"case {case}, {where}: {message[:300]}"
             assert set(head.group(2).split("/")) <= _MODULE_ARGUMENTS, \
                 f"case {case}, {where}: names no argument: {message[:300]}"

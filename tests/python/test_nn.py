@@ -183,7 +183,7 @@ def test_bad_input_names_the_argument():
         tp.PlasticLinear(5, 4, clip=-1.0)
     rnn = tp.PlasticRNN(5, 4)
     _, state = rnn(torch.randn(3, 2, 5))
-    with pytest.raises(ValueError, match="state: expected hidden for batch size 5"):
+    with pytest.raises(ValueError, match=r"state: expected hidden of shape \[5, 4\] for batch size 5"):
         rnn(torch.randn(3, 5, 5), state)  # state from another batch size
 
 
