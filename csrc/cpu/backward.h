@@ -86,7 +86,8 @@ struct SequenceGrads {
 // halves as separate passes (and every step's trace is stored: fin and tr replay nothing).
 // finish alone reads H_t from fin's anchor, which is then H_t itself (replay 0).
 //
-// Rows rows from o per call (2 in the fused passes where fused_pairs says so, else 1): element
+// Rows rows from o per call (2 in the fused passes where fused_pairs says so, and in a single
+// step's halves where its rows are short, see single_step_rows; else 1): element
 // i of both rows in one loop iteration, so p_t, p_{t+1} and the replayed steps' p are loaded,
 // and dL/dp_t and dL/dp_{t+1} loaded and stored, once for the two (four rows per call run out
 // of registers). The rows' order in the sums over rows (dL/dp) is the same as one at a time,
@@ -99,7 +100,10 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
                   const StepView<T>& tr, const T* Ht, const T* Et, const SequenceGrads<T>& sg,
                   int64_t o) {
   static_assert(Replay == 0 || (Finish && Trace), "backward_row: replays in fused passes only");
-  static_assert(Rows == 1 || (Finish && Trace), "backward_row: row pairs in fused passes only");
+  // Pairs outside the fused passes: a single step's halves (single_step_rows), which replay
+  // nothing and never run under synaptic scaling (its row norm below is one row's).
+  static_assert(Rows == 1 || (Finish && Trace) || Replay == 0,
+                "backward_row: replayed row pairs in fused passes only");
   static_assert(Replay <= 3, "backward_row: replays of up to 3 steps (written out below)");
   using R = typename V::Rule;
   constexpr bool retro = R::eligibility;

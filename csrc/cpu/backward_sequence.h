@@ -47,21 +47,36 @@ void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_
   const int64_t Ip = P.recurrent ? O : I;
   std::fill_n(S.gp, Ip, T(0));       // dL/dp_0: the trace halves' share
   std::fill_n(S.gp_done, Ip, T(0));  // and the finish halves'
-  for (int64_t o = o0; o < o1; ++o) {
+  // Rows rows from o: traced, then finished. In pairs where rows are short (below 128
+  // elements, and where the fused passes take pairs at all: fused_pairs), where a call's setting
+  // up and its sums across lanes are a large share of a row's time; each row's arithmetic is as
+  // alone, so the results are the same (docs/performance.md, "Single steps and rollouts").
+  auto rows = [&](auto count, int64_t o) TP_ALWAYS_INLINE {
+    constexpr int Rows = decltype(count)::value;
     const int64_t row = o * I;
-    std::memcpy(S.gH + row, G.grad_trace + b * G.grad_trace_stride + row, sizeof(T) * I);
-    if (retro) std::memcpy(S.gE + row, G.grad_elig + b * G.grad_elig_stride + row, sizeof(T) * I);
-    if (zero_slabs) sg.template zero_rows<V>(O, I, o, 1);
+    std::memcpy(S.gH + row, G.grad_trace + b * G.grad_trace_stride + row, sizeof(T) * Rows * I);
+    if (retro)
+      std::memcpy(S.gE + row, G.grad_elig + b * G.grad_elig_stride + row, sizeof(T) * Rows * I);
+    if (zero_slabs) sg.template zero_rows<V>(O, I, o, Rows);
     const T* H = step.H_anchor + row;
     const T* E = retro ? step.E_anchor + row : nullptr;
-    S.gy[o] = grad_y[o] + (grad_theta ? P.threshold_rate * grad_theta[o] : T(0));
-    backward_row<V, false, true, 0, 1>(P, S, step, step, H, E, sg, o);
-    const T gy = S.gy[o] + (grad_hidden ? grad_hidden[o] : T(0));
-    S.ga[o] = grad_z[o] = gy * kernels::activation_grad(P.activation, step.y[o]);
-    backward_row<V, true, false, 0, 1>(P, S, step, step, H, E, sg, o);
-    if (modulated) G.grad_mod[b * O + o] = S.gm[o];
-    if (grad_theta) G.grad_theta0[b * O + o] = grad_theta[o] - S.ga[o];
-  }
+    for (int64_t q = o; q < o + Rows; ++q)
+      S.gy[q] = grad_y[q] + (grad_theta ? P.threshold_rate * grad_theta[q] : T(0));
+    backward_row<V, false, true, 0, Rows>(P, S, step, step, H, E, sg, o);
+    for (int64_t q = o; q < o + Rows; ++q) {
+      const T gy = S.gy[q] + (grad_hidden ? grad_hidden[q] : T(0));
+      S.ga[q] = grad_z[q] = gy * kernels::activation_grad(P.activation, step.y[q]);
+    }
+    backward_row<V, true, false, 0, Rows>(P, S, step, step, H, E, sg, o);
+    for (int64_t q = o; q < o + Rows; ++q) {
+      if (modulated) G.grad_mod[b * O + q] = S.gm[q];
+      if (grad_theta) G.grad_theta0[b * O + q] = grad_theta[q] - S.ga[q];
+    }
+  };
+  int64_t o = o0;
+  if (I < 128 && fused_pairs(I))
+    for (; o + 2 <= o1; o += 2) rows(std::integral_constant<int, 2>{}, o);
+  for (; o < o1; ++o) rows(std::integral_constant<int, 1>{}, o);
   for (int64_t i = 0; i < Ip; ++i) grad_p[i] = S.gp_done[i] + S.gp[i];
 }
 
