@@ -551,7 +551,7 @@ _MODULE_ARGUMENTS = {"input", "x", "state", "modulation", "lengths"} | set(_SCAN
 
 
 def _fuzz_module_call(r):
-    """(what the call was, a function that makes it)."""
+    """(the module's name, what the call was, a function that makes it)."""
     module = r.choice(ALL_MODULES)
     cell = "Cell" in module.__name__
     rule = r.choice(sorted(tp.rules.RULES))
@@ -612,7 +612,8 @@ def _fuzz_module_call(r):
         if y.requires_grad and y.numel():
             y.sum().backward()
 
-    return module.__name__, f"{module.__module__}.{module.__name__}({I}, {H}, {options}), {change}, T={T}, B={B}", call
+    where = f"{module.__module__}.{module.__name__}({I}, {H}, {options}), {change}, T={T}, B={B}"
+    return module.__name__, where, call
 
 
 def test_modules_fail_cleanly_on_mutated_calls():
