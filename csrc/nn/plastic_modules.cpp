@@ -218,36 +218,30 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
   const int64_t O = options.out_features();
   const int64_t I = kind == Kind::Feedforward ? options.in_features() : O;
   const std::vector<int64_t> vector{B, O}, matrix{B, O, I};
-  for (const auto& [name, t, shape] :
-       {std::tuple<const char*, at::Tensor, at::IntArrayRef>{"hidden", state.hidden, vector},
-        {"trace", state.trace, matrix},
-        {"eligibility", state.eligibility, matrix},
-        {"threshold", state.threshold, vector},
-        {"cell", state.cell, vector}}) {
-    if (!t.defined() || t.sizes() == shape) continue;
-    // Unbatched: as the caller passed it, without the batch dimension added above.
-    TORCH_CHECK_VALUE(!unbatched, owner, ": state: expected ", name, " of shape ", shape.slice(1),
-                      " (unbatched input), got shape ", t.sizes().slice(1));
-    TORCH_CHECK_VALUE(false, owner, ": state: expected ", name, " of shape ", shape,
-                      " for batch size ", B, " (from the input), got shape ", t.sizes());
-  }
-  // Dtypes as the op takes them (the traces may also come in float32 for float16/bfloat16
-  // parameters); under autocast, which casts them, not here.
-  if (!at::autocast::is_autocast_enabled(z.device().type())) {
-    const auto dtype = z.scalar_type();
-    const auto compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
-    for (const auto& [name, t, traces] :
-         {std::tuple<const char*, at::Tensor, bool>{"hidden", state.hidden, false},
-          {"trace", state.trace, true},
-          {"eligibility", state.eligibility, true},
-          {"threshold", state.threshold, true},
-          {"cell", state.cell, false}}) {
-      if (!t.defined() || t.scalar_type() == dtype || (traces && t.scalar_type() == compute))
-        continue;
-      TORCH_CHECK_VALUE(false, owner, ": state: expected ", name, " of dtype ", dtype,
-                        traces && compute != dtype ? std::string(" or ") + c10::toString(compute) : "",
-                        " (the module's parameters), got ", t.scalar_type());
+  // Dtypes as the op takes them: the parameters', or for the traces (`traces`) also float32
+  // where the parameters are float16/bfloat16; under autocast, which casts them, not here.
+  const auto dtype = z.scalar_type();
+  const auto compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const bool check_dtypes = !at::autocast::is_autocast_enabled(z.device().type());
+  for (const auto& [name, t, shape, traces] :
+       {std::tuple<const char*, at::Tensor, at::IntArrayRef, bool>{"hidden", state.hidden, vector, false},
+        {"trace", state.trace, matrix, true},
+        {"eligibility", state.eligibility, matrix, true},
+        {"threshold", state.threshold, vector, true},
+        {"cell", state.cell, vector, false}}) {
+    if (!t.defined()) continue;
+    if (t.sizes() != shape) {
+      // Unbatched: as the caller passed it, without the batch dimension added above.
+      TORCH_CHECK_VALUE(!unbatched, owner, ": state: expected ", name, " of shape ",
+                        shape.slice(1), " (unbatched input), got shape ", t.sizes().slice(1));
+      TORCH_CHECK_VALUE(false, owner, ": state: expected ", name, " of shape ", shape,
+                        " for batch size ", B, " (from the input), got shape ", t.sizes());
     }
+    TORCH_CHECK_VALUE(!check_dtypes || t.scalar_type() == dtype ||
+                          (traces && t.scalar_type() == compute),
+                      owner, ": state: expected ", name, " of dtype ", dtype,
+                      traces && compute != dtype ? std::string(" or ") + c10::toString(compute) : "",
+                      " (the module's parameters), got ", t.scalar_type());
   }
   const bool recurrent = kind != Kind::Feedforward;
   ScanOptions so;
