@@ -360,6 +360,17 @@ void forward_group_deferred(const ScanParams<T>& P, int64_t b0, int n) {
       const int64_t o1 = o0 + kRowBlock < O ? o0 + kRowBlock : O;
       T gates[kForwardGroup][3][kRowBlock];
       if (P.lstm) lstm_gate_block(P, o0, o1, n, pre, p, gates);
+      // z_t of the next block's rows (the LSTM's four gates), asked for a block ahead: each
+      // row adds its z at the end of its sums, and z, written by the input projection before
+      // the call, is no longer in L2 by then; loaded only when needed, it stalled the pass.
+      if (o1 < O)
+        for (int s = 0; s < n; ++s)
+          if (pre[s]) {
+            if (P.lstm)
+              for (int gate = -2; gate <= 1; ++gate) __builtin_prefetch(z[s] + gate * O + o1);
+            else
+              __builtin_prefetch(z[s] + o1);
+          }
       for (int s = 0; s < n; ++s) {
         if (!pre[s] && !update[s]) continue;
         if (!pre[s]) {  // the sequence's last update
