@@ -211,6 +211,20 @@ std::tuple<at::Tensor, PlasticState> PlasticCore::scan(const at::Tensor& z, cons
     if (modulation.defined()) modulation = modulation.unsqueeze(1);
     if (lengths.defined() && lengths.numel() == 1) lengths = lengths.reshape({1});
   }
+  // A field this module has no use for would be dropped here or refused by the op under its
+  // own name: refused here, saying why.
+  auto refuse_unused = [&](const char* name, const at::Tensor& t, bool used, const char* why) {
+    TORCH_CHECK_VALUE(used || !t.defined(), owner, ": state: expected ", name, " None (", why,
+                      "), got a tensor");
+  };
+  refuse_unused("hidden", state.hidden, kind != Kind::Feedforward,
+                "a feedforward layer has no hidden state");
+  TORCH_CHECK_VALUE(!state.eligibility.defined() || rule_info(options.rule()).eligibility, owner,
+                    ": state: expected eligibility None (rule='", to_string(options.rule()),
+                    "' has no eligibility trace), got a tensor");
+  refuse_unused("threshold", state.threshold, options.adaptive_threshold().has_value(),
+                "the module has no adaptive threshold");
+  refuse_unused("cell", state.cell, kind == Kind::Lstm, "only the plastic LSTM has a cell state");
   const int64_t B = z.size(1);
   TORCH_CHECK_VALUE(!lengths.defined() || (lengths.dim() == 1 && lengths.size(0) == B), owner,
                     ": lengths: expected shape [", B, "] (the batch size of the input), got ",

@@ -197,6 +197,19 @@ class _PlasticBase(nn.Module):
             state = PlasticState(*(None if t is None else t.unsqueeze(0) for t in state))
             if modulation is not None:
                 modulation = modulation.unsqueeze(1)
+        # A field this module has no use for would be dropped here or refused by the op under
+        # its own name: refused here, saying why.
+        unused = None
+        if state.hidden is not None and not self.recurrent:
+            unused = "hidden", "a feedforward layer has no hidden state"
+        elif state.eligibility is not None and not rule_info(self.rule).eligibility:
+            unused = "eligibility", f"rule={self.rule!r} has no eligibility trace"
+        elif state.threshold is not None and self.adaptive_threshold is None:
+            unused = "threshold", "the module has no adaptive threshold"
+        elif state.cell is not None and not self.lstm:
+            unused = "cell", "only the plastic LSTM has a cell state"
+        if unused is not None:
+            raise ValueError(f"{owner}: state: expected {unused[0]} None ({unused[1]}), got a tensor")
         B = z.shape[1]
         O, I = self.out_features, self._presynaptic_size()
         checked_dtypes = None  # whether dtypes are this call's to check (not under autocast)

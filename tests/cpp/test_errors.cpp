@@ -114,6 +114,33 @@ TEST(Errors, ModuleInputDtype) {
   EXPECT_EQ(std::get<0>(rnn->forward(doubles)).scalar_type(), torch::kFloat64);
 }
 
+TEST(Errors, ModuleRefusesStateFieldsItDoesNotUse) {
+  // Each was dropped without a word (hidden of a feedforward layer, cell outside the LSTM) or
+  // refused by the op under its own name (eligibility, threshold).
+  const auto u = torch::randn({3, 2, 5});
+  auto with = [](at::Tensor PlasticState::*field, at::Tensor value) {
+    PlasticState s;
+    s.*field = value;
+    return s;
+  };
+  PlasticLinear linear(5, 4);
+  expect_error([&] { linear->forward(u, with(&PlasticState::hidden, torch::zeros({2, 4}))); },
+               {"PlasticLinear: state: expected hidden None (a feedforward layer has no hidden state), got a tensor"});
+  PlasticRNN rnn(5, 4);
+  expect_error([&] { rnn->forward(u, with(&PlasticState::eligibility, torch::zeros({2, 4, 4}))); },
+               {"PlasticRNN: state: expected eligibility None (rule='hebb' has no eligibility trace), got a tensor"});
+  expect_error([&] { rnn->forward(u, with(&PlasticState::threshold, torch::zeros({2, 4}))); },
+               {"PlasticRNN: state: expected threshold None (the module has no adaptive threshold), got a tensor"});
+  PlasticRNNCell cell(5, 4);
+  expect_error([&] { cell->forward(u[0], with(&PlasticState::cell, torch::zeros({2, 4}))); },
+               {"PlasticRNNCell: state: expected cell None (only the plastic LSTM has a cell state), got a tensor"});
+  // Where the module uses them, they are taken.
+  PlasticLSTM lstm(PlasticLSTMOptions(5, 4).rule(Rule::Retroactive).adaptive_threshold(0.1));
+  const auto state = std::get<1>(lstm->forward(u));
+  EXPECT_TRUE(state.cell.defined() && state.eligibility.defined() && state.threshold.defined());
+  EXPECT_EQ(std::get<0>(lstm->forward(u, state)).sizes(), at::IntArrayRef({3, 2, 4}));
+}
+
 TEST(Errors, ModuleModulationAndLengthsInTheCallersLayout) {
   // Checked as the caller passed them, under the module's name, before the module moves the
   // batch and time dimensions (the op named neither).

@@ -303,6 +303,38 @@ def test_modules_check_the_state_s_shapes_and_dtypes(module):
             m(x, state._replace(**{field: getattr(state, field).double()}))
 
 
+@pytest.mark.parametrize("module", [tp.PlasticLinear, tp.PlasticRNN, tp.PlasticLSTM, tp.PlasticRNNCell,
+                                    tp.PlasticLSTMCell, tp.cpp.PlasticLinear, tp.cpp.PlasticRNN,
+                                    tp.cpp.PlasticLSTM, tp.cpp.PlasticRNNCell, tp.cpp.PlasticLSTMCell])
+def test_modules_refuse_state_fields_they_do_not_use(module):
+    """A field the module's configuration has no use for was dropped without a word (a
+    feedforward layer's hidden, a cell outside the LSTM) or refused by the op under its own name
+    (eligibility, threshold); batched or unbatched, it is refused under the module's, saying why."""
+    name = module.__name__
+    cell = "Cell" in name
+    m = module(3, 4)  # rule hebb, no adaptive threshold
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    I = 3 if name == "PlasticLinear" else 4
+    fields = {"eligibility": ([2, 4, I], "rule='hebb' has no eligibility trace"),
+              "threshold": ([2, 4], "the module has no adaptive threshold")}
+    if name == "PlasticLinear":
+        fields["hidden"] = ([2, 4], "a feedforward layer has no hidden state")
+    if "LSTM" not in name:
+        fields["cell"] = ([2, 4], "only the plastic LSTM has a cell state")
+    for field, (shape, why) in fields.items():
+        message = rf"^{name}: state: expected {field} None \({re.escape(why)}\), got a tensor$"
+        with pytest.raises(ValueError, match=message):
+            m(x, tp.PlasticState(**{field: torch.zeros(shape)}))
+        with pytest.raises(ValueError, match=message):
+            m(x[0], tp.PlasticState(**{field: torch.zeros(shape[1:])}))
+    # Where the configuration uses them, they are taken.
+    m = module(3, 4, rule="retroactive", adaptive_threshold=0.1)
+    _, state = m(x)
+    assert state.eligibility is not None and state.threshold is not None
+    assert (state.cell is not None) == ("LSTM" in name)
+    assert m(x, state)[0].shape == m(x)[0].shape
+
+
 @pytest.mark.parametrize("module", [tp.PlasticRNN, tp.PlasticLSTMCell, tp.cpp.PlasticRNN, tp.cpp.PlasticLSTMCell])
 def test_modules_take_a_state_or_a_tuple_of_its_fields_and_refuse_the_rest(module):
     m = module(5, 4)
@@ -596,7 +628,12 @@ def _fuzz_module_call(r):
         kwargs["state"] = r.choice([3, [torch.zeros(1)], (torch.zeros(B, H),) * r.randint(0, 6),
                                     tp.PlasticState(hidden=torch.zeros(B + 1, H)),
                                     tp.PlasticState(hidden=torch.zeros(B, H, dtype=torch.float64)),
-                                    tp.PlasticState(trace=torch.zeros(B, H, H + 1))])
+                                    tp.PlasticState(trace=torch.zeros(B, H, H + 1)),
+                                    # Fields of the right shape that the module may not use.
+                                    tp.PlasticState(hidden=torch.zeros(B, H)),
+                                    tp.PlasticState(eligibility=torch.zeros(B, H, I)),
+                                    tp.PlasticState(threshold=torch.zeros(B, H)),
+                                    tp.PlasticState(cell=torch.zeros(B, H))])
     elif change == "modulation":
         kwargs["modulation"] = r.choice([torch.randn(2, 2, 2, 2), torch.randn(1), 3.0, "m",
                                          torch.zeros(shape[:-1], dtype=torch.float64)])
