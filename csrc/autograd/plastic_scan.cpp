@@ -145,6 +145,9 @@ class PlasticScanFunction : public torch::autograd::Function<PlasticScanFunction
     // empty one, which the op reads as zeros.
     for (size_t j = 0; j < grads.size(); ++j)
       if (!grads[j].defined()) grads[j] = at::empty({0}, args.z.options());
+    // Nothing here is differentiated (grad mode is off): straight to the backend's kernel, as
+    // the forward goes, rather than through the autograd fallback, which boxes every argument.
+    at::AutoDispatchBelowADInplaceOrView guard;
     auto list = F::backward(args, grads, &*(saved.end() - kKept));
     // The backward op returns an empty tensor for each input that was not given, and for
     // lengths, which has no gradient; autograd wants none there.
