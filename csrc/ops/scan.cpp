@@ -257,15 +257,19 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& a, const ScanB
   auto like = [&](const c10::optional<at::Tensor>& input, const at::Tensor& g) {
     return input ? g.to(input->scalar_type()) : at::Tensor();
   };
+  // The slabs' sum over the sequences; one slab (a batch of single steps) is the sum itself.
+  auto summed = [&](const at::Tensor& slabs) {
+    return slab_count == 1 ? slabs.select(0, 0) : slabs.sum(0);
+  };
   ScanGrads grads;
   grads.z = grad_z.to(a.z.scalar_type());
-  grads.alpha = grad_alpha_slabs.sum(0).sum_to_size(a.alpha.sizes()).to(a.alpha.scalar_type());
+  grads.alpha = summed(grad_alpha_slabs).sum_to_size(a.alpha.sizes()).to(a.alpha.scalar_type());
   if (a.eta)
     grads.eta = !c.traits.uses_eta
                     ? at::zeros(a.eta->sizes(), a.eta->options())
-                    : grad_eta_slabs.sum(0).sum_to_size(a.eta->sizes()).to(a.eta->scalar_type());
+                    : summed(grad_eta_slabs).sum_to_size(a.eta->sizes()).to(a.eta->scalar_type());
   if (c.traits.coefficients)
-    grads.abcd = grad_coefficient_slabs.sum(0).sum_to_size(a.abcd->sizes()).to(a.abcd->scalar_type());
+    grads.abcd = summed(grad_coefficient_slabs).sum_to_size(a.abcd->sizes()).to(a.abcd->scalar_type());
   grads.trace = like(a.trace, grad_trace0);
   if (!c.recurrent) grads.x = like(a.x, grad_x);
   if (c.recurrent) {
