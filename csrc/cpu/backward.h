@@ -112,6 +112,10 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   // Row r of the call is at offset r·I in every [O, I] array below.
   T* gH = S.gH + row0;
   T* gE = retro ? S.gE + row0 : nullptr;
+  // dL/dH_t (dL/dE_t) as the trace half reads it: in place, or from S.gH_in (S.gE_in) into gH.
+  const bool apart = Trace && !Finish && S.gH_in;
+  const T* gH_src = apart ? S.gH_in + row0 : gH;
+  const T* gE_src = retro ? (apart ? S.gE_in + row0 : gE) : nullptr;
 
   // finish(t+1): H_t (the candidate of trace(t) when fused), p_{t+1}, dL/da_{t+1}.
   const T* alpha = P.alpha + row0;
@@ -147,7 +151,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
           next_trace<V>(P, clip, row0 + i, Ht[i], E, yo[0], pt[i], mo[0],
                         eta_at<V>(eta, eta_o[0], i));
       sumsq[l] += C * C;
-      dot[l] += gH[i] * C;
+      dot[l] += gH_src[i] * C;
     });
     const T norm = std::sqrt(sum_lanes<T>(sumsq));
     if (norm > P.scaling) {
@@ -188,7 +192,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
 #pragma GCC unroll 2
       for (int r = 0; r < Rows; ++r) {
         const int64_t ri = r * I + i;
-        T g = gH[ri];
+        T g = gH_src[ri];
         const T eta_i = Trace ? eta_at<V>(eta + r * eta_stride, eta_o[r], i) : T(0);
         T H = Trace ? Ht[ri] : T(0), E = Trace && retro ? Et[ri] : T(0);
         // The replayed steps written out, not looped: GCC 12 leaves the whole row loop scalar
@@ -220,12 +224,12 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
           if (V::clip) gC *= kernels::clip_grad_mask(C, clip);
           T gE_prev = 0;
           if constexpr (row_sums) {
-            g = k[r].element(gC, retro ? gE[ri] : T(0), H, E, pt[i], gE_prev, gp_i, up[r][l],
+            g = k[r].element(gC, retro ? gE_src[ri] : T(0), H, E, pt[i], gE_prev, gp_i, up[r][l],
                              ux[r][l], gce[r][l]);
           } else {
             kernels::SynapseGrad<T> dg;
             const auto s = kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i);
-            g = R::backward(gC, retro ? gE[ri] : T(0), s, dg, gE_prev);
+            g = R::backward(gC, retro ? gE_src[ri] : T(0), s, dg, gE_prev);
             gy[r][l] += dg.y;
             gp_i += dg.p;
             gm[r][l] += dg.m;

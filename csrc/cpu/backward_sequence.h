@@ -18,11 +18,12 @@ namespace TORCHPLASTIC_CPU_ISA {
 // and its modulation, if any, is row-local (external): each row is traced, then finished while
 // its rows of H_0 and dL/dH are still in L1, instead of a pass over all rows for each half. Row
 // o's dL/da_0 is complete once its trace half is, as nothing of the other rows reaches dL/dy_0
-// (internal modulation would, through m_0, which reads all of y_0). Each row of dL/dH_1
-// (dL/dE_1) is copied into the output dL/dH_0 (dL/dE_0), where the row's passes update it, and
-// the row's slab rows zeroed if `zero_slabs`, just before its passes, so that these land in L1
-// for them instead of taking a pass over the whole trace each first. The rows' share of dL/dp_0
-// goes to grad_p [I] (O: recurrent).
+// (internal modulation would, through m_0, which reads all of y_0). A row's trace half reads
+// dL/dH_1 (dL/dE_1) where the caller's gradient is and writes dL/dH_0 (dL/dE_0) into the
+// output, which its finish half then updates in place; the row's slab rows are zeroed if
+// `zero_slabs`, just before its passes, so that these land in L1 for them instead of taking a
+// pass over the whole trace first. The rows' share of dL/dp_0 goes to grad_p [I] (O:
+// recurrent).
 template <typename V, typename T>
 void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b, int64_t o0,
                       int64_t o1, const BackwardWorkspace<T>& workspace,
@@ -32,6 +33,10 @@ void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_
   BackwardWorkspace<T> S = workspace;
   S.gH = G.grad_trace0 + b * OI;
   if (retro) S.gE = G.grad_elig0 + b * OI;
+  // The trace halves read dL/dH_1 (dL/dE_1) from the output gradient and write dL/dH_0
+  // (dL/dE_0) into the input's, which the finish halves then update in place.
+  S.gH_in = G.grad_trace + b * G.grad_trace_stride;
+  if (retro) S.gE_in = G.grad_elig + b * G.grad_elig_stride;
   StepView<T> step;
   step.t = 0;
   step.b = b;
@@ -54,9 +59,6 @@ void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_
   auto rows = [&](auto count, int64_t o) TP_ALWAYS_INLINE {
     constexpr int Rows = decltype(count)::value;
     const int64_t row = o * I;
-    std::memcpy(S.gH + row, G.grad_trace + b * G.grad_trace_stride + row, sizeof(T) * Rows * I);
-    if (retro)
-      std::memcpy(S.gE + row, G.grad_elig + b * G.grad_elig_stride + row, sizeof(T) * Rows * I);
     if (zero_slabs) sg.template zero_rows<V>(O, I, o, Rows);
     const T* H = step.H_anchor + row;
     const T* E = retro ? step.E_anchor + row : nullptr;

@@ -30,6 +30,10 @@ struct BackwardWorkspace {
   T* ga;      // [O]        dL/da of the step being finished
   T* gp;      // [I]        dL/dp_t of the step being traced (the rule's share)
   T* gp_done; // [I]        dL/dp of the step being finished (complete after its pass)
+  // Where a pass that traces without finishing reads dL/dH_t (dL/dE_t) when not from gH (gE):
+  // a single step's, straight from the output gradient into gH, with no copy first.
+  const T* gH_in = nullptr;  // [O, I]
+  const T* gE_in = nullptr;  // [O, I]
 
   // Each array starts kSkew elements further past a 4 KiB boundary than the one before: with
   // equal offsets, the kernels' streams (H_{t-1}, dL/dH, ...) alias in the store-to-load
