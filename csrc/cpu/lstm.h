@@ -32,7 +32,11 @@ using kernels::ScanParams;
 template <int Rows, int N, typename T>
 void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
                     T (*const* pre)[kRowBlock], int at) {
+#if defined(__AVX512F__)
+  static_assert(Rows * N <= 8, "lstm_gate_rows: at most 24 accumulators (of 32 registers)");
+#else
   static_assert(Rows * N <= 4, "lstm_gate_rows: at most 12 accumulators");
+#endif
   constexpr int L = kLanes<T>;
   constexpr int kGate[3] = {0, 1, 3};  // i, f, o
   const int64_t H = P.O;
@@ -77,9 +81,14 @@ void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
       pre[n++] = gates[s];
     }
   int s = 0;
-  for (; s + 4 <= n; s += 4)
-    for (int64_t o = o0; o < o1; ++o)
-      lstm_gate_rows<1, 4>(P, o, p + s, pre + s, static_cast<int>(o - o0));
+  for (; s + 4 <= n; s += 4) {
+    int64_t o = o0;
+#if defined(__AVX512F__)
+    for (; o + 2 <= o1; o += 2)
+      lstm_gate_rows<2, 4>(P, o, p + s, pre + s, static_cast<int>(o - o0));
+#endif
+    for (; o < o1; ++o) lstm_gate_rows<1, 4>(P, o, p + s, pre + s, static_cast<int>(o - o0));
+  }
   for (; s + 2 <= n; s += 2) {
     int64_t o = o0;
     for (; o + 2 <= o1; o += 2)
