@@ -23,6 +23,15 @@ namespace TORCHPLASTIC_CPU_ISA {
 using kernels::Activation;
 using kernels::ScanParams;
 
+// Rows of a group of four sequences that lstm_gate_rows takes per call: its three gates × four
+// sequences × this many accumulators must leave registers for the loads (32 vector registers
+// with AVX-512: 24 accumulators; 16 otherwise: 12).
+#if defined(__AVX512F__)
+constexpr int kRowsPerFour = 2;
+#else
+constexpr int kRowsPerFour = 1;
+#endif
+
 // Σ_k W[g·H + o + r, k] p_s[k] for the gates g = i, f, o (rows 0, 1, 3 of W_hh's four blocks)
 // of Rows consecutive rows from o and N sequences s, into pre[s][gate][at + r]: the 3·Rows·N
 // dot products in one pass, independent chains of adds for the vector unit (one row at a time
@@ -32,11 +41,7 @@ using kernels::ScanParams;
 template <int Rows, int N, typename T>
 void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
                     T (*const* pre)[kRowBlock], int at) {
-#if defined(__AVX512F__)
-  static_assert(Rows * N <= 8, "lstm_gate_rows: at most 24 accumulators (of 32 registers)");
-#else
-  static_assert(Rows * N <= 4, "lstm_gate_rows: at most 12 accumulators");
-#endif
+  static_assert(Rows * N <= 4 * kRowsPerFour, "lstm_gate_rows: more accumulators than registers");
   constexpr int L = kLanes<T>;
   constexpr int kGate[3] = {0, 1, 3};  // i, f, o
   const int64_t H = P.O;
@@ -64,10 +69,10 @@ void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
 
 // The gates i, f, o's products of rows o0 .. o1 − 1 (at most kRowBlock) for the sequences s
 // of a group (s < group) whose step is computed here (active[s]; h_{t-1} in p_group[s]), into
-// gates[s]: sequences in fours, one row at a time (three gates × four sequences: twelve
-// chains, as four rows of one sequence), so that each row of W_ifo is brought in from L3 once
-// per four sequences rather than once per pair; the rest in pairs, two rows at a time; a
-// sequence left over, four rows at a time.
+// gates[s]: sequences in fours, kRowsPerFour rows at a time (three gates × four sequences ×
+// those rows: 12 or 24 chains; with two rows each vector of h_{t-1} serves six multiply-adds),
+// so that each row of W_ifo is brought in from L3 once per four sequences rather than once per
+// pair; the rest in pairs, two rows at a time; a sequence left over, four rows at a time.
 template <typename T>
 void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
                      const bool* active, const T* const* p_group,
@@ -83,10 +88,8 @@ void lstm_gate_block(const ScanParams<T>& P, int64_t o0, int64_t o1, int group,
   int s = 0;
   for (; s + 4 <= n; s += 4) {
     int64_t o = o0;
-#if defined(__AVX512F__)
-    for (; o + 2 <= o1; o += 2)
-      lstm_gate_rows<2, 4>(P, o, p + s, pre + s, static_cast<int>(o - o0));
-#endif
+    for (; o + kRowsPerFour <= o1; o += kRowsPerFour)
+      lstm_gate_rows<kRowsPerFour, 4>(P, o, p + s, pre + s, static_cast<int>(o - o0));
     for (; o < o1; ++o) lstm_gate_rows<1, 4>(P, o, p + s, pre + s, static_cast<int>(o - o0));
   }
   for (; s + 2 <= n; s += 2) {
