@@ -23,11 +23,16 @@ namespace TORCHPLASTIC_CPU_ISA {
 // output, which its finish half then updates in place; the row's slab rows are zeroed if
 // `zero_slabs`, just before its passes, so that these land in L1 for them instead of taking a
 // pass over the whole trace first. The rows' share of dL/dp_0 goes to grad_p [I] (O:
-// recurrent).
+// recurrent). With next ≥ 0 and short rows (kShortRow), each row's H_0 (E_0) and dL/dH_1
+// (dL/dE_1) of sequence `next` are asked for while the row is computed here: a batch's row
+// block takes its sequences in turn, and each one's kept trace, written by the forward long
+// before, comes from memory; without the hint its trace half waited on those loads
+// (docs/performance.md, "Single steps and rollouts").
 template <typename V, typename T>
 void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_t b, int64_t o0,
                       int64_t o1, const BackwardWorkspace<T>& workspace,
-                      const SequenceGrads<T>& sg, bool zero_slabs, T* grad_p) {
+                      const SequenceGrads<T>& sg, bool zero_slabs, T* grad_p,
+                      int64_t next = -1) {
   constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
   const int64_t O = P.O, I = P.I, OI = O * I;
   BackwardWorkspace<T> S = workspace;
@@ -52,16 +57,25 @@ void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_
   const int64_t Ip = P.recurrent ? O : I;
   std::fill_n(S.gp, Ip, T(0));       // dL/dp_0: the trace halves' share
   std::fill_n(S.gp_done, Ip, T(0));  // and the finish halves'
-  // Rows rows from o: traced, then finished. In pairs where rows are short (below 128
-  // elements, and where the fused passes take pairs at all: fused_pairs), where a call's setting
-  // up and its sums across lanes are a large share of a row's time; each row's arithmetic is as
-  // alone, so the results are the same (docs/performance.md, "Single steps and rollouts").
+  // Rows rows from o: traced, then finished. In pairs where rows are short (kShortRow, and
+  // where the fused passes take pairs at all: fused_pairs), where a call's setting up and its
+  // sums across lanes are a large share of a row's time; each row's arithmetic is as alone, so
+  // the results are the same (docs/performance.md, "Single steps and rollouts").
   auto rows = [&](auto count, int64_t o) TP_ALWAYS_INLINE {
     constexpr int Rows = decltype(count)::value;
     const int64_t row = o * I;
     if (zero_slabs) sg.template zero_rows<V>(O, I, o, Rows);
     const T* H = step.H_anchor + row;
     const T* E = retro ? step.E_anchor + row : nullptr;
+    if (next >= 0 && I < kShortRow) {
+      prefetch_lines(P.segment_trace(0, next) + row, Rows * I);
+      if (retro) prefetch_lines(P.segment_elig(0, next) + row, Rows * I);
+      // A gradient the same for every sequence (stride 0) is in cache already.
+      if (G.grad_trace_stride)
+        prefetch_lines(G.grad_trace + next * G.grad_trace_stride + row, Rows * I);
+      if (retro && G.grad_elig_stride)
+        prefetch_lines(G.grad_elig + next * G.grad_elig_stride + row, Rows * I);
+    }
     for (int64_t q = o; q < o + Rows; ++q)
       S.gy[q] = grad_y[q] + (grad_theta ? P.threshold_rate * grad_theta[q] : T(0));
     backward_row<V, false, true, 0, Rows>(P, S, step, step, H, E, sg, o);
@@ -76,7 +90,7 @@ void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_
     }
   };
   int64_t o = o0;
-  if (I < 128 && fused_pairs(I))
+  if (I < kShortRow && fused_pairs(I))
     for (; o + 2 <= o1; o += 2) rows(std::integral_constant<int, 2>{}, o);
   for (; o < o1; ++o) rows(std::integral_constant<int, 1>{}, o);
   for (int64_t i = 0; i < Ip; ++i) grad_p[i] = S.gp_done[i] + S.gp[i];
@@ -105,7 +119,8 @@ void batch_single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, 
   sg.template zero_rows<V>(P.O, P.I, o0, o1 - o0);
   const int64_t Ip = P.recurrent ? P.O : P.I;
   for (int64_t b = 0; b < P.B; ++b)
-    single_step_rows<V>(P, G, b, o0, o1, S, sg, false, grad_p + b * Ip);
+    single_step_rows<V>(P, G, b, o0, o1, S, sg, false, grad_p + b * Ip,
+                        b + 1 < P.B ? b + 1 : -1);
 }
 
 // The backward of one sequence, in the steps a caller interleaves with other sequences': begin,

@@ -22,6 +22,12 @@ constexpr int kLstmBackwardGroup = 4;
 // prefetchers too little to follow; few blocks also leave few partial dL/dp to sum.
 constexpr int64_t kSingleStepRows = 32;
 constexpr int64_t kSingleStepBlocks = 16;
+// Rows of fewer elements than this are short for a single step's passes: a call's setting up
+// is a large share of a row's time (its backward takes them in pairs), and a sequence's run of
+// a row block's rows is too short for the hardware prefetchers to follow from memory (its
+// forward and backward ask for the rows they will write or read next: prefetch_lines). Longer
+// rows gained from neither (docs/performance.md, "Single steps and rollouts").
+constexpr int64_t kShortRow = 128;
 // The instruction set whose kernels this process runs: "avx512", "avx2" or "generic".
 const char* isa_name();
 }  // namespace cpu
