@@ -143,11 +143,16 @@ class SequenceBackward {
         sg(SequenceGrads<T>::template of_sequence<V>(G, b, O, I)), S(workspace) {
     // Loop invariant, between steps: S.gH = dL/dH_t, S.gE = dL/dE_t, S.gtheta = dL/dθ_t, and
     // S.gh = dL/dy_t from the later steps, for the last step t not yet traced. A single step
-    // updates dL/dH (dL/dE) where it is returned, one copy of it instead of two; longer
-    // sequences keep it in the workspace, whose arrays are laid out not to alias the anchors.
+    // updates dL/dH (dL/dE) where it is returned, its trace pass reading dL/dH_1 (dL/dE_1)
+    // where the caller's gradient is (S.gH_in): no copy of it at all; longer sequences keep it
+    // in the workspace, whose arrays are laid out not to alias the anchors.
     if (grads_in_output()) {
       S.gH = G.grad_trace0 + b * OI;
-      if (retro) S.gE = G.grad_elig0 + b * OI;
+      S.gH_in = G.grad_trace + b * G.grad_trace_stride;
+      if (retro) {
+        S.gE = G.grad_elig0 + b * OI;
+        S.gE_in = G.grad_elig + b * G.grad_elig_stride;
+      }
     }
   }
 
@@ -169,10 +174,12 @@ class SequenceBackward {
       if (modulated) std::fill_n(G.grad_mod + (t * B + b) * O, O, T(0));
       if (!row_local) G.grad_mod_pre[t * B + b] = G.mod_signal[t * B + b] = T(0);
     }
-    if (single_step()) return;  // backward_single_step zeroes the slabs and copies row by row
+    if (single_step()) return;  // backward_single_step zeroes the slabs row by row
     sg.template zero_rows<V>(O, I, 0, O);
-    std::memcpy(S.gH, G.grad_trace + b * G.grad_trace_stride, sizeof(T) * OI);
-    if (retro) std::memcpy(S.gE, G.grad_elig + b * G.grad_elig_stride, sizeof(T) * OI);
+    if (!grads_in_output()) {
+      std::memcpy(S.gH, G.grad_trace + b * G.grad_trace_stride, sizeof(T) * OI);
+      if (retro) std::memcpy(S.gE, G.grad_elig + b * G.grad_elig_stride, sizeof(T) * OI);
+    }
     if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
     if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);
     if (P.lstm) std::memcpy(S.gc, G.grad_cell + b * O, sizeof(T) * O);
