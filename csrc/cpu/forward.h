@@ -255,16 +255,16 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
       if (P.lstm) lstm_gate_block(P, o0, o1, n, active, p, gates);
       // Step 0 writes each row of the output trace for the first time, into memory no cache
       // holds (a kept trace of a cell's step): where rows are short (kShortRow) and each
-      // block's updates follow it (row-local modulation), the next block's rows are asked for,
-      // for writing, so that the updates' stores do not wait on them (docs/performance.md,
+      // block's updates follow it (row-local modulation), the next block's rows are asked for
+      // ahead, so that the updates' stores find their lines in L2 (docs/performance.md,
       // "Single steps and rollouts"). From step 1 on the rows are the ones the step before
       // wrote.
       if (t == 0 && row_local && I < kShortRow && o1 < O)
         for (int s = 0; s < n; ++s) {
           if (!active[s]) continue;
           const int64_t next = (o1 + kRowBlock < O ? kRowBlock : O - o1) * I;
-          prefetch_lines(H[s] + o1 * I, next, true);
-          if (elig) prefetch_lines(E[s] + o1 * I, next, true);
+          prefetch_lines(H[s] + o1 * I, next);
+          if (elig) prefetch_lines(E[s] + o1 * I, next);
         }
       for (int s = 0; s < n; ++s) {
         if (!active[s]) continue;

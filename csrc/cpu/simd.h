@@ -125,16 +125,13 @@ TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
 }
 
 // Asks for the lines of n elements from p to be brought into L2 ahead of their use
-// (prefetcht1), or, for_write, to be brought in for writing (prefetchw), so that the first
-// store to each no longer waits for it. Hints only: nothing is read or written, and a prefetch
-// never faults.
+// (prefetcht1). A hint only: nothing is read or written, and a prefetch never faults. (A write
+// hint would compile to the same instruction: the builds do not assume PREFETCHW.)
 template <typename T>
-TP_ALWAYS_INLINE inline void prefetch_lines(const T* p, int64_t n, bool for_write = false) {
+TP_ALWAYS_INLINE inline void prefetch_lines(const T* p, int64_t n) {
   const auto begin = reinterpret_cast<uintptr_t>(p), end = begin + n * sizeof(T);
-  for (uintptr_t line = begin & ~uintptr_t(63); line < end; line += 64) {
-    if (for_write) __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 2);
-    else __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
-  }
+  for (uintptr_t line = begin & ~uintptr_t(63); line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
 }
 
 // Copies n elements into a checkpoint, which the backward reads long after (all the forward
