@@ -14,6 +14,20 @@ namespace torchplastic {
 namespace cpu {
 namespace TORCHPLASTIC_CPU_ISA {
 
+// A one-step sequence's trace gradients, in place: S's trace passes read dL/dH_1 (dL/dE_1)
+// where the caller's gradient is and write dL/dH_0 (dL/dE_0) where it is returned, which the
+// finish passes then update in place; no copy of either.
+template <typename T>
+void trace_grads_in_output(const ScanGradParams<T>& G, int64_t b, int64_t OI, bool retro,
+                           BackwardWorkspace<T>& S) {
+  S.gH = G.grad_trace0 + b * OI;
+  S.gH_in = G.grad_trace + b * G.grad_trace_stride;
+  if (retro) {
+    S.gE = G.grad_elig0 + b * OI;
+    S.gE_in = G.grad_elig + b * G.grad_elig_stride;
+  }
+}
+
 // Rows o0 .. o1 − 1 of sequence b's backward when it has a single step (T_ = 1, a cell's step)
 // and its modulation, if any, is row-local (external): each row is traced, then finished while
 // its rows of H_0 and dL/dH are still in L1, instead of a pass over all rows for each half. Row
@@ -36,12 +50,7 @@ void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_
   constexpr bool retro = V::Rule::eligibility, modulated = V::Rule::modulated;
   const int64_t O = P.O, I = P.I, OI = O * I;
   BackwardWorkspace<T> S = workspace;
-  S.gH = G.grad_trace0 + b * OI;
-  if (retro) S.gE = G.grad_elig0 + b * OI;
-  // The trace halves read dL/dH_1 (dL/dE_1) from the output gradient and write dL/dH_0
-  // (dL/dE_0) into the input's, which the finish halves then update in place.
-  S.gH_in = G.grad_trace + b * G.grad_trace_stride;
-  if (retro) S.gE_in = G.grad_elig + b * G.grad_elig_stride;
+  trace_grads_in_output(G, b, OI, retro, S);
   StepView<T> step;
   step.t = 0;
   step.b = b;
@@ -146,14 +155,7 @@ class SequenceBackward {
     // updates dL/dH (dL/dE) where it is returned, its trace pass reading dL/dH_1 (dL/dE_1)
     // where the caller's gradient is (S.gH_in): no copy of it at all; longer sequences keep it
     // in the workspace, whose arrays are laid out not to alias the anchors.
-    if (grads_in_output()) {
-      S.gH = G.grad_trace0 + b * OI;
-      S.gH_in = G.grad_trace + b * G.grad_trace_stride;
-      if (retro) {
-        S.gE = G.grad_elig0 + b * OI;
-        S.gE_in = G.grad_elig + b * G.grad_elig_stride;
-      }
-    }
+    if (grads_in_output()) trace_grads_in_output(G, b, OI, retro, S);
   }
 
   int64_t segments() const { return P.num_segments(b); }

@@ -259,13 +259,14 @@ void forward_group(const ScanParams<T>& P, int64_t b0, int n, T* m) {
       // ahead, so that the updates' stores find their lines in L2 (docs/performance.md,
       // "Single steps and rollouts"). From step 1 on the rows are the ones the step before
       // wrote.
-      if (t == 0 && row_local && I < kShortRow && o1 < O)
+      if (t == 0 && row_local && I < kShortRow && o1 < O) {
+        const int64_t ahead = (o1 + kRowBlock < O ? kRowBlock : O - o1) * I;  // elements
         for (int s = 0; s < n; ++s) {
           if (!active[s]) continue;
-          const int64_t next = (o1 + kRowBlock < O ? kRowBlock : O - o1) * I;
-          prefetch_lines(H[s] + o1 * I, next);
-          if (elig) prefetch_lines(E[s] + o1 * I, next);
+          prefetch_lines(H[s] + o1 * I, ahead);
+          if (elig) prefetch_lines(E[s] + o1 * I, ahead);
         }
+      }
       for (int s = 0; s < n; ++s) {
         if (!active[s]) continue;
         T a[kRowBlock];
