@@ -21,10 +21,10 @@ template <typename T>
 void trace_grads_in_output(const ScanGradParams<T>& G, int64_t b, int64_t OI, bool retro,
                            BackwardWorkspace<T>& S) {
   S.gH = G.grad_trace0 + b * OI;
-  S.gH_in = G.grad_trace + b * G.grad_trace_stride;
+  S.gH_in = G.final_trace_grad(b);
   if (retro) {
     S.gE = G.grad_elig0 + b * OI;
-    S.gE_in = G.grad_elig + b * G.grad_elig_stride;
+    S.gE_in = G.final_elig_grad(b);
   }
 }
 
@@ -81,9 +81,9 @@ void single_step_rows(const ScanParams<T>& P, const ScanGradParams<T>& G, int64_
       if (retro) prefetch_lines(P.segment_elig(0, next) + row, Rows * I);
       // A gradient the same for every sequence (stride 0) is in cache already.
       if (G.grad_trace_stride)
-        prefetch_lines(G.grad_trace + next * G.grad_trace_stride + row, Rows * I);
+        prefetch_lines(G.final_trace_grad(next) + row, Rows * I);
       if (retro && G.grad_elig_stride)
-        prefetch_lines(G.grad_elig + next * G.grad_elig_stride + row, Rows * I);
+        prefetch_lines(G.final_elig_grad(next) + row, Rows * I);
     }
     for (int64_t q = o; q < o + Rows; ++q)
       S.gy[q] = grad_y[q] + (grad_theta ? P.threshold_rate * grad_theta[q] : T(0));
@@ -179,8 +179,8 @@ class SequenceBackward {
     if (single_step()) return;  // backward_single_step zeroes the slabs row by row
     sg.template zero_rows<V>(O, I, 0, O);
     if (!grads_in_output()) {
-      std::memcpy(S.gH, G.grad_trace + b * G.grad_trace_stride, sizeof(T) * OI);
-      if (retro) std::memcpy(S.gE, G.grad_elig + b * G.grad_elig_stride, sizeof(T) * OI);
+      std::memcpy(S.gH, G.final_trace_grad(b), sizeof(T) * OI);
+      if (retro) std::memcpy(S.gE, G.final_elig_grad(b), sizeof(T) * OI);
     }
     if (P.has_threshold) std::memcpy(S.gtheta, G.grad_theta + b * O, sizeof(T) * O);
     if (P.recurrent) std::memcpy(S.gh, G.grad_hidden + b * O, sizeof(T) * O);

@@ -193,6 +193,14 @@ struct ScanGradParams {
   scalar_t* grad_eta = nullptr;      // [B, O, I] per-connection η, else [B, O, 1]
   scalar_t* grad_coefficients = nullptr;  // [B, 4, O, I] dL/dA–dL/dD (rule abcd), per sequence
   bool slabs_summed = false;
+
+  // Sequence b's dL/dH_T and dL/dE_T, [O, I] (a stride of 0: the same for every sequence).
+  TP_HD const scalar_t* final_trace_grad(int64_t b) const {
+    return grad_trace + b * grad_trace_stride;
+  }
+  TP_HD const scalar_t* final_elig_grad(int64_t b) const {
+    return grad_elig + b * grad_elig_stride;
+  }
 };
 
 // tanh and exp in the precision of their argument: on the host a bare tanh(float) resolves to
