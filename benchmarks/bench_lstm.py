@@ -5,14 +5,17 @@ time in plain PyTorch) and against torch.nn.LSTM of the same size, all three tim
 in one process (medians of paired rounds). Each model maps u [T, B, I] to h [T, B, H], the input
 projection included; the loss is the sum of the outputs and of the final state.
 
-Also the memory autograd keeps for the backward (the distinct saved tensors) at T = --memory-steps.
+Beside each time, the page faults and the kernel (system) time per step of the timed calls
+(all threads): an eager loop's large temporaries can be faulted in afresh on every call (see
+bench_cpu.py). Also the memory autograd keeps for the backward (the distinct saved tensors) at
+T = --memory-steps.
 """
 
 import argparse
 
 import torch
 
-from common import paired_timeit
+from common import KEEP_FREED_MEMORY_HELP, CountingSystemTime, keep_freed_memory, paired_timeit
 
 import torchplastic as tp
 
@@ -56,10 +59,13 @@ def main():
     ap.add_argument("--memory-steps", type=int, default=256, help="T of the memory figure (default: 256; 0: no memory figure)")
     ap.add_argument("--no-reference", action="store_true", help="skip the eager reference (slow on a GPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(0)
     device = torch.device(args.device)
     B, H, T = args.batch, args.hidden, args.steps
@@ -68,31 +74,43 @@ def main():
     u = torch.randn(T, B, args.input, device=device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
-    def fused():
+    def fused_fwd_bwd():
         out, state = plastic(u)
         (out.sum() + state.cell.sum() + state.trace.sum()).backward()
         sync()
 
-    def reference():
+    def reference_fwd_bwd():
         out, state = reference_call(plastic, u)
         (out.sum() + state.cell.sum() + state.trace.sum()).backward()
         sync()
 
-    def torch_lstm():
+    def torch_lstm_fwd_bwd():
         out, (h, c) = lstm(u)
         (out.sum() + c.sum()).backward()
         sync()
 
+    fused = CountingSystemTime(fused_fwd_bwd)
+    reference = CountingSystemTime(reference_fwd_bwd)
+    torch_lstm = CountingSystemTime(torch_lstm_fwd_bwd)
+
+    def usage(meter):
+        if args.device != "cpu":
+            return ""
+        faults, system_s, _ = meter.per_call()
+        return f"   ({faults / T:.0f} page faults, {1e3 * system_s / T:.3f} ms system time per step)"
+
     modulation = ", fan-out modulation" if tp.rules.rule_info(args.rule).modulated else ""
     print(f"plastic LSTM ({args.rule}{modulation}), float32, B={B}, H={H}, I={args.input}, T={T}, "
           f"{args.device}, {torch.get_num_threads()} threads; forward+backward per step, medians of "
-          f"{args.rounds} paired rounds")
+          f"{args.rounds} paired rounds" + (", glibc keeping freed memory" if args.keep_freed_memory else ""))
     t_fused, t_lstm, vs_lstm = paired_timeit(fused, torch_lstm, args.rounds)
-    print(f"  tp.PlasticLSTM       {1e3 * t_fused / T:8.3f} ms/step")
-    print(f"  torch.nn.LSTM        {1e3 * t_lstm / T:8.3f} ms/step   plastic / LSTM = {1 / vs_lstm:.2f}×")
+    print(f"  tp.PlasticLSTM       {1e3 * t_fused / T:8.3f} ms/step" + usage(fused))
+    print(f"  torch.nn.LSTM        {1e3 * t_lstm / T:8.3f} ms/step   plastic / LSTM = {1 / vs_lstm:.2f}×"
+          + usage(torch_lstm))
     if not args.no_reference:
         t_fused2, t_ref, speedup = paired_timeit(fused, reference, args.rounds)
-        print(f"  eager reference      {1e3 * t_ref / T:8.3f} ms/step   reference / plastic = {speedup:.1f}×")
+        print(f"  eager reference      {1e3 * t_ref / T:8.3f} ms/step   reference / plastic = {speedup:.1f}×"
+              + usage(reference))
 
     Tm = args.memory_steps
     if Tm <= 0:

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torchplastic as tp  # noqa: E402
-from common import paired_best_of  # noqa: E402
+from common import KEEP_FREED_MEMORY_HELP, keep_freed_memory, paired_best_of  # noqa: E402
 
 
 MODULATION_HEAD = ("mod_weight", "mod_bias", "mod_fanout_weight", "mod_fanout_bias")
@@ -86,15 +86,11 @@ def main():
     ap.add_argument("--modulation", default="internal", help="modulation source for modulated rules")
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds; medians over them")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="ask glibc to keep freed memory, as the examples do (README, \"CPU "
-                         "training loops and glibc\")")
+    ap.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-        from _common import keep_freed_memory
         keep_freed_memory()
 
     torch.manual_seed(0)

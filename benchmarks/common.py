@@ -1,6 +1,9 @@
 """Shared pieces of the benchmarks: the workload and the measurements."""
 
+import os
 import platform
+import resource
+import sys
 import time
 
 import torch
@@ -40,6 +43,63 @@ def run(fn, kw):
 def forward_backward(fn, kw):
     y, state = run(fn, kw)
     (y.sum() + state.trace.sum()).backward()
+
+
+def keep_freed_memory():
+    """--keep-freed-memory: asks glibc to keep freed memory for the next allocation, as the
+    examples do (examples/_common.py; README, "CPU training loops and glibc"). Returns whether
+    it took effect."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+    try:
+        from _common import keep_freed_memory as keep
+    finally:
+        sys.path.pop(0)
+    return keep()
+
+
+KEEP_FREED_MEMORY_HELP = ("ask glibc to keep freed memory instead of returning it to the OS, as the "
+                          "examples do (README, \"CPU training loops and glibc\"); by default an "
+                          "eager loop's large temporaries can be faulted in afresh on every call")
+
+
+class CountingSystemTime:
+    """Wraps a benchmarked callable and adds up, over its calls, the process's page faults and
+    the time its threads spent in the kernel (getrusage), beside the wall time.
+
+    An eager loop of large temporaries can spend a large part of its time there: glibc returns
+    freed blocks above its mmap and trim thresholds to the OS, and the next allocation faults
+    them in again, zeroed, page by page. How much it does swings with the machine's memory
+    state, and the reference's time with it.
+
+    The first call, the warm-up that fills torch's and the library's caches, is not counted."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.warmed_up = False
+        self.calls = 0
+        self.page_faults = 0
+        self.system_s = 0.0
+        self.wall_s = 0.0
+
+    def __call__(self):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        out = self.fn()
+        wall_s = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        if not self.warmed_up:
+            self.warmed_up = True
+            return out
+        self.calls += 1
+        self.page_faults += (after.ru_minflt - before.ru_minflt) + (after.ru_majflt - before.ru_majflt)
+        self.system_s += after.ru_stime - before.ru_stime
+        self.wall_s += wall_s
+        return out
+
+    def per_call(self):
+        """Mean page faults, system seconds (all threads) and wall seconds per call."""
+        n = max(self.calls, 1)
+        return self.page_faults / n, self.system_s / n, self.wall_s / n
 
 
 def paired_timeit(fused, reference, rounds, fused_calls=3):

@@ -36,7 +36,10 @@ def keep_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    trim_ok = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    # -1: never trim (mallopt(3)). A finite threshold is exceeded by a step that frees more at
+    # once, as an eager loop's backward frees what it kept (gigabytes: docs/training-fast.md),
+    # and all of that would go back to the OS.
+    trim_ok = libc.mallopt(M_TRIM_THRESHOLD, -1)
     return bool(mmap_ok and trim_ok)
 
 

@@ -33,3 +33,43 @@ def test_grid_runs_and_refuses_to_compare_a_build_with_itself(tmp_path):
     out = subprocess.run([sys.executable, script, *tiny, "--against", same], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode != 0 and "the same torchplastic" in out.stderr
+
+
+def test_counting_system_time_sees_page_faults_and_skips_the_warm_up():
+    import mmap
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from common import CountingSystemTime
+    finally:
+        sys.path.pop(0)
+    pages = 1024
+
+    def touch_fresh_pages():
+        m = mmap.mmap(-1, pages * mmap.PAGESIZE)  # anonymous: each page faults on its first write
+        for page in range(pages):
+            m[page * mmap.PAGESIZE] = 1
+        m.close()
+
+    meter = CountingSystemTime(touch_fresh_pages)
+    meter()
+    assert meter.per_call() == (0, 0.0, 0.0)  # the warm-up is not counted
+    meter()
+    meter()
+    faults, system_s, wall_s = meter.per_call()
+    assert meter.calls == 2
+    assert pages <= faults < 4 * pages
+    assert system_s >= 0.0 and wall_s > 0.0
+
+
+def test_cpu_benchmark_reports_page_faults(tmp_path):
+    import json
+    script = os.path.join(ROOT, "benchmarks", "bench_cpu.py")
+    out = subprocess.run([sys.executable, script, "-B", "2", "-N", "8", "-T", "3", "--memory-steps", "3",
+                          "--rounds", "1", "--json", str(tmp_path / "cpu.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "page faults per step" in out.stdout and "system time ms/step" in out.stdout
+    res = json.loads((tmp_path / "cpu.json").read_text())
+    for side in ("fused", "reference"):
+        assert res[f"{side}_fwd_bwd_page_faults_per_step"] >= 0
+        assert res[f"{side}_fwd_bwd_system_ms_per_step"] >= 0
