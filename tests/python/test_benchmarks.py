@@ -46,6 +46,8 @@ def test_counting_system_time_sees_page_faults_and_skips_the_warm_up():
 
     def touch_fresh_pages():
         m = mmap.mmap(-1, pages * mmap.PAGESIZE)  # anonymous: each page faults on its first write
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):  # where transparent huge pages are always on
+            m.madvise(mmap.MADV_NOHUGEPAGE)
         for page in range(pages):
             m[page * mmap.PAGESIZE] = 1
         m.close()
