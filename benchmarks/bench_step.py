@@ -7,7 +7,8 @@ forward (building the graph) and of forward+backward, for the fused cell and for
 reference's eager step (tp.reference.step, the same equations in plain PyTorch) with the same
 parameters, timed alternately in paired rounds; and the ratio of the two.
 
-Also the least memory traffic a step can have here: the forward writes a new trace [B, H, H]
+Beside each time, the page faults per step of the fused and the reference episodes (see
+bench_cpu.py). Also the least memory traffic a step can have here: the forward writes a new trace [B, H, H]
 (autograd keeps every step's), and the backward reads it back and writes dL/dH of the step
 before: three traces per step (six with rule retroactive's eligibility trace), against this
 machine's copy bandwidth measured in the same run.
@@ -22,7 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torchplastic as tp  # noqa: E402
-from common import KEEP_FREED_MEMORY_HELP, keep_freed_memory, paired_best_of  # noqa: E402
+from common import (KEEP_FREED_MEMORY_HELP, CountingSystemTime, keep_freed_memory,  # noqa: E402
+                    paired_best_of)
 
 
 MODULATION_HEAD = ("mod_weight", "mod_bias", "mod_fanout_weight", "mod_fanout_bias")
@@ -111,15 +113,15 @@ def main():
     print(f"PlasticRNNCell({args.input}, {args.hidden}, rule={args.rule!r}), B={args.batch}, "
           f"{S} steps then one backward, {torch.get_num_threads()} threads"
           + (", glibc keeping freed memory" if args.keep_freed_memory else ""))
-    rows = []
     for name, backward, grad in (("rollout", False, False), ("forward", False, True),
                                  ("forward+backward", True, True)):
-        fused_s, ref_s, ratio = paired_best_of(lambda: episode(cell, inputs, backward, grad),
-                                               lambda: episode(reference, inputs, backward, grad),
-                                               args.rounds)
-        rows.append((name, fused_s / S, ref_s / S, ratio))
+        fused = CountingSystemTime(lambda: episode(cell, inputs, backward, grad))
+        ref = CountingSystemTime(lambda: episode(reference, inputs, backward, grad))
+        fused_s, ref_s, ratio = paired_best_of(fused, ref, args.rounds)
+        faults = [meter.per_call()[0] / S for meter in (fused, ref)]
         print(f"  {name:17s} fused {fused_s / S * 1e3:6.3f} ms/step   reference "
-              f"{ref_s / S * 1e3:6.3f} ms/step   {ratio:5.1f}x", flush=True)
+              f"{ref_s / S * 1e3:6.3f} ms/step   {ratio:5.1f}x   page faults per step "
+              f"{faults[0]:.0f} and {faults[1]:.0f}", flush=True)
     # The eligibility trace of rule retroactive doubles it.
     traces = 3 * (2 if tp.rules.rule_info(args.rule).eligibility else 1)
     trace_bytes = args.batch * args.hidden * args.hidden * 4
