@@ -8,10 +8,10 @@ reference's eager step (tp.reference.step, the same equations in plain PyTorch) 
 parameters, timed alternately in paired rounds; and the ratio of the two.
 
 Beside each time, the page faults per step of the fused and the reference episodes (see
-bench_cpu.py). Also the least memory traffic a step can have here: the forward writes a new trace [B, H, H]
-(autograd keeps every step's), and the backward reads it back and writes dL/dH of the step
-before: three traces per step (six with rule retroactive's eligibility trace), against this
-machine's copy bandwidth measured in the same run.
+bench_cpu.py). Also the least memory traffic a step can have here: the forward writes a new
+trace [B, H, H] (autograd keeps every step's), and the backward reads it back and writes dL/dH
+of the step before: three traces per step (six with rule retroactive's eligibility trace),
+against this machine's copy bandwidth measured in the same run.
 """
 
 import argparse
