@@ -152,7 +152,10 @@ ScanConfig check_scan_args(const ScanArgs& a) {
                       a.lstm ? 4 * c.O : c.O, ", ", c.O, "]",
                       a.lstm ? " (W_hh)" : " in recurrent mode (x is None)", ", got None");
     if (a.lstm) {
-      check_shape(op, *a.weight, "weight", {4 * c.O, c.O}, "[4H, H] (W_hh)");
+      // H comes from z's gate size, so a z and a W_hh that disagree are named together.
+      const std::string meaning = "[4H, H] (W_hh; H = " + std::to_string(c.O) +
+                                  " from z's gate size " + std::to_string(4 * c.O) + ")";
+      check_shape(op, *a.weight, "weight", {4 * c.O, c.O}, meaning.c_str());
       if (a.hidden) check_shape(op, *a.hidden, "hidden", {c.B, c.O}, "[B, H]");
       if (a.cell) check_shape(op, *a.cell, "cell", {c.B, c.O}, "[B, H]");
     } else {

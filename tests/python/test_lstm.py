@@ -295,7 +295,11 @@ def lstm_kw(**overrides):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(z=torch.randn(5, 3, 10, dtype=torch.float64)), r"z: expected a 3-D tensor \[T, B, 4H\].*not a multiple of 4"),
-    (dict(weight_hh=torch.randn(4, 4, dtype=torch.float64)), r"weight: expected shape \[16, 4\] \[4H, H\] \(W_hh\), got \[4, 4\]"),
+    (dict(weight_hh=torch.randn(4, 4, dtype=torch.float64)),
+     r"weight: expected shape \[16, 4\] \[4H, H\] \(W_hh; H = 4 from z's gate size 16\), got \[4, 4\]"),
+    # A gate size that is a multiple of 4 but not W_hh's 4H: both named.
+    (dict(z=torch.randn(5, 3, 12, dtype=torch.float64)),
+     r"weight: expected shape \[12, 3\] \[4H, H\] \(W_hh; H = 3 from z's gate size 12\), got \[16, 4\]"),
     (dict(cell=torch.randn(3, 5, dtype=torch.float64)), r"cell: expected shape \[3, 4\] \[B, H\], got \[3, 5\]"),
     (dict(hidden=torch.randn(2, 4, dtype=torch.float64)), r"hidden: expected shape \[3, 4\] \[B, H\]"),
     (dict(alpha=torch.randn(16, 4, dtype=torch.float64)), r"alpha: expected shape \[4, 4\]"),
