@@ -10,6 +10,11 @@ float32, whose kernels have vectors of their own width, against the reference in
 second-order gradients (double backward) at small sizes; and torch.library.opcheck of the raw
 ops (schema, autograd registration, fake kernels, AOT dispatch) on cases of either size.
 
+A case that differs beyond the tolerances is compared again with them widened by the
+reference's own spread under a change of z (and, in float32, of the clip and scaling bounds)
+within the dtype's rounding (reference_spread): chaotic recurrences and values at a kink,
+where two correct implementations part, are compared as closely as they allow.
+
 Each family is bounded: TORCHPLASTIC_RANDOM_CASES (default 1500) configurations, stopping early
 after TORCHPLASTIC_RANDOM_SECONDS (default 60; the wide families a third of it each, second
 order and opcheck a sixth). A failure prints its seed; rerun exactly that case with
