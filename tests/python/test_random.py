@@ -240,26 +240,37 @@ def reference_spread(kw, lstm: bool, changes):
     return out_spread, grad_spread
 
 
-def check_case(seed: int, wide: bool = False, lstm: bool = False):
-    """The fused op against the reference, both on the CPU, on random_case(seed, wide, lstm).
-    Where they differ beyond the tolerances, the case is compared again with tolerances of a
-    hundred times reference_spread under a 1e-13 change of z (a few hundred float64 roundings): a
-    recurrence that amplifies roundings into the tolerances is compared as closely as its
-    conditioning allows (a wrong element still differs by its own size), and a well-conditioned
-    one, whose spread is far below them, fails as before."""
-    kw = random_case(seed, wide, lstm)
+def assert_same_within_conditioning(kw, kw_expected, lstm: bool, changes, factor: float, what: str,
+                                   tol, grad_tol, **options):
+    """assert_same_results of the fused op on kw against the reference on kw_expected. Where they
+    differ beyond tol and grad_tol, they are compared again with each atol raised to factor times
+    reference_spread(kw_expected, lstm, changes) where that is larger: a case that amplifies
+    roundings into the tolerances is compared as closely as its conditioning allows (a wrong
+    element still differs by its own size), and a well-conditioned one, whose spread is far below
+    them, fails as before. `what` names the changes in the message."""
     fused, reference = (lambda k: run_scan(tp.functional, k, lstm),
                         lambda k: run_scan(tp.reference, k, lstm))
     try:
-        assert_same_results(kw, kw, fused, reference)
+        assert_same_results(kw, kw_expected, fused, reference, tol=tol, grad_tol=grad_tol, **options)
     except AssertionError as failure:
-        out_spread, grad_spread = reference_spread(kw, lstm, [lambda k: scaled(k, "z", 1 + 1e-13)])
+        out_spread, grad_spread = reference_spread(kw_expected, lstm, changes)
         try:
-            assert_same_results(kw, kw, fused, reference, tol=(1e-9, max(1e-10, 100 * out_spread)),
-                                grad_tol=(1e-7, max(1e-9, 100 * grad_spread)))
+            assert_same_results(kw, kw_expected, fused, reference,
+                                tol=(tol[0], max(tol[1], factor * out_spread)),
+                                grad_tol=(grad_tol[0], max(grad_tol[1], factor * grad_spread)),
+                                **options)
         except AssertionError as again:
-            raise AssertionError(f"{again} (the reference's own spread under a 1e-13 change of z: "
-                                 f"outputs {out_spread:.1e}, gradients {grad_spread:.1e})") from failure
+            raise AssertionError(f"{again} (the reference's own spread under {what}: outputs "
+                                 f"{out_spread:.1e}, gradients {grad_spread:.1e})") from failure
+
+
+def check_case(seed: int, wide: bool = False, lstm: bool = False):
+    """The fused op against the reference, both on the CPU, on random_case(seed, wide, lstm); a
+    case that differs beyond the tolerances again within a hundred times the reference's spread
+    under a 1e-13 change of z (a few hundred float64 roundings; assert_same_within_conditioning)."""
+    kw = random_case(seed, wide, lstm)
+    assert_same_within_conditioning(kw, kw, lstm, [lambda k: scaled(k, "z", 1 + 1e-13)], 100,
+                                    "a 1e-13 change of z", tol=(1e-9, 1e-10), grad_tol=(1e-7, 1e-9))
 
 
 def check_float32_case(seed: int):
@@ -279,28 +290,17 @@ def check_float32_case(seed: int):
     kw = random_case(seed, wide=True, lstm=lstm)
     kw32 = {k: v.detach().float().requires_grad_(v.requires_grad)
             if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kw.items()}
-    fused, reference = (lambda k: run_scan(tp.functional, k, lstm),
-                        lambda k: run_scan(tp.reference, k, lstm))
-    try:
-        assert_same_results(kw32, kw, fused, reference, tol=(1e-2, 1e-4), grad_tol=(0.1, 1e-3),
-                            grad_atol_of_largest=True, grad_outliers=1)
-    except AssertionError as failure:
-        # Within float32's rounding (a relative 1e-6, some eight of its roundings) of z, of the
-        # clip bound and of the synaptic scaling bound: chaos and the kinks (reference_spread).
-        changes = [lambda k: scaled(k, "z", 1 + 1e-6)]
-        for name in ("clip", "synaptic_scaling"):
-            if kw.get(name) is not None:
-                changes += [lambda k, n=name: scaled(k, n, 1 + 1e-6),
-                            lambda k, n=name: scaled(k, n, 1 - 1e-6)]
-        out_spread, grad_spread = reference_spread(kw, lstm, changes)
-        try:
-            assert_same_results(kw32, kw, fused, reference, tol=(1e-2, max(1e-4, 10 * out_spread)),
-                                grad_tol=(0.1, 1e-3 + 10 * grad_spread), grad_atol_of_largest=True,
-                                grad_outliers=1)
-        except AssertionError as again:
-            raise AssertionError(f"{again} (the reference's own spread within float32's rounding of "
-                                 f"z, clip and synaptic scaling: outputs {out_spread:.1e}, "
-                                 f"gradients {grad_spread:.1e})") from failure
+    # Within float32's rounding (a relative 1e-6, some eight of its roundings) of z, of the clip
+    # bound and of the synaptic scaling bound: chaos and the kinks (reference_spread).
+    changes = [lambda k: scaled(k, "z", 1 + 1e-6)]
+    for name in ("clip", "synaptic_scaling"):
+        if kw.get(name) is not None:
+            changes += [lambda k, n=name: scaled(k, n, 1 + 1e-6),
+                        lambda k, n=name: scaled(k, n, 1 - 1e-6)]
+    assert_same_within_conditioning(kw32, kw, lstm, changes, 10,
+                                    "a relative 1e-6 of z, the clip and the scaling bound",
+                                    tol=(1e-2, 1e-4), grad_tol=(0.1, 1e-3),
+                                    grad_atol_of_largest=True, grad_outliers=1)
 
 
 def check_second_order_case(seed: int):
