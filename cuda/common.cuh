@@ -2,7 +2,7 @@
 // shape, device helpers, the shared-memory layouts, and the launch itself.
 //
 // One persistent kernel runs all T steps. Sequences are independent, so each one gets a thread
-// block cluster of C blocks (1 ≤ C ≤ 8; the planner takes powers of two, the test hook any);
+// block cluster of C blocks (1 ≤ C ≤ 8: cuda/plan_policy.h chooses C);
 // block `rank` of the cluster owns the postsynaptic rows [rank·R, rank·R + R). Per step every
 // warp takes rows, its lanes take columns: the row's matrix-vector product is a warp
 // reduction, and the trace update of the row follows while it is in registers / L1. Where they

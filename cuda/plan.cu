@@ -7,9 +7,11 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "cuda/common.cuh"
+#include "cuda/plan_policy.h"
 
 namespace torchplastic {
 namespace cuda {
@@ -45,10 +47,23 @@ int resident_clusters(const Plan& L, bool backward, int sms) {
   return n;
 }
 
-// Whether at least one cluster of this plan can be resident at once.
+// resident_clusters, asked of the driver once per layout (direction, value type, cluster size,
+// shared memory) and device: the planner weighs every cluster size at each call.
 template <typename T>
-bool plan_runs(const Plan& L, bool backward, int sms) {
-  return L.cluster <= 1 || resident_clusters<T>(L, backward, sms) > 0;
+int resident_clusters_cached(const Plan& L, bool backward, int device, int sms) {
+  using Key = std::tuple<int, bool, int, size_t>;
+  static std::mutex mutex;
+  static std::map<Key, int> cache;
+  const Key key{device, backward, L.cluster, L.smem_bytes};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const int n = resident_clusters<T>(L, backward, sms);
+  std::lock_guard<std::mutex> lock(mutex);
+  cache.emplace(key, n);
+  return n;
 }
 
 struct Device {
@@ -188,19 +203,21 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     log_plan(L, P, backward, d.sms);
     return L;
   }
-  // The smallest cluster that holds everything on chip; then no more blocks than SMs (a second
-  // wave would double the time), or more blocks while SMs are idle.
-  Plan best = plan_for(1);
-  for (int C = 1; C <= max_cluster && C <= std::max<int64_t>(P.O, 1); C *= 2) {
-    best = plan_for(C);
-    if (all_on_chip(best, P, backward)) break;
-  }
-  while (best.cluster > 1 && P.B * best.cluster > d.sms) best = plan_for(best.cluster / 2);
-  while (best.cluster < max_cluster && P.B * best.cluster * 2 <= d.sms &&
-         best.cluster * 2 <= P.O)
-    best = plan_for(best.cluster * 2);
-  while (best.cluster > 1 && !plan_runs<T>(best, backward, d.sms))
-    best = plan_for(best.cluster / 2);
+  // Each cluster size's layout, made once: choose_cluster (cuda/plan_policy.h) weighs them all.
+  Plan layouts[kMaxCluster + 1];
+  bool made[kMaxCluster + 1] = {};
+  auto layout = [&](int C) -> const Plan& {
+    if (!made[C]) {
+      layouts[C] = plan_for(C);
+      made[C] = true;
+    }
+    return layouts[C];
+  };
+  const int C = choose_cluster(
+      P.B, P.O, max_cluster, d.sms,
+      [&](int c) -> int64_t { return resident_clusters_cached<T>(layout(c), backward, device, d.sms); },
+      [&](int c) { return all_on_chip(layout(c), P, backward); });
+  const Plan best = layout(C);
   log_plan(best, P, backward, d.sms);
   return best;
 }
