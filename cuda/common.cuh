@@ -14,6 +14,7 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -300,9 +301,15 @@ inline cudaLaunchConfig_t launch_config(const Plan& L, int64_t B, cudaStream_t s
   return cfg;
 }
 
+// Held from setting a kernel's limit of dynamic shared memory until the launch (or the
+// occupancy query, plan.cu) that relies on it: the limit belongs to the kernel, shared by every
+// host thread, and another thread's smaller one set in between would fail the launch.
+std::mutex& kernel_attribute_mutex();
+
 template <typename Kernel, typename... Args>
 void launch(Kernel kernel, const Plan& L, int64_t B, cudaStream_t stream, const char* what,
             Args... args) {
+  std::lock_guard<std::mutex> lock(kernel_attribute_mutex());
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(L.smem_bytes)),
              "cudaFuncSetAttribute");

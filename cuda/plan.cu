@@ -24,6 +24,7 @@ template <typename T>
 int resident_clusters(const Plan& L, bool backward, int sms) {
   const void* kernel =
       backward ? backward_kernel_for_occupancy<T>() : forward_kernel_for_occupancy<T>();
+  std::lock_guard<std::mutex> lock(kernel_attribute_mutex());  // see launch (common.cuh)
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(L.smem_bytes)) != cudaSuccess) {
     cudaGetLastError();
@@ -223,6 +224,11 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
 }
 
 }  // namespace
+
+std::mutex& kernel_attribute_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
 
 template <typename T>
 Plan plan_forward(const ScanParams<T>& P, int device) {
