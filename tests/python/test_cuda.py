@@ -223,6 +223,31 @@ def test_cuda_plan_log_names_each_plan_once(monkeypatch, capfd):
         assert line.endswith("clusters resident at once, 3 launched")
 
 
+def test_cuda_planner_runs_every_sequence_in_one_wave(monkeypatch, capfd):
+    # The benchmark's size (B=32, N=256, float32). Clusters of 4 blocks keep H, α and W on chip
+    # but an H200 holds only 30 of them at once; the planner (cuda/plan_policy.h) must take a
+    # layout whose clusters are all resident at once, the driver's count, wherever the device
+    # has the SMs for one block per sequence.
+    B, N = 32, 256
+    if torch.cuda.get_device_properties(0).multi_processor_count < B:
+        pytest.skip("fewer SMs than sequences: no layout runs them in one wave")
+    cfg = Config(rule="hebb", T=3, B=B, O=N, I=N)
+    kw = to_device(make_inputs(cfg, dtype=torch.float32), "cuda")
+    monkeypatch.setenv("TORCHPLASTIC_CUDA_PLAN_LOG", "1")
+    monkeypatch.delenv("TORCHPLASTIC_CUDA_CLUSTER", raising=False)
+    monkeypatch.delenv("TORCHPLASTIC_CUDA_OFF_CHIP", raising=False)
+    y, state = call(tp.functional.plastic_scan, kw)
+    (y.sum() + state.trace.sum()).backward()
+    torch.cuda.synchronize()
+    lines = [line for line in capfd.readouterr().err.splitlines()
+             if f"plan: B={B} O={N} I={N}:" in line]
+    assert {line.split(" plan:")[0] for line in lines} == {
+        "plastic_scan (CUDA) forward", "plastic_scan (CUDA) backward"}, lines
+    for line in lines:
+        resident = int(line.split("; ")[-1].split()[0])
+        assert resident >= B, line
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_runs_half_with_float32_traces(dtype):
     torch.manual_seed(0)
