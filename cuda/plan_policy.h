@@ -15,10 +15,10 @@ namespace cuda {
 //   on_chip(C):  whether clusters of C keep all of a sequence's matrices in shared memory.
 // In this order:
 //   1. As few waves, ⌈B / resident(C)⌉, as any C allows. A sequence that does not fit the first
-//      wave starts when one of it ends, so a second wave doubles the time, more than a smaller
-//      cluster costs by reading some matrices from global memory (L2) instead. Counting SMs is
-//      not enough: a cluster's blocks must share a GPC, and on an H200 only 30 clusters of 4
-//      fit its 132 SMs, so 32 sequences of 4 blocks ran in two waves.
+//      wave starts when a cluster of it ends, so a second wave doubles the time, more than a
+//      smaller cluster costs by reading some matrices from global memory (L2) instead. Counting
+//      SMs is not enough: a cluster's blocks must share a GPC, so fewer clusters fit than SMs /
+//      C (docs/performance.md, "One wave of clusters").
 //   2. Among those, the smallest C that keeps everything on chip, or, where none does, the
 //      largest (the most on chip).
 //   3. Then C doubled while the SMs would otherwise idle (B·2C ≤ sms), 2C ≤ O and the waves
