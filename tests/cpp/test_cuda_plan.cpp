@@ -4,7 +4,10 @@
 // (cudaOccupancyMaxActiveClusters), not 132 / 4 = 33. Needs no GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "cuda/plan_policy.h"
@@ -97,6 +100,46 @@ TEST(CudaPlan, OneBlockWithoutClusters) {
   d.max_cluster = 1;
   EXPECT_EQ(chosen(d, 1, 256, 4), 1);
   EXPECT_EQ(chosen(d, 32, 256, 0), 1);
+}
+
+// The rule's promises over many made-up devices and sizes: a size that runs, no size with fewer
+// waves, on chip whenever a size with as few waves is, and no cluster larger than O or the
+// device allows.
+TEST(CudaPlan, RandomDevicesKeepThePromises) {
+  std::mt19937 rng(20261206);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int trial = 0; trial < 20000; ++trial) {
+    Device d;
+    const int gpcs = uniform(1, 10);
+    for (int g = 0; g < gpcs; ++g) d.gpcs.push_back(uniform(1, 20));
+    d.max_cluster = uniform(1, 8);
+    const int64_t B = uniform(1, 300), O = uniform(1, 1100);
+    const int on_chip_from = uniform(0, 9);  // 9: never within 8
+    const int C = chosen(d, B, O, on_chip_from);
+    const int largest = static_cast<int>(std::min<int64_t>(O, d.max_cluster));
+    auto waves = [&](int c) {
+      const int64_t n = d.resident(c);
+      return n > 0 ? (B + n - 1) / n : INT64_MAX;
+    };
+    auto fits = [&](int c) { return on_chip_from > 0 && c >= on_chip_from; };
+    SCOPED_TRACE("trial " + std::to_string(trial) + ": B=" + std::to_string(B) +
+                 " O=" + std::to_string(O) + " max_cluster=" + std::to_string(d.max_cluster) +
+                 " on chip from " + std::to_string(on_chip_from) + ", chose " + std::to_string(C));
+    ASSERT_GE(C, 1);
+    ASSERT_LE(C, largest);
+    int64_t fewest = INT64_MAX;
+    bool fitting_with_fewest = false;
+    for (int c = 1; c <= largest; ++c) fewest = std::min(fewest, waves(c));
+    for (int c = 1; c <= largest; ++c) fitting_with_fewest |= waves(c) == fewest && fits(c);
+    if (fewest == INT64_MAX) {
+      ASSERT_EQ(C, 1);
+      continue;
+    }
+    ASSERT_EQ(waves(C), fewest);
+    if (fitting_with_fewest) {
+      ASSERT_TRUE(fits(C));
+    }
+  }
 }
 
 }  // namespace
