@@ -87,10 +87,13 @@ __global__ void __launch_bounds__(kThreads)
   const int I32 = static_cast<int>(I);  // indices within a row (see update_row_warp)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
-  // Whether the rows the step reads are all in shared memory (the plan's usual case), where the
-  // loops below take copies that load with shared-memory instructions.
+  // Whether the rows the step reads are in shared memory, where the loops below take copies
+  // that load with shared-memory instructions: all of them (the plan's usual case), or all but
+  // W (a plan that runs every sequence in one wave may leave W in global memory,
+  // plan_policy.h).
   const bool trace_on_chip = !L.plain_loops && L.trace && (!retro || L.elig);
   const bool rows_on_chip = trace_on_chip && L.alpha && (!P.recurrent || L.weight);
+  const bool all_but_weight_on_chip = trace_on_chip && L.alpha && P.recurrent && !L.weight;
 
   // Row slices: on chip, or in place in the outputs / inputs.
   T* H = L.trace ? S.H : P.trace + (b * O + r0) * I;
@@ -200,14 +203,14 @@ __global__ void __launch_bounds__(kThreads)
         acc[r] = 0;
       }
       // The rows are reached from the slices' bases inside, after the assumption, so that the
-      // compiler sees them in shared memory.
-      auto dot = [&](auto shared, auto recurrent) {
+      // compiler sees them in shared memory: α and H (`shared`), W (`shared_weight`).
+      auto dot = [&](auto shared, auto shared_weight, auto recurrent) {
         const T *A_s = A, *H_s = H, *W_s = W;
         if constexpr (decltype(shared)::value) {
           assume_shared(A_s);
           assume_shared(H_s);
-          if constexpr (decltype(recurrent)::value) assume_shared(W_s);
         }
+        if constexpr (decltype(shared_weight)::value) assume_shared(W_s);
         const T* A_row[N];
         const T* H_row[N];
         const T* W_row[N];
@@ -228,12 +231,20 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       };
+      using yes = std::true_type;
+      using no = std::false_type;
       if (P.recurrent) {
-        if (rows_on_chip) dot(std::true_type{}, std::true_type{});
-        else dot(std::false_type{}, std::true_type{});
+        if (rows_on_chip) {
+          dot(yes{}, yes{}, yes{});
+        } else if (sizeof(T) == 4 && all_but_weight_on_chip) {
+          // Float only: in double this copy pushed some kernels past the register cap (spills).
+          if constexpr (sizeof(T) == 4) dot(yes{}, no{}, yes{});
+        } else {
+          dot(no{}, no{}, yes{});
+        }
       } else {
-        if (rows_on_chip) dot(std::true_type{}, std::false_type{});
-        else dot(std::false_type{}, std::false_type{});
+        if (rows_on_chip) dot(yes{}, no{}, no{});
+        else dot(no{}, no{}, no{});
       }
 #pragma unroll
       for (int r = 0; r < N; ++r) acc[r] = warp_sum(acc[r]);

@@ -115,7 +115,12 @@ def test_cuda_float32_matches_float64():
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}),
     (160, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),  # rows of 160: a chunk of 4 per lane, then 1
     (160, {"TORCHPLASTIC_CUDA_CLUSTER": "2", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}),
-], ids=["pairs-and-single", "pairs", "plain-loops", "off-chip", "chunks", "chunks-off-chip"])
+    # One block of 160 rows: H and α fit its shared memory, W (recurrent) does not, so the
+    # pre-activations read H and α on chip and W from global memory (and retroactive's E, which
+    # does not fit either, takes the off-chip loops).
+    (160, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
+], ids=["pairs-and-single", "pairs", "plain-loops", "off-chip", "chunks", "chunks-off-chip",
+        "all-but-weight-on-chip"])
 @pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
 @pytest.mark.parametrize("rule,source", [(r, s) for r in RULES for s in
                                          (("external", "fanout") if tp.rules.rule_info(r).modulated else (None,))])
