@@ -204,21 +204,16 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     log_plan(L, P, backward, d.sms);
     return L;
   }
-  // Each cluster size's layout, made once: choose_cluster (cuda/plan_policy.h) weighs them all.
+  // Each cluster size's layout: choose_cluster (cuda/plan_policy.h) weighs them all.
   Plan layouts[kMaxCluster + 1];
-  bool made[kMaxCluster + 1] = {};
-  auto layout = [&](int C) -> const Plan& {
-    if (!made[C]) {
-      layouts[C] = plan_for(C);
-      made[C] = true;
-    }
-    return layouts[C];
-  };
+  for (int c = 1; c <= max_cluster; ++c) layouts[c] = plan_for(c);
   const int C = choose_cluster(
       P.B, P.O, max_cluster, d.sms,
-      [&](int c) -> int64_t { return resident_clusters_cached<T>(layout(c), backward, device, d.sms); },
-      [&](int c) { return all_on_chip(layout(c), P, backward); });
-  const Plan best = layout(C);
+      [&](int c) -> int64_t {
+        return resident_clusters_cached<T>(layouts[c], backward, device, d.sms);
+      },
+      [&](int c) { return all_on_chip(layouts[c], P, backward); });
+  const Plan best = layouts[C];
   log_plan(best, P, backward, d.sms);
   return best;
 }
