@@ -206,6 +206,11 @@ def test_cuda_does_not_synchronize():
         torch.cuda.set_sync_debug_mode("default")
 
 
+def plan_log_resident(line):
+    """How many clusters of a plan the plan log says the device holds at once."""
+    return int(line.split("; ")[-1].split()[0])
+
+
 def test_cuda_plan_log_names_each_plan_once(monkeypatch, capfd):
     # Only calls with the log on set its memory of the last plan, and no other test turns it on,
     # so the first call prints both plans. O=37 splits its rows unevenly over the two blocks.
@@ -223,8 +228,7 @@ def test_cuda_plan_log_names_each_plan_once(monkeypatch, capfd):
     assert lines[1].startswith("plastic_scan (CUDA) backward plan: B=3 O=37 I=37: cluster 2, 19 rows")
     assert "rows prefetched" in lines[1] and "rows prefetched" not in lines[0]  # rows of 148 B
     for line in lines:
-        resident = int(line.split("; ")[-1].split()[0])
-        assert resident >= 1, line
+        assert plan_log_resident(line) >= 1, line
         assert line.endswith("clusters resident at once, 3 launched")
 
 
@@ -249,8 +253,7 @@ def test_cuda_planner_runs_every_sequence_in_one_wave(monkeypatch, capfd):
     assert {line.split(" plan:")[0] for line in lines} == {
         "plastic_scan (CUDA) forward", "plastic_scan (CUDA) backward"}, lines
     for line in lines:
-        resident = int(line.split("; ")[-1].split()[0])
-        assert resident >= B, line
+        assert plan_log_resident(line) >= B, line
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
