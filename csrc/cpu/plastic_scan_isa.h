@@ -1,5 +1,5 @@
 // The CPU time loops, compiled once per instruction set and value type (forward_isa.cpp,
-// backward_isa.cpp) and chosen at run time by plastic_scan.cpp.
+// backward_isa.cpp, the latter once per clipping too) and chosen at run time by plastic_scan.cpp.
 #pragma once
 
 #include <cstdint>
@@ -39,13 +39,28 @@ const char* isa_name();
   namespace isa {                                                                             \
   template <typename T>                                                                       \
   void forward_range(const kernels::ScanParams<T>& P, int64_t begin, int64_t end, T* m);      \
+  template <typename T, bool Clip>                                                            \
+  void backward_range_of_clip(const kernels::ScanParams<T>& P,                                \
+                              const kernels::ScanGradParams<T>& G, int64_t begin,             \
+                              int64_t end, const BackwardWorkspace<T>* W);                    \
+  template <typename T, bool Clip>                                                            \
+  void batch_single_step_range_of_clip(const kernels::ScanParams<T>& P,                       \
+                                       const kernels::ScanGradParams<T>& G, int64_t o0,       \
+                                       int64_t o1, const BackwardWorkspace<T>& W, T* grad_p); \
+  /* The backward of a call, from the object of its clipping (backward_isa.cpp). */           \
   template <typename T>                                                                       \
   void backward_range(const kernels::ScanParams<T>& P, const kernels::ScanGradParams<T>& G,   \
-                      int64_t begin, int64_t end, const BackwardWorkspace<T>* W);             \
+                      int64_t begin, int64_t end, const BackwardWorkspace<T>* W) {            \
+    if (P.has_clip) backward_range_of_clip<T, true>(P, G, begin, end, W);                     \
+    else backward_range_of_clip<T, false>(P, G, begin, end, W);                               \
+  }                                                                                           \
   template <typename T>                                                                       \
   void batch_single_step_range(const kernels::ScanParams<T>& P,                               \
                                const kernels::ScanGradParams<T>& G, int64_t o0, int64_t o1,   \
-                               const BackwardWorkspace<T>& W, T* grad_p);                     \
+                               const BackwardWorkspace<T>& W, T* grad_p) {                    \
+    if (P.has_clip) batch_single_step_range_of_clip<T, true>(P, G, o0, o1, W, grad_p);        \
+    else batch_single_step_range_of_clip<T, false>(P, G, o0, o1, W, grad_p);                  \
+  }                                                                                           \
   }                                                                                           \
   }                                                                                           \
   }

@@ -5,8 +5,6 @@
 // the CPU and CUDA kernels, so both instantiate the same set of variants.
 #pragma once
 
-#include <type_traits>
-
 #include "kernels/plastic_step.h"
 #include "kernels/rules.h"
 
@@ -20,21 +18,26 @@ struct Variant {
   static constexpr bool eta_per_connection = EtaPerConnection;
 };
 
-// Calls f(Variant<...>{}) with the call's rule, clipping and η granularity as types. A rule
-// without η gets one variant per clipping only.
-template <typename T, typename F>
-void with_variant(const ScanParams<T>& P, F&& f) {
+// Calls f(Variant<R, Clip, ...>{}) with the call's rule and η granularity as types, for a
+// call whose clipping (P.has_clip) is Clip. A rule without η gets one variant only. The CPU's
+// backward instantiates the variants of each clipping in a translation unit of its own, so that
+// a parallel build compiles the halves side by side.
+template <bool Clip, typename T, typename F>
+void with_variant_of_clip(const ScanParams<T>& P, F&& f) {
   with_rule(P.rule, [&](auto rule) {
     using R = decltype(rule);
-    auto with_eta = [&](auto clip) {
-      if constexpr (R::uses_eta) {
-        if (P.eta_per_connection) return f(Variant<R, decltype(clip)::value, true>{});
-      }
-      f(Variant<R, decltype(clip)::value, false>{});
-    };
-    if (P.has_clip) with_eta(std::true_type{});
-    else with_eta(std::false_type{});
+    if constexpr (R::uses_eta) {
+      if (P.eta_per_connection) return f(Variant<R, Clip, true>{});
+    }
+    f(Variant<R, Clip, false>{});
   });
+}
+
+// Calls f(Variant<...>{}) with the call's rule, clipping and η granularity as types.
+template <typename T, typename F>
+void with_variant(const ScanParams<T>& P, F&& f) {
+  if (P.has_clip) with_variant_of_clip<true>(P, f);
+  else with_variant_of_clip<false>(P, f);
 }
 
 // η of connection i of a row, given the row's η (eta_row) and its first value: a rule without
