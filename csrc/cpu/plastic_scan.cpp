@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "cpu/isa_choice.h"
 #include "cpu/memory.h"
 #include "cpu/plastic_scan_isa.h"
 #include "ops/scan.h"
@@ -25,8 +26,6 @@ namespace {
 using kernels::ScanGradParams;
 using kernels::ScanParams;
 
-enum class Isa { Generic, Avx2, Avx512 };
-
 // Which instruction sets' kernels this build has (CMake's TORCHPLASTIC_CPU_ISAS; generic
 // always). A build from elsewhere than CMake has all three.
 #ifndef TORCHPLASTIC_CPU_BUILT_AVX2
@@ -36,22 +35,18 @@ enum class Isa { Generic, Avx2, Avx512 };
 #define TORCHPLASTIC_CPU_BUILT_AVX512 1
 #endif
 
-// The widest instruction set this CPU runs and this build has; TORCHPLASTIC_CPU_ISA=
-// generic|avx2|avx512 caps it.
+// The widest instruction set this CPU runs and this build has (isa_choice.h);
+// TORCHPLASTIC_CPU_ISA=generic|avx2 caps it.
 Isa detect_isa() {
   __builtin_cpu_init();
-  Isa best = Isa::Generic;
-  if (TORCHPLASTIC_CPU_BUILT_AVX2 && __builtin_cpu_supports("avx2") &&
-      __builtin_cpu_supports("fma"))
-    best = Isa::Avx2;
-  if (TORCHPLASTIC_CPU_BUILT_AVX512 && best == Isa::Avx2 && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512vl"))
-    best = Isa::Avx512;
-  if (const char* cap = std::getenv("TORCHPLASTIC_CPU_ISA")) {
-    if (std::strcmp(cap, "generic") == 0) best = Isa::Generic;
-    else if (std::strcmp(cap, "avx2") == 0 && best == Isa::Avx512) best = Isa::Avx2;
-  }
-  return best;
+  IsaSet runs;
+  runs.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  runs.avx512 =
+      runs.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  IsaSet built;
+  built.avx2 = TORCHPLASTIC_CPU_BUILT_AVX2;
+  built.avx512 = TORCHPLASTIC_CPU_BUILT_AVX512;
+  return choose_isa(built, runs, std::getenv("TORCHPLASTIC_CPU_ISA"));
 }
 
 Isa cpu_isa() {
@@ -240,6 +235,13 @@ const char* isa_name() {
     case Isa::Avx2: return "avx2";
     default: return "generic";
   }
+}
+
+const char* isas_built() {
+  if (TORCHPLASTIC_CPU_BUILT_AVX2 && TORCHPLASTIC_CPU_BUILT_AVX512) return "generic,avx2,avx512";
+  if (TORCHPLASTIC_CPU_BUILT_AVX2) return "generic,avx2";
+  if (TORCHPLASTIC_CPU_BUILT_AVX512) return "generic,avx512";
+  return "generic";
 }
 
 const detail::ScanBackend backend{&forward<float>,  &forward<double>, &backward<float>,

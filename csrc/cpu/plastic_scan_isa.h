@@ -30,6 +30,9 @@ constexpr int64_t kSingleStepBlocks = 16;
 constexpr int64_t kShortRow = 128;
 // The instruction set whose kernels this process runs: "avx512", "avx2" or "generic".
 const char* isa_name();
+// The instruction sets whose kernels this build holds, comma-separated: "generic,avx2,avx512"
+// unless CMake's TORCHPLASTIC_CPU_ISAS left some out.
+const char* isas_built();
 }  // namespace cpu
 }  // namespace torchplastic
 

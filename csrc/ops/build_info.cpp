@@ -18,6 +18,7 @@ BuildInfo build_info() {
   info.version = TORCHPLASTIC_VERSION;
   info.torch_version = TORCH_VERSION;
   info.cpu_kernels = cpu::isa_name();
+  info.cpu_kernels_built = cpu::isas_built();
   return info;
 }
 

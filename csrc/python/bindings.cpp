@@ -179,10 +179,12 @@ PYBIND11_MODULE(_C, m) {
         d["cuda_version"] = info.cuda_version;
         d["cuda_archs"] = info.cuda_archs;
         d["cpu_kernels"] = info.cpu_kernels;
+        d["cpu_kernels_built"] = info.cpu_kernels_built;
         return d;
       },
-      "What this build holds: version, with_cuda, torch_version, cuda_version, cuda_archs, and "
-      "cpu_kernels, the instruction set of the CPU kernels this process runs.");
+      "What this build holds: version, with_cuda, torch_version, cuda_version, cuda_archs, "
+      "cpu_kernels, the instruction set of the CPU kernels this process runs, and "
+      "cpu_kernels_built, those the build holds (comma-separated).");
 
   m.def(
       "rules",

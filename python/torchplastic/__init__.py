@@ -21,12 +21,15 @@ __version__ = _C.build_info()["version"]
 
 def build_info() -> dict:
     """What this build holds: ``version``, ``with_cuda``, ``torch_version``, ``cuda_version``,
-    ``cuda_archs``.
+    ``cuda_archs``, ``cpu_kernels`` (the instruction set of the CPU kernels this process runs:
+    ``"avx512"``, ``"avx2"`` or ``"generic"``, the widest this CPU has; the environment variable
+    ``TORCHPLASTIC_CPU_ISA`` caps it) and ``cpu_kernels_built`` (those the build holds,
+    comma-separated).
 
     Example:
         >>> import torchplastic as tp
         >>> sorted(tp.build_info())[:3]
-        ['cpu_kernels', 'cuda_archs', 'cuda_version']
+        ['cpu_kernels', 'cpu_kernels_built', 'cuda_archs']
     """
     return dict(_C.build_info())
 

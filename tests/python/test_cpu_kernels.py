@@ -25,6 +25,8 @@ WIDTH = {"generic": 0, "avx2": 1, "avx512": 2}
 def test_narrower_cpu_kernels_match_reference(isa):
     if WIDTH[tp.build_info()["cpu_kernels"]] < WIDTH[isa]:
         pytest.skip(f"this CPU cannot run the {isa} kernels")
+    if isa not in tp.build_info()["cpu_kernels_built"].split(","):
+        pytest.skip(f"this build has no {isa} kernels (TORCHPLASTIC_CPU_ISAS)")
     env = dict(os.environ, TORCHPLASTIC_CPU_ISA=isa)
     check = [sys.executable, "-c", "import torchplastic as tp; print(tp.build_info()['cpu_kernels'])"]
     assert subprocess.run(check, env=env, capture_output=True, text=True, check=True).stdout.strip() == isa
@@ -75,7 +77,7 @@ def test_backward_row_loops_are_vectorised_in_every_build():
             elif scalar.search(line):
                 current[1] += 1
     assert proc.wait() == 0
-    for isa in WIDTH:
+    for isa in tp.build_info()["cpu_kernels_built"].split(","):
         assert sum(1 for i, _ in counts if i == isa) >= 100, f"{isa}: backward_row not found"
     scalar_loops = [f"{isa}: {v} vector / {s} scalar: {name[:160]}"
                     for (isa, name), (v, s) in counts.items() if v < 0.3 * s]

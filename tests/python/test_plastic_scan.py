@@ -538,3 +538,5 @@ def test_build_info():
     assert info["torch_version"] == torch.__version__.split("+")[0]
     assert isinstance(info["with_cuda"], bool)
     assert info["cpu_kernels"] in ("avx512", "avx2", "generic")
+    built = info["cpu_kernels_built"].split(",")
+    assert built[0] == "generic" and info["cpu_kernels"] in built
