@@ -103,22 +103,6 @@ void run_units(int64_t n, const Worker& worker) {
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { worker(next); });
 }
 
-template <typename T>
-void forward(const ScanParams<T>& P) {
-  // Units of up to kForwardGroup sequences, which the kernel runs in lockstep; smaller ones
-  // when there are few sequences per thread, so that every thread gets some.
-  const int64_t threads = at::get_num_threads();
-  const int64_t group = std::max<int64_t>(
-      1, std::min<int64_t>(kForwardGroup, (P.B + 2 * threads - 1) / (2 * threads)));
-  run_units((P.B + group - 1) / group, [&](const auto& next) {
-    std::vector<T> m(P.O);
-    for (int64_t u = next(); u >= 0; u = next()) {
-      const int64_t begin = u * group, end = std::min(P.B, begin + group);
-      kernels_of_isa<T>().forward_range(P, begin, end, m.data());
-    }
-  });
-}
-
 // The size of one core's L2 cache in bytes, or 0 where the C library does not tell.
 int64_t l2_bytes() {
   static const int64_t bytes = [] {
@@ -130,6 +114,46 @@ int64_t l2_bytes() {
 #endif
   }();
   return bytes;
+}
+
+// How many sequences the forward runs in lockstep (forward_group, csrc/cpu/forward.h), at most
+// kForwardGroup. In lockstep each row block of α and W (and of η, A–D per connection) read from
+// L2 serves the whole group, but the group's traces take turns in the caches step by step.
+// Across the steps of a sequence each trace is read again, so a group pays only while its traces
+// fit in L2 beside those shared rows: the largest group that does, else one sequence at a time,
+// which keeps its trace in L3 at least, where a group's traces outgrew even that
+// (docs/performance.md, the CPU op). A single step reads each trace once whatever the grouping,
+// and the plastic LSTM's group also shares its gate products' reads of W_ifo: both keep
+// kForwardGroup, as does a machine whose C library does not tell its L2.
+template <typename T>
+int64_t forward_group(const ScanParams<T>& P) {
+  const int64_t l2 = l2_bytes();
+  if (P.T <= 1 || P.lstm || l2 == 0) return kForwardGroup;
+  const auto traits = kernels::traits(P.rule);
+  const int64_t matrix = static_cast<int64_t>(sizeof(T)) * P.O * P.I;
+  const int64_t per_sequence = (traits.eligibility ? 2 : 1) * matrix;
+  const int64_t shared = (1 + (P.recurrent ? 1 : 0) + (P.eta_per_connection ? 1 : 0) +
+                          (traits.coefficients ? 4 : 0)) *
+                         matrix;
+  for (int64_t group = kForwardGroup; group > 1; group /= 2)
+    if (group * per_sequence + shared <= l2) return group;
+  return 1;
+}
+
+template <typename T>
+void forward(const ScanParams<T>& P) {
+  // Units of up to forward_group(P) sequences, which the kernel runs in lockstep; smaller ones
+  // when there are few sequences per thread, so that every thread gets some.
+  const int64_t threads = at::get_num_threads();
+  const int64_t group = std::max<int64_t>(
+      1, std::min<int64_t>(forward_group(P), (P.B + 2 * threads - 1) / (2 * threads)));
+  run_units((P.B + group - 1) / group, [&](const auto& next) {
+    std::vector<T> m(P.O);
+    for (int64_t u = next(); u >= 0; u = next()) {
+      const int64_t begin = u * group, end = std::min(P.B, begin + group);
+      kernels_of_isa<T>().forward_range(P, begin, end, m.data());
+    }
+  });
 }
 
 // One backward worker's scratch for these parameters: its size in elements, and its arrays
