@@ -7,6 +7,9 @@
 # the two compute-sanitizer logs; the build's own logs stay beside the build. Each step has its
 # own time bound; together they can outlast one device call (10 minutes), so the steps run in
 # the order they are needed in and GPU_CHECK_ONLY (below) reruns those a call had no time for.
+# Its build (build-gpu) puts _C and libtorchplastic into python/torchplastic, as `make build`
+# does: run on a development machine (GPU_CHECK_ONLY=none builds and stops), it replaces that
+# build's, which `rm python/torchplastic/*.so && make build` brings back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
