@@ -12,10 +12,12 @@ The passes and what they move per step (counted from the loops in csrc/cpu/forwa
 backward.h and kernels/rules/hebb.h; E = B·N² trace elements, one per connection and
 sequence; an "op" is one vector multiply or fused multiply-add, counted as 2 FLOPs):
 
-* forward: a thread takes the sequences four at a time through all T steps (in lockstep), so
-  its working set is the group's four traces, α and W (6·N²·4 bytes: 1.5 MB at N=256), not all
-  its sequences' traces. Per element, H read and written once (each step updates a row and uses
-  it from the register for the next pre-activation), α and W read from L2 once per group;
+* forward: a thread takes the sequences g at a time through all T steps (in lockstep), so its
+  working set is the group's g traces, α and W ((g + 2)·N²·4 bytes), not all its sequences'
+  traces; g is the largest of 4, 2 and 1 whose set fits in L2, else 1 (forward_group in
+  csrc/cpu/plastic_scan.cpp; 2 at N=256 on a 1 MB L2). Per element, H read and written once (each
+  step updates a row and uses it from the register for the next pre-activation), α and W read
+  from L2 once per group;
   the checkpoints, one trace per K steps, written with non-temporal stores to where all of them
   live (working set: every checkpoint of the thread's sequences); 4 ops: (α·H + W)·p and the
   update (1 − η)·H + ηy·p.
@@ -129,7 +131,12 @@ def main():
     E, f32 = B * N * N, 4
     traces_per_thread = -(-B // threads) * N * N * f32
     checkpoints_per_thread = (math.ceil(T / K) - 1) * traces_per_thread
-    l2_set = 6 * N * N * f32  # a forward group's (4 traces, α, W) or a sequence's backward
+    l2_set = 6 * N * N * f32  # a sequence's backward
+    # The forward's group, as forward_group chooses it for this workload (hebb, recurrent, η one
+    # value): g traces beside α and W in one core's L2.
+    l2 = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
+    group = 4 if l2 <= 0 else next((g for g in (4, 2) if (g + 2) * N * N * f32 <= l2), 1)
+    forward_set = (group + 2) * N * N * f32
     advanced = (K - 1) // 4 * 4 / K  # step-updates per step for the anchors
     # Per pass: seconds per step, ops per step, and (bytes per step, working set they come from[,
     # access pattern: bandwidth_for's, "update" if not given]). The backward loop's two parts run
@@ -137,7 +144,7 @@ def main():
     anchors = (2 * advanced * E, [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set)])
     row_passes = (14 * E, [(28 * E, l2_set, "five_stream")])
     passes = {
-        "forward": (t_forward, 4 * E, [(2 * f32 * E + 2 * f32 * E / 4, l2_set),
+        "forward": (t_forward, 4 * E, [(2 * f32 * E + 2 * f32 * E / group, forward_set),
                                        (f32 * E / K, checkpoints_per_thread)]),
         "backward loop: anchors": (None, *anchors),
         "backward loop: row passes": (None, *row_passes),

@@ -1,9 +1,10 @@
 // The CPU forward of plastic_scan (equations: csrc/kernels/plastic_step.h).
 //
 // Every sequence is independent, so the caller runs sequences in parallel and each one keeps
-// its trace, α and W in cache for all T steps. The forward takes sequences four at a time in
-// lockstep: per step, rows go in blocks of 8, and each block is done for every sequence of the
-// group in turn, so the block's rows of α and W stay in L1 for the group. Two ways to step:
+// its trace, α and W in cache for all T steps. The forward takes sequences up to four at a time
+// in lockstep (as many as fit in L2: forward_group, csrc/cpu/plastic_scan.cpp): per step, rows
+// go in blocks of 8, and each block is done for every sequence of the group in turn, so the
+// block's rows of α and W stay in L1 for the group. Two ways to step:
 // - forward_group_deferred, for sequences of several steps (no synaptic scaling, not
 //   recording): the pass of step t first steps each row of the trace through the update of
 //   step t − 1, then uses it, still in registers, for its pre-activation (two rows at a time,
