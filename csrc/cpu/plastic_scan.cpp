@@ -121,9 +121,9 @@ int64_t l2_bytes() {
 // L2 serves the whole group, but the group's traces take turns in the caches step by step.
 // Across the steps of a sequence each trace is read again, so a group pays only while its traces
 // fit in L2 beside those shared rows: the largest group that does, else one sequence at a time,
-// which keeps its trace in L3 at least, where a group's traces outgrew even that
-// (docs/performance.md, the CPU op). A single step reads each trace once whatever the grouping,
-// and the plastic LSTM's group also shares its gate products' reads of W_ifo: both keep
+// whose smaller working set measured faster where not even one sequence fits
+// (docs/performance.md, "A third machine"). A single step reads each trace once whatever the
+// grouping, and the plastic LSTM's group also shares its gate products' reads of W_ifo: both keep
 // kForwardGroup, as does a machine whose C library does not tell its L2.
 template <typename T>
 int64_t forward_group(const ScanParams<T>& P) {
