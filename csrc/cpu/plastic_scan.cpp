@@ -8,7 +8,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -35,6 +34,13 @@ using kernels::ScanParams;
 #define TORCHPLASTIC_CPU_BUILT_AVX512 1
 #endif
 
+IsaSet built_isas() {
+  IsaSet built;
+  built.avx2 = TORCHPLASTIC_CPU_BUILT_AVX2;
+  built.avx512 = TORCHPLASTIC_CPU_BUILT_AVX512;
+  return built;
+}
+
 // The widest instruction set this CPU runs and this build has (isa_choice.h);
 // TORCHPLASTIC_CPU_ISA=generic|avx2 caps it.
 Isa detect_isa() {
@@ -43,10 +49,7 @@ Isa detect_isa() {
   runs.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   runs.avx512 =
       runs.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-  IsaSet built;
-  built.avx2 = TORCHPLASTIC_CPU_BUILT_AVX2;
-  built.avx512 = TORCHPLASTIC_CPU_BUILT_AVX512;
-  return choose_isa(built, runs, std::getenv("TORCHPLASTIC_CPU_ISA"));
+  return choose_isa(built_isas(), runs, std::getenv("TORCHPLASTIC_CPU_ISA"));
 }
 
 Isa cpu_isa() {
@@ -262,9 +265,10 @@ const char* isa_name() {
 }
 
 const char* isas_built() {
-  if (TORCHPLASTIC_CPU_BUILT_AVX2 && TORCHPLASTIC_CPU_BUILT_AVX512) return "generic,avx2,avx512";
-  if (TORCHPLASTIC_CPU_BUILT_AVX2) return "generic,avx2";
-  if (TORCHPLASTIC_CPU_BUILT_AVX512) return "generic,avx512";
+  const IsaSet built = built_isas();
+  if (built.avx2 && built.avx512) return "generic,avx2,avx512";
+  if (built.avx2) return "generic,avx2";
+  if (built.avx512) return "generic,avx512";
   return "generic";
 }
 
