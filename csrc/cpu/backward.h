@@ -189,17 +189,39 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
       T gp_done_i = Finish ? gp_done[i] : T(0);
       T gp_i = Trace ? gp[i] : T(0);
+      // Every load of the element before its first store. A load that follows a store to an
+      // address equal to it modulo 4 KiB waits for that store, and the caller's α and W may lie
+      // at the offset of a gradient slab or the workspace modulo 4 KiB; loads after the stores
+      // through the rows would also be repeated, since those stores may alias them.
+      const T pf_i = Finish ? pf[i] : T(0), pt_i = Trace ? pt[i] : T(0);
+      T replay_p_i[kReplay];
+      for (int d = 0; d < Replay; ++d) replay_p_i[d] = replay_p[d][i];
+      T g_in[Rows], eta_in[Rows], H_in[Rows], E_in[Rows], gE_in[Rows];
+      T alpha_in[Rows], Hf_in[Rows], gar_in[Rows], W_in[Rows];
 #pragma GCC unroll 2
       for (int r = 0; r < Rows; ++r) {
         const int64_t ri = r * I + i;
-        T g = gH_src[ri];
-        const T eta_i = Trace ? eta_at<V>(eta + r * eta_stride, eta_o[r], i) : T(0);
-        T H = Trace ? Ht[ri] : T(0), E = Trace && retro ? Et[ri] : T(0);
+        g_in[r] = gH_src[ri];
+        eta_in[r] = Trace ? eta_at<V>(eta + r * eta_stride, eta_o[r], i) : T(0);
+        H_in[r] = Trace ? Ht[ri] : T(0);
+        E_in[r] = Trace && retro ? Et[ri] : T(0);
+        gE_in[r] = Trace && retro ? gE_src[ri] : T(0);
+        alpha_in[r] = Finish ? alpha[ri] : T(0);
+        Hf_in[r] = Finish && !Trace ? Hf[ri] : T(0);
+        gar_in[r] = Finish ? gar[ri] : T(0);
+        W_in[r] = Finish && decltype(recurrent)::value ? W[ri] : T(0);
+      }
+#pragma GCC unroll 2
+      for (int r = 0; r < Rows; ++r) {
+        const int64_t ri = r * I + i;
+        T g = g_in[r];
+        const T eta_i = eta_in[r];
+        T H = H_in[r], E = E_in[r];
         // The replayed steps written out, not looped: GCC 12 leaves the whole row loop scalar
         // around a loop of one iteration when the rule clips ("control flow in loop").
         auto replay_step = [&](auto d) TP_ALWAYS_INLINE {
           if constexpr (decltype(d)::value < Replay)
-            H = next_trace<V>(P, clip, row0 + ri, H, E, replay_y[d][r], replay_p[d][i],
+            H = next_trace<V>(P, clip, row0 + ri, H, E, replay_y[d][r], replay_p_i[d],
                               replay_m[d][r], eta_i);
         };
         replay_step(std::integral_constant<int, 0>{});
@@ -207,13 +229,13 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
         replay_step(std::integral_constant<int, 2>{});
         T C = 0;
         if (Trace && (Finish || decltype(scaled)::value || V::clip))
-          C = R::candidate(kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i));
+          C = R::candidate(kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt_i, mo[r], eta_i));
         if (Finish) {
-          const T a = alpha[ri], gap = ga[r] * pf[i];
-          const T h = Trace ? (V::clip ? kernels::clip_value(C, clip) : C) : Hf[ri];
+          const T a = alpha_in[r], gap = ga[r] * pf_i;
+          const T h = Trace ? (V::clip ? kernels::clip_value(C, clip) : C) : Hf_in[r];
           g += gap * a;
-          gar[ri] += gap * h;
-          gp_done_i += ga[r] * (decltype(recurrent)::value ? a * h + W[ri] : a * h);
+          gar[ri] = gar_in[r] + gap * h;
+          gp_done_i += ga[r] * (decltype(recurrent)::value ? a * h + W_in[r] : a * h);
         }
         if (Trace) {
           T gC = g;
@@ -224,12 +246,12 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
           if (V::clip) gC *= kernels::clip_grad_mask(C, clip);
           T gE_prev = 0;
           if constexpr (row_sums) {
-            g = k[r].element(gC, retro ? gE_src[ri] : T(0), H, E, pt[i], gE_prev, gp_i, up[r][l],
+            g = k[r].element(gC, gE_in[r], H, E, pt_i, gE_prev, gp_i, up[r][l],
                              ux[r][l], gce[r][l]);
           } else {
             kernels::SynapseGrad<T> dg;
-            const auto s = kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt[i], mo[r], eta_i);
-            g = R::backward(gC, retro ? gE_src[ri] : T(0), s, dg, gE_prev);
+            const auto s = kernels::synapse<R>(P, row0 + ri, H, E, yo[r], pt_i, mo[r], eta_i);
+            g = R::backward(gC, gE_in[r], s, dg, gE_prev);
             gy[r][l] += dg.y;
             gp_i += dg.p;
             gm[r][l] += dg.m;

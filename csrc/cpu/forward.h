@@ -108,15 +108,28 @@ void update_and_preactivate_rows(const ScanParams<T>& P, int64_t o, const T* y_p
   auto sweep = [&](auto recurrent) TP_ALWAYS_INLINE {
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
       const T pp = p_prev[i], pi = p[i];
+      // Every row's loads before the first store: a load that follows a store to an address
+      // equal to it modulo 4 KiB waits for that store, so with α or W laid out at the trace's
+      // offset modulo 4 KiB (the caller's tensors may be) each element of the row would wait.
+      T h_src[Rows], e_src[Rows], a[Rows], w[Rows], eta_i[Rows];
 #pragma GCC unroll 2
       for (int r = 0; r < Rows; ++r) {
         const int64_t k = r * I + i;
-        T E = elig ? es[k] : T(0);
-        const T h = next_trace<V>(P, clip, (o + r) * I + i, hs[k], E, yr[r], pp, mr[r],
-                                  eta_at<V>(eta[r], eta_first[r], i));
+        h_src[r] = hs[k];
+        e_src[r] = elig ? es[k] : T(0);
+        a[r] = al[k];
+        w[r] = decltype(recurrent)::value ? W[k] : T(0);
+        eta_i[r] = eta_at<V>(eta[r], eta_first[r], i);
+      }
+#pragma GCC unroll 2
+      for (int r = 0; r < Rows; ++r) {
+        const int64_t k = r * I + i;
+        T E = e_src[r];
+        const T h = next_trace<V>(P, clip, (o + r) * I + i, h_src[r], E, yr[r], pp, mr[r],
+                                  eta_i[r]);
         hd[k] = h;
         if (elig) ed[k] = E;
-        acc[r][l] += decltype(recurrent)::value ? (al[k] * h + W[k]) * pi : al[k] * h * pi;
+        acc[r][l] += decltype(recurrent)::value ? (a[r] * h + w[r]) * pi : a[r] * h * pi;
       }
     });
   };

@@ -82,3 +82,78 @@ def test_backward_row_loops_are_vectorised_in_every_build():
     scalar_loops = [f"{isa}: {v} vector / {s} scalar: {name[:160]}"
                     for (isa, name), (v, s) in counts.items() if v < 0.3 * s]
     assert not scalar_loops, "\n".join(scalar_loops)
+
+
+def test_row_loops_load_every_element_before_they_store():
+    """The forward's and the backward's fused row loops (forward_group_deferred,
+    backward_row with both halves; rules without per-connection gradients or coefficients,
+    η per row) read all their rows' elements before the first store, in the AVX2 and AVX-512
+    builds: read off the disassembly of libtorchplastic, in each function's element loop (the
+    innermost loop with the most full-width arithmetic), no full-width load from a tensor follows
+    a full-width store. A load after a store to an address equal to it modulo 4 KiB waits for
+    that store, so with the caller's α or W at the trace's or a gradient slab's offset modulo
+    4 KiB each element waited: 20–40% of the time of a step on a Zen 4 (docs/performance.md,
+    "4 KiB aliasing"). The values tests cannot see the order."""
+    import collections
+    import re
+    import shutil
+
+    lib = os.path.join(os.path.dirname(tp.__file__), "libtorchplastic.so")
+    if shutil.which("objdump") is None or not os.path.exists(lib):
+        pytest.skip("needs objdump and libtorchplastic.so")
+    built = [isa for isa in ("avx2", "avx512") if isa in tp.build_info()["cpu_kernels_built"].split(",")]
+    if not built:
+        pytest.skip("no AVX2 or AVX-512 kernels in this build")
+    rules = r"torchplastic::kernels::Variant<torchplastic::kernels::rules::(?:Hebb|Oja|Modulated|Retroactive), (?:true|false), false>"
+    wanted = re.compile(r"cpu::(avx2|avx512)::(?:backward_row<" + rules + r", true, true, \d, \d, float>"
+                        r"|forward_group_deferred<" + rules + r", float>)\(")
+    header = re.compile(r"^[0-9a-f]+ <(.*)>:$")
+    instruction = re.compile(r"^\s+([0-9a-f]+):\s+(\S+)\s*(.*)$")
+    functions = collections.defaultdict(list)  # (isa, name) -> [(address, mnemonic, operands)]
+    current = None
+    proc = subprocess.Popen(["objdump", "-d", "-C", "--no-show-raw-insn", lib],
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        m = header.match(line)
+        if m:
+            w = wanted.search(m.group(1))
+            current = (w.group(1), m.group(1)) if w else None
+        elif current is not None:
+            m = instruction.match(line)
+            if m:
+                functions[current].append((int(m.group(1), 16), m.group(2), m.group(3)))
+    assert proc.wait() == 0
+
+    arithmetic = re.compile(r"^v(?:add|sub|mul|fn?madd\d*|fn?msub\d*)ps$")
+    checked, late = collections.Counter(), []
+    for (isa, name), code in functions.items():
+        width = "%zmm" if isa == "avx512" else "%ymm"
+        tensor = lambda operand: "(" in operand and not re.search(r"%r[sb]p|%rip", operand)  # noqa: E731
+        def is_store(mnemonic, operands):
+            m = re.match(r"(%[xyz]mm\d+),(.*)$", operands)
+            return mnemonic.startswith("vmov") and m and width in m.group(1) and tensor(m.group(2))
+        at = {address: k for k, (address, _, _) in enumerate(code)}
+        loops = []
+        for k, (address, mnemonic, operands) in enumerate(code):
+            target = re.match(r"([0-9a-f]+) ", operands + " ")
+            if mnemonic.startswith("j") and target and int(target.group(1), 16) in at \
+                    and int(target.group(1), 16) < address:
+                loops.append((at[int(target.group(1), 16)], k))
+        innermost = [a for a in loops if not any(b != a and a[0] <= b[0] and b[1] <= a[1] for b in loops)]
+        if not innermost:
+            continue  # a part of the function without its loops (GCC's .cold split)
+        def full_width_arithmetic(loop):
+            return sum(1 for _, mn, ops in code[loop[0]:loop[1] + 1] if arithmetic.match(mn) and width in ops)
+        first, last = max(innermost, key=full_width_arithmetic)
+        body = code[first:last + 1]
+        stores = [k for k, (_, mn, ops) in enumerate(body) if is_store(mn, ops)]
+        assert stores, f"{isa}: no store in the element loop of {name[:160]}"
+        checked[isa] += 1
+        after = [f"{mn} {ops}" for _, mn, ops in body[stores[0] + 1:]
+                 if width in ops and tensor(ops) and not is_store(mn, ops)]
+        if after:
+            late.append(f"{isa}: {len(after)} loads after a store, first `{after[0]}`: {name[:160]}")
+    for isa in built:
+        # 4 rules × 2 clippings × (8 backward_row + 1 forward_group_deferred)
+        assert checked[isa] == 72, f"{isa}: {checked[isa]} element loops found, expected 72"
+    assert not late, "\n".join(late)
