@@ -108,27 +108,40 @@ void update_and_preactivate_rows(const ScanParams<T>& P, int64_t o, const T* y_p
   auto sweep = [&](auto recurrent) TP_ALWAYS_INLINE {
     for_lanes<T>(I, [&](int64_t i, int l) TP_ALWAYS_INLINE {
       const T pp = p_prev[i], pi = p[i];
-      // Every row's loads before the first store: a load that follows a store to an address
-      // equal to it modulo 4 KiB waits for that store, so with α or W laid out at the trace's
-      // offset modulo 4 KiB (the caller's tensors may be) each element of the row would wait.
       T h_src[Rows], e_src[Rows], a[Rows], w[Rows], eta_i[Rows];
-#pragma GCC unroll 2
-      for (int r = 0; r < Rows; ++r) {
-        const int64_t k = r * I + i;
-        h_src[r] = hs[k];
-        e_src[r] = elig ? es[k] : T(0);
-        a[r] = al[k];
-        w[r] = decltype(recurrent)::value ? W[k] : T(0);
+      auto load_trace = [&](int r) TP_ALWAYS_INLINE {
+        h_src[r] = hs[r * I + i];
+        e_src[r] = elig ? es[r * I + i] : T(0);
         eta_i[r] = eta_at<V>(eta[r], eta_first[r], i);
+      };
+      auto load_weights = [&](int r) TP_ALWAYS_INLINE {
+        a[r] = al[r * I + i];
+        w[r] = decltype(recurrent)::value ? W[r * I + i] : T(0);
+      };
+      // Under AVX-512 every row's loads come before the first store: a load that follows a
+      // store to an address equal to it modulo 4 KiB waits for that store, so with α or W at
+      // the trace's offset modulo 4 KiB (the caller's tensors may lie there) each element
+      // waited. The AVX2 and generic loops keep the order they had, each row's α and W read
+      // after its trace is stored: on the Zen 4 the AVX2 kernels measured slower in the new
+      // order and lost nothing to the aliasing (docs/performance.md, "4 KiB aliasing").
+      constexpr bool kLoadsFirst = kVectorBytes == 64;
+      if constexpr (kLoadsFirst) {
+#pragma GCC unroll 2
+        for (int r = 0; r < Rows; ++r) {
+          load_trace(r);
+          load_weights(r);
+        }
       }
 #pragma GCC unroll 2
       for (int r = 0; r < Rows; ++r) {
         const int64_t k = r * I + i;
+        if constexpr (!kLoadsFirst) load_trace(r);
         T E = e_src[r];
         const T h = next_trace<V>(P, clip, (o + r) * I + i, h_src[r], E, yr[r], pp, mr[r],
                                   eta_i[r]);
         hd[k] = h;
         if (elig) ed[k] = E;
+        if constexpr (!kLoadsFirst) load_weights(r);
         acc[r][l] += decltype(recurrent)::value ? (a[r] * h + w[r]) * pi : a[r] * h * pi;
       }
     });

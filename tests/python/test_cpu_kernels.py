@@ -85,15 +85,15 @@ def test_backward_row_loops_are_vectorised_in_every_build():
 
 
 def test_row_loops_load_every_element_before_they_store():
-    """The forward's and the backward's fused row loops (forward_group_deferred,
-    backward_row with both halves; rules without per-connection gradients or coefficients,
-    η per row) read all their rows' elements before the first store, in the AVX2 and AVX-512
-    builds: read off the disassembly of libtorchplastic, in each function's element loop (the
-    innermost loop with the most full-width arithmetic), no full-width load from a tensor follows
-    a full-width store. A load after a store to an address equal to it modulo 4 KiB waits for
-    that store, so with the caller's α or W at the trace's or a gradient slab's offset modulo
-    4 KiB each element waited: 20–40% of the time of a step on a Zen 4 (docs/performance.md,
-    "4 KiB aliasing"). The values tests cannot see the order."""
+    """The backward's fused row loops (backward_row with both halves; rules without
+    per-connection gradients or coefficients, η per row) in the AVX2 and AVX-512 builds, and the
+    forward's (forward_group_deferred) in the AVX-512 build, read all their rows' elements before
+    the first store: read off the disassembly of libtorchplastic, in each function's element loop
+    (the innermost loop with the most full-width arithmetic), no full-width load from a tensor
+    follows a full-width store. A load after a store to an address equal to it modulo 4 KiB
+    waits for that store, so with the caller's α or W at the trace's or a gradient slab's offset
+    modulo 4 KiB each element waited: the forward took 1.45× its time on a Zen 4
+    (docs/performance.md, "4 KiB aliasing"). The values tests cannot see the order."""
     import collections
     import re
     import shutil
@@ -107,6 +107,8 @@ def test_row_loops_load_every_element_before_they_store():
     rules = r"torchplastic::kernels::Variant<torchplastic::kernels::rules::(?:Hebb|Oja|Modulated|Retroactive), (?:true|false), false>"
     wanted = re.compile(r"cpu::(avx2|avx512)::(?:backward_row<" + rules + r", true, true, \d, \d, float>"
                         r"|forward_group_deferred<" + rules + r", float>)\(")
+    # The AVX2 forward keeps its order (forward.h says why).
+    skipped = re.compile(r"cpu::avx2::forward_group_deferred<")
     header = re.compile(r"^[0-9a-f]+ <(.*)>:$")
     instruction = re.compile(r"^\s+([0-9a-f]+):\s+(\S+)\s*(.*)$")
     functions = collections.defaultdict(list)  # (isa, name) -> [(address, mnemonic, operands)]
@@ -117,7 +119,7 @@ def test_row_loops_load_every_element_before_they_store():
         m = header.match(line)
         if m:
             w = wanted.search(m.group(1))
-            current = (w.group(1), m.group(1)) if w else None
+            current = (w.group(1), m.group(1)) if w and not skipped.search(m.group(1)) else None
         elif current is not None:
             m = instruction.match(line)
             if m:
@@ -154,6 +156,7 @@ def test_row_loops_load_every_element_before_they_store():
         if after:
             late.append(f"{isa}: {len(after)} loads after a store, first `{after[0]}`: {name[:160]}")
     for isa in built:
-        # 4 rules × 2 clippings × (8 backward_row + 1 forward_group_deferred)
-        assert checked[isa] == 72, f"{isa}: {checked[isa]} element loops found, expected 72"
+        # 4 rules × 2 clippings × (8 backward_row + 1 forward_group_deferred under AVX-512)
+        expected = 72 if isa == "avx512" else 64
+        assert checked[isa] == expected, f"{isa}: {checked[isa]} element loops found, expected {expected}"
     assert not late, "\n".join(late)
