@@ -122,8 +122,8 @@ void update_and_preactivate_rows(const ScanParams<T>& P, int64_t o, const T* y_p
       // store to an address equal to it modulo 4 KiB waits for that store, so with α or W at
       // the trace's offset modulo 4 KiB (the caller's tensors may lie there) each element
       // waited. The AVX2 and generic loops keep the order they had, each row's α and W read
-      // after its trace is stored: on the Zen 4 the AVX2 kernels measured slower in the new
-      // order and lost nothing to the aliasing (docs/performance.md, "4 KiB aliasing").
+      // after its trace is stored: on the Zen 4 the AVX2 kernels lost nothing to the aliasing
+      // and were no faster in the new order (docs/performance.md, "4 KiB aliasing").
       constexpr bool kLoadsFirst = kVectorBytes == 64;
       if constexpr (kLoadsFirst) {
 #pragma GCC unroll 2
