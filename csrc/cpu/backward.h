@@ -198,9 +198,14 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
       for (int d = 0; d < Replay; ++d) replay_p_i[d] = replay_p[d][i];
       T g_in[Rows], eta_in[Rows], H_in[Rows], E_in[Rows], gE_in[Rows];
       T alpha_in[Rows], Hf_in[Rows], gar_in[Rows], W_in[Rows];
+      // And η's per-connection slab, which starts at dL/dα's offset modulo 4 KiB, as every
+      // gradient buffer the op allocates does. (Rule abcd's slabs of dL/dA–D, read the same way,
+      // made its loop slower.)
+      T geta_in[Rows];
 #pragma GCC unroll 2
       for (int r = 0; r < Rows; ++r) {
         const int64_t ri = r * I + i;
+        geta_in[r] = Trace && V::eta_per_connection ? geta_conn[ri] : T(0);
         g_in[r] = gH_src[ri];
         eta_in[r] = Trace ? eta_at<V>(eta + r * eta_stride, eta_o[r], i) : T(0);
         H_in[r] = Trace ? Ht[ri] : T(0);
@@ -255,7 +260,7 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
             gy[r][l] += dg.y;
             gp_i += dg.p;
             gm[r][l] += dg.m;
-            if (V::eta_per_connection) geta_conn[ri] += dg.eta;
+            if (V::eta_per_connection) geta_conn[ri] = geta_in[r] + dg.eta;
             else geta[r][l] += dg.eta;
             if constexpr (R::coefficients)
               for (int j = 0; j < 4; ++j) gk[j * OI + ri] += dg.k[j];
