@@ -42,6 +42,33 @@ def test_narrower_cpu_kernels_match_reference(isa):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
+def _disassembled_functions(select):
+    """libtorchplastic's machine code by objdump, function by function: (key, instruction lines)
+    for each function whose demangled name `select` maps to a key that is not None. Skips the
+    test where objdump or the library is missing."""
+    import re
+    import shutil
+
+    lib = os.path.join(os.path.dirname(tp.__file__), "libtorchplastic.so")
+    if shutil.which("objdump") is None or not os.path.exists(lib):
+        pytest.skip("needs objdump and libtorchplastic.so")
+    header = re.compile(r"^[0-9a-f]+ <(.*)>:$")
+    key, lines = None, []
+    proc = subprocess.Popen(["objdump", "-d", "-C", "--no-show-raw-insn", lib],
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        m = header.match(line)
+        if m:
+            if key is not None:
+                yield key, lines
+            key, lines = select(m.group(1)), []
+        elif key is not None:
+            lines.append(line)
+    if key is not None:
+        yield key, lines
+    assert proc.wait() == 0
+
+
 def test_backward_row_loops_are_vectorised_in_every_build():
     """Every instantiation of the backward's row loop (backward_row) in each build holds vector
     arithmetic: at least 0.3 vector instructions per scalar one, counted in the disassembly of
@@ -49,34 +76,26 @@ def test_backward_row_loops_are_vectorised_in_every_build():
     replays of the clipped rules: 0 to 0.17 there, against 0.43 and more for the others), and
     the values tests cannot see it."""
     import re
-    import shutil
 
-    lib = os.path.join(os.path.dirname(tp.__file__), "libtorchplastic.so")
-    if shutil.which("objdump") is None or not os.path.exists(lib):
-        pytest.skip("needs objdump and libtorchplastic.so")
     if tp.build_info()["cpu_kernels"] not in WIDTH:
         pytest.skip("not an x86-64 build")
-    header = re.compile(r"^[0-9a-f]+ <(.*)>:$")
     arithmetic = r"\tv?(?:add|sub|mul|fn?madd\d*|fn?msub\d*|max|min)"
     vector = {isa: re.compile(arithmetic + (r"p[sd]\s.*%xmm" if isa == "generic" else r"p[sd]\s.*%[yz]mm"))
               for isa in WIDTH}
     scalar = re.compile(arithmetic + r"s[sd]\s")
+
+    def backward_row(name):
+        isa = next((i for i in WIDTH if f"cpu::{i}::backward_row<" in name), None)
+        return (isa, name) if isa and "@plt" not in name else None
+
     counts = {}  # (isa, function) -> [vector, scalar]
-    current = None
-    proc = subprocess.Popen(["objdump", "-d", "-C", "--no-show-raw-insn", lib],
-                            stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        m = header.match(line)
-        if m:
-            name = m.group(1)
-            isa = next((i for i in WIDTH if f"cpu::{i}::backward_row<" in name), None)
-            current = counts.setdefault((isa, name), [0, 0]) if isa and "@plt" not in name else None
-        elif current is not None:
+    for (isa, name), lines in _disassembled_functions(backward_row):
+        current = counts.setdefault((isa, name), [0, 0])
+        for line in lines:
             if vector[isa].search(line):
                 current[0] += 1
             elif scalar.search(line):
                 current[1] += 1
-    assert proc.wait() == 0
     for isa in tp.build_info()["cpu_kernels_built"].split(","):
         assert sum(1 for i, _ in counts if i == isa) >= 100, f"{isa}: backward_row not found"
     scalar_loops = [f"{isa}: {v} vector / {s} scalar: {name[:160]}"
@@ -96,11 +115,7 @@ def test_row_loops_load_every_element_before_they_store():
     (docs/performance.md, "4 KiB aliasing"). The values tests cannot see the order."""
     import collections
     import re
-    import shutil
 
-    lib = os.path.join(os.path.dirname(tp.__file__), "libtorchplastic.so")
-    if shutil.which("objdump") is None or not os.path.exists(lib):
-        pytest.skip("needs objdump and libtorchplastic.so")
     built = [isa for isa in ("avx2", "avx512") if isa in tp.build_info()["cpu_kernels_built"].split(",")]
     if not built:
         pytest.skip("no AVX2 or AVX-512 kernels in this build")
@@ -109,26 +124,17 @@ def test_row_loops_load_every_element_before_they_store():
                         r"|forward_group_deferred<" + rules + r", float>)\(")
     # The AVX2 forward keeps its order (forward.h says why).
     skipped = re.compile(r"cpu::avx2::forward_group_deferred<")
-    header = re.compile(r"^[0-9a-f]+ <(.*)>:$")
     instruction = re.compile(r"^\s+([0-9a-f]+):\s+(\S+)\s*(.*)$")
-    functions = collections.defaultdict(list)  # (isa, name) -> [(address, mnemonic, operands)]
-    current = None
-    proc = subprocess.Popen(["objdump", "-d", "-C", "--no-show-raw-insn", lib],
-                            stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        m = header.match(line)
-        if m:
-            w = wanted.search(m.group(1))
-            current = (w.group(1), m.group(1)) if w and not skipped.search(m.group(1)) else None
-        elif current is not None:
-            m = instruction.match(line)
-            if m:
-                functions[current].append((int(m.group(1), 16), m.group(2), m.group(3)))
-    assert proc.wait() == 0
+
+    def element_loop_function(name):
+        w = wanted.search(name)
+        return (w.group(1), name) if w and not skipped.search(name) else None
 
     arithmetic = re.compile(r"^v(?:add|sub|mul|fn?madd\d*|fn?msub\d*)ps$")
     checked, late = collections.Counter(), []
-    for (isa, name), code in functions.items():
+    for (isa, name), lines in _disassembled_functions(element_loop_function):
+        code = [(int(m.group(1), 16), m.group(2), m.group(3))  # (address, mnemonic, operands)
+                for m in map(instruction.match, lines) if m]
         width = "%zmm" if isa == "avx512" else "%ymm"
         tensor = lambda operand: "(" in operand and not re.search(r"%r[sb]p|%rip", operand)  # noqa: E731
         def is_store(mnemonic, operands):
