@@ -6,7 +6,8 @@ Workload: `make bench`'s (recurrent hebb, float32, α per connection, scalar η,
 T=64, default checkpoints). The ceilings come from benchmarks/machine_rates.cpp, built here
 with g++ and run on as many threads as torch uses: the float32 FMA rate, and at the working
 set per thread that each pass has the bandwidth of a streaming update (read and write each
-byte once, as a trace update does) and of the backward's five-array pattern (below).
+byte once, as a trace update does) and of the forward's three-array and the backward's
+five-array patterns (below).
 
 The passes and what they move per step (counted from the loops in csrc/cpu/forward.h,
 backward.h and kernels/rules/hebb.h; E = B·N² trace elements, one per connection and
@@ -17,7 +18,7 @@ sequence; an "op" is one vector multiply or fused multiply-add, counted as 2 FLO
   traces; g is the largest of 4, 2 and 1 whose set fits in L2, else 1 (forward_group in
   csrc/cpu/plastic_scan.cpp; 2 at N=256 on a 1 MB L2). Per element, H read and written once (each
   step updates a row and uses it from the register for the next pre-activation), α and W read
-  from L2 once per group;
+  from L2 once per group, all three walked together (the three-array pattern);
   the checkpoints, one trace per K steps, written with non-temporal stores to where all of them
   live (working set: every checkpoint of the thread's sequences); 4 ops: (α·H + W)·p and the
   update (1 − η)·H + ηy·p.
@@ -42,7 +43,9 @@ measured bandwidth of its access pattern at the working set they come from (the 
 measured working set at least as large); "× bound" is the measured time over that bound. The
 row passes' pattern is five arrays walked together (three read, two updated in place), which
 the machine serves more slowly than one array updated in place: on the Intel VM about 60% of
-it at 1.5 MB per thread (machine_rates.cpp measures both).
+it at 1.5 MB per thread; the forward's, one array updated in place and two read with it, about
+as slowly (on a Zen 4 VM 45–50% of the single array's rate from 256 KB up; machine_rates.cpp
+measures all three).
 """
 
 import argparse
@@ -89,8 +92,9 @@ def best_time(fn, repeats):
 
 def bandwidth_for(rates, bytes_per_thread, pattern="update"):
     """The measured bandwidth (GB/s) of an access pattern ("update": one array updated in place;
-    "five_stream": three arrays read and two updated together) at the smallest measured working
-    set at least this large (the largest measured one beyond them all)."""
+    "three_stream": one updated and two read together; "five_stream": three arrays read and two
+    updated together) at the smallest measured working set at least this large (the largest
+    measured one beyond them all)."""
     fitting = [r for r in rates["bandwidth"] if r["bytes_per_thread"] >= bytes_per_thread]
     return (fitting[0] if fitting else rates["bandwidth"][-1])[pattern + "_gbs"]
 
@@ -144,7 +148,7 @@ def main():
     anchors = (2 * advanced * E, [(f32 * E / K, checkpoints_per_thread), (f32 * E / K, l2_set)])
     row_passes = (14 * E, [(28 * E, l2_set, "five_stream")])
     passes = {
-        "forward": (t_forward, 4 * E, [(2 * f32 * E + 2 * f32 * E / group, forward_set),
+        "forward": (t_forward, 4 * E, [(2 * f32 * E + 2 * f32 * E / group, forward_set, "three_stream"),
                                        (f32 * E / K, checkpoints_per_thread)]),
         "backward loop: anchors": (None, *anchors),
         "backward loop: row passes": (None, *row_passes),
@@ -166,10 +170,10 @@ def main():
                          bound="memory" if t_mem >= t_fma else "FMA", bound_us=bound * 1e6,
                          of_bound=seconds / bound if timed else None))
 
-    print(f"machine: {threads} threads; float32 FMA {rates['fma_gflops']:.0f} GFLOP/s; update (five-stream) "
-          "bandwidth in GB/s per working set per thread: "
-          + ", ".join(f"{r['bytes_per_thread'] >> 10} KB {r['update_gbs']:.0f} ({r['five_stream_gbs']:.0f})"
-                      for r in rates["bandwidth"]))
+    print(f"machine: {threads} threads; float32 FMA {rates['fma_gflops']:.0f} GFLOP/s; update (three-stream, "
+          "five-stream) bandwidth in GB/s per working set per thread: "
+          + ", ".join(f"{r['bytes_per_thread'] >> 10} KB {r['update_gbs']:.0f} ({r['three_stream_gbs']:.0f}, "
+                      f"{r['five_stream_gbs']:.0f})" for r in rates["bandwidth"]))
     print(f"op: recurrent hebb float32, B={B}, N={N}, T={T}, K={K}: forward {t_forward * 1e6:.0f} µs/step, "
           f"backward {t_backward * 1e6:.0f} µs/step")
     print()
