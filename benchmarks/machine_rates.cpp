@@ -61,7 +61,7 @@ double fma_gflops(int threads) {
   return 2.0 * 16 * kChains * iterations * threads / seconds / 1e9;
 }
 
-// Read, update and five-stream bandwidth with `bytes` per thread.
+// Read, update, three-stream and five-stream bandwidth with `bytes` per thread.
 void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs,
                double* three_gbs, double* five_gbs) {
   const long n = bytes / sizeof(v16);
