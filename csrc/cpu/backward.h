@@ -153,10 +153,10 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
       sumsq[l] += C * C;
       dot[l] += gH_src[i] * C;
     });
-    const T norm = std::sqrt(sum_lanes<T>(sumsq));
+    const T norm = std::sqrt(sum_lanes<T>(sumsq, I));
     if (norm > P.scaling) {
       scale = P.scaling / norm;
-      scale_grad = P.scaling * sum_lanes<T>(dot) / (norm * norm * norm);
+      scale_grad = P.scaling * sum_lanes<T>(dot, I) / (norm * norm * norm);
     }
   }
 
@@ -287,15 +287,15 @@ void backward_row(const ScanParams<T>& P, const BackwardWorkspace<T>& S, const S
   if (Trace)
     for (int r = 0; r < Rows; ++r) {
       if constexpr (row_sums) {
-        const auto sums = RowBackward::finish(sum_lanes<T>(up[r]), sum_lanes<T>(ux[r]),
-                                              sum_lanes<T>(gce[r]), yo[r], mo[r], eta_o[r]);
+        const auto sums = RowBackward::finish(sum_lanes<T>(up[r], I), sum_lanes<T>(ux[r], I),
+                                              sum_lanes<T>(gce[r], I), yo[r], mo[r], eta_o[r]);
         S.gy[o + r] += sums.y;
         S.gm[o + r] = sums.m;
         if (sg.eta) sg.eta[o + r] += sums.eta;
       } else {
-        S.gy[o + r] += sum_lanes<T>(gy[r]);
-        S.gm[o + r] = sum_lanes<T>(gm[r]);
-        if (!V::eta_per_connection && sg.eta) sg.eta[o + r] += sum_lanes<T>(geta[r]);
+        S.gy[o + r] += sum_lanes<T>(gy[r], I);
+        S.gm[o + r] = sum_lanes<T>(gm[r], I);
+        if (!V::eta_per_connection && sg.eta) sg.eta[o + r] += sum_lanes<T>(geta[r], I);
       }
     }
 }

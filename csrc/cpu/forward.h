@@ -66,8 +66,8 @@ void preactivation_rows(const ScanParams<T>& P, int64_t o, const T* z, const T* 
   };
   if (W) sweep(std::true_type{});
   else sweep(std::false_type{});
-  const T acc[4] = {sum_lanes<T>(a0), Rows == 4 ? sum_lanes<T>(a1) : T(0),
-                    Rows == 4 ? sum_lanes<T>(a2) : T(0), Rows == 4 ? sum_lanes<T>(a3) : T(0)};
+  const T acc[4] = {sum_lanes<T>(a0, I), Rows == 4 ? sum_lanes<T>(a1, I) : T(0),
+                    Rows == 4 ? sum_lanes<T>(a2, I) : T(0), Rows == 4 ? sum_lanes<T>(a3, I) : T(0)};
   for (int r = 0; r < Rows; ++r) a[r] = z[o + r] + acc[r] - (theta ? theta[o + r] : T(0));
 }
 
@@ -149,7 +149,7 @@ void update_and_preactivate_rows(const ScanParams<T>& P, int64_t o, const T* y_p
   if (W) sweep(std::true_type{});
   else sweep(std::false_type{});
   for (int r = 0; r < Rows; ++r)
-    a[r] = z[o + r] + sum_lanes<T>(acc[r]) - (theta ? theta[o + r] : T(0));
+    a[r] = z[o + r] + sum_lanes<T>(acc[r], I) - (theta ? theta[o + r] : T(0));
 }
 
 // The rows of block o0 .. o1 − 1 of one sequence through update_and_preactivate_rows, a_t into a.

@@ -64,7 +64,7 @@ void lstm_gate_rows(const ScanParams<T>& P, int64_t o, const T* const* p,
   });
   for (int g = 0; g < 3; ++g)
     for (int r = 0; r < Rows; ++r)
-      for (int s = 0; s < N; ++s) pre[s][g][at + r] = sum_lanes<T>(acc[g][r][s]);
+      for (int s = 0; s < N; ++s) pre[s][g][at + r] = sum_lanes<T>(acc[g][r][s], H);
 }
 
 // The gates i, f, o's products of rows o0 .. o1 − 1 (at most kRowBlock) for the sequences s

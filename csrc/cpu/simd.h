@@ -124,6 +124,43 @@ TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
   return acc[0];
 }
 
+// Σ of the lanes of acc, added as sum_lanes(acc) adds them, where for_lanes filled them over a
+// row of n elements. When n is not a multiple of the vector, the row's last elements went
+// through a narrower vector (for_lanes), which leaves acc in memory with its first lanes last
+// written by that narrower store: a full-width load of acc waits until the store is done, where
+// a load of each 128-bit quarter is served from the store that wrote it. Otherwise acc was last
+// stored whole, and loads of its quarters would wait instead (docs/performance.md, "Single
+// steps and rollouts").
+template <typename T>
+TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>], int64_t n) {
+#if defined(__AVX2__)
+  if (n % kLanes<T> != 0) {
+    if constexpr (std::is_same<T, float>::value) {
+#if defined(__AVX512F__)
+      // s4[l] = (acc[l] + acc[l + 8]) + (acc[l + 4] + acc[l + 12]), as sum_lanes(acc) adds.
+      const __m128 s4 = _mm_add_ps(_mm_add_ps(_mm_loadu_ps(acc), _mm_loadu_ps(acc + 8)),
+                                   _mm_add_ps(_mm_loadu_ps(acc + 4), _mm_loadu_ps(acc + 12)));
+#else
+      const __m128 s4 = _mm_add_ps(_mm_loadu_ps(acc), _mm_loadu_ps(acc + 4));
+#endif
+      const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+      return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+    } else if constexpr (std::is_same<T, double>::value) {
+#if defined(__AVX512F__)
+      const __m128d s2 = _mm_add_pd(_mm_add_pd(_mm_loadu_pd(acc), _mm_loadu_pd(acc + 4)),
+                                    _mm_add_pd(_mm_loadu_pd(acc + 2), _mm_loadu_pd(acc + 6)));
+#else
+      const __m128d s2 = _mm_add_pd(_mm_loadu_pd(acc), _mm_loadu_pd(acc + 2));
+#endif
+      return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+    }
+  }
+#else
+  (void)n;
+#endif
+  return sum_lanes(acc);
+}
+
 // Asks for the lines of n elements from p to be brought into L2 ahead of their use
 // (prefetcht1). A hint only: nothing is read or written, and a prefetch never faults. (A write
 // hint would compile to the same instruction: the builds do not assume PREFETCHW.)
