@@ -89,6 +89,22 @@ TP_ALWAYS_INLINE inline __m256d half_of(__m512d v) {
 }
 #endif
 
+#if defined(__AVX2__)
+// 128 bits of lane sums (four floats, two doubles): loaded from p, added lane by lane, and their
+// lanes summed pairwise (the last steps of sum_lanes).
+TP_ALWAYS_INLINE inline __m128 load128(const float* p) { return _mm_loadu_ps(p); }
+TP_ALWAYS_INLINE inline __m128d load128(const double* p) { return _mm_loadu_pd(p); }
+TP_ALWAYS_INLINE inline __m128 add128(__m128 a, __m128 b) { return _mm_add_ps(a, b); }
+TP_ALWAYS_INLINE inline __m128d add128(__m128d a, __m128d b) { return _mm_add_pd(a, b); }
+TP_ALWAYS_INLINE inline float sum128(__m128 s4) {
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+TP_ALWAYS_INLINE inline double sum128(__m128d s2) {
+  return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+}
+#endif
+
 template <typename T>
 TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
 #if defined(__AVX2__)
@@ -103,9 +119,7 @@ TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
 #else
     const __m256 s8 = _mm256_loadu_ps(acc);
 #endif
-    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+    return sum128(_mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1)));
   } else if constexpr (std::is_same<T, double>::value) {
 #if defined(__AVX512F__)
     const __m512d v = _mm512_loadu_pd(acc);
@@ -113,8 +127,7 @@ TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>]) {
 #else
     const __m256d s4 = _mm256_loadu_pd(acc);
 #endif
-    const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+    return sum128(_mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1)));
   }
 #endif
 #pragma GCC unroll 8
@@ -135,25 +148,14 @@ template <typename T>
 TP_ALWAYS_INLINE inline T sum_lanes(T (&acc)[kLanes<T>], int64_t n) {
 #if defined(__AVX2__)
   if (n % kLanes<T> != 0) {
-    if constexpr (std::is_same<T, float>::value) {
+    constexpr int Q = 16 / static_cast<int>(sizeof(T));  // lanes per 128 bits
+    const auto quarter = [&](int k) TP_ALWAYS_INLINE { return load128(acc + k * Q); };
 #if defined(__AVX512F__)
-      // s4[l] = (acc[l] + acc[l + 8]) + (acc[l + 4] + acc[l + 12]), as sum_lanes(acc) adds.
-      const __m128 s4 = _mm_add_ps(_mm_add_ps(_mm_loadu_ps(acc), _mm_loadu_ps(acc + 8)),
-                                   _mm_add_ps(_mm_loadu_ps(acc + 4), _mm_loadu_ps(acc + 12)));
+    // (acc[l] + acc[l + 2Q]) + (acc[l + Q] + acc[l + 3Q]): sum_lanes(acc)'s first two halvings.
+    return sum128(add128(add128(quarter(0), quarter(2)), add128(quarter(1), quarter(3))));
 #else
-      const __m128 s4 = _mm_add_ps(_mm_loadu_ps(acc), _mm_loadu_ps(acc + 4));
+    return sum128(add128(quarter(0), quarter(1)));  // acc[l] + acc[l + Q]: its first halving
 #endif
-      const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-      return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-    } else if constexpr (std::is_same<T, double>::value) {
-#if defined(__AVX512F__)
-      const __m128d s2 = _mm_add_pd(_mm_add_pd(_mm_loadu_pd(acc), _mm_loadu_pd(acc + 4)),
-                                    _mm_add_pd(_mm_loadu_pd(acc + 2), _mm_loadu_pd(acc + 6)));
-#else
-      const __m128d s2 = _mm_add_pd(_mm_loadu_pd(acc), _mm_loadu_pd(acc + 2));
-#endif
-      return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
-    }
   }
 #else
   (void)n;
