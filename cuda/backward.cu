@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads)
     plastic_scan_backward_kernel(const ScanParams<T> P, const ScanGradParams<T> G, const Plan L,
                                  T* scratch) {
   using R = typename V::Rule;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  TORCHPLASTIC_DYNAMIC_SMEM(smem_raw);
   BackwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
   const int C = L.cluster;
   const int rank = cluster_rank(C);

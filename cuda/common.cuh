@@ -22,6 +22,20 @@
 #include "kernels/plastic_step.h"
 #include "kernels/variant.h"
 
+// Thread block clusters, in the device code for sm_90 and in the kernels' CPU emulation
+// (tests/cuda_emulation, whose headers define the hooks below for itself).
+#ifndef TORCHPLASTIC_CLUSTERS
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define TORCHPLASTIC_CLUSTERS 1
+#else
+#define TORCHPLASTIC_CLUSTERS 0
+#endif
+#endif
+// The block's dynamic shared memory, as a kernel's first statement.
+#ifndef TORCHPLASTIC_DYNAMIC_SMEM
+#define TORCHPLASTIC_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace torchplastic {
 namespace cuda {
 
@@ -50,7 +64,7 @@ inline void check_cuda(cudaError_t err, const char* what) {
 // ------------------------------------------------------------------ device helpers
 
 __device__ __forceinline__ int cluster_rank(int C) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if TORCHPLASTIC_CLUSTERS
   if (C > 1) return static_cast<int>(cg::this_cluster().block_rank());
 #endif
   return 0;
@@ -59,7 +73,7 @@ __device__ __forceinline__ int cluster_rank(int C) {
 // Barrier over the sequence's blocks (a plain block barrier when the cluster is one block).
 // It orders shared and distributed-shared memory accesses before it against those after it.
 __device__ __forceinline__ void cluster_barrier(int C) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if TORCHPLASTIC_CLUSTERS
   if (C > 1) {
     cg::this_cluster().sync();
     return;
@@ -71,7 +85,7 @@ __device__ __forceinline__ void cluster_barrier(int C) {
 // The same shared-memory variable in block `rank` of the cluster.
 template <typename T>
 __device__ __forceinline__ T* peer(T* p, int rank, int C) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if TORCHPLASTIC_CLUSTERS
   if (C > 1) return cg::this_cluster().map_shared_rank(p, rank);
 #endif
   return p;
@@ -126,8 +140,13 @@ __device__ __forceinline__ void assume_shared(const T* p) {
 
 // Asks for the line holding p (global memory) to be brought into L1, without a register to
 // wait on: a hint, which the loads that follow find done or in flight.
+// (Device code only: the host has no use for it, and the CPU emulation takes it as done.)
 __device__ __forceinline__ void prefetch_l1(const void* p) {
+#if defined(__CUDA_ARCH__)
   asm volatile("prefetch.global.L1 [%0];" ::"l"(__cvta_generic_to_global(p)));
+#else
+  (void)p;
+#endif
 }
 
 // Every line of a row of I elements in global memory into L1, each lane its elements' (the

@@ -74,7 +74,7 @@ template <typename T, typename V>
 __global__ void __launch_bounds__(kThreads)
     plastic_scan_forward_kernel(const ScanParams<T> P, const Plan L) {
   using R = typename V::Rule;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  TORCHPLASTIC_DYNAMIC_SMEM(smem_raw);
   ForwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
   const int C = L.cluster;
   const int rank = cluster_rank(C);

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <type_traits>
+#if defined(TORCHPLASTIC_CUDA_EMULATION)
+#include <cmath>
+#endif
 
 #if defined(__CUDACC__)
 #define TP_HD __host__ __device__ __forceinline__
@@ -22,7 +25,8 @@ namespace kernels {
 // on the checkpoint interval K.
 template <typename T>
 TP_HD T mul_add(T a, T b, T c) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(TORCHPLASTIC_CUDA_EMULATION)
+  // (The CUDA kernels' CPU emulation, tests/cuda_emulation, rounds as the device does.)
   if constexpr (std::is_same<T, float>::value) return fmaf(a, b, c);
   else return fma(a, b, c);
 #elif defined(__FMA__)

@@ -87,6 +87,10 @@ ScanGrads scan_backward(const BackwardInputs& in, const ScanArgs& args,
 // each input that was not given.
 std::vector<at::Tensor> backward_op_outputs(const ScanGrads& grads, const at::Tensor& z);
 
+// Every op's schema, defined in m (csrc/ops/schema.cpp): in torchplastic's library, and in the
+// one of the CUDA kernels' CPU emulation (tests/cuda_emulation).
+void define_scan_ops(torch::Library& m);
+
 // The kernels a device registers, built from its backend: plastic_scan* and
 // plastic_lstm_scan* (see csrc/ops/schema.cpp).
 template <const ScanBackend& Backend>

@@ -1,14 +1,19 @@
 // The one TORCH_LIBRARY of torchplastic: every operator schema. Kernels are registered per
 // dispatch key elsewhere (cpu/, cuda/, autograd/); Python only adds fake implementations.
-// The arguments shared by the ops come from their table (csrc/ops/scan_args.h).
+// The arguments shared by the ops come from their table (csrc/ops/scan_args.h). The CUDA
+// kernels' CPU emulation (tests/cuda_emulation) defines the same ops in a library of its own.
 #include <torch/library.h>
 
 #include <string>
 
+#include "ops/scan.h"
 #include "ops/scan_args.h"
 
-TORCH_LIBRARY(torchplastic, m) {
-  const std::string args = torchplastic::detail::scan_schema_arguments();
+namespace torchplastic {
+namespace detail {
+
+void define_scan_ops(torch::Library& m) {
+  const std::string args = scan_schema_arguments();
   auto def = [&](const std::string& schema) { m.def(torch::schema(schema.c_str())); };
   // The public op. Outputs: y [T, B, O], h_T [B, O], H_T [B, O, I], E_T [B, O, I], θ_T [B, O];
   // an unused state is an empty tensor [0]. Differentiable through the Autograd kernel.
@@ -47,3 +52,8 @@ TORCH_LIBRARY(torchplastic, m) {
       "Tensor trace_checkpoints, Tensor eligibility_checkpoints, Tensor activations, " +
       args + ") -> Tensor[]");
 }
+
+}  // namespace detail
+}  // namespace torchplastic
+
+TORCH_LIBRARY(torchplastic, m) { torchplastic::detail::define_scan_ops(m); }

@@ -108,7 +108,9 @@ def test_cuda_float32_matches_float64():
     torch.testing.assert_close(y32_cuda.cpu(), y32_cpu, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("O,env", [
+# The float forward's row loops, by layout: (O, environment of the planner's test hooks). Also
+# run by test_cuda_emulated.py.
+FLOAT32_ROW_LAYOUTS = [
     (37, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),   # 37 rows per block: pairs, and a row alone
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),   # 32 rows per block: pairs only
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_PLAIN_LOOPS": "1"}),
@@ -119,11 +121,17 @@ def test_cuda_float32_matches_float64():
     # pre-activations read H and α on chip and W from global memory (and retroactive's E, which
     # does not fit either, takes the off-chip loops).
     (160, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
-], ids=["pairs-and-single", "pairs", "plain-loops", "off-chip", "chunks", "chunks-off-chip",
-        "all-but-weight-on-chip"])
+]
+FLOAT32_ROW_LAYOUT_IDS = ["pairs-and-single", "pairs", "plain-loops", "off-chip", "chunks",
+                          "chunks-off-chip", "all-but-weight-on-chip"]
+# Every rule, with the modulation sources whose updates come row by row and after all rows.
+FLOAT32_ROW_RULES = [(r, s) for r in RULES for s in
+                     (("external", "fanout") if tp.rules.rule_info(r).modulated else (None,))]
+
+
+@pytest.mark.parametrize("O,env", FLOAT32_ROW_LAYOUTS, ids=FLOAT32_ROW_LAYOUT_IDS)
 @pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
-@pytest.mark.parametrize("rule,source", [(r, s) for r in RULES for s in
-                                         (("external", "fanout") if tp.rules.rule_info(r).modulated else (None,))])
+@pytest.mark.parametrize("rule,source", FLOAT32_ROW_RULES)
 def test_cuda_float32_forward_rows_match_cpu(rule, source, recurrent, O, env, monkeypatch):
     """The float forward's row loops: in pairs per warp (more than 16 rows per block), one row
     alone, the plain loops and the off-chip ones, and rows long enough for whole chunks
@@ -133,17 +141,23 @@ def test_cuda_float32_forward_rows_match_cpu(rule, source, recurrent, O, env, mo
     forward's traces, with the same loops)."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    assert_cuda_matches_cpu(float32_row_case(rule, source, recurrent, O), rtol=1e-4,
+                            atol=1e-5)  # gradients within 1e-3, 1e-4
+
+
+def float32_row_case(rule, source, recurrent, O):
+    """The inputs of a float32 row-loop case: T=6, B=3, O rows, a contracting recurrence (as in
+    test_cuda_float32_matches_float64, and as much at O=160 as at 64: there float32 on the CPU
+    stays within a third of the row tests' tolerances of float64)."""
     info = tp.rules.rule_info(rule)
     cfg = Config(rule=rule, recurrent=recurrent, source=source, clip=info.default_clip, T=6, B=3,
                  O=O, I=O if recurrent else 24)
     kw = make_inputs(cfg, dtype=torch.float32)
-    # A contracting recurrence, as in test_cuda_float32_matches_float64, and as much at O=160
-    # as at 64 (there float32 on the CPU stays within a third of these tolerances of float64).
     with torch.no_grad():
         for name in ("weight", "alpha"):
             if kw.get(name) is not None:
                 kw[name].mul_(0.2 * min(1.0, (64 / O) ** 0.5))
-    assert_cuda_matches_cpu(kw, rtol=1e-4, atol=1e-5)  # gradients within 1e-3, 1e-4
+    return kw
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
