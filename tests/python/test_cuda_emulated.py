@@ -4,9 +4,10 @@ memory per block, thread block clusters, warp shuffles; a device with an H100's 
 the ops of a library of their own, torchplastic_cuda_emulated, against the CPU kernels. So the
 CUDA kernels' logic (their layouts, row loops, staging, checkpoints and planner) is tested on
 every machine, GPU or not; their speed, races and memory errors still need a GPU
-(`make gpu-check`). The cases are test_cuda.py's, as far as the emulation's speed allows:
-test_random's configurations under the CUDA layouts, the float forward's row loops, the
-plastic LSTM.
+(`make gpu-check`). The cases are test_cuda.py's, as far as the emulation's speed allows (a
+launch runs a few hundred thousand thread switches a second): every rule, mode and modulation
+source and the plastic LSTM in the five launch layouts, every option, sizes up to N=256 on and
+off chip, the records, the float forward's row loops, and test_random's configurations.
 """
 
 import inspect
@@ -17,15 +18,17 @@ import torch
 
 import torchplastic as tp
 from torchplastic import functional
-from test_cuda import CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES, float32_row_case
+from helpers import Config, all_rule_mode_sources, make_inputs, make_lstm_inputs
+from test_cuda import (CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES,
+                       float32_row_case, lstm_cuda_configs)
+from test_plastic_scan import OPTION_CASES
 from test_random import assert_same_results, random_case, run_cases, run_scan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIBRARY = os.path.join(ROOT, os.environ.get("TORCHPLASTIC_BUILD_DIR", "build"), "tests",
                        "cuda_emulation", "libtorchplastic_cuda_emulated.so")
 
-# The emulation runs a few hundred thousand thread switches a second: each family of random
-# cases gets this long.
+# How long each family of random cases runs.
 SECONDS = float(os.environ.get("TORCHPLASTIC_EMULATION_SECONDS", "15"))
 
 
@@ -100,6 +103,71 @@ class EmulatedFunctional:
         return _emulated(functional.plastic_lstm_scan, True, *args, **kw)
 
 
+def assert_emulated_matches_cpu(kw, lstm=False, tol=(1e-10, 1e-10), grad_tol=(1e-9, 1e-9)):
+    """The call kw (random_case's form: plastic_lstm_scan's with lstm) on the emulated CUDA
+    kernels against the CPU's: outputs, final state and the gradients of loss_of."""
+    assert_same_results(kw, kw, lambda k: run_scan(EmulatedFunctional, k, lstm),
+                        lambda k: run_scan(tp.functional, k, lstm), tol=tol, grad_tol=grad_tol)
+
+
+@pytest.fixture(params=range(len(CUDA_LAYOUTS)), ids=["auto", "cluster1", "cluster4", "cluster3", "off_chip"])
+def layout(request, monkeypatch):
+    for k, v in CUDA_LAYOUTS[request.param].items():
+        monkeypatch.setenv(k, v)
+    return request.param
+
+
+# test_cuda.py's float64 comparisons: every rule, mode and modulation source in every layout,
+# every option, sizes up to those that leave the chip, the plastic LSTM.
+
+@pytest.mark.parametrize("cfg", all_rule_mode_sources(), ids=Config.id)
+def test_emulated_float64_matches_cpu(cfg, layout):
+    assert_emulated_matches_cpu(make_inputs(cfg))
+
+
+@pytest.mark.parametrize("cfg", OPTION_CASES, ids=Config.id)
+def test_emulated_options_match_cpu(cfg):
+    assert_emulated_matches_cpu(make_inputs(cfg))
+
+
+@pytest.mark.parametrize("size", [dict(B=2, O=5, I=300, T=9), dict(B=3, O=130, I=7, T=4),
+                                  dict(B=2, O=256, I=256, T=4)],
+                         ids=lambda s: "B{B}-O{O}-I{I}-T{T}".format(**s))
+@pytest.mark.parametrize("rule", ["hebb", "retroactive"])
+def test_emulated_sizes_including_off_chip(size, rule):
+    for recurrent in (False, True):
+        cfg = Config(rule=rule, recurrent=recurrent, source="internal" if rule == "retroactive" else None,
+                     clip=1.0 if rule == "retroactive" else None, scaling=2.0, **size)
+        assert_emulated_matches_cpu(make_inputs(cfg))
+
+
+@pytest.mark.parametrize("cfg", lstm_cuda_configs(), ids=Config.id)
+def test_emulated_lstm_float64_matches_cpu(cfg, layout):
+    assert_emulated_matches_cpu(make_lstm_inputs(cfg), lstm=True)
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
+@pytest.mark.parametrize("every", [1, 3])
+def test_emulated_records_match_cpu(every, lstm, layout):
+    # tp.inspect's records (the record ops), with lengths: Σ H² is summed over a cluster's blocks
+    # by atomics on CUDA.
+    cfg = Config(rule="retroactive", source="fanout", clip=1.0, T=7, B=3, O=40, I=40)
+    kw = make_lstm_inputs(cfg) if lstm else make_inputs(cfg)
+    kw["lengths"] = torch.tensor([7, 2, 5])
+    if lstm:
+        kw.update(weight=kw.pop("weight_hh"), x=None, activation="tanh")
+    name = "plastic_lstm_scan_record" if lstm else "plastic_scan_record"
+    values = inspect.signature(getattr(functional, name[:-len("_record")])).parameters
+    arguments = functional._as_op_arguments(
+        "records", **{n: kw.get(n, values[n].default if n in values else None)
+                      for n in functional.SCAN_ARGUMENTS})
+    with torch.no_grad():
+        got = getattr(torch.ops.torchplastic_cuda_emulated, name)(*arguments.values(), every=every)
+        expected = getattr(torch.ops.torchplastic, name)(*arguments.values(), every=every)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def check_random_case_emulated(seed: int, wide: bool = False, lstm: bool = False):
     """test_random's case `seed` under a layout drawn from CUDA_LAYOUTS by the seed, on the
     emulated CUDA kernels against the CPU's, both in float64 (test_cuda.py's
@@ -112,9 +180,7 @@ def check_random_case_emulated(seed: int, wide: bool = False, lstm: bool = False
     with pytest.MonkeyPatch.context() as m:
         for k, v in layout.items():
             m.setenv(k, v)
-        assert_same_results(kw, kw, lambda k: run_scan(EmulatedFunctional, k, lstm),
-                            lambda k: run_scan(tp.functional, k, lstm), tol=(1e-10, 1e-10),
-                            grad_tol=(1e-9, 1e-9))
+        assert_emulated_matches_cpu(kw, lstm)
 
 
 @pytest.mark.parametrize("family", [dict(), dict(wide=True), dict(wide=True, lstm=True)],
@@ -130,8 +196,6 @@ def test_emulated_float32_forward_rows_match_cpu(rule, source, O, env, monkeypat
     the emulation."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    kw = float32_row_case(rule, source, True, O)
-    assert_same_results(kw, kw, lambda k: run_scan(EmulatedFunctional, k, False),
-                        lambda k: run_scan(tp.functional, k, False), tol=(1e-4, 1e-5),
-                        grad_tol=(1e-3, 1e-4))
+    assert_emulated_matches_cpu(float32_row_case(rule, source, True, O), tol=(1e-4, 1e-5),
+                                grad_tol=(1e-3, 1e-4))
 
