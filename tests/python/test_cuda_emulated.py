@@ -4,8 +4,8 @@ memory per block, thread block clusters, warp shuffles; a device with an H100's 
 the ops of a library of their own, torchplastic_cuda_emulated, against the CPU kernels. So the
 CUDA kernels' logic (their layouts, row loops, staging, checkpoints and planner) is tested on
 every machine, GPU or not; their speed, races and memory errors still need a GPU
-(`make gpu-check`). The cases are test_cuda.py's, as far as the emulation's speed allows (a
-launch runs a few hundred thousand thread switches a second): every rule, mode and modulation
+(`make gpu-check`). The cases are test_cuda.py's, as far as the emulation's speed allows (about
+two million switches between threads a second on the 2-core VM): every rule, mode and modulation
 source and the plastic LSTM in the five launch layouts, every option, sizes up to N=256 on and
 off chip, the records, the float forward's row loops, and test_random's configurations.
 """
