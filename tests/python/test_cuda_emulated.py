@@ -145,6 +145,20 @@ def test_emulated_sizes_including_off_chip(size, rule):
         assert_emulated_matches_cpu(make_inputs(cfg))
 
 
+@pytest.mark.parametrize("cluster", ["3", "4"])
+def test_emulated_benchmark_layouts_match_cpu(cluster, monkeypatch):
+    # bench_gpu.py's call (recurrent hebb, float32, N=256) in the layouts the planner takes for it
+    # on an H100 or H200: clusters of 4 with everything on chip, or of 3 (86 rows per block) with
+    # W in global memory (and α in the backward); a few steps in two segments.
+    monkeypatch.setenv("TORCHPLASTIC_CUDA_CLUSTER", cluster)
+    cfg = Config(rule="hebb", T=4, B=2, O=256, I=256, checkpoint_every=3)
+    kw = make_inputs(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        kw["weight"].mul_(0.1)
+        kw["alpha"].mul_(0.1)
+    assert_emulated_matches_cpu(kw, tol=(1e-4, 1e-5), grad_tol=(1e-3, 1e-4))
+
+
 @pytest.mark.parametrize("cfg", lstm_cuda_configs(), ids=Config.id)
 def test_emulated_lstm_float64_matches_cpu(cfg, layout):
     assert_emulated_matches_cpu(make_lstm_inputs(cfg), lstm=True)
