@@ -6,13 +6,21 @@
 // barrier can come out differently here, as it could there; a barrier some threads never reach
 // is reported as a deadlock. Each block's shared memory starts filled with NaN bytes, so that a
 // read of shared memory nothing wrote shows in the results.
+//
+// The order in which threads run between two barriers is theirs (thread 0 first) unless
+// TORCHPLASTIC_EMULATION_SCHEDULE=<seed> (not 0) shuffles it, at the start and at every
+// barrier, by that seed: code whose results change with the seed has a race, an order between
+// threads that no barrier enforces.
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <random>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -58,6 +66,8 @@ struct Launch {
   int live_in_cluster = 0;
   std::vector<uint64_t> warp_slots;  // 32 per warp
   std::deque<int> runnable;
+  std::mt19937 shuffle;  // with a schedule's seed
+  bool shuffled = false;
   int current = -1;
   ucontext_t scheduler;
   std::string error;  // the first thread's failure
@@ -90,9 +100,15 @@ void block_here() {
   swapcontext(&f.context, &active->scheduler);
 }
 
+// Queues `fibers` to run, in their order or shuffled (TORCHPLASTIC_EMULATION_SCHEDULE).
+void queue(std::vector<int>& fibers) {
+  if (active->shuffled) std::shuffle(fibers.begin(), fibers.end(), active->shuffle);
+  for (int f : fibers) active->runnable.push_back(f);
+}
+
 void release(Barrier& b) {
   b.arrived = 0;
-  for (int f : b.waiting) active->runnable.push_back(f);
+  queue(b.waiting);
   b.waiting.clear();
 }
 
@@ -144,6 +160,7 @@ bool run_cluster(Launch& L, unsigned first_block, const cudaLaunchConfig_t& cfg)
   L.live_in_cluster = static_cast<int>(n);
   L.warp_slots.assign(static_cast<size_t>(C) * L.warps_per_block * 32, 0);
   L.runnable.clear();
+  std::vector<int> all;
   for (unsigned k = 0; k < n; ++k) {
     Fiber& f = L.fibers[k];
     f.block = static_cast<int>(k / L.threads);
@@ -161,8 +178,9 @@ bool run_cluster(Launch& L, unsigned first_block, const cudaLaunchConfig_t& cfg)
     f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = &L.scheduler;
     makecontext(&f.context, fiber_main, 0);
-    L.runnable.push_back(static_cast<int>(k));
+    all.push_back(static_cast<int>(k));
   }
+  queue(all);
   while (!L.runnable.empty()) {
     L.current = L.runnable.front();
     L.runnable.pop_front();
@@ -200,6 +218,10 @@ cudaError_t launch(const cudaLaunchConfig_t& cfg, const std::function<void()>& b
   }
   Launch L;
   L.body = &body;
+  if (const char* seed = std::getenv("TORCHPLASTIC_EMULATION_SCHEDULE")) {
+    L.shuffled = std::atoi(seed) != 0;
+    L.shuffle.seed(static_cast<unsigned>(std::atoi(seed)));
+  }
   L.cluster = cluster_size(cfg);
   L.threads = cfg.blockDim.x;
   L.warps_per_block = (L.threads + 31) / 32;

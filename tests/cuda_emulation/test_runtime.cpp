@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -147,6 +148,40 @@ TEST(CudaEmulation, ABrokenAssumptionFailsTheLaunch) {
   EXPECT_NE(err, cudaSuccess);
   EXPECT_NE(std::string(cudaGetErrorString(err)).find("assumption broken"), std::string::npos)
       << cudaGetErrorString(err);
+}
+
+// Thread 0 reads what thread 31 stores, with (Barrier) or without a barrier between.
+template <bool Barrier>
+__global__ void read_across(int* out) {
+  TORCHPLASTIC_DYNAMIC_SMEM(smem);
+  int* s = reinterpret_cast<int*>(smem);
+  s[threadIdx.x] = static_cast<int>(threadIdx.x);
+  if (Barrier) __syncthreads();
+  if (threadIdx.x == 0) *out = s[31];
+}
+
+// The result of a launch of `kernel` with the threads' order shuffled by `seed` (0: in order).
+template <typename Kernel>
+int with_schedule(Kernel kernel, int seed) {
+  setenv("TORCHPLASTIC_EMULATION_SCHEDULE", std::to_string(seed).c_str(), 1);
+  int out = 0;
+  Launch l(1, 64, 1, 64 * sizeof(int));
+  const cudaError_t err = cudaLaunchKernelEx(&l.cfg, kernel, &out);
+  unsetenv("TORCHPLASTIC_EMULATION_SCHEDULE");
+  EXPECT_EQ(err, cudaSuccess);
+  return out;
+}
+
+TEST(CudaEmulation, ShuffledSchedulesExposeARace) {
+  // In order, thread 0 reads before thread 31 has stored (the NaN bytes: -1); shuffled, some
+  // schedule runs thread 31 first.
+  EXPECT_EQ(with_schedule(read_across<false>, 0), -1);
+  bool differs = false;
+  for (int seed = 1; seed <= 20 && !differs; ++seed)
+    differs = with_schedule(read_across<false>, seed) != -1;
+  EXPECT_TRUE(differs);
+  for (int seed = 0; seed <= 20; ++seed)
+    EXPECT_EQ(with_schedule(read_across<true>, seed), 31) << "seed " << seed;
 }
 
 }  // namespace
