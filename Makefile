@@ -3,7 +3,8 @@
 #   make test        system packages (apt-get, if missing) → .venv with torch==2.11.0 → CMake build
 #                    (library, _C, C++ tests) → editable install → ctest → pytest
 #   make demo        set up as above, then train the pattern-memorization demo (~1 min)
-#   make test-asan   GoogleTest under AddressSanitizer and UndefinedBehaviorSanitizer
+#   make test-asan   GoogleTest under AddressSanitizer and UndefinedBehaviorSanitizer, then the
+#                    CUDA kernels' emulation under them (test-emulated-asan)
 #   make test-cpp    GoogleTest only          make test-python   pytest only
 #   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
 #   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmarks, ncu, compute-sanitizer;
@@ -17,7 +18,7 @@ PY      := $(VENV)/bin/python
 BUILD   ?= build
 CMAKE_ARGS ?=
 
-.PHONY: all demo test test-asan test-cpp test-python test-install build deps system-deps bench gpu-check docs clean
+.PHONY: all demo test test-asan test-emulated-asan test-cpp test-python test-install build deps system-deps bench gpu-check docs clean
 
 all: build
 
@@ -93,6 +94,19 @@ test-asan: deps
 	cmake --build $(ASAN_BUILD)
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    ctest --test-dir $(ASAN_BUILD) --output-on-failure
+	@$(MAKE) --no-print-directory test-emulated-asan
+
+# The CUDA kernels' memory checker on the CPU: the emulated kernels built under the sanitizers
+# (tests/cuda_emulation in $(ASAN_BUILD)), loaded into pytest with AddressSanitizer's runtime
+# preloaded, on a share of test_cuda_emulated.py's cases (every rule, mode and modulation
+# source and the plastic LSTM in clusters of 4 and off chip, the float forward's row loops, the
+# benchmark's layouts). The package itself is the plain build's.
+ASAN_EMULATED_TESTS ?= (float64_matches and (cluster4 or off_chip)) or (rows and hebb) or benchmark
+test-emulated-asan: build
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
+	    TORCHPLASTIC_EMULATION_LIBRARY=$(abspath $(ASAN_BUILD))/tests/cuda_emulation/libtorchplastic_cuda_emulated.so \
+	    $(PY) -m pytest -q -p no:cacheprovider tests/python/test_cuda_emulated.py -k "$(ASAN_EMULATED_TESTS)"
 
 bench: build
 	$(PY) benchmarks/bench_cpu.py

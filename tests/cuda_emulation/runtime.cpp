@@ -28,6 +28,17 @@
 
 #include "cuda_runtime.h"
 
+// Under AddressSanitizer (a build of this library with -fsanitize=address, run with its runtime
+// preloaded: a memory checker for the kernels on the CPU) every switch between stacks is
+// announced to it, and a reused stack's shadow is cleared of the last fiber's frames.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define TP_ASAN 1
+#else
+#define TP_ASAN 0
+#endif
+
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace tp_emulation {
@@ -76,6 +87,28 @@ struct Launch {
 Launch* active = nullptr;
 std::string last_error;
 
+// The scheduler's stack, as AddressSanitizer needs it to switch back (set by a fiber's first
+// entry).
+const void* scheduler_stack = nullptr;
+size_t scheduler_stack_size = 0;
+
+// Announces a switch from the running stack to the one at [bottom, bottom + size); `save`
+// receives the running one's fake stack, nullptr when it is not coming back.
+inline void start_switch(void** save, const void* bottom, size_t size) {
+#if TP_ASAN
+  __sanitizer_start_switch_fiber(save, bottom, size);
+#else
+  (void)save, (void)bottom, (void)size;
+#endif
+}
+inline void finish_switch(void* saved) {
+#if TP_ASAN
+  __sanitizer_finish_switch_fiber(saved, nullptr, nullptr);
+#else
+  (void)saved;
+#endif
+}
+
 // Fiber stacks, kept from one launch to the next.
 std::vector<char*> stack_pool;
 
@@ -97,7 +130,10 @@ Fiber& me() { return active->fibers[active->current]; }
 // Back to the scheduler until a barrier puts this fiber on the run queue again.
 void block_here() {
   Fiber& f = me();
+  void* fake_stack = nullptr;
+  start_switch(&fake_stack, scheduler_stack, scheduler_stack_size);
   swapcontext(&f.context, &active->scheduler);
+  finish_switch(fake_stack);
 }
 
 // Queues `fibers` to run, in their order or shuffled (TORCHPLASTIC_EMULATION_SCHEDULE).
@@ -135,6 +171,9 @@ void leave(Fiber& f) {
 }
 
 void fiber_main() {
+#if TP_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack, &scheduler_stack_size);
+#endif
   Launch& L = *active;
   try {
     (*L.body)();
@@ -144,7 +183,8 @@ void fiber_main() {
     if (L.error.empty()) L.error = "a thread threw";
   }
   leave(me());
-  // Returning resumes uc_link, the scheduler.
+  // Returning resumes uc_link, the scheduler; this stack is done with.
+  start_switch(nullptr, scheduler_stack, scheduler_stack_size);
 }
 
 // Runs the threads of one cluster to the end; false (L.error says why) on a failure.
@@ -173,6 +213,9 @@ bool run_cluster(Launch& L, unsigned first_block, const cudaLaunchConfig_t& cfg)
     f.index.grid_dim = cfg.gridDim;
     f.done = false;
     if (!f.stack) f.stack = take_stack();
+#if TP_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(f.stack + kGuardBytes, kStackBytes);
+#endif
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack + kGuardBytes;
     f.context.uc_stack.ss_size = kStackBytes;
@@ -189,7 +232,10 @@ bool run_cluster(Launch& L, unsigned first_block, const cudaLaunchConfig_t& cfg)
     blockIdx = index.block_idx;
     blockDim = index.block_dim;
     gridDim = index.grid_dim;
+    void* fake_stack = nullptr;
+    start_switch(&fake_stack, L.fibers[L.current].stack + kGuardBytes, kStackBytes);
     swapcontext(&L.scheduler, &L.fibers[L.current].context);
+    finish_switch(fake_stack);
     if (!L.error.empty()) return false;
   }
   for (const Fiber& f : L.fibers)

@@ -25,8 +25,10 @@ from test_plastic_scan import OPTION_CASES
 from test_random import assert_same_results, random_case, run_cases, run_scan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LIBRARY = os.path.join(ROOT, os.environ.get("TORCHPLASTIC_BUILD_DIR", "build"), "tests",
-                       "cuda_emulation", "libtorchplastic_cuda_emulated.so")
+# The build's, or TORCHPLASTIC_EMULATION_LIBRARY (a build of it under AddressSanitizer, say).
+LIBRARY = os.environ.get("TORCHPLASTIC_EMULATION_LIBRARY") or os.path.join(
+    ROOT, os.environ.get("TORCHPLASTIC_BUILD_DIR", "build"), "tests", "cuda_emulation",
+    "libtorchplastic_cuda_emulated.so")
 
 # How long each family of random cases runs.
 SECONDS = float(os.environ.get("TORCHPLASTIC_EMULATION_SECONDS", "15"))
