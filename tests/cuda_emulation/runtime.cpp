@@ -16,12 +16,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <random>
 #include <exception>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>

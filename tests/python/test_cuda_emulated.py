@@ -3,11 +3,14 @@ CUDA runtime (tests/cuda_emulation: each CUDA thread a fiber, switching only at 
 memory per block, thread block clusters, warp shuffles; a device with an H100's figures), as
 the ops of a library of their own, torchplastic_cuda_emulated, against the CPU kernels. So the
 CUDA kernels' logic (their layouts, row loops, staging, checkpoints and planner) is tested on
-every machine, GPU or not; their speed, races and memory errors still need a GPU
-(`make gpu-check`). The cases are test_cuda.py's, as far as the emulation's speed allows (about
-two million switches between threads a second on the 2-core VM): every rule, mode and modulation
-source and the plastic LSTM in the five launch layouts, every option, sizes up to N=256 on and
-off chip, the records, the float forward's row loops, and test_random's configurations.
+every machine, GPU or not, and so are the races that change results (the threads run in shuffled
+orders between barriers); `make test-emulated-asan` runs a share of these tests under
+AddressSanitizer, a memory checker for the kernels. Their speed, and the races and memory errors
+only the device shows, still need a GPU (`make gpu-check`). The cases are test_cuda.py's, as far
+as the emulation's speed allows (about two million switches between threads a second on the
+2-core VM): every rule, mode and modulation source and the plastic LSTM in the five launch
+layouts, every option, sizes up to N=256 on and off chip, the records, the float forward's row
+loops, and test_random's configurations.
 """
 
 import inspect
@@ -20,7 +23,7 @@ import torchplastic as tp
 from torchplastic import functional
 from helpers import Config, all_rule_mode_sources, loss_of, make_inputs, make_lstm_inputs, tensor_inputs
 from test_cuda import (CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES,
-                       float32_row_case, lstm_cuda_configs)
+                       float32_row_case, layout, lstm_cuda_configs)  # noqa: F401 (layout: a fixture)
 from test_plastic_scan import OPTION_CASES
 from test_random import assert_same_results, random_case, run_cases, run_scan
 
@@ -114,13 +117,6 @@ def assert_emulated_matches_cpu(kw, lstm=False, tol=(1e-10, 1e-10), grad_tol=(1e
     kernels against the CPU's: outputs, final state and the gradients of loss_of."""
     assert_same_results(kw, kw, lambda k: run_scan(EmulatedFunctional, k, lstm),
                         lambda k: run_scan(tp.functional, k, lstm), tol=tol, grad_tol=grad_tol)
-
-
-@pytest.fixture(params=range(len(CUDA_LAYOUTS)), ids=["auto", "cluster1", "cluster4", "cluster3", "off_chip"])
-def layout(request, monkeypatch):
-    for k, v in CUDA_LAYOUTS[request.param].items():
-        monkeypatch.setenv(k, v)
-    return request.param
 
 
 # test_cuda.py's float64 comparisons: every rule, mode and modulation source in every layout,
