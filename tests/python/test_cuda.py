@@ -90,9 +90,16 @@ def test_cuda_options_match_cpu(cfg):
 @pytest.mark.parametrize("rule", ["hebb", "retroactive"])
 def test_cuda_sizes_including_off_chip(size, rule):
     for recurrent in (False, True):
-        cfg = Config(rule=rule, recurrent=recurrent, source="internal" if rule == "retroactive" else None,
-                     clip=1.0 if rule == "retroactive" else None, scaling=2.0, **size)
+        cfg = size_case(rule, recurrent, size)
         compare_cuda_with_cpu(cfg, grads=size["O"] * size["I"] <= 70000)
+
+
+def size_case(rule, recurrent, size):
+    """The Config of a size test (also run by test_cuda_emulated.py): hebb, or retroactive with
+    internal modulation and clipping; synaptic scaling on, so that the per-row reductions run."""
+    retroactive = rule == "retroactive"
+    return Config(rule=rule, recurrent=recurrent, source="internal" if retroactive else None,
+                  clip=1.0 if retroactive else None, scaling=2.0, **size)
 
 
 def test_cuda_float32_matches_float64():

@@ -23,7 +23,7 @@ import torchplastic as tp
 from torchplastic import functional
 from helpers import Config, all_rule_mode_sources, loss_of, make_inputs, make_lstm_inputs, tensor_inputs
 from test_cuda import (CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES,
-                       float32_row_case, layout, lstm_cuda_configs)  # noqa: F401 (layout: a fixture)
+                       float32_row_case, layout, lstm_cuda_configs, size_case)  # noqa: F401 (layout: a fixture)
 from test_plastic_scan import OPTION_CASES
 from test_random import assert_same_results, random_case, run_cases, run_scan
 
@@ -138,9 +138,7 @@ def test_emulated_options_match_cpu(cfg):
 @pytest.mark.parametrize("rule", ["hebb", "retroactive"])
 def test_emulated_sizes_including_off_chip(size, rule):
     for recurrent in (False, True):
-        cfg = Config(rule=rule, recurrent=recurrent, source="internal" if rule == "retroactive" else None,
-                     clip=1.0 if rule == "retroactive" else None, scaling=2.0, **size)
-        assert_emulated_matches_cpu(make_inputs(cfg))
+        assert_emulated_matches_cpu(make_inputs(size_case(rule, recurrent, size)))
 
 
 @pytest.mark.parametrize("cluster", ["3", "4"])
