@@ -341,9 +341,14 @@ class _PlasticBase(nn.Module):
         naming both, rather than deep in a matrix product; under autocast, which casts both, it
         passes."""
         if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            # Converting the module is advice only where the op computes in the input's dtype
+            # (float32/float64; float16/bfloat16 on CUDA), not for integer inputs.
+            computable = (torch.float32, torch.float64) + (
+                (torch.float16, torch.bfloat16) if weight.is_cuda else ())
+            also = f" or the module with .to({x.dtype})" if x.dtype in computable else ""
             raise ValueError(f"{type(self).__name__}: {name}: expected dtype {weight.dtype} (the "
                              f"module's parameters), got {x.dtype}; convert the input with "
-                             f".to({weight.dtype}) or the module with .to({x.dtype})")
+                             f".to({weight.dtype}){also}")
 
     def _output(self, y: Tensor, unbatched: bool) -> Tensor:
         return y.transpose(0, 1) if (self.batch_first and not unbatched) else y

@@ -364,6 +364,13 @@ def test_modules_refuse_an_input_of_another_dtype_but_under_autocast(module):
     for dtype in (torch.float64, torch.long):
         with pytest.raises(ValueError, match=rf"{module.__name__}: {name}: expected dtype .*(float32|Float)"):
             m(x.to(dtype))
+    if not module.__module__.endswith("cpp"):
+        # The module's conversion is suggested only to a dtype the op computes in on its device.
+        with pytest.raises(ValueError, match=r"with \.to\(torch\.float32\) or the module with \.to\(torch\.float64\)$"):
+            m(x.double())
+        for dtype in (torch.long, torch.float16):
+            with pytest.raises(ValueError, match=r"convert the input with \.to\(torch\.float32\)$"):
+                m(x.to(dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(x.bfloat16())[0]
     assert torch.isfinite(out).all()
