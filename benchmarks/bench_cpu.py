@@ -21,8 +21,8 @@ import os
 import torch
 
 import torchplastic as tp
-from common import (KEEP_FREED_MEMORY_HELP, CountingSystemTime, bytes_saved_for_backward, cpu_model,
-                    forward_backward, keep_freed_memory, paired_timeit, recurrent_hebb_inputs, run)
+from common import (CountingSystemTime, add_cpu_arguments, apply_cpu_arguments, bytes_saved_for_backward,
+                    cpu_model, forward_backward, paired_timeit, recurrent_hebb_inputs, run)
 
 
 def main():
@@ -33,14 +33,10 @@ def main():
     ap.add_argument("--memory-steps", type=int, default=256, help="sequence length for the memory figures")
     ap.add_argument("--rounds", type=int, default=7,
                     help="rounds of (fused x3, reference x1); medians over the rounds")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
+    add_cpu_arguments(ap)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    apply_cpu_arguments(args)
 
     T, B, N = args.steps, args.batch, args.hidden
     kw = recurrent_hebb_inputs(T, B, N)

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from common import KEEP_FREED_MEMORY_HELP, CountingSystemTime, keep_freed_memory, paired_timeit
+from common import CountingSystemTime, add_cpu_arguments, apply_cpu_arguments, paired_timeit
 
 import torchplastic as tp
 
@@ -58,14 +58,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds (default: 5)")
     ap.add_argument("--memory-steps", type=int, default=256, help="T of the memory figure (default: 256; 0: no memory figure)")
     ap.add_argument("--no-reference", action="store_true", help="skip the eager reference (slow on a GPU)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
+    add_cpu_arguments(ap)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    apply_cpu_arguments(args)
     torch.manual_seed(0)
     device = torch.device(args.device)
     B, H, T = args.batch, args.hidden, args.steps

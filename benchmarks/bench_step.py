@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torchplastic as tp  # noqa: E402
-from common import (KEEP_FREED_MEMORY_HELP, CountingSystemTime, keep_freed_memory,  # noqa: E402
+from common import (CountingSystemTime, add_cpu_arguments, apply_cpu_arguments,  # noqa: E402
                     paired_best_of)
 
 
@@ -87,13 +87,9 @@ def main():
     ap.add_argument("--rule", default="hebb", help="plasticity rule (default: hebb)")
     ap.add_argument("--modulation", default="internal", help="modulation source for modulated rules")
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds; medians over them")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
+    add_cpu_arguments(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    apply_cpu_arguments(args)
 
     torch.manual_seed(0)
     kw = {"modulation": args.modulation} if args.rule in ("modulated", "retroactive") else {}

@@ -62,6 +62,20 @@ KEEP_FREED_MEMORY_HELP = ("ask glibc to keep freed memory instead of returning i
                           "eager loop's large temporaries can be faulted in afresh on every call")
 
 
+def add_cpu_arguments(ap):
+    """A benchmark's CPU settings, --threads and --keep-freed-memory, which apply_cpu_arguments
+    puts into effect once parsed."""
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
+
+
+def apply_cpu_arguments(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
+
+
 class CountingSystemTime:
     """Wraps a benchmarked callable and adds up, over its calls, the process's page faults and
     the time its threads spent in the kernel (getrusage), beside the wall time.
