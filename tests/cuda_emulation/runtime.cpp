@@ -100,11 +100,14 @@ inline void start_switch(void** save, const void* bottom, size_t size) {
   (void)save, (void)bottom, (void)size;
 #endif
 }
-inline void finish_switch(void* saved) {
+// Announces that the switch is done: `saved`, the fake stack start_switch saved (nullptr on a
+// fiber's first entry); the stack switched from goes to *from_bottom and *from_size if asked.
+inline void finish_switch(void* saved, const void** from_bottom = nullptr,
+                          size_t* from_size = nullptr) {
 #if TP_ASAN
-  __sanitizer_finish_switch_fiber(saved, nullptr, nullptr);
+  __sanitizer_finish_switch_fiber(saved, from_bottom, from_size);
 #else
-  (void)saved;
+  (void)saved, (void)from_bottom, (void)from_size;
 #endif
 }
 
@@ -170,9 +173,7 @@ void leave(Fiber& f) {
 }
 
 void fiber_main() {
-#if TP_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack, &scheduler_stack_size);
-#endif
+  finish_switch(nullptr, &scheduler_stack, &scheduler_stack_size);
   Launch& L = *active;
   try {
     (*L.body)();
