@@ -4,7 +4,8 @@
 #                    (library, _C, C++ tests) → editable install → ctest → pytest
 #   make demo        set up as above, then train the pattern-memorization demo (~1 min)
 #   make test-asan   GoogleTest under AddressSanitizer and UndefinedBehaviorSanitizer, then the
-#                    CUDA kernels' emulation under them (test-emulated-asan)
+#                    CUDA kernels' emulation under them (test-emulated-asan); build-asan only
+#                    builds them
 #   make test-cpp    GoogleTest only          make test-python   pytest only
 #   make bench       CPU benchmark: fused op vs the reference (benchmarks/bench_cpu.py)
 #   make gpu-check   on a GPU machine: build, CUDA tests, GPU benchmarks, ncu, compute-sanitizer;
@@ -18,7 +19,7 @@ PY      := $(VENV)/bin/python
 BUILD   ?= build
 CMAKE_ARGS ?=
 
-.PHONY: all demo test test-asan test-emulated-asan test-cpp test-python test-install build deps system-deps bench gpu-check docs clean
+.PHONY: all demo test build-asan test-asan test-emulated-asan test-cpp test-python test-install build deps system-deps bench gpu-check docs clean
 
 all: build
 
@@ -85,13 +86,15 @@ demo: build
 # for generic and AVX2 only: the instrumented kernel objects are most of a CI run's time, and
 # AVX-512's are the same templates with wider vectors (the plain build tests them).
 ASAN_BUILD ?= build-asan
-test-asan: deps
+build-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DBUILD_TESTING=ON -DWITH_CUDA=OFF -DTORCHPLASTIC_PYTHON=OFF \
 	    -DTORCHPLASTIC_SANITIZE=ON -DTORCHPLASTIC_CPU_ISAS='generic;avx2' \
 	    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython3_EXECUTABLE=$(abspath $(PY)) \
 	    -DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)') \
 	    -DTORCHPLASTIC_PYTHON_OUTPUT_DIR=$(abspath $(ASAN_BUILD))/lib > /dev/null
 	cmake --build $(ASAN_BUILD)
+
+test-asan: build-asan
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    ctest --test-dir $(ASAN_BUILD) --output-on-failure
 	@$(MAKE) --no-print-directory test-emulated-asan
