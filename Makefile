@@ -103,13 +103,17 @@ test-asan: build-asan
 # (tests/cuda_emulation in $(ASAN_BUILD)), loaded into pytest with AddressSanitizer's runtime
 # preloaded, on a share of test_cuda_emulated.py's cases (every rule, mode and modulation
 # source and the plastic LSTM in clusters of 4 and off chip, the float forward's row loops, the
-# benchmark's layouts). The package itself is the plain build's.
+# benchmark's layouts). The package itself is the plain build's. Each test runs on one core, so
+# two processes take half the tests each (pytest's --shard, tests/python/conftest.py).
 ASAN_EMULATED_TESTS ?= (float64_matches and (cluster4 or off_chip)) or (rows and hebb) or benchmark
+ASAN_EMULATED_PYTEST = ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
+	TORCHPLASTIC_EMULATION_LIBRARY=$(abspath $(ASAN_BUILD))/tests/cuda_emulation/libtorchplastic_cuda_emulated.so \
+	$(PY) -m pytest -q -p no:cacheprovider tests/python/test_cuda_emulated.py -k "$(ASAN_EMULATED_TESTS)"
 test-emulated-asan: build
-	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	    LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
-	    TORCHPLASTIC_EMULATION_LIBRARY=$(abspath $(ASAN_BUILD))/tests/cuda_emulation/libtorchplastic_cuda_emulated.so \
-	    $(PY) -m pytest -q -p no:cacheprovider tests/python/test_cuda_emulated.py -k "$(ASAN_EMULATED_TESTS)"
+	$(ASAN_EMULATED_PYTEST) --shard 1/2 & first=$$!; status=0; \
+	$(ASAN_EMULATED_PYTEST) --shard 2/2 || status=$$?; \
+	wait $$first || status=$$?; exit $$status
 
 bench: build
 	$(PY) benchmarks/bench_cpu.py

@@ -2,3 +2,39 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--shard", default=None, metavar="I/N",
+        help="run only every N-th of the selected tests, starting at the I-th (1 ≤ I ≤ N), so "
+             "that N processes split a run between them (make test-emulated-asan)")
+
+
+def pytest_configure(config):
+    shard = config.getoption("--shard")
+    config.shard = None
+    if shard is None:
+        return
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+    except ValueError:
+        index, count = 0, 0
+    if not 1 <= index <= count:
+        raise pytest.UsageError(f"--shard: expected I/N with 1 <= I <= N, got {shard!r}")
+    config.shard = index, count
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs
+def pytest_collection_modifyitems(config, items):
+    if config.shard is None:
+        return
+    index, count = config.shard
+    # Interleaved, since neighbouring tests are alike in cost: each shard gets its share of
+    # every parametrised family.
+    kept = items[index - 1::count]
+    kept_ids = {id(item) for item in kept}
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+    items[:] = kept

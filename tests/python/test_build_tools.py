@@ -2,7 +2,8 @@
 the ptxas report launcher (cmake/ptxas_report.py), the GPU check's profile step
 (scripts/ncu_profile.sh), the cases that compute-sanitizer and Nsight Compute run
 (scripts/cuda_case.py) and the SASS reader (scripts/sass_loops.py), which also checks this
-build's CUDA kernels for spills in their element loops."""
+build's CUDA kernels for spills in their element loops; and pytest's --shard (conftest.py),
+which splits the sanitizer's emulated tests over two processes."""
 
 import os
 import pytest
@@ -285,3 +286,26 @@ def test_cuda_kernels_spill_in_no_element_loop():
     for kind in ("forward", "backward"):
         if any(path.endswith(f"{kind}.cu.o") for path in objects):
             assert any(f"plastic_scan_{kind}_kernel" in name for name in checked), kind
+
+
+def collected(*args):
+    """The test ids pytest collects from this file with `args`, and its result."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", __file__, *args],
+        capture_output=True, text=True, cwd=ROOT)
+    return [line for line in result.stdout.splitlines() if "::" in line], result
+
+
+def test_shards_split_the_selected_tests_between_them():
+    everything, _ = collected("-k", "ncu or sass")
+    assert len(everything) >= 6
+    shards = [collected("-k", "ncu or sass", "--shard", f"{i}/3")[0] for i in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(everything)
+    assert all(len(shard) in (len(everything) // 3, len(everything) // 3 + 1) for shard in shards)
+
+
+@pytest.mark.parametrize("shard", ["0/2", "3/2", "1", "a/b"])
+def test_a_shard_outside_its_count_is_refused(shard):
+    tests, result = collected("--shard", shard)
+    assert result.returncode != 0 and not tests
+    assert "--shard: expected I/N" in result.stderr + result.stdout
