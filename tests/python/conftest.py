@@ -1,9 +1,12 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 
-import pytest
+# --shard's (index, count), where given.
+SHARD = pytest.StashKey[tuple]()
 
 
 def pytest_addoption(parser):
@@ -15,7 +18,6 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     shard = config.getoption("--shard")
-    config.shard = None
     if shard is None:
         return
     try:
@@ -24,14 +26,14 @@ def pytest_configure(config):
         index, count = 0, 0
     if not 1 <= index <= count:
         raise pytest.UsageError(f"--shard: expected I/N with 1 <= I <= N, got {shard!r}")
-    config.shard = index, count
+    config.stash[SHARD] = index, count
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs
 def pytest_collection_modifyitems(config, items):
-    if config.shard is None:
+    if SHARD not in config.stash:
         return
-    index, count = config.shard
+    index, count = config.stash[SHARD]
     # Interleaved, since neighbouring tests are alike in cost: each shard gets its share of
     # every parametrised family.
     kept = items[index - 1::count]
