@@ -86,6 +86,7 @@ demo: build
 # for generic and AVX2 only: the instrumented kernel objects are most of a CI run's time, and
 # AVX-512's are the same templates with wider vectors (the plain build tests them).
 ASAN_BUILD ?= build-asan
+SANITIZER_OPTIONS = ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 build-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DBUILD_TESTING=ON -DWITH_CUDA=OFF -DTORCHPLASTIC_PYTHON=OFF \
 	    -DTORCHPLASTIC_SANITIZE=ON -DTORCHPLASTIC_CPU_ISAS='generic;avx2' \
@@ -95,8 +96,7 @@ build-asan: deps
 	cmake --build $(ASAN_BUILD)
 
 test-asan: build-asan
-	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	    ctest --test-dir $(ASAN_BUILD) --output-on-failure
+	$(SANITIZER_OPTIONS) ctest --test-dir $(ASAN_BUILD) --output-on-failure
 	@$(MAKE) --no-print-directory test-emulated-asan
 
 # The CUDA kernels' memory checker on the CPU: the emulated kernels built under the sanitizers
@@ -106,8 +106,7 @@ test-asan: build-asan
 # benchmark's layouts). The package itself is the plain build's. Each test runs on one core, so
 # two processes take half the tests each (pytest's --shard, tests/python/conftest.py).
 ASAN_EMULATED_TESTS ?= (float64_matches and (cluster4 or off_chip)) or (rows and hebb) or benchmark
-ASAN_EMULATED_PYTEST = ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
-	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
+ASAN_EMULATED_PYTEST = $(SANITIZER_OPTIONS) LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
 	TORCHPLASTIC_EMULATION_LIBRARY=$(abspath $(ASAN_BUILD))/tests/cuda_emulation/libtorchplastic_cuda_emulated.so \
 	$(PY) -m pytest -q -p no:cacheprovider tests/python/test_cuda_emulated.py -k "$(ASAN_EMULATED_TESTS)"
 test-emulated-asan: build

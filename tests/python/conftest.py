@@ -36,7 +36,8 @@ def pytest_collection_modifyitems(config, items):
     index, count = config.stash[SHARD]
     # Interleaved, since neighbouring tests are alike in cost: each shard gets its share of
     # every parametrised family.
-    kept = items[index - 1::count]
-    kept_ids = {id(item) for item in kept}
-    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+    kept, others = [], []
+    for position, item in enumerate(items):
+        (kept if position % count == index - 1 else others).append(item)
+    config.hook.pytest_deselected(items=others)
     items[:] = kept
