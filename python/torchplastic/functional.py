@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _C
-from .rules import rule_info
+from .rules import RULES, rule_info
 from .state import PlasticState
 
 __all__ = ["plastic_scan", "plastic_lstm_scan"]
@@ -104,17 +104,7 @@ def plastic_scan(
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
         lengths=lengths, cell=None)
-    # Positionally, in the schema's order (_op_positional keeps it): the dispatcher parses
-    # keywords at several µs a call, which a cell pays every step.
-    y, h, H, E, theta = torch.ops.torchplastic.plastic_scan.default(*arguments)
-    if _recording_sink is not None:
-        _record(torch.ops.torchplastic.plastic_scan_record, arguments)
-    return y, PlasticState(
-        hidden=h if x is None else None,
-        trace=H,
-        eligibility=E if rule_info(rule).eligibility else None,
-        threshold=theta if adaptive_threshold is not None else None,
-    )
+    return _run_scan(arguments, lstm=False)
 
 
 def plastic_lstm_scan(
@@ -183,14 +173,29 @@ def plastic_lstm_scan(
         synaptic_scaling=synaptic_scaling, adaptive_threshold=adaptive_threshold,
         target_activity=target_activity, checkpoint_every=checkpoint_every, abcd=abcd,
         lengths=lengths, cell=cell)
-    h_seq, h, H, E, theta, c = torch.ops.torchplastic.plastic_lstm_scan.default(*arguments)
+    return _run_scan(arguments, lstm=True)
+
+
+def _run_scan(arguments, lstm: bool) -> Tuple[torch.Tensor, PlasticState]:
+    """plastic_scan (plastic_lstm_scan if `lstm`) on `arguments`, in the schema's order as
+    _op_positional returns them, and its outputs as (y, PlasticState), the fields the call's
+    configuration does not use None. The functional API and the modules both call the op here;
+    a cell pays this path on every step, so it indexes the arguments rather than naming them
+    again."""
+    # Positionally: the dispatcher parses keywords at several µs a call.
+    if lstm:
+        y, h, H, E, theta, c = _LSTM_SCAN_OP(*arguments)
+    else:
+        y, h, H, E, theta = _SCAN_OP(*arguments)
+        c = None
     if _recording_sink is not None:
-        _record(torch.ops.torchplastic.plastic_lstm_scan_record, arguments)
-    return h_seq, PlasticState(
-        hidden=h,
+        _record(_LSTM_RECORD_OP if lstm else _RECORD_OP, arguments)
+    # The op has refused an unknown rule by now.
+    return y, PlasticState(
+        hidden=h if arguments[_X] is None else None,
         trace=H,
-        eligibility=E if rule_info(rule, "plastic_lstm_scan").eligibility else None,
-        threshold=theta if adaptive_threshold is not None else None,
+        eligibility=E if arguments[_RULE] in _ELIGIBILITY_RULES else None,
+        threshold=theta if arguments[_ADAPTIVE_THRESHOLD] is not None else None,
         cell=c,
     )
 
@@ -232,6 +237,13 @@ SCAN_ARGUMENTS = tuple(a.name for a in _SCHEMA.arguments)
 SCAN_TENSOR_ARGUMENTS = tuple(a.name for a in _SCHEMA.arguments
                               if str(a.type) in ("Tensor", "Optional[Tensor]"))
 _CONVERTERS = tuple((a.name, _converter(a.type), _optional(a.type)) for a in _SCHEMA.arguments)
+# What _run_scan reads of a call's arguments, by position.
+_X, _RULE, _ADAPTIVE_THRESHOLD = (SCAN_ARGUMENTS.index(name) for name in ("x", "rule", "adaptive_threshold"))
+_ELIGIBILITY_RULES = frozenset(name for name, info in RULES.items() if info.eligibility)
+_SCAN_OP = torch.ops.torchplastic.plastic_scan.default
+_LSTM_SCAN_OP = torch.ops.torchplastic.plastic_lstm_scan.default
+_RECORD_OP = torch.ops.torchplastic.plastic_scan_record
+_LSTM_RECORD_OP = torch.ops.torchplastic.plastic_lstm_scan_record
 
 
 def _as_op_arguments(op: str = "plastic_scan", **values):

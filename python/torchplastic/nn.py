@@ -240,25 +240,24 @@ class _PlasticBase(nn.Module):
         # missing, on every call.
         head = self.modulation in _HEAD_MODULATIONS
         fanout = self.modulation == "fanout"
-        options = dict(
-            rule=self.rule, clip=self.clip, modulation=modulation,
+        # The op's arguments straight from the module, as tp.functional would pass them: a
+        # cell takes this path on every step, where the functional API's keywords cost as
+        # much again.
+        lstm = self.lstm
+        arguments = functional._op_positional(
+            "plastic_lstm_scan" if lstm else "plastic_scan",
+            z=z, alpha=self.alpha, eta=self.eta, trace=state.trace, x=x,
+            weight=self.weight_hh if self.recurrent else None,
+            hidden=state.hidden if self.recurrent else None, eligibility=state.eligibility,
+            threshold=state.threshold, modulation=modulation,
             mod_weight=self.mod_weight if head else None, mod_bias=self.mod_bias if head else None,
             mod_fanout_weight=self.mod_fanout_weight if fanout else None,
-            mod_fanout_bias=self.mod_fanout_bias if fanout else None,
-            eligibility=state.eligibility, synaptic_scaling=self.synaptic_scaling,
+            mod_fanout_bias=self.mod_fanout_bias if fanout else None, rule=self.rule,
+            activation=self.activation, clip=self.clip, synaptic_scaling=self.synaptic_scaling,
             adaptive_threshold=self.adaptive_threshold, target_activity=self.target_activity,
-            threshold=state.threshold, checkpoint_every=self.checkpoint_every, abcd=self.abcd,
-            lengths=lengths)
-        if self.lstm:
-            y, new_state = functional.plastic_lstm_scan(
-                z, self.weight_hh, self.alpha, self.eta, state.trace, hidden=state.hidden,
-                cell=state.cell, **options)
-        else:
-            y, new_state = functional.plastic_scan(
-                z, self.alpha, self.eta, state.trace, x=x,
-                weight=self.weight_hh if self.recurrent else None,
-                hidden=state.hidden if self.recurrent else None, activation=self.activation,
-                **options)
+            checkpoint_every=self.checkpoint_every, abcd=self.abcd, lengths=lengths,
+            cell=state.cell if lstm else None)
+        y, new_state = functional._run_scan(arguments, lstm)
         if unbatched:
             y = y.squeeze(1)
             new_state = PlasticState(*(None if t is None else t.squeeze(0) for t in new_state))
@@ -558,25 +557,33 @@ class PlasticRNNCell(PlasticRNN):
         ``lengths`` (``[B]``, 0 or 1, as for a sequence module of one step): the sequences with
         0 skip the step, holding their state, with a zero output; for example the finished
         episodes of a batch of environments."""
-        owner = type(self).__name__
+        # A cell pays this on every step: each check is a cheap test first, its message only
+        # where it fails.
         if not isinstance(u, Tensor):
-            raise TypeError(f"{owner}: input: expected a Tensor, got {type(u).__name__}")
-        if u.dim() not in (1, 2) or u.shape[-1] != self.input_size:
-            raise ValueError(f"{owner}: input: expected shape [B, {self.input_size}] or "
-                             f"[{self.input_size}], got {list(u.shape)}")
-        self._input_dtype(u, "input", self.weight_ih)
-        unbatched = u.dim() == 1
+            raise TypeError(f"{type(self).__name__}: input: expected a Tensor, got {type(u).__name__}")
+        dim = u.dim()
+        if dim not in (1, 2) or u.shape[-1] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input: expected shape [B, {self.input_size}] "
+                             f"or [{self.input_size}], got {list(u.shape)}")
+        weight_ih = self.weight_ih
+        if u.dtype != weight_ih.dtype:
+            self._input_dtype(u, "input", weight_ih)
+        unbatched = dim == 1
         # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
         # the batch dimension of the state and the modulation itself.
-        z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, self.weight_ih, self.bias).unsqueeze(0)
-        lengths = self._lengths(lengths, z, unbatched, "0 skips the step, 1 takes it")
-        if unbatched:
-            self._check_modulation(modulation, (), "", ", unbatched")
-        else:
-            self._check_modulation(modulation, (u.shape[0],), "B")
-        m = None if modulation is None else modulation.unsqueeze(0)
-        y, state = self._scan(z, None, state, m, unbatched, lengths)
-        return y[0], state
+        z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, weight_ih, self.bias).unsqueeze(0)
+        if lengths is not None:
+            lengths = self._lengths(lengths, z, unbatched, "0 skips the step, 1 takes it")
+        if modulation is not None or self.modulation == "external":
+            if unbatched:
+                self._check_modulation(modulation, (), "", ", unbatched")
+            else:
+                self._check_modulation(modulation, (u.shape[0],), "B")
+            modulation = modulation.unsqueeze(0)
+        y, state = self._scan(z, None, state, modulation, unbatched, lengths)
+        # The one step's output as a view whose backward is a reshape; y[0]'s would build
+        # zeros of y's shape and copy into them.
+        return y.squeeze(0), state
 
 
 class PlasticLSTM(PlasticRNN):
