@@ -240,9 +240,10 @@ class _PlasticBase(nn.Module):
         # missing, on every call.
         head = self.modulation in _HEAD_MODULATIONS
         fanout = self.modulation == "fanout"
-        # The op's arguments straight from the module, as tp.functional would pass them: a
-        # cell takes this path on every step, where the functional API's keywords cost as
-        # much again.
+        # The op's arguments built straight from the module, as tp.functional builds them, and
+        # the op called where tp.functional calls it (_run_scan): a cell takes this path on
+        # every step, and the functional API's keyword call would add its cost to each
+        # (docs/performance.md, "Single steps and rollouts").
         lstm = self.lstm
         arguments = functional._op_positional(
             "plastic_lstm_scan" if lstm else "plastic_scan",
