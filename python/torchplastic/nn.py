@@ -558,28 +558,25 @@ class PlasticRNNCell(PlasticRNN):
         ``lengths`` (``[B]``, 0 or 1, as for a sequence module of one step): the sequences with
         0 skip the step, holding their state, with a zero output; for example the finished
         episodes of a batch of environments."""
-        # A cell pays this on every step: each check is a cheap test first, its message only
-        # where it fails.
+        owner = type(self).__name__
         if not isinstance(u, Tensor):
-            raise TypeError(f"{type(self).__name__}: input: expected a Tensor, got {type(u).__name__}")
+            raise TypeError(f"{owner}: input: expected a Tensor, got {type(u).__name__}")
         dim = u.dim()
         if dim not in (1, 2) or u.shape[-1] != self.input_size:
-            raise ValueError(f"{type(self).__name__}: input: expected shape [B, {self.input_size}] "
-                             f"or [{self.input_size}], got {list(u.shape)}")
+            raise ValueError(f"{owner}: input: expected shape [B, {self.input_size}] or "
+                             f"[{self.input_size}], got {list(u.shape)}")
         weight_ih = self.weight_ih
-        if u.dtype != weight_ih.dtype:
-            self._input_dtype(u, "input", weight_ih)
+        self._input_dtype(u, "input", weight_ih)
         unbatched = dim == 1
         # _scan takes z [T = 1, B, H]; for an unbatched input B = 1, and _scan adds and removes
         # the batch dimension of the state and the modulation itself.
         z = nn.functional.linear(u.unsqueeze(0) if unbatched else u, weight_ih, self.bias).unsqueeze(0)
-        if lengths is not None:
-            lengths = self._lengths(lengths, z, unbatched, "0 skips the step, 1 takes it")
-        if modulation is not None or self.modulation == "external":
-            if unbatched:
-                self._check_modulation(modulation, (), "", ", unbatched")
-            else:
-                self._check_modulation(modulation, (u.shape[0],), "B")
+        lengths = self._lengths(lengths, z, unbatched, "0 skips the step, 1 takes it")
+        if unbatched:
+            self._check_modulation(modulation, (), "", ", unbatched")
+        else:
+            self._check_modulation(modulation, (u.shape[0],), "B")
+        if modulation is not None:
             modulation = modulation.unsqueeze(0)
         y, state = self._scan(z, None, state, modulation, unbatched, lengths)
         # The one step's output as a view whose backward is a reshape; y[0]'s would build
