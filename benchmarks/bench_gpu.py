@@ -9,8 +9,9 @@ the T-step loop unrolled would take minutes.
 
 --dtypes, --layouts and --grid time the fused op alone: with bfloat16 and float16 inputs (traces
 in float32), under each cluster layout the planner can be forced into (TORCHPLASTIC_CUDA_CLUSTER,
-TORCHPLASTIC_CUDA_OFF_CHIP) and with the kernels' plain loops (TORCHPLASTIC_CUDA_PLAIN_LOOPS), on
-chip and off, and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
+TORCHPLASTIC_CUDA_OFF_CHIP), with the kernels' plain loops (TORCHPLASTIC_CUDA_PLAIN_LOOPS), on
+chip and off, and with the forward's trace in shared memory instead of registers
+(TORCHPLASTIC_CUDA_NO_REGISTERS), and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
 """
 
 import argparse
@@ -178,13 +179,24 @@ def main():
         # layouts with them.
         layouts["planner's"] = {}
         layouts["planner's, plain loops"] = dict(TORCHPLASTIC_CUDA_PLAIN_LOOPS=1)
+        # The forward with H in shared memory where the planner takes the register forward
+        # (2026-12-07, cuda/forward_registers.cu), in clusters of 3 and 4 (86 and 64 rows per
+        # block at N=256).
+        layouts["planner's, no registers"] = dict(TORCHPLASTIC_CUDA_NO_REGISTERS=1)
+        layouts["cluster 3, no registers"] = dict(TORCHPLASTIC_CUDA_CLUSTER=3,
+                                                  TORCHPLASTIC_CUDA_NO_REGISTERS=1)
+        layouts["cluster 4, no registers"] = dict(TORCHPLASTIC_CUDA_CLUSTER=4,
+                                                  TORCHPLASTIC_CUDA_NO_REGISTERS=1)
         layouts["off chip, cluster 2, plain loops"] = dict(
             TORCHPLASTIC_CUDA_CLUSTER=2, TORCHPLASTIC_CUDA_OFF_CHIP=1, TORCHPLASTIC_CUDA_PLAIN_LOOPS=1)
         res["layouts"] = fused_table(
             f"\nfused, forced layouts (the planner picks by itself above), B={B}, N={N}, T={T}",
             {name: functools.partial(fused_only, T, B, N, args.repeats, **env)
              for name, env in layouts.items()})
-        print_ratios(res["layouts"], [("planner's, plain loops", "planner's"),
+        print_ratios(res["layouts"], [("planner's, no registers", "planner's"),
+                                      ("cluster 3, no registers", "cluster 3"),
+                                      ("cluster 4, no registers", "cluster 4"),
+                                      ("planner's, plain loops", "planner's"),
                                       ("off chip, cluster 2, plain loops", "off chip, cluster 2"),
                                       ("cluster 4", "cluster 3"),
                                       # the planner's choice before 2026-12-06 at this size

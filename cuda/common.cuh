@@ -98,8 +98,8 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-// Sum over the block; every thread gets it. `red` holds kWarps values.
-template <typename T>
+// Sum over a block of Threads threads; every thread gets it. `red` holds Threads / 32 values.
+template <int Threads = kThreads, typename T>
 __device__ T block_sum(T v, T* red) {
   v = warp_sum(v);
   __syncthreads();
@@ -107,16 +107,16 @@ __device__ T block_sum(T v, T* red) {
   __syncthreads();
   T total = 0;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) total += red[w];
+  for (int w = 0; w < Threads / 32; ++w) total += red[w];
   return total;
 }
 
 // s_t = tanh(y_t · v + c) over all O outputs (internal modulation), computed by every block.
-template <typename T>
+template <int Threads = kThreads, typename T>
 __device__ T modulation_signal(const ScanParams<T>& P, const T* y, T* red) {
   T part = 0;
-  for (int64_t o = threadIdx.x; o < P.O; o += kThreads) part += y[o] * P.mod_weight[o];
-  return tanh(block_sum(part, red) + P.mod_bias[0]);
+  for (int64_t o = threadIdx.x; o < P.O; o += Threads) part += y[o] * P.mod_weight[o];
+  return tanh(block_sum<Threads>(part, red) + P.mod_bias[0]);
 }
 
 template <typename T>
@@ -241,13 +241,16 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
   }
 }
 
-// Shared memory of a block, in elements of T, carved in this order.
+// Shared memory of a block, in elements of T, carved in this order. The [rows, I] slices' rows
+// are `row_stride` apart: I, or in the register forward 32 · kRegisterColumns, so that the
+// offset of each of a lane's elements from its warp's first row is a constant of the code.
 template <typename T>
 struct ForwardSmem {
   T *ybuf, *pbuf, *zbuf, *mbuf, *theta, *red, *H, *E, *alpha, *weight;
-  int64_t total;
+  int64_t row_stride, total;
   __host__ __device__ ForwardSmem(T* base, const ScanParams<T>& P, const Plan& L) {
-    const int64_t O = P.O, I = P.I, mat = static_cast<int64_t>(L.rows) * I;
+    row_stride = L.registers ? 32 * kRegisterColumns : P.I;
+    const int64_t O = P.O, I = P.I, mat = static_cast<int64_t>(L.rows) * row_stride;
     T* at = base;
     auto take = [&](int64_t n, bool keep) {
       T* q = keep ? at : nullptr;
@@ -304,11 +307,14 @@ struct BackwardSmem {
 
 // ------------------------------------------------------------------ launch
 
+// Threads per block of a plan's kernel.
+inline int block_threads(const Plan& L) { return L.registers ? kRegisterThreads : kThreads; }
+
 inline cudaLaunchConfig_t launch_config(const Plan& L, int64_t B, cudaStream_t stream,
                                  cudaLaunchAttribute* attr) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(B * L.cluster));
-  cfg.blockDim = dim3(kThreads);
+  cfg.blockDim = dim3(static_cast<unsigned>(block_threads(L)));
   cfg.dynamicSmemBytes = L.smem_bytes;
   cfg.stream = stream;
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -339,11 +345,17 @@ void launch(Kernel kernel, const Plan& L, int64_t B, cudaStream_t stream, const 
 
 
 // The hebb kernels (unclipped, η per row), which stand in for every variant where the planner
-// asks the driver about occupancy (variants share block size and shared memory).
+// asks the driver about occupancy (variants share block size and shared memory); in the forward,
+// the register forward's (forward_registers.cu, float only) or the other's.
 template <typename T>
-const void* forward_kernel_for_occupancy();
+const void* forward_kernel_for_occupancy(bool registers);
 template <typename T>
 const void* backward_kernel_for_occupancy();
+
+// The register forward (forward_registers.cu), which launch_forward calls for a plan with
+// Plan::registers.
+const void* forward_registers_kernel_for_occupancy();
+void launch_forward_registers(const ScanParams<float>& P, const Plan& L, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace torchplastic

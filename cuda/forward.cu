@@ -10,6 +10,8 @@
 // i, f, o of the row beside it (their rows of W_hh read from global memory, where they stay in
 // L2), c_t and h_t: h_t is what the blocks exchange, the next step's presynaptic activity and
 // what internal neuromodulation reads; g_t is the rule's postsynaptic activity.
+#include <type_traits>
+
 #include "cuda/common.cuh"
 
 namespace torchplastic {
@@ -317,7 +319,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-const void* forward_kernel_for_occupancy() {
+const void* forward_kernel_for_occupancy(bool registers) {
+  if constexpr (std::is_same_v<T, float>)
+    if (registers) return forward_registers_kernel_for_occupancy();
   return reinterpret_cast<const void*>(
       plastic_scan_forward_kernel<T, Variant<kernels::rules::Hebb, false, false>>);
 }
@@ -325,13 +329,19 @@ const void* forward_kernel_for_occupancy() {
 template <typename T>
 void launch_forward(const ScanParams<T>& P, const Plan& L, cudaStream_t stream) {
   if (P.B == 0 || P.O == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (L.registers) {
+      launch_forward_registers(P, L, stream);
+      return;
+    }
+  }
   with_variant(P, [&](auto variant) {
     launch(plastic_scan_forward_kernel<T, decltype(variant)>, L, P.B, stream, "forward", P, L);
   });
 }
 
-template const void* forward_kernel_for_occupancy<float>();
-template const void* forward_kernel_for_occupancy<double>();
+template const void* forward_kernel_for_occupancy<float>(bool);
+template const void* forward_kernel_for_occupancy<double>(bool);
 template void launch_forward<float>(const ScanParams<float>&, const Plan&, cudaStream_t);
 template void launch_forward<double>(const ScanParams<double>&, const Plan&, cudaStream_t);
 

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "cuda/common.cuh"
@@ -22,8 +23,8 @@ namespace {
 // shared memory, so the hebb kernel stands in.
 template <typename T>
 int resident_clusters(const Plan& L, bool backward, int sms) {
-  const void* kernel =
-      backward ? backward_kernel_for_occupancy<T>() : forward_kernel_for_occupancy<T>();
+  const void* kernel = backward ? backward_kernel_for_occupancy<T>()
+                                : forward_kernel_for_occupancy<T>(L.registers);
   std::lock_guard<std::mutex> lock(kernel_attribute_mutex());  // see launch (common.cuh)
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(L.smem_bytes)) != cudaSuccess) {
@@ -32,7 +33,8 @@ int resident_clusters(const Plan& L, bool backward, int sms) {
   }
   int n = 0;
   if (L.cluster <= 1) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, L.smem_bytes) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, block_threads(L),
+                                                      L.smem_bytes) !=
         cudaSuccess) {
       cudaGetLastError();
       return 0;
@@ -52,10 +54,10 @@ int resident_clusters(const Plan& L, bool backward, int sms) {
 // shared memory) and device: the planner weighs every cluster size at each call.
 template <typename T>
 int resident_clusters_cached(const Plan& L, bool backward, int device, int sms) {
-  using Key = std::tuple<int, bool, int, size_t>;
+  using Key = std::tuple<int, bool, bool, int, size_t>;
   static std::mutex mutex;
   static std::map<Key, int> cache;
-  const Key key{device, backward, L.cluster, L.smem_bytes};
+  const Key key{device, backward, L.registers, L.cluster, L.smem_bytes};
   {
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
@@ -101,8 +103,10 @@ bool env_flag(const char* name) {
 // Test hooks: TORCHPLASTIC_CUDA_CLUSTER=1..8 forces the cluster size (sizes that are no power
 // of two too, which split the rows unevenly),
 // TORCHPLASTIC_CUDA_OFF_CHIP=1 keeps every matrix in global memory (the streaming fallback),
-// and TORCHPLASTIC_CUDA_PLAIN_LOOPS=1 sets Plan::plain_loops (the benchmark's baseline for
-// the kernels' loops).
+// TORCHPLASTIC_CUDA_PLAIN_LOOPS=1 sets Plan::plain_loops (the benchmark's baseline for
+// the kernels' loops), and TORCHPLASTIC_CUDA_NO_REGISTERS=1 keeps the forward's trace in shared
+// memory where it would be held in registers (Plan::registers; the tests of the shared-memory
+// loops, and the benchmark's comparison).
 int forced_cluster() {
   const char* v = std::getenv("TORCHPLASTIC_CUDA_CLUSTER");
   return v ? std::atoi(v) : 0;
@@ -120,6 +124,8 @@ void log_plan(const Plan& L, const ScanParams<T>& P, bool backward, int sms) {
        << " rows per block, on chip:";
   const std::pair<bool, const char*> parts[] = {
       {L.trace, "H"}, {L.elig, "E"}, {L.alpha, "alpha"}, {L.weight, "W"},
+      {L.registers, "H in registers"},
+      {L.registers && kernels::traits(P.rule).eligibility, "E in registers"},
       {L.grad_trace, "dL/dH"}, {L.grad_elig, "dL/dE"}, {L.grad_alpha, "dL/dalpha"},
       {L.partials, "dL/dp partials"}};
   for (const auto& [on, name] : parts)
@@ -149,6 +155,7 @@ size_t place(Plan& L, const ScanParams<T>& P, bool backward, size_t budget) {
   bool* order_fwd[] = {&L.trace, &L.alpha, &L.elig, &L.weight};
   bool* order_bwd[] = {&L.partials, &L.grad_trace, &L.grad_alpha, &L.alpha, &L.grad_elig, &L.weight};
   auto wanted = [&](bool* flag) {
+    if (L.registers && (flag == &L.trace || flag == &L.elig)) return false;  // in registers
     if (flag == &L.elig || flag == &L.grad_elig) return retro;
     if (flag == &L.weight) return P.recurrent;
     return true;
@@ -171,7 +178,8 @@ bool all_on_chip(const Plan& L, const ScanParams<T>& P, bool backward) {
   if (backward)
     return L.partials && L.grad_trace && L.grad_alpha && L.alpha && (!retro || L.grad_elig) &&
            (!P.recurrent || L.weight);
-  return L.trace && L.alpha && (!retro || L.elig) && (!P.recurrent || L.weight);
+  return (L.registers || (L.trace && (!retro || L.elig))) && L.alpha &&
+         (!P.recurrent || L.weight);
 }
 
 template <typename T>
@@ -189,10 +197,23 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
   }
   const bool off_chip = env_flag("TORCHPLASTIC_CUDA_OFF_CHIP");
   const bool plain_loops = env_flag("TORCHPLASTIC_CUDA_PLAIN_LOOPS");
+  // The register forward (Plan::registers) wherever its shape holds the block's rows and α
+  // and W fit in shared memory; not in the baselines (plain loops, off chip).
+  const bool registers_allowed = !backward && std::is_same_v<T, float> && !P.lstm &&
+                                 !P.record_norm && !P.record_trace && !off_chip && !plain_loops &&
+                                 !env_flag("TORCHPLASTIC_CUDA_NO_REGISTERS") &&
+                                 P.I <= 32 * kRegisterColumns;
+  const int register_rows = register_rows_per_block(kernels::traits(P.rule).eligibility);
   auto plan_for = [&](int C) {
     Plan L;
     L.cluster = C;
     L.rows = static_cast<int>((P.O + C - 1) / C);
+    if (registers_allowed && L.rows <= register_rows) {
+      Plan R = L;
+      R.registers = true;
+      R.smem_bytes = place(R, P, backward, budget);
+      if (R.alpha && (!P.recurrent || R.weight)) return R;
+    }
     L.smem_bytes = place(L, P, backward, off_chip ? 0 : budget);  // budget 0: nothing fits
     L.plain_loops = plain_loops;
     L.prefetch_rows = backward && !plain_loops && P.I * static_cast<int64_t>(sizeof(T)) <= 1024;

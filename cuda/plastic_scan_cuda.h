@@ -32,8 +32,25 @@ struct Plan {
   // rows ahead stay in L1 (at N=1024 off chip, rows of 4 KB, they would evict one another), and
   // not with plain_loops.
   bool prefetch_rows = false;
+  // The forward keeps each warp's rows of H (and E) in registers for all T steps, α and W in
+  // shared memory (cuda/forward_registers.cu): float, rows of at most kRegisterColumns · 32
+  // elements, at most register_rows_per_warp rows per warp, outside the LSTM and recording.
+  // `trace` and `elig` are then false: neither takes shared memory.
+  bool registers = false;
   size_t smem_bytes = 0;
 };
+
+// The register forward's shape: blocks of kRegisterThreads threads (half the other kernels'
+// 512, so that a thread may take up to 255 registers instead of 128); each lane holds
+// kRegisterColumns elements of each of its warp's rows (elements lane, lane + 32, ...), so rows
+// of up to 256 elements; a warp holds up to 12 rows of H (6 of H and 6 of E for rules with an
+// eligibility trace), 96 registers per lane: up to 96 (48) rows per block.
+constexpr int kRegisterThreads = 256;
+constexpr int kRegisterColumns = 8;
+constexpr int register_rows_per_warp(bool eligibility) { return eligibility ? 6 : 12; }
+constexpr int register_rows_per_block(bool eligibility) {
+  return kRegisterThreads / 32 * register_rows_per_warp(eligibility);
+}
 
 template <typename T>
 Plan plan_forward(const kernels::ScanParams<T>& P, int device);

@@ -79,6 +79,26 @@ TEST(CudaEmulation, ShufflesSumEachWarp) {
   for (int t = 0; t < 64; ++t) EXPECT_EQ(out[t], t < 32 ? 496 : 32 * 32 + 496) << "thread " << t;
 }
 
+// Each lane takes the value of the lane `source` names (a broadcast from lane 5 of each warp,
+// and each lane's next, around the warp).
+__global__ void warp_broadcasts(int* out) {
+  const int v = 100 + static_cast<int>(threadIdx.x);
+  const unsigned lane = threadIdx.x & 31u;
+  out[2 * threadIdx.x] = __shfl_sync(0xffffffffu, v, 5);
+  out[2 * threadIdx.x + 1] = __shfl_sync(0xffffffffu, v, static_cast<int>((lane + 1) % 32));
+}
+
+TEST(CudaEmulation, ShufflesTakeTheNamedLane) {
+  std::vector<int> out(128, -1);
+  Launch l(1, 64);
+  ASSERT_EQ(cudaLaunchKernelEx(&l.cfg, warp_broadcasts, out.data()), cudaSuccess);
+  for (int t = 0; t < 64; ++t) {
+    const int warp_base = 100 + t / 32 * 32;
+    EXPECT_EQ(out[2 * t], warp_base + 5) << "thread " << t;
+    EXPECT_EQ(out[2 * t + 1], warp_base + (t % 32 + 1) % 32) << "thread " << t;
+  }
+}
+
 // Each block of a cluster writes its rank into the next block's shared memory; after the
 // cluster's barrier every block reads what its predecessor wrote.
 __global__ void ring(int* out, unsigned C) {

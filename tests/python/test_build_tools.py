@@ -262,7 +262,7 @@ def cuda_objects():
     """The built CUDA kernels' object files, where this build compiled them."""
     build = os.path.join(ROOT, os.environ.get("TORCHPLASTIC_BUILD_DIR", "build"))
     paths = [os.path.join(build, "CMakeFiles", "torchplastic.dir", "cuda", f"{name}.cu.o")
-             for name in ("forward", "backward")]
+             for name in ("forward", "forward_registers", "backward")]
     return [p for p in paths if os.path.exists(p)]
 
 
@@ -283,8 +283,8 @@ def test_cuda_kernels_spill_in_no_element_loop():
                    if sass_loops.is_element_loop(loop)]
             assert not hot, f"{name}: spills in element loops at {hot}"
     # Every object's kernels were read (an empty listing would pass the loop above).
-    for kind in ("forward", "backward"):
-        if any(path.endswith(f"{kind}.cu.o") for path in objects):
+    for kind in ("forward", "forward_registers", "backward"):
+        if any(path.endswith(f"/{kind}.cu.o") for path in objects):
             assert any(f"plastic_scan_{kind}_kernel" in name for name in checked), kind
 
 

@@ -116,21 +116,33 @@ def test_cuda_float32_matches_float64():
 
 
 # The float forward's row loops, by layout: (O, environment of the planner's test hooks). Also
-# run by test_cuda_emulated.py.
+# run by test_cuda_emulated.py. The shared-memory loops (forward.cu) where the planner would
+# take the register forward are asked for with TORCHPLASTIC_CUDA_NO_REGISTERS.
+_SHARED = {"TORCHPLASTIC_CUDA_NO_REGISTERS": "1"}
 FLOAT32_ROW_LAYOUTS = [
-    (37, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),   # 37 rows per block: pairs, and a row alone
-    (64, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),   # 32 rows per block: pairs only
+    (37, {"TORCHPLASTIC_CUDA_CLUSTER": "1", **_SHARED}),   # 37 rows per block: pairs, and a row alone
+    (64, {"TORCHPLASTIC_CUDA_CLUSTER": "2", **_SHARED}),   # 32 rows per block: pairs only
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_PLAIN_LOOPS": "1"}),
     (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}),
-    (160, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),  # rows of 160: a chunk of 4 per lane, then 1
+    (160, {"TORCHPLASTIC_CUDA_CLUSTER": "2", **_SHARED}),  # rows of 160: a chunk of 4 per lane, then 1
     (160, {"TORCHPLASTIC_CUDA_CLUSTER": "2", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}),
     # One block of 160 rows: H and α fit its shared memory, W (recurrent) does not, so the
     # pre-activations read H and α on chip and W from global memory (and retroactive's E, which
     # does not fit either, takes the off-chip loops).
     (160, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
+    # The register forward (cuda/forward_registers.cu): 37 rows in one block (warps of 4 and 5
+    # rows, rows shorter than a warp in feed-forward); 64 (8 rows per warp; retroactive, whose
+    # warps hold at most 6 rows of H and E, takes the shared-memory loops); rows of 100 in two
+    # blocks; rows of 256 in blocks of 86, every register of a lane's row in use (the benchmark's
+    # layout).
+    (37, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
+    (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
+    (100, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),
+    (256, {"TORCHPLASTIC_CUDA_CLUSTER": "3"}),
 ]
 FLOAT32_ROW_LAYOUT_IDS = ["pairs-and-single", "pairs", "plain-loops", "off-chip", "chunks",
-                          "chunks-off-chip", "all-but-weight-on-chip"]
+                          "chunks-off-chip", "all-but-weight-on-chip", "registers-37",
+                          "registers-64", "registers-100", "registers-256"]
 # Every rule, with the modulation sources whose updates come row by row and after all rows.
 FLOAT32_ROW_RULES = [(r, s) for r in RULES for s in
                      (("external", "fanout") if tp.rules.rule_info(r).modulated else (None,))]
@@ -165,6 +177,66 @@ def float32_row_case(rule, source, recurrent, O):
             if kw.get(name) is not None:
                 kw[name].mul_(0.2 * min(1.0, (64 / O) ** 0.5))
     return kw
+
+
+def register_forward_cases():
+    """(id, inputs): float32 calls the register forward takes (cuda/forward_registers.cu):
+    test_plastic_scan's OPTION_CASES (every rule, option and granularity), rows of 256 in
+    clusters of 3 (86 rows per block, as at the benchmark's size) and a batch with lengths. Also
+    run by test_cuda_emulated.py."""
+    cases = [(cfg.id(), make_inputs(cfg, dtype=torch.float32)) for cfg in OPTION_CASES]
+    kw = make_inputs(Config(rule="hebb", T=5, B=2, O=256, I=256, checkpoint_every=2),
+                     dtype=torch.float32)
+    with torch.no_grad():
+        kw["weight"].mul_(0.1)
+        kw["alpha"].mul_(0.1)
+    cases.append(("hebb-rows-of-256-cluster-3", kw))
+    kw = make_inputs(Config(rule="retroactive", source="fanout", clip=1.0, threshold=0.1, T=7,
+                            B=3, O=40, I=40, checkpoint_every=3), dtype=torch.float32)
+    kw["lengths"] = torch.tensor([7, 2, 5])
+    cases.append(("retroactive-fanout-lengths", kw))
+    return cases
+
+
+REGISTER_FORWARD_CASES = register_forward_cases()
+
+
+def outputs_and_gradients(functional, kw):
+    """functional.plastic_scan on kw: the output, the final state and the gradients of loss_of
+    in every input that requires one (the backward recomputes the forward from its
+    checkpoints), as one list."""
+    y, state = run_scan(functional, kw, False)
+    leaves = [t for t in tensor_inputs(kw).values() if t.requires_grad]
+    grads = torch.autograd.grad(loss_of(y, state), leaves, allow_unused=True)
+    return [y, *state, *grads]
+
+
+def assert_register_forward_equals_shared_memory_forward(functional, case_id, kw, monkeypatch,
+                                                         capfd):
+    """The register forward gives the shared-memory forward's results bit for bit: each row's
+    sums run over the same elements in the same order, through the same rule code. The plan log
+    shows that the register forward ran (it prints a plan that differs from the last one it
+    printed, and the shared-memory call comes just before)."""
+    if case_id == "hebb-rows-of-256-cluster-3":
+        monkeypatch.setenv("TORCHPLASTIC_CUDA_CLUSTER", "3")
+    monkeypatch.setenv("TORCHPLASTIC_CUDA_PLAN_LOG", "1")
+    monkeypatch.setenv("TORCHPLASTIC_CUDA_NO_REGISTERS", "1")
+    expected = outputs_and_gradients(functional, kw)
+    capfd.readouterr()
+    monkeypatch.delenv("TORCHPLASTIC_CUDA_NO_REGISTERS")
+    got = outputs_and_gradients(functional, kw)
+    forward_plans = [line for line in capfd.readouterr().err.splitlines() if "forward plan" in line]
+    assert forward_plans and "H in registers" in forward_plans[-1], forward_plans
+    for a, b in zip(got, expected):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case_id,kw", REGISTER_FORWARD_CASES, ids=[c for c, _ in REGISTER_FORWARD_CASES])
+def test_cuda_register_forward_equals_shared_memory_forward(case_id, kw, monkeypatch, capfd):
+    assert_register_forward_equals_shared_memory_forward(tp.functional, case_id,
+                                                         to_device(kw, "cuda"), monkeypatch, capfd)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])

@@ -23,6 +23,7 @@ import torchplastic as tp
 from torchplastic import functional
 from helpers import Config, all_rule_mode_sources, loss_of, make_inputs, make_lstm_inputs, tensor_inputs
 from test_cuda import (CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES,
+                       REGISTER_FORWARD_CASES, assert_register_forward_equals_shared_memory_forward,
                        float32_row_case, layout, lstm_cuda_configs, size_case)  # noqa: F401 (layout: a fixture)
 from test_plastic_scan import OPTION_CASES
 from test_random import assert_same_results, random_case, run_cases, run_scan
@@ -190,13 +191,15 @@ def results(kw, lstm):
     return [y, *state, *grads]
 
 
-@pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
-def test_emulated_results_do_not_depend_on_the_threads_order(lstm, layout, monkeypatch):
+@pytest.mark.parametrize("lstm,dtype", [(False, torch.float64), (False, torch.float32),
+                                        (True, torch.float64)], ids=["rnn", "rnn-float32", "lstm"])
+def test_emulated_results_do_not_depend_on_the_threads_order(lstm, dtype, layout, monkeypatch):
     # Threads that run between two barriers in another order (the runtime's shuffled schedules)
     # give the same results, bit for bit: no result rests on an order that no barrier enforces.
+    # (In float32 the planner's layouts take the register forward.)
     cfg = Config(rule="retroactive", source="fanout", clip=1.0, threshold=0.1, T=4, B=2, O=20,
                  I=20, checkpoint_every=2)
-    kw = make_lstm_inputs(cfg) if lstm else make_inputs(cfg)
+    kw = make_lstm_inputs(cfg, dtype=dtype) if lstm else make_inputs(cfg, dtype=dtype)
     expected = results(kw, lstm)
     monkeypatch.setenv("TORCHPLASTIC_EMULATION_SCHEDULE", "1")
     for a, b in zip(results(kw, lstm), expected):
@@ -236,3 +239,10 @@ def test_emulated_float32_forward_rows_match_cpu(rule, source, O, env, monkeypat
     assert_emulated_matches_cpu(float32_row_case(rule, source, True, O), tol=(1e-4, 1e-5),
                                 grad_tol=(1e-3, 1e-4))
 
+
+@pytest.mark.parametrize("case_id,kw", REGISTER_FORWARD_CASES, ids=[c for c, _ in REGISTER_FORWARD_CASES])
+def test_emulated_register_forward_equals_shared_memory_forward(case_id, kw, monkeypatch, capfd):
+    """test_cuda.py's comparison of the register forward with the shared-memory one, bit for
+    bit, on the emulation."""
+    assert_register_forward_equals_shared_memory_forward(EmulatedFunctional, case_id, kw,
+                                                         monkeypatch, capfd)

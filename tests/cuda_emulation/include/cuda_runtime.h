@@ -62,6 +62,14 @@ T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int /*width*/ = 32)
   return out;
 }
 
+template <typename T>
+T __shfl_sync(unsigned /*mask*/, T value, int source_lane, int /*width*/ = 32) {
+  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 8, "__shfl_sync");
+  T out;
+  tp_emulation::warp_exchange(&value, &out, sizeof(T), static_cast<unsigned>(source_lane) & 31u);
+  return out;
+}
+
 inline unsigned __isShared(const void* p) { return tp_emulation::in_shared_memory(p) ? 1u : 0u; }
 
 // One emulated thread runs at a time, between barriers: a plain add is atomic.
