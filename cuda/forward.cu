@@ -1,5 +1,7 @@
 // The CUDA forward of plastic_scan (equations: csrc/kernels/plastic_step.h and the rules,
 // csrc/kernels/rules/, whose structs the kernel is templated on; the launch shape: common.cuh).
+// Float calls whose block rows fit a lane's registers take forward_registers.cu instead
+// (Plan::registers), with the same results bit for bit; this kernel takes every other call.
 //
 // The step's outputs y are written into every block's shared memory through distributed
 // shared memory (triple-buffered, so one cluster barrier per step is enough), which is where

@@ -193,9 +193,9 @@ __global__ void __launch_bounds__(kRegisterThreads)
     }
     // Each row's sum over the warp (every lane gets it); lane j keeps row j's. The rows'
     // outputs, exchange and modulation then run once per lane instead of once per row in
-    // unrolled code, which kept the step's loop several times the size of an SM's instruction
-    // cache; only the dot above and the updates below need the rows unrolled (the registers of
-    // a row are named by constants).
+    // unrolled code, which nearly doubled the code every warp runs through each step
+    // (docs/performance.md); only the dot above and the updates below need the rows unrolled
+    // (the registers of a row are named by constants).
     T sum_mine = 0;
 #pragma unroll
     for (int r = 0; r < Rows; ++r) {
