@@ -233,6 +233,31 @@ def assert_register_forward_equals_shared_memory_forward(functional, case_id, kw
             assert torch.equal(a, b)
 
 
+def check_random_case_register_forward(seed, functional, device, wide=False):
+    """test_random's case `seed` in float32 on `device` by `functional` (tp.functional, or the
+    emulation's): the same results with the register forward allowed and without it, bit for
+    bit (values equal, NaN where NaN). Cases the register forward does not take compare
+    forward.cu with itself."""
+    kw = {k: v.detach().float().to(device).requires_grad_(v.requires_grad)
+          if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+          for k, v in random_case(seed, wide).items()}
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("TORCHPLASTIC_CUDA_NO_REGISTERS", "1")
+        expected = outputs_and_gradients(functional, kw)
+        m.delenv("TORCHPLASTIC_CUDA_NO_REGISTERS")
+        got = outputs_and_gradients(functional, kw)
+    for a, b in zip(got, expected):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["small", "wide"])
+def test_cuda_register_forward_on_random_configurations(wide):
+    run_cases(7000, 10, check=check_random_case_register_forward, functional=tp.functional,
+              device="cuda", wide=wide)
+
+
 @pytest.mark.parametrize("case_id,kw", REGISTER_FORWARD_CASES, ids=[c for c, _ in REGISTER_FORWARD_CASES])
 def test_cuda_register_forward_equals_shared_memory_forward(case_id, kw, monkeypatch, capfd):
     assert_register_forward_equals_shared_memory_forward(tp.functional, case_id,

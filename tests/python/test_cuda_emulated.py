@@ -24,6 +24,7 @@ from torchplastic import functional
 from helpers import Config, all_rule_mode_sources, loss_of, make_inputs, make_lstm_inputs, tensor_inputs
 from test_cuda import (CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES,
                        REGISTER_FORWARD_CASES, assert_register_forward_equals_shared_memory_forward,
+                       check_random_case_register_forward,
                        float32_row_case, layout, lstm_cuda_configs, size_case)  # noqa: F401 (layout: a fixture)
 from test_plastic_scan import OPTION_CASES
 from test_random import assert_same_results, random_case, run_cases, run_scan
@@ -246,3 +247,11 @@ def test_emulated_register_forward_equals_shared_memory_forward(case_id, kw, mon
     bit, on the emulation."""
     assert_register_forward_equals_shared_memory_forward(EmulatedFunctional, case_id, kw,
                                                          monkeypatch, capfd)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["small", "wide"])
+def test_emulated_register_forward_on_random_configurations(wide):
+    """test_cuda.py's random float32 cases, register forward against shared-memory forward, on
+    the emulation."""
+    run_cases(7000, SECONDS, check=check_random_case_register_forward,
+              functional=EmulatedFunctional, device="cpu", wide=wide)
