@@ -131,18 +131,16 @@ FLOAT32_ROW_LAYOUTS = [
     # does not fit either, takes the off-chip loops).
     (160, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
     # The register forward (cuda/forward_registers.cu): 37 rows in one block (warps of 4 and 5
-    # rows, rows shorter than a warp in feed-forward); 64 (8 rows per warp; retroactive, whose
-    # warps hold at most 6 rows of H and E, takes the shared-memory loops); rows of 100 in two
-    # blocks; rows of 256 in blocks of 86, every register of a lane's row in use (the benchmark's
-    # layout).
+    # rows, rows shorter than a warp in feed-forward); rows of 100 in blocks of 50 (retroactive,
+    # whose warps hold at most 6 rows of H and E, takes the shared-memory loops there); rows of
+    # 256 in blocks of 86, every register of a lane's row in use (the benchmark's layout).
     (37, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
-    (64, {"TORCHPLASTIC_CUDA_CLUSTER": "1"}),
     (100, {"TORCHPLASTIC_CUDA_CLUSTER": "2"}),
     (256, {"TORCHPLASTIC_CUDA_CLUSTER": "3"}),
 ]
 FLOAT32_ROW_LAYOUT_IDS = ["pairs-and-single", "pairs", "plain-loops", "off-chip", "chunks",
                           "chunks-off-chip", "all-but-weight-on-chip", "registers-37",
-                          "registers-64", "registers-100", "registers-256"]
+                          "registers-100", "registers-256"]
 # Every rule, with the modulation sources whose updates come row by row and after all rows.
 FLOAT32_ROW_RULES = [(r, s) for r in RULES for s in
                      (("external", "fanout") if tp.rules.rule_info(r).modulated else (None,))]
