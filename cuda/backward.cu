@@ -57,15 +57,10 @@ __global__ void __launch_bounds__(kThreads)
   using R = typename V::Rule;
   TORCHPLASTIC_DYNAMIC_SMEM(smem_raw);
   BackwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
-  const int C = L.cluster;
-  const int rank = cluster_rank(C);
-  const int64_t b = blockIdx.x / C;
-  // T_: this sequence's steps.
-  const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I, K = P.checkpoint_every, OI = O * I;
-  const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
-  const int64_t r1 = min(O, r0 + L.rows);
-  const int64_t n = (r1 - r0) * I;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const BlockSlice slice(P, L);
+  const int C = L.cluster, rank = slice.rank, lane = slice.lane, warp = slice.warp;
+  const int64_t b = slice.b, T_ = slice.steps, r0 = slice.r0, r1 = slice.r1, n = slice.n;
+  const int64_t B = P.B, O = P.O, I = P.I, K = P.checkpoint_every, OI = O * I;
   const int I32 = static_cast<int>(I);  // indices within a row (see update_row_warp)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();

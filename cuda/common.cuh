@@ -130,6 +130,94 @@ __device__ __forceinline__ T modulation_of_row(const ScanParams<T>& P, int64_t t
   }
 }
 
+// The share of a sequence that a block works on: block `rank` of its cluster owns the rows
+// [r0, r1) of sequence b, whose length is `steps` (P.length(b)), n elements of a [O, I] matrix.
+// Every kernel starts from it.
+struct BlockSlice {
+  int rank, lane, warp;
+  int64_t b, steps, r0, r1, n;
+  template <typename T>
+  __device__ BlockSlice(const ScanParams<T>& P, const Plan& L)
+      : rank(cluster_rank(L.cluster)),
+        lane(threadIdx.x & 31),
+        warp(threadIdx.x >> 5),
+        b(blockIdx.x / L.cluster),
+        steps(P.length(b)),
+        r0(min(P.O, static_cast<int64_t>(rank) * L.rows)),
+        r1(min(P.O, r0 + L.rows)),
+        n((r1 - r0) * P.I) {}
+};
+
+// The forwards' per-step inputs of a block's rows, z (from column z_offset of z's rows: the
+// LSTM's g rows) and external m, staged in shared memory (zbuf, mbuf) a step ahead, so that no
+// warp waits on a global load in the middle of its row. Where each thread has at most one row
+// (`ahead`), a step loads the next step's values of its thread's row into registers at its start
+// (load_ahead) and stores them after its cluster barrier (store_ahead), so that their latency
+// passes during the step; staged after the barrier (store_ahead otherwise), every warp waited
+// for them at the block barrier that follows.
+template <int Threads, typename T>
+struct StagedInputs {
+  const ScanParams<T>& P;
+  T *zbuf, *mbuf;
+  int64_t b, steps, r0, r1, z_offset, my_row;
+  bool external, ahead;
+  T z_next = 0, m_next = 0;
+
+  __device__ StagedInputs(const ScanParams<T>& P, const BlockSlice& s, T* zbuf, T* mbuf,
+                          int64_t z_offset, bool ahead)
+      : P(P),
+        zbuf(zbuf),
+        mbuf(mbuf),
+        b(s.b),
+        steps(s.steps),
+        r0(s.r0),
+        r1(s.r1),
+        z_offset(z_offset),
+        my_row(s.r0 + threadIdx.x),
+        external(P.mod_source == ModSource::External),
+        ahead(ahead) {}
+  __device__ T z_at(int64_t t, int64_t o) const { return P.z_row(t, b)[z_offset + o]; }
+  __device__ T m_at(int64_t t, int64_t o) const { return P.modulation[(t * P.B + b) * P.O + o]; }
+  // Step t's inputs of every row of the block, now.
+  __device__ void stage(int64_t t) {
+    if (t >= steps) return;
+    for (int64_t o = r0 + threadIdx.x; o < r1; o += Threads) {
+      zbuf[o] = z_at(t, o);
+      if (external) mbuf[o] = m_at(t, o);
+    }
+  }
+  __device__ void load_ahead(int64_t t) {
+    if (!ahead || t >= steps || my_row >= r1) return;
+    z_next = z_at(t, my_row);
+    if (external) m_next = m_at(t, my_row);
+  }
+  // Step t's inputs into shared memory, once the step before has read them all.
+  __device__ void store_ahead(int64_t t) {
+    if (!ahead) {
+      stage(t);
+      return;
+    }
+    if (t >= steps || my_row >= r1) return;
+    zbuf[my_row] = z_next;
+    if (external) mbuf[my_row] = m_next;
+  }
+};
+
+// Past its length a sequence's outputs are zero (its state was held by stopping there): y, and
+// the plastic LSTM's h and stored gates and cell, of the block's rows.
+template <int Threads, typename T>
+__device__ void zero_outputs_past_length(const ScanParams<T>& P, const BlockSlice& s) {
+  for (int64_t t = s.steps; t < P.T; ++t) {
+    for (int64_t o = s.r0 + threadIdx.x; o < s.r1; o += Threads) {
+      P.y[(t * P.B + s.b) * P.O + o] = T(0);
+      if (P.lstm) {
+        P.hseq[(t * P.B + s.b) * P.O + o] = T(0);
+        for (int k = 0; k < 5; ++k) P.lstm_value(k, t, s.b)[o] = T(0);
+      }
+    }
+  }
+}
+
 // Tells the compiler that p points into shared memory, where the caller knows it does, so its
 // loads and stores are shared-memory instructions (LDS, STS) rather than generic ones, which
 // must first find out which memory they address.
@@ -188,6 +276,31 @@ __device__ __forceinline__ void row_chunks(int I, int lane, Load&& load, Body&& 
   }
 }
 
+// One element of a row's trace update, at index `at` of a [O, I] matrix, from its trace h and
+// eligibility e of step t-1: returns the new trace, clipped where V clips, and sets e to the new
+// eligibility (rules with one). update_row_warp and the register forward's
+// update_row_registers (forward_registers.cu) run it on each of their elements.
+template <typename V, typename T>
+__device__ __forceinline__ T update_element(const ScanParams<T>& P, int64_t at, T h, T& e, T y,
+                                            T p, T m, T eta) {
+  using R = typename V::Rule;
+  const Synapse<T> s = kernels::synapse<R>(P, at, h, R::eligibility ? e : T(0), y, p, m, eta);
+  T C = R::candidate(s);
+  if constexpr (R::eligibility) e = R::eligibility_next(s);
+  if constexpr (V::clip) C = kernels::clip_value(C, P.clip);
+  return C;
+}
+
+// Synaptic scaling of a row whose new trace's squares sum to sumsq over the warp (each lane its
+// share): whether its norm exceeds P.scaling, and then the factor that brings it down to it.
+template <typename T>
+__device__ __forceinline__ bool scaling_factor(const ScanParams<T>& P, T sumsq, T& scale) {
+  const T norm = sqrt(warp_sum(sumsq));
+  if (!(norm > P.scaling)) return false;
+  scale = P.scaling / norm;
+  return true;
+}
+
 // Row o of the trace update by one warp: H_src (E_src) → H_dst (E_dst); src may equal dst
 // (each element is read and written by the same lane). V: the rule, clipping and η's
 // granularity as types (kernels/variant.h), so the element loop carries only its own terms;
@@ -211,7 +324,7 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
   const int I = static_cast<int>(P.I);
   const int64_t row = o * P.I;
   const T* eta = P.eta_row(o);
-  const T eta_o = eta[0], clip = P.clip;
+  const T eta_o = eta[0];
   const bool scaling = P.has_scaling;
   T sumsq = 0;
   T h[U], e[U] = {}, pv[U], et[U];  // e: read only by rules with an eligibility trace
@@ -224,21 +337,14 @@ __device__ void update_row_warp(const ScanParams<T>& P, int64_t o, T y, T m, con
         et[u] = eta_at<V>(eta, eta_o, i);
       },
       [&](int u, int i) {
-        const Synapse<T> s = kernels::synapse<R>(P, row + i, h[u],
-                                                 R::eligibility ? e[u] : T(0), y, pv[u], m, et[u]);
-        T C = R::candidate(s);
-        if constexpr (R::eligibility) E_dst[i] = R::eligibility_next(s);
-        if constexpr (V::clip) C = kernels::clip_value(C, clip);
+        const T C = update_element<V>(P, row + i, h[u], e[u], y, pv[u], m, et[u]);
+        if constexpr (R::eligibility) E_dst[i] = e[u];
         H_dst[i] = C;
         if (scaling) sumsq += C * C;
       });
-  if (scaling) {
-    const T norm = sqrt(warp_sum(sumsq));
-    if (norm > P.scaling) {
-      const T scale = P.scaling / norm;
-      for (int i = lane; i < I; i += 32) H_dst[i] *= scale;
-    }
-  }
+  T scale;
+  if (scaling && scaling_factor(P, sumsq, scale))
+    for (int i = lane; i < I; i += 32) H_dst[i] *= scale;
 }
 
 // Shared memory of a block, in elements of T, carved in this order. The [rows, I] slices' rows

@@ -80,14 +80,10 @@ __global__ void __launch_bounds__(kThreads)
   using R = typename V::Rule;
   TORCHPLASTIC_DYNAMIC_SMEM(smem_raw);
   ForwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
-  const int C = L.cluster;
-  const int rank = cluster_rank(C);
-  const int64_t b = blockIdx.x / C;
-  const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I;  // T_: this sequence's steps
-  const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
-  const int64_t r1 = min(O, r0 + L.rows);
-  const int64_t n = (r1 - r0) * I;  // elements of this block's slice of a [O, I] matrix
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const BlockSlice slice(P, L);
+  const int C = L.cluster, lane = slice.lane, warp = slice.warp;
+  const int64_t b = slice.b, T_ = slice.steps, r0 = slice.r0, r1 = slice.r1, n = slice.n;
+  const int64_t B = P.B, O = P.O, I = P.I;
   const int I32 = static_cast<int>(I);  // indices within a row (see update_row_warp)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
@@ -111,41 +107,12 @@ __global__ void __launch_bounds__(kThreads)
     if (L.alpha) S.alpha[k] = P.alpha[r0 * I + k];
     if (P.recurrent && L.weight) S.weight[k] = P.weight[r0 * I + k];
   }
-  // Row o's per-step inputs at step t: z (the LSTM's g rows) and external m.
-  auto z_at = [&](int64_t t, int64_t o) { return P.z_row(t, b)[(P.lstm ? 2 * O : 0) + o]; };
-  auto m_at = [&](int64_t t, int64_t o) { return P.modulation[(t * B + b) * O + o]; };
-  const bool external = P.mod_source == ModSource::External;
-  // Per-step inputs of this block's rows are staged in shared memory one step ahead, so no
-  // warp waits on a global load in the middle of its row.
-  auto stage = [&](int64_t t) {
-    if (t >= T_) return;
-    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
-      S.zbuf[o] = z_at(t, o);
-      if (external) S.mbuf[o] = m_at(t, o);
-    }
-  };
-  stage(0);
-  // Where each thread has at most one row, the next step's z (and m) of its row is loaded into
-  // registers at the start of a step and stored after the step's cluster barrier, so that its
-  // latency passes during the step; staged after the barrier, every warp waited for it at the
-  // block barrier that follows. Not in the benchmark's baseline (Plan::plain_loops).
-  const bool stage_ahead = !L.plain_loops && r1 - r0 <= kThreads;
-  const int64_t my_row = r0 + threadIdx.x;
-  T z_next = 0, m_next = 0;
-  auto load_ahead = [&](int64_t t) {
-    if (!stage_ahead || t >= T_ || my_row >= r1) return;
-    z_next = z_at(t, my_row);
-    if (external) m_next = m_at(t, my_row);
-  };
-  auto store_ahead = [&](int64_t t) {
-    if (!stage_ahead) {
-      stage(t);
-      return;
-    }
-    if (t >= T_ || my_row >= r1) return;
-    S.zbuf[my_row] = z_next;
-    if (external) S.mbuf[my_row] = m_next;
-  };
+  // Per-step inputs of this block's rows, z (the LSTM's g rows) and external m (StagedInputs,
+  // common.cuh): a step ahead in registers where each thread has at most one row, except in the
+  // benchmark's baseline (Plan::plain_loops).
+  StagedInputs<kThreads, T> inputs(P, slice, S.zbuf, S.mbuf, P.lstm ? 2 * O : 0,
+                                   !L.plain_loops && r1 - r0 <= kThreads);
+  inputs.stage(0);
   for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
     S.theta[o] = P.has_threshold ? P.theta0[b * O + o] : T(0);
   if (P.recurrent)
@@ -159,7 +126,7 @@ __global__ void __launch_bounds__(kThreads)
   // longer routine for values past 32 bits), which every thread ran at every step.
   int64_t next_segment = P.checkpoint_every;
   for (int64_t t = 0; t < T_; ++t) {
-    load_ahead(t + 1);
+    inputs.load_ahead(t + 1);
     if (t == next_segment) {
       next_segment += P.checkpoint_every;
       if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b)) {
@@ -289,25 +256,18 @@ __global__ void __launch_bounds__(kThreads)
     if (P.has_threshold)
       for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads)
         S.theta[o] += P.threshold_rate * (post(P, t, b, o, y_now) - P.target_activity);
-    store_ahead(t + 1);  // this step's reads of zbuf and mbuf all came before the cluster barrier
+    // This step's reads of zbuf and mbuf all came before the cluster barrier.
+    inputs.store_ahead(t + 1);
     __syncthreads();
     if (P.record_norm || P.record_trace) {
       record_trace(P, t, b, H, r0, n, S.red);
       __syncthreads();  // before the next step writes H
     }
   }
-  // Past its length a sequence's outputs are zero; its state was held by stopping there, and
-  // so are its trace records.
-  for (int64_t t = T_; t < P.T; ++t) {
-    for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) {
-      P.y[(t * B + b) * O + o] = T(0);
-      if (P.lstm) {
-        P.hseq[(t * B + b) * O + o] = T(0);
-        for (int k = 0; k < 5; ++k) P.lstm_value(k, t, b)[o] = T(0);
-      }
-    }
-    if (P.record_norm || P.record_trace) record_trace(P, t, b, H, r0, n, S.red);
-  }
+  zero_outputs_past_length<kThreads>(P, slice);
+  // Its state was held by stopping there, and so are its trace records.
+  if (P.record_norm || P.record_trace)
+    for (int64_t t = T_; t < P.T; ++t) record_trace(P, t, b, H, r0, n, S.red);
   if (P.has_threshold)
     for (int64_t o = r0 + threadIdx.x; o < r1; o += kThreads) P.theta[b * O + o] = S.theta[o];
 

@@ -19,39 +19,30 @@ namespace torchplastic {
 namespace cuda {
 
 // Row o's trace update in registers: h (e) hold a lane's elements lane + 32·k of the row, pv
-// the presynaptic values of the same elements; update_row_warp's arithmetic (common.cuh),
-// element by element.
+// the presynaptic values of the same elements; each element as update_row_warp's (common.cuh).
 template <typename V, int Cols, typename T>
 __device__ __forceinline__ void update_row_registers(const ScanParams<T>& P, int64_t o, T y, T m,
                                                      const T (&pv)[Cols], T (&h)[Cols],
                                                      T (&e)[Cols], int lane, int I) {
-  using R = typename V::Rule;
   const int64_t row = o * P.I;
   const T* eta = P.eta_row(o);
-  const T eta_o = eta[0], clip = P.clip;
+  const T eta_o = eta[0];
   const bool scaling = P.has_scaling;
   T sumsq = 0;
 #pragma unroll
   for (int k = 0; k < Cols; ++k) {
     const int i = lane + 32 * k;
     if (i < I) {
-      const Synapse<T> s = kernels::synapse<R>(P, row + i, h[k], R::eligibility ? e[k] : T(0), y,
-                                               pv[k], m, eta_at<V>(eta, eta_o, i));
-      T C = R::candidate(s);
-      if constexpr (R::eligibility) e[k] = R::eligibility_next(s);
-      if constexpr (V::clip) C = kernels::clip_value(C, clip);
+      const T C = update_element<V>(P, row + i, h[k], e[k], y, pv[k], m, eta_at<V>(eta, eta_o, i));
       h[k] = C;
       if (scaling) sumsq += C * C;
     }
   }
-  if (scaling) {
-    const T norm = sqrt(warp_sum(sumsq));
-    if (norm > P.scaling) {
-      const T scale = P.scaling / norm;
+  T scale;
+  if (scaling && scaling_factor(P, sumsq, scale)) {
 #pragma unroll
-      for (int k = 0; k < Cols; ++k)
-        if (lane + 32 * k < I) h[k] *= scale;
-    }
+    for (int k = 0; k < Cols; ++k)
+      if (lane + 32 * k < I) h[k] *= scale;
   }
 }
 
@@ -65,14 +56,10 @@ __global__ void __launch_bounds__(kRegisterThreads)
   constexpr int Threads = kRegisterThreads, Warps = Threads / 32;
   TORCHPLASTIC_DYNAMIC_SMEM(smem_raw);
   ForwardSmem<T> S(reinterpret_cast<T*>(smem_raw), P, L);
-  const int C = L.cluster;
-  const int rank = cluster_rank(C);
-  const int64_t b = blockIdx.x / C;
-  const int64_t T_ = P.length(b), B = P.B, O = P.O, I = P.I;  // T_: this sequence's steps
-  const int64_t r0 = min(O, static_cast<int64_t>(rank) * L.rows);
-  const int64_t r1 = min(O, r0 + L.rows);
-  const int64_t n = (r1 - r0) * I;  // elements of this block's slice of a [O, I] matrix
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const BlockSlice slice(P, L);
+  const int C = L.cluster, lane = slice.lane, warp = slice.warp;
+  const int64_t b = slice.b, T_ = slice.steps, r0 = slice.r0, r1 = slice.r1, n = slice.n;
+  const int64_t B = P.B, O = P.O, I = P.I;
   const int I32 = static_cast<int>(I);
   const bool row_local = !P.internal_modulation();
   // This warp's rows: o[r] = r0 + warp + r·Warps for r < rows (the planner keeps rows ≤ Rows).
@@ -115,27 +102,10 @@ __global__ void __launch_bounds__(kRegisterThreads)
     }
   };
 
-  // Per-step inputs of this block's rows (z, external m), staged in shared memory one step
-  // ahead as forward.cu stages them: each thread loads its row's next values into registers at
-  // the start of a step and stores them after the step's cluster barrier (a block has at most
-  // register_rows_per_block ≤ Threads rows).
-  const bool external = P.mod_source == ModSource::External;
-  const int64_t my_row = r0 + threadIdx.x;
-  auto z_at = [&](int64_t t, int64_t o) { return P.z_row(t, b)[o]; };
-  auto m_at = [&](int64_t t, int64_t o) { return P.modulation[(t * B + b) * O + o]; };
-  T z_next = 0, m_next = 0;
-  auto load_ahead = [&](int64_t t) {
-    if (t >= T_ || my_row >= r1) return;
-    z_next = z_at(t, my_row);
-    if (external) m_next = m_at(t, my_row);
-  };
-  auto store_ahead = [&]() {
-    if (my_row >= r1) return;
-    S.zbuf[my_row] = z_next;
-    if (external) S.mbuf[my_row] = m_next;
-  };
-  load_ahead(0);
-  store_ahead();
+  // Per-step inputs of this block's rows (z, external m), staged as forward.cu stages them
+  // (StagedInputs): a block has at most register_rows_per_block ≤ Threads rows.
+  StagedInputs<Threads, T> inputs(P, slice, S.zbuf, S.mbuf, 0, true);
+  inputs.stage(0);
   for (int64_t o = r0 + threadIdx.x; o < r1; o += Threads)
     S.theta[o] = P.has_threshold ? P.theta0[b * O + o] : T(0);
   if (P.recurrent)
@@ -145,7 +115,7 @@ __global__ void __launch_bounds__(kRegisterThreads)
 
   int64_t next_segment = P.checkpoint_every;  // see forward.cu
   for (int64_t t = 0; t < T_; ++t) {
-    load_ahead(t + 1);
+    inputs.load_ahead(t + 1);
     if (t == next_segment) {
       next_segment += P.checkpoint_every;
       if (T* slot = P.checkpoint_slot(P.trace_ckpt, t, b))
@@ -231,12 +201,10 @@ __global__ void __launch_bounds__(kRegisterThreads)
     if (P.has_threshold)
       for (int64_t o = r0 + threadIdx.x; o < r1; o += Threads)
         S.theta[o] += P.threshold_rate * (y_now[o] - P.target_activity);
-    if (t + 1 < T_) store_ahead();  // this step's reads of zbuf and mbuf all came before the barrier
+    inputs.store_ahead(t + 1);  // this step's reads of zbuf and mbuf all came before the barrier
     __syncthreads();
   }
-  // Past its length a sequence's outputs are zero; its state was held by stopping there.
-  for (int64_t t = T_; t < P.T; ++t)
-    for (int64_t o = r0 + threadIdx.x; o < r1; o += Threads) P.y[(t * B + b) * O + o] = T(0);
+  zero_outputs_past_length<Threads>(P, slice);
   if (P.has_threshold)
     for (int64_t o = r0 + threadIdx.x; o < r1; o += Threads) P.theta[b * O + o] = S.theta[o];
   store_rows(P.trace + b * O * I, retro ? P.elig + b * O * I : nullptr);

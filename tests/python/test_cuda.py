@@ -199,14 +199,25 @@ def register_forward_cases():
 REGISTER_FORWARD_CASES = register_forward_cases()
 
 
-def outputs_and_gradients(functional, kw):
-    """functional.plastic_scan on kw: the output, the final state and the gradients of loss_of
-    in every input that requires one (the backward recomputes the forward from its
-    checkpoints), as one list."""
-    y, state = run_scan(functional, kw, False)
+def outputs_and_gradients(functional, kw, lstm=False):
+    """functional.plastic_scan (plastic_lstm_scan with lstm) on kw: the output, the final state and
+    the gradients of loss_of in every input that requires one (the backward recomputes the
+    forward from its checkpoints), as one list."""
+    y, state = run_scan(functional, kw, lstm)
     leaves = [t for t in tensor_inputs(kw).values() if t.requires_grad]
     grads = torch.autograd.grad(loss_of(y, state), leaves, allow_unused=True)
     return [y, *state, *grads]
+
+
+def assert_bitwise_equal(got, expected, equal_nan=False):
+    """Two lists of outputs_and_gradients: None in the same places, the rest equal bit for bit
+    (NaN where NaN, with equal_nan)."""
+    assert len(got) == len(expected)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert (a is None) == (b is None), i
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=equal_nan,
+                                       msg=lambda m: f"result {i}: {m}")
 
 
 def assert_register_forward_equals_shared_memory_forward(functional, case_id, kw, monkeypatch,
@@ -225,10 +236,7 @@ def assert_register_forward_equals_shared_memory_forward(functional, case_id, kw
     got = outputs_and_gradients(functional, kw)
     forward_plans = [line for line in capfd.readouterr().err.splitlines() if "forward plan" in line]
     assert forward_plans and "H in registers" in forward_plans[-1], forward_plans
-    for a, b in zip(got, expected):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert torch.equal(a, b)
+    assert_bitwise_equal(got, expected)
 
 
 def check_random_case_register_forward(seed, functional, device, wide=False):
@@ -244,10 +252,7 @@ def check_random_case_register_forward(seed, functional, device, wide=False):
         expected = outputs_and_gradients(functional, kw)
         m.delenv("TORCHPLASTIC_CUDA_NO_REGISTERS")
         got = outputs_and_gradients(functional, kw)
-    for a, b in zip(got, expected):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert_bitwise_equal(got, expected, equal_nan=True)
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["small", "wide"])

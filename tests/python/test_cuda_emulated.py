@@ -21,11 +21,12 @@ import torch
 
 import torchplastic as tp
 from torchplastic import functional
-from helpers import Config, all_rule_mode_sources, loss_of, make_inputs, make_lstm_inputs, tensor_inputs
+from helpers import Config, all_rule_mode_sources, make_inputs, make_lstm_inputs
 from test_cuda import (CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES,
-                       REGISTER_FORWARD_CASES, assert_register_forward_equals_shared_memory_forward,
+                       REGISTER_FORWARD_CASES, assert_bitwise_equal,
+                       assert_register_forward_equals_shared_memory_forward,
                        check_random_case_register_forward,
-                       float32_row_case, layout, lstm_cuda_configs, size_case)  # noqa: F401 (layout: a fixture)
+                       float32_row_case, layout, lstm_cuda_configs, outputs_and_gradients, size_case)  # noqa: F401 (layout: a fixture)
 from test_plastic_scan import OPTION_CASES
 from test_random import assert_same_results, random_case, run_cases, run_scan
 
@@ -184,14 +185,6 @@ def test_emulated_records_match_cpu(every, lstm, layout):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def results(kw, lstm):
-    """The emulated kernels' outputs, final state and gradients of loss_of, as one list."""
-    y, state = run_scan(EmulatedFunctional, kw, lstm)
-    leaves = [t for t in tensor_inputs(kw).values() if t.requires_grad]
-    grads = torch.autograd.grad(loss_of(y, state), leaves, allow_unused=True)
-    return [y, *state, *grads]
-
-
 @pytest.mark.parametrize("lstm,dtype", [(False, torch.float64), (False, torch.float32),
                                         (True, torch.float64)], ids=["rnn", "rnn-float32", "lstm"])
 def test_emulated_results_do_not_depend_on_the_threads_order(lstm, dtype, layout, monkeypatch):
@@ -201,12 +194,9 @@ def test_emulated_results_do_not_depend_on_the_threads_order(lstm, dtype, layout
     cfg = Config(rule="retroactive", source="fanout", clip=1.0, threshold=0.1, T=4, B=2, O=20,
                  I=20, checkpoint_every=2)
     kw = make_lstm_inputs(cfg, dtype=dtype) if lstm else make_inputs(cfg, dtype=dtype)
-    expected = results(kw, lstm)
+    expected = outputs_and_gradients(EmulatedFunctional, kw, lstm)
     monkeypatch.setenv("TORCHPLASTIC_EMULATION_SCHEDULE", "1")
-    for a, b in zip(results(kw, lstm), expected):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert torch.equal(a, b)
+    assert_bitwise_equal(outputs_and_gradients(EmulatedFunctional, kw, lstm), expected)
 
 
 def check_random_case_emulated(seed: int, wide: bool = False, lstm: bool = False):
