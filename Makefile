@@ -52,8 +52,9 @@ build: deps $(BUILD)/build.ninja
 test-cpp: build
 	ctest --test-dir $(BUILD) --output-on-failure
 
+# --durations: the slowest tests in the log, where a CI run that grows looks first.
 test-python: build
-	$(PY) -m pytest -q tests/python
+	$(PY) -m pytest -q --durations=15 tests/python
 
 # The installed library used the way a C++ user uses it: cmake --install into a scratch prefix,
 # then examples/cpp built against it with find_package(TorchPlastic) and run for a few steps;
