@@ -33,6 +33,8 @@ __device__ __forceinline__ void update_row_registers(const ScanParams<T>& P, int
   for (int k = 0; k < Cols; ++k) {
     const int i = lane + 32 * k;
     if (i < I) {
+      // Squared from C, not from h[k]: written that way the compiler branched around each
+      // element where it now predicates (more instructions in the step loop's SASS).
       const T C = update_element<V>(P, row + i, h[k], e[k], y, pv[k], m, eta_at<V>(eta, eta_o, i));
       h[k] = C;
       if (scaling) sumsq += C * C;
