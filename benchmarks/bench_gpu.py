@@ -12,6 +12,8 @@ in float32), under each cluster layout the planner can be forced into (TORCHPLAS
 TORCHPLASTIC_CUDA_OFF_CHIP), with the kernels' plain loops (TORCHPLASTIC_CUDA_PLAIN_LOOPS), on
 chip and off, and with the forward's trace in shared memory instead of registers
 (TORCHPLASTIC_CUDA_NO_REGISTERS), and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
+--checkpoints times forward+backward and its peak memory over the backward's segment length K
+(checkpoint_every).
 """
 
 import argparse
@@ -41,8 +43,9 @@ def scan_with_step(step_fn, kw):
     return torch.stack(ys), H
 
 
-def fused(kw):
-    y, state = tp.functional.plastic_scan(kw["z"], kw["alpha"], kw["eta"], None, weight=kw["weight"])
+def fused(kw, checkpoint_every=None):
+    y, state = tp.functional.plastic_scan(kw["z"], kw["alpha"], kw["eta"], None, weight=kw["weight"],
+                                          checkpoint_every=checkpoint_every)
     return y, state.trace
 
 
@@ -131,6 +134,8 @@ def main():
     ap.add_argument("--layouts", action="store_true", help="also the fused op under each forced cluster layout")
     ap.add_argument("--grid", action="store_true",
                     help="also the fused op over B in {1, 32, 256} and N in {64, 256, 1024}")
+    ap.add_argument("--checkpoints", action="store_true",
+                    help="also forward+backward and peak memory over checkpoint_every K in {4, 8, 16, 32, 64}")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench_gpu.py needs a CUDA device"
@@ -202,12 +207,35 @@ def main():
                                       # the planner's choice before 2026-12-06 at this size
                                       ("cluster 4", "planner's")])
         save(res, args.json)
+    if args.checkpoints:
+        res["checkpoints"] = checkpoint_table(kw, args.repeats)
+        save(res, args.json)
     if args.grid:
         res["grid"] = fused_table(
             f"\nfused over sizes, float32, T={T}",
             {f"B={b} N={n}": functools.partial(fused_only, T, b, n, max(3, args.repeats // 4))
              for b in (1, 32, 256) for n in (64, 256, 1024)})
         save(res, args.json)
+
+
+def checkpoint_table(kw, repeats):
+    """Forward+backward µs/step and peak memory of the fused op over the backward's segment
+    length K. The backward recomputes each segment's K traces into global scratch ([B, K, N, N]),
+    which fits in the GPU's L2 only where K is small, while the checkpoints it recomputes from
+    (T/K traces) grow as K shrinks; K = ceil(√T), the default, keeps their sum smallest. Whether
+    the scratch's trip through memory is what the backward waits on shows here."""
+    T, B, N = kw["z"].shape
+    print(f"\nfused, checkpoint_every K, B={B}, N={N}, T={T}", flush=True)
+    print(f"{'':34}{'fwd+bwd µs/step':>17}{'peak MB':>10}", flush=True)
+    out = {}
+    for K in (4, 8, 16, 32, 64):
+        if K > T:
+            continue
+        run = fwd_bwd(lambda: fused(kw, checkpoint_every=K))
+        r = out[f"K={K}"] = dict(fwd_bwd_us_per_step=cuda_time(run, repeats) / T,
+                                 peak_mb=peak_bytes(run) / 2**20)
+        print(f"{f'K={K}':34}{r['fwd_bwd_us_per_step']:17.2f}{r['peak_mb']:10.1f}", flush=True)
+    return out
 
 
 def print_ratios(rows, pairs):

@@ -80,7 +80,7 @@ if want bench; then
   # With each launch plan the benchmark meets printed (cluster size, what is on chip, how many
   # clusters are resident at once).
   TORCHPLASTIC_CUDA_PLAN_LOG=1 timeout 180 $PY -X faulthandler benchmarks/bench_gpu.py \
-    --dtypes --layouts --grid --json "$OUT/bench_gpu.json" || status=1
+    --dtypes --layouts --checkpoints --grid --json "$OUT/bench_gpu.json" || status=1
 fi
 
 # Where the time goes (issue #14): the benchmark's forward and backward kernels under Nsight
