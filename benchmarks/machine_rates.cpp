@@ -18,8 +18,25 @@
 #include <cstdlib>
 #include <vector>
 
-typedef float v16 __attribute__((vector_size(64)));
-constexpr int kChains = 12;  // independent FMA chains: enough to cover the latency on two ports
+// The widest vector the build's instruction set has registers for. A wider GCC vector than the
+// registers (64 bytes on an AVX2 machine) is split into pieces that GCC shuffles through the
+// stack, which measured a Zen 3's FMA rate at a tenth of what the op reaches, and its
+// bandwidths low with it.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+constexpr int kRegisters = 32;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32;
+constexpr int kRegisters = 16;
+#else
+constexpr int kVectorBytes = 16;
+constexpr int kRegisters = 16;
+#endif
+typedef float vec __attribute__((vector_size(kVectorBytes)));
+constexpr int kLanes = kVectorBytes / sizeof(float);
+// Independent FMA chains: enough to cover an FMA's latency (4 cycles) on two ports, as many as
+// the registers hold beside the two constants.
+constexpr int kChains = kRegisters >= 32 ? 12 : 10;
 
 // Best of `repeats` timings of body(), run by every thread together between barriers.
 template <typename Body>
@@ -47,36 +64,36 @@ volatile float sink;
 double fma_gflops(int threads) {
   const long iterations = 20000000;
   const double seconds = best_seconds(5, [&](int) {
-    v16 acc[kChains];
-    for (int k = 0; k < kChains; ++k) acc[k] = v16{} + 1.0f + k * 1e-3f;
-    const v16 m = v16{} + 0.999999f, c = v16{} + 1e-7f;
+    vec acc[kChains];
+    for (int k = 0; k < kChains; ++k) acc[k] = vec{} + 1.0f + k * 1e-3f;
+    const vec m = vec{} + 0.999999f, c = vec{} + 1e-7f;
     for (long i = 0; i < iterations; ++i)
 #pragma GCC unroll 12
       for (int k = 0; k < kChains; ++k) acc[k] = acc[k] * m + c;
     float s = 0;
     for (int k = 0; k < kChains; ++k)
-      for (int l = 0; l < 16; ++l) s += acc[k][l];
+      for (int l = 0; l < kLanes; ++l) s += acc[k][l];
     sink = s;
   });
-  return 2.0 * 16 * kChains * iterations * threads / seconds / 1e9;
+  return 2.0 * kLanes * kChains * iterations * threads / seconds / 1e9;
 }
 
 // Read, update, three-stream and five-stream bandwidth with `bytes` per thread.
 void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs,
                double* three_gbs, double* five_gbs) {
-  const long n = bytes / sizeof(v16);
-  std::vector<v16*> buffers(threads);
+  const long n = bytes / sizeof(vec);
+  std::vector<vec*> buffers(threads);
 #pragma omp parallel
   {  // each thread allocates and first-touches its own buffer
     const int t = omp_get_thread_num();
-    buffers[t] = static_cast<v16*>(std::aligned_alloc(64, n * sizeof(v16)));
-    for (long i = 0; i < n; ++i) buffers[t][i] = v16{} + 1.0f;
+    buffers[t] = static_cast<vec*>(std::aligned_alloc(64, n * sizeof(vec)));
+    for (long i = 0; i < n; ++i) buffers[t][i] = vec{} + 1.0f;
   }
   // Passes per timing: enough bytes that a timing lasts milliseconds.
   const long passes = std::max(1L, (1L << 30) / bytes);
   const double read_s = best_seconds(5, [&](int t) {
-    const v16* x = buffers[t];
-    v16 s[8] = {};
+    const vec* x = buffers[t];
+    vec s[8] = {};
     for (long p = 0; p < passes; ++p)
       for (long i = 0; i + 8 <= n; i += 8)
 #pragma GCC unroll 8
@@ -86,27 +103,28 @@ void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs,
     sink = total;
   });
   const double update_s = best_seconds(5, [&](int t) {
-    v16* x = buffers[t];
-    const v16 m = v16{} + 0.5f, c = v16{} + 0.5f;  // a fixed point: the values stay at 1
+    vec* x = buffers[t];
+    const vec m = vec{} + 0.5f, c = vec{} + 0.5f;  // a fixed point: the values stay at 1
     for (long p = 0; p < passes; ++p)
       for (long i = 0; i < n; ++i) x[i] = x[i] * m + c;
   });
   // The same bytes as three arrays, walked together: a[2] stepped in place, then a[0]·a[2] + a[1]
   // summed (the forward's (α·H + W)·p, p aside), into four sums so that their chains of adds
-  // do not set the pace. The arrays start 5 vectors (320 bytes) apart modulo 4 KiB: at the
+  // do not set the pace. The arrays start 320 bytes apart modulo 4 KiB: at the
   // same offset, each load after a store to an address equal to it modulo 4 KiB waits for that
   // store (at 1.5 MB per thread, arrays of 512 KB, that halved the rate on a Zen 4).
-  const long m3 = (n - 10) / 3 / 4 * 4;
+  const long stagger = 320 / kVectorBytes;
+  const long m3 = (n - 2 * stagger) / 3 / 4 * 4;
   const double three_s = best_seconds(5, [&](int t) {
-    v16* a[3];
-    for (int k = 0; k < 3; ++k) a[k] = buffers[t] + k * (m3 + 5);
-    const v16 h = v16{} + 0.5f;  // a fixed point: a[2] stays at 1
-    v16 acc[4] = {};
+    vec* a[3];
+    for (int k = 0; k < 3; ++k) a[k] = buffers[t] + k * (m3 + stagger);
+    const vec h = vec{} + 0.5f;  // a fixed point: a[2] stays at 1
+    vec acc[4] = {};
     for (long p = 0; p < passes; ++p)
       for (long i = 0; i < m3; i += 4)
 #pragma GCC unroll 4
         for (int k = 0; k < 4; ++k) {
-          const v16 x = a[2][i + k] * h + h;
+          const vec x = a[2][i + k] * h + h;
           a[2][i + k] = x;
           acc[k] += a[0][i + k] * x + a[1][i + k];
         }
@@ -116,20 +134,20 @@ void bandwidth(long bytes, int threads, double* read_gbs, double* update_gbs,
   // (as dL/dH and the dL/dα slab are beside the anchor, α and W).
   const long m5 = n / 5;
   const double five_s = best_seconds(5, [&](int t) {
-    v16* a[5];
+    vec* a[5];
     for (int k = 0; k < 5; ++k) a[k] = buffers[t] + k * m5;
-    const v16 third = v16{} + 1.0f / 3, h = v16{} + 0.5f;  // the values stay at about 1
+    const vec third = vec{} + 1.0f / 3, h = vec{} + 0.5f;  // the values stay at about 1
     for (long p = 0; p < passes; ++p)
       for (long i = 0; i < m5; ++i) {
-        const v16 s = (a[0][i] + a[1][i] + a[2][i]) * third * h;
+        const vec s = (a[0][i] + a[1][i] + a[2][i]) * third * h;
         a[3][i] = s + a[3][i] * h;
         a[4][i] = s + a[4][i] * h;
       }
   });
   *read_gbs = double(bytes) * passes * threads / read_s / 1e9;
   *update_gbs = 2.0 * bytes * passes * threads / update_s / 1e9;
-  *three_gbs = 4.0 * m3 * sizeof(v16) * passes * threads / three_s / 1e9;
-  *five_gbs = 7.0 * m5 * sizeof(v16) * passes * threads / five_s / 1e9;
+  *three_gbs = 4.0 * m3 * sizeof(vec) * passes * threads / three_s / 1e9;
+  *five_gbs = 7.0 * m5 * sizeof(vec) * passes * threads / five_s / 1e9;
   for (auto b : buffers) std::free(b);
 }
 
