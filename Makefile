@@ -105,10 +105,11 @@ test-asan: build-asan
 # preloaded, on a share of test_cuda_emulated.py's cases (every rule, mode and modulation
 # source and the plastic LSTM in clusters of 4 and off chip, the float forward's row loops, the
 # benchmark's layouts, the register forward with rule abcd's coefficients, η per connection and
-# lengths). The package itself is the plain build's. Each test runs on one core, so two
-# processes take half the tests each (pytest's --shard, tests/python/conftest.py).
+# lengths, the backward's prefetch hooks off chip, whose addresses the emulation reads). The
+# package itself is the plain build's. Each test runs on one core, so two processes take half
+# the tests each (pytest's --shard, tests/python/conftest.py).
 ASAN_EMULATED_TESTS ?= (float64_matches and (cluster4 or off_chip)) or (rows and hebb) or benchmark \
-	or (register_forward and (abcd or connection or lengths))
+	or (register_forward and (abcd or connection or lengths)) or (prefetch_hooks and off_chip)
 ASAN_EMULATED_PYTEST = $(SANITIZER_OPTIONS) LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) \
 	TORCHPLASTIC_EMULATION_LIBRARY=$(abspath $(ASAN_BUILD))/tests/cuda_emulation/libtorchplastic_cuda_emulated.so \
 	$(PY) -m pytest -q -p no:cacheprovider tests/python/test_cuda_emulated.py -k "$(ASAN_EMULATED_TESTS)"

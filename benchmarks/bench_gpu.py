@@ -10,8 +10,10 @@ the T-step loop unrolled would take minutes.
 --dtypes, --layouts and --grid time the fused op alone: with bfloat16 and float16 inputs (traces
 in float32), under each cluster layout the planner can be forced into (TORCHPLASTIC_CUDA_CLUSTER,
 TORCHPLASTIC_CUDA_OFF_CHIP), with the kernels' plain loops (TORCHPLASTIC_CUDA_PLAIN_LOOPS), on
-chip and off, and with the forward's trace in shared memory instead of registers
-(TORCHPLASTIC_CUDA_NO_REGISTERS), and over B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
+chip and off, with the backward's prefetches into L2 or further ahead
+(TORCHPLASTIC_CUDA_PREFETCH_L2, TORCHPLASTIC_CUDA_PREFETCH_AHEAD), and with the forward's trace
+in shared memory instead of registers (TORCHPLASTIC_CUDA_NO_REGISTERS), and over
+B ∈ {1, 32, 256} × N ∈ {64, 256, 1024}.
 --checkpoints times forward+backward and its peak memory over the backward's segment length K
 (checkpoint_every).
 """
@@ -184,6 +186,13 @@ def main():
         # layouts with them.
         layouts["planner's"] = {}
         layouts["planner's, plain loops"] = dict(TORCHPLASTIC_CUDA_PLAIN_LOOPS=1)
+        # The backward's prefetches into L2 instead of L1, and two rows ahead instead of one
+        # (2026-12-07, Plan::prefetch_to_l2, prefetch_ahead): at this size shared memory leaves
+        # L1 less than the rows the 16 warps ask for ahead.
+        layouts["planner's, prefetch to L2"] = dict(TORCHPLASTIC_CUDA_PREFETCH_L2=1)
+        layouts["planner's, prefetch 2 ahead"] = dict(TORCHPLASTIC_CUDA_PREFETCH_AHEAD=2)
+        layouts["planner's, prefetch to L2, 2 ahead"] = dict(TORCHPLASTIC_CUDA_PREFETCH_L2=1,
+                                                             TORCHPLASTIC_CUDA_PREFETCH_AHEAD=2)
         # The forward with H in shared memory where the planner takes the register forward
         # (2026-12-07, cuda/forward_registers.cu), in clusters of 3 and 4 (86 and 64 rows per
         # block at N=256).
@@ -202,6 +211,9 @@ def main():
                                       ("cluster 3, no registers", "cluster 3"),
                                       ("cluster 4, no registers", "cluster 4"),
                                       ("planner's, plain loops", "planner's"),
+                                      ("planner's, prefetch to L2", "planner's"),
+                                      ("planner's, prefetch 2 ahead", "planner's"),
+                                      ("planner's, prefetch to L2, 2 ahead", "planner's"),
                                       ("off chip, cluster 2, plain loops", "off chip, cluster 2"),
                                       ("cluster 4", "cluster 3"),
                                       # the planner's choice before 2026-12-06 at this size

@@ -19,19 +19,19 @@ namespace cuda {
 // later steps and dg_rule the rule's and θ's shares of dL/dg_t, writes the gates'
 // pre-activation gradients of i, f, o into grad_z, carries dL/dc_{t-1} in S.gc[o], adds the
 // row's W_hh i, f, o terms to the warp's dL/dp partials and returns dL/dg̃ (every lane).
-// prefetch: ask for those rows of W_hh first (prefetch_row, common.cuh).
+// prefetch: ask for those rows of W_hh first (prefetch_row, common.cuh), into L2 if to_l2.
 template <typename T>
 __device__ T lstm_cell_backward_row(const ScanParams<T>& P, const ScanGradParams<T>& G,
                                     const BackwardSmem<T>& S, int64_t t, int64_t b, int64_t o,
-                                    T dg_rule, T* partials, int lane, bool prefetch) {
+                                    T dg_rule, T* partials, int lane, bool prefetch, bool to_l2) {
   const int64_t H = P.O;
   const T* Wi = P.weight_hh + o * H;
   const T* Wf = P.weight_hh + (H + o) * H;
   const T* Wo = P.weight_hh + (3 * H + o) * H;
   if (prefetch) {
-    prefetch_row(Wi, static_cast<int>(H), lane);
-    prefetch_row(Wf, static_cast<int>(H), lane);
-    prefetch_row(Wo, static_cast<int>(H), lane);
+    prefetch_row(Wi, static_cast<int>(H), lane, to_l2);
+    prefetch_row(Wf, static_cast<int>(H), lane, to_l2);
+    prefetch_row(Wo, static_cast<int>(H), lane, to_l2);
   }
   const auto d = kernels::lstm_cell_grad(
       P.lstm_value(ScanParams<T>::kGateI, t, b)[o], P.lstm_value(ScanParams<T>::kGateF, t, b)[o],
@@ -65,9 +65,10 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool retro = R::eligibility, modulated = R::modulated;
   const bool row_local = !P.internal_modulation();
   const T clip = P.clip;
-  // Rows in global memory are asked into L1 one row ahead (prefetch_row, common.cuh) where the
-  // plan says so (Plan::prefetch_rows).
-  const bool prefetch = L.prefetch_rows;
+  // Rows in global memory are asked into L1 (or L2) one row or more ahead (prefetch_row,
+  // common.cuh) where the plan says so (Plan::prefetch_rows, prefetch_to_l2, prefetch_ahead).
+  const bool prefetch = L.prefetch_rows, to_l2 = L.prefetch_to_l2;
+  const int64_t ahead = static_cast<int64_t>(L.prefetch_ahead) * kWarps;  // in rows
 
   const int64_t Z = P.lstm ? 4 * O : O;  // z's width
   // Past its length a sequence's gradients are zero.
@@ -140,17 +141,17 @@ __global__ void __launch_bounds__(kThreads)
       // Row o of H_{t-1} (E_{t-1}), which step j's recomputation reads.
       auto prefetch_source = [&](int64_t o) {
         if (!prefetch || o >= r1) return;
-        prefetch_row(seg_H + j * OI + o * I, I32, lane);
-        if (retro) prefetch_row(seg_E + j * OI + o * I, I32, lane);
+        prefetch_row(seg_H + j * OI + o * I, I32, lane, to_l2);
+        if (retro) prefetch_row(seg_E + j * OI + o * I, I32, lane, to_l2);
       };
-      prefetch_source(r0 + warp);
+      for (int64_t o = r0 + warp; o < r0 + warp + ahead; o += kWarps) prefetch_source(o);
       stage_step(t);
       __syncthreads();
       const T* p = S.pbuf;
       const T* y = S.ybuf;
       const T s = P.internal_modulation() ? modulation_signal(P, mod_input(t), S.red) : T(0);
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
-        prefetch_source(o + kWarps);
+        prefetch_source(o + ahead);
         const T m = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
         const int64_t row = o * I;
         update_row_warp<V>(P, o, y[o], m, p, seg_H + j * OI + row, seg_H + (j + 1) * OI + row,
@@ -184,7 +185,7 @@ __global__ void __launch_bounds__(kThreads)
       // dL/da of row o (the LSTM: through its cell's backward), then its α, H_{t-1} and p terms.
       auto finish_row = [&](int64_t o, T gy_total) {
         const T ga = P.lstm ? lstm_cell_backward_row(P, G, S, t, b, o, gy_total, my_partials,
-                                                     lane, prefetch)
+                                                     lane, prefetch, to_l2)
                             : gy_total * kernels::activation_grad(P.activation, y[o]);
         if (lane == 0) {
           G.grad_z[(t * B + b) * Z + (P.lstm ? 2 * O : 0) + o] = ga;
@@ -210,17 +211,17 @@ __global__ void __launch_bounds__(kThreads)
       auto prefetch_row_of_step = [&](int64_t o) {
         if (!prefetch || o >= r1) return;
         const int64_t local = (o - r0) * I;
-        prefetch_row(H_prev + o * I, I32, lane);
-        if (retro) prefetch_row(E_prev + o * I, I32, lane);
-        if (!L.grad_trace) prefetch_row(gH + local, I32, lane);
-        if (retro && !L.grad_elig) prefetch_row(gE + local, I32, lane);
-        if (!L.grad_alpha) prefetch_row(gA + local, I32, lane);
-        if (!L.alpha) prefetch_row(A + local, I32, lane);
-        if (P.recurrent && !L.weight) prefetch_row(W + local, I32, lane);
+        prefetch_row(H_prev + o * I, I32, lane, to_l2);
+        if (retro) prefetch_row(E_prev + o * I, I32, lane, to_l2);
+        if (!L.grad_trace) prefetch_row(gH + local, I32, lane, to_l2);
+        if (retro && !L.grad_elig) prefetch_row(gE + local, I32, lane, to_l2);
+        if (!L.grad_alpha) prefetch_row(gA + local, I32, lane, to_l2);
+        if (!L.alpha) prefetch_row(A + local, I32, lane, to_l2);
+        if (P.recurrent && !L.weight) prefetch_row(W + local, I32, lane, to_l2);
       };
-      prefetch_row_of_step(r0 + warp);
+      for (int64_t o = r0 + warp; o < r0 + warp + ahead; o += kWarps) prefetch_row_of_step(o);
       for (int64_t o = r0 + warp; o < r1; o += kWarps) {
-        prefetch_row_of_step(o + kWarps);
+        prefetch_row_of_step(o + ahead);
         const T yo = y[o];
         const T mo = modulated ? modulation_of_row(P, t, b, o, s) : T(0);
         const T* eta = P.eta_row(o);

@@ -226,26 +226,31 @@ __device__ __forceinline__ void assume_shared(const T* p) {
   __builtin_assume(__isShared(p));
 }
 
-// Asks for the line holding p (global memory) to be brought into L1, without a register to
-// wait on: a hint, which the loads that follow find done or in flight.
-// (Device code only: the host has no use for it, and the CPU emulation takes it as done.)
-__device__ __forceinline__ void prefetch_l1(const void* p) {
+// Asks for the line holding p (global memory) to be brought into L1 (into L2 only, where
+// `to_l2`), without a register to wait on: a hint, which the loads that follow find done or in
+// flight. The CPU emulation, which has no caches, reads the byte at p instead, so that a
+// prefetch outside the arrays is a memory error there (under AddressSanitizer: make test-asan).
+__device__ __forceinline__ void prefetch_line(const void* p, bool to_l2) {
 #if defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L1 [%0];" ::"l"(__cvta_generic_to_global(p)));
+  if (to_l2)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(p)));
+  else
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(__cvta_generic_to_global(p)));
 #else
-  (void)p;
+  (void)*static_cast<const volatile unsigned char*>(p);
+  (void)to_l2;
 #endif
 }
 
-// Every line of a row of I elements in global memory into L1, each lane its elements' (the
+// Every line of a row of I elements in global memory into L1 (L2), each lane its elements' (the
 // lanes of one instruction cover consecutive elements, so each instruction asks for one or two
 // lines). The backward's row loops store as they go, and the compiler cannot move a load above
 // a store through a pointer that may alias it: without this, each of a row's global loads waits
 // out its whole latency in turn (seen in their SASS). Holding the loads' values in registers
 // instead (row_chunks) pushed the backward kernels, at the register cap, into spilling.
 template <typename T>
-__device__ __forceinline__ void prefetch_row(const T* row, int I, int lane) {
-  for (int i = lane; i < I; i += 32) prefetch_l1(row + i);
+__device__ __forceinline__ void prefetch_row(const T* row, int I, int lane, bool to_l2) {
+  for (int i = lane; i < I; i += 32) prefetch_line(row + i, to_l2);
 }
 
 // Elements per lane that a row loop loads before it computes (row_chunks): in double, whose

@@ -106,10 +106,17 @@ bool env_flag(const char* name) {
 // TORCHPLASTIC_CUDA_PLAIN_LOOPS=1 sets Plan::plain_loops (the benchmark's baseline for
 // the kernels' loops), and TORCHPLASTIC_CUDA_NO_REGISTERS=1 keeps the forward's trace in shared
 // memory where it would be held in registers (Plan::registers; the tests of the shared-memory
-// loops, and the benchmark's comparison).
+// loops, and the benchmark's comparison), TORCHPLASTIC_CUDA_PREFETCH_L2=1 and
+// TORCHPLASTIC_CUDA_PREFETCH_AHEAD=1..4 send the backward's prefetches to L2 and that many rows
+// ahead (Plan::prefetch_to_l2, prefetch_ahead; the benchmark's comparison).
 int forced_cluster() {
   const char* v = std::getenv("TORCHPLASTIC_CUDA_CLUSTER");
   return v ? std::atoi(v) : 0;
+}
+int forced_prefetch_ahead() {
+  const char* v = std::getenv("TORCHPLASTIC_CUDA_PREFETCH_AHEAD");
+  const int rows = v ? std::atoi(v) : 1;
+  return rows >= 1 && rows <= 4 ? rows : 1;
 }
 
 // TORCHPLASTIC_CUDA_PLAN_LOG=1 prints each plan to stderr when it differs from the last one
@@ -131,7 +138,9 @@ void log_plan(const Plan& L, const ScanParams<T>& P, bool backward, int sms) {
   for (const auto& [on, name] : parts)
     if (on) line << ' ' << name;
   if (L.plain_loops) line << "; plain loops";
-  if (L.prefetch_rows) line << "; rows prefetched";
+  if (L.prefetch_rows)
+    line << "; rows prefetched into " << (L.prefetch_to_l2 ? "L2" : "L1") << ", "
+         << L.prefetch_ahead << " ahead";
   line << "; " << L.smem_bytes << " B of shared memory per block; "
        << resident_clusters<T>(L, backward, sms) << " clusters resident at once, " << P.B
        << " launched";
@@ -197,6 +206,8 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
   }
   const bool off_chip = env_flag("TORCHPLASTIC_CUDA_OFF_CHIP");
   const bool plain_loops = env_flag("TORCHPLASTIC_CUDA_PLAIN_LOOPS");
+  const bool prefetch_to_l2 = env_flag("TORCHPLASTIC_CUDA_PREFETCH_L2");
+  const int prefetch_ahead = forced_prefetch_ahead();
   // The register forward (Plan::registers) wherever its shape holds the block's rows and α
   // and W fit in shared memory; not in the baselines (plain loops, off chip).
   const bool registers_allowed = !backward && std::is_same_v<T, float> && !P.lstm &&
@@ -217,6 +228,8 @@ Plan make_plan(const ScanParams<T>& P, int device, bool backward) {
     L.smem_bytes = place(L, P, backward, off_chip ? 0 : budget);  // budget 0: nothing fits
     L.plain_loops = plain_loops;
     L.prefetch_rows = backward && !plain_loops && P.I * static_cast<int64_t>(sizeof(T)) <= 1024;
+    L.prefetch_to_l2 = L.prefetch_rows && prefetch_to_l2;
+    L.prefetch_ahead = L.prefetch_rows ? prefetch_ahead : 1;
     return L;
   };
   const int forced = forced_cluster();

@@ -28,10 +28,17 @@ struct Plan {
   // (TORCHPLASTIC_CUDA_PLAIN_LOOPS=1), the same results.
   bool plain_loops = false;
   // The backward asks for each warp's next row in global memory into L1 while it works on the
-  // current one (prefetch_row in common.cuh): where a row is at most 1 KB, so that 16 warps'
-  // rows ahead stay in L1 (at N=1024 off chip, rows of 4 KB, they would evict one another), and
-  // not with plain_loops.
+  // current one (prefetch_row in common.cuh): where a row is at most 1 KB (at N=1024 off chip,
+  // rows of 4 KB, 16 warps' rows ahead would evict one another), and not with plain_loops.
   bool prefetch_rows = false;
+  // Test hooks for the benchmark's comparison (cuda/plan.cu): the prefetches go to L2 instead
+  // of L1 (TORCHPLASTIC_CUDA_PREFETCH_L2=1), and `prefetch_ahead` rows ahead of each warp's
+  // current one (TORCHPLASTIC_CUDA_PREFETCH_AHEAD=1..4). Where shared memory takes most of an
+  // SM's 256 KB, L1 is left with less than 16 warps' rows of the arrays prefetched: at the
+  // benchmark's size (B=32, N=256, clusters of 3) 201 KB of shared memory leave about 28 KB,
+  // against 48 KB of rows ahead (H_{t-1}, α and W) and as many being worked on.
+  bool prefetch_to_l2 = false;
+  int prefetch_ahead = 1;
   // The forward keeps each warp's rows of H (and E) in registers for all T steps, α and W in
   // shared memory (cuda/forward_registers.cu): float, rows of at most kRegisterColumns · 32
   // elements, at most register_rows_per_warp rows per warp, outside the LSTM and recording.

@@ -267,6 +267,51 @@ def test_cuda_register_forward_equals_shared_memory_forward(case_id, kw, monkeyp
                                                          to_device(kw, "cuda"), monkeypatch, capfd)
 
 
+def prefetch_cases():
+    """(id, inputs, lstm, layout): calls whose backward prefetches rows in global memory, for
+    the prefetch hooks' test (bench_gpu.py --layouts times them): rows in clusters of 3 (20 rows
+    per block, fewer than the 16 warps' rows two or four ahead) with α, W and the accumulators on
+    chip or all off it, an eligibility trace, and the plastic LSTM (whose backward also asks for
+    W_hh's rows). Also run by test_cuda_emulated.py."""
+    cfg = Config(rule="retroactive", source="fanout", clip=1.0, T=3, B=2, O=60, I=60,
+                 checkpoint_every=2)
+    on_chip = {"TORCHPLASTIC_CUDA_CLUSTER": "3"}
+    off_chip = {"TORCHPLASTIC_CUDA_CLUSTER": "2", "TORCHPLASTIC_CUDA_OFF_CHIP": "1"}
+    return [("retroactive-cluster3", make_inputs(cfg), False, on_chip),
+            ("retroactive-off_chip", make_inputs(cfg), False, off_chip),
+            ("lstm-hebb-cluster3", make_lstm_inputs(Config(rule="hebb", T=3, B=2, O=60, I=20,
+                                                            checkpoint_every=2)), True, on_chip)]
+
+
+PREFETCH_CASES = prefetch_cases()
+
+
+def assert_prefetch_hooks_change_no_result(functional, kw, lstm, layout, monkeypatch, capfd):
+    """The backward's prefetches into L2 instead of L1, and two or four rows ahead instead of one
+    (TORCHPLASTIC_CUDA_PREFETCH_L2, TORCHPLASTIC_CUDA_PREFETCH_AHEAD), give the default's results
+    bit for bit: a prefetch only moves lines between caches. The plan log shows each hook took
+    effect (it prints a plan that differs from the last one it printed)."""
+    for k, v in layout.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("TORCHPLASTIC_CUDA_PLAN_LOG", "1")
+    expected = outputs_and_gradients(functional, kw, lstm)
+    for to_l2, ahead in (("1", "1"), ("0", "2"), ("1", "4")):
+        capfd.readouterr()
+        monkeypatch.setenv("TORCHPLASTIC_CUDA_PREFETCH_L2", to_l2)
+        monkeypatch.setenv("TORCHPLASTIC_CUDA_PREFETCH_AHEAD", ahead)
+        got = outputs_and_gradients(functional, kw, lstm)
+        plans = [line for line in capfd.readouterr().err.splitlines() if "backward plan" in line]
+        cache = "L2" if to_l2 == "1" else "L1"
+        assert plans and f"rows prefetched into {cache}, {ahead} ahead" in plans[-1], plans
+        assert_bitwise_equal(got, expected)
+
+
+@pytest.mark.parametrize("case_id,kw,lstm,layout", PREFETCH_CASES, ids=[c[0] for c in PREFETCH_CASES])
+def test_cuda_prefetch_hooks_change_no_result(case_id, kw, lstm, layout, monkeypatch, capfd):
+    assert_prefetch_hooks_change_no_result(tp.functional, to_device(kw, "cuda"), lstm, layout,
+                                           monkeypatch, capfd)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
 def test_cuda_half_precision_inputs(dtype, tol):
     cfg = Config(rule="hebb", T=16, B=4, O=32, I=32)

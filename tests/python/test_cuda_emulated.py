@@ -23,7 +23,8 @@ import torchplastic as tp
 from torchplastic import functional
 from helpers import Config, all_rule_mode_sources, make_inputs, make_lstm_inputs
 from test_cuda import (CUDA_LAYOUTS, FLOAT32_ROW_LAYOUT_IDS, FLOAT32_ROW_LAYOUTS, FLOAT32_ROW_RULES,
-                       REGISTER_FORWARD_CASES, assert_bitwise_equal,
+                       PREFETCH_CASES, REGISTER_FORWARD_CASES, assert_bitwise_equal,
+                       assert_prefetch_hooks_change_no_result,
                        assert_register_forward_equals_shared_memory_forward,
                        check_random_case_register_forward,
                        float32_row_case, layout, lstm_cuda_configs, outputs_and_gradients, size_case)  # noqa: F401 (layout: a fixture)
@@ -244,3 +245,13 @@ def test_emulated_register_forward_on_random_configurations():
     the emulation: the small family (one case of the wide one can run past a minute here)."""
     run_cases(7000, SECONDS, check=check_random_case_register_forward,
               functional=EmulatedFunctional, device="cpu")
+
+
+@pytest.mark.parametrize("case_id,kw,lstm,layout", PREFETCH_CASES, ids=[c[0] for c in PREFETCH_CASES])
+def test_emulated_prefetch_hooks_change_no_result(case_id, kw, lstm, layout, monkeypatch, capfd):
+    """test_cuda.py's check of the backward's prefetch hooks on the emulation, which reads a
+    byte at each address a prefetch asks for (a row past the arrays: a memory error, reported
+    under AddressSanitizer, make test-asan) and otherwise leaves the results alone; the plan
+    log shows each hook."""
+    assert_prefetch_hooks_change_no_result(EmulatedFunctional, kw, lstm, layout, monkeypatch,
+                                           capfd)
