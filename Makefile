@@ -85,7 +85,9 @@ demo: build
 # GoogleTest under AddressSanitizer + UndefinedBehaviorSanitizer (CPU build; torch itself is
 # not instrumented, so leak checking, which would report torch's globals, is off). The kernels
 # for generic and AVX2 only: the instrumented kernel objects are most of a CI run's time, and
-# AVX-512's are the same templates with wider vectors (the plain build tests them).
+# AVX-512's are the same templates with wider vectors (the plain build tests them). The tests
+# run twice, with the kernels the machine would choose (AVX2 where it runs them) and with the
+# generic ones (TORCHPLASTIC_CPU_ISA=generic), whose instrumented objects are built either way.
 ASAN_BUILD ?= build-asan
 SANITIZER_OPTIONS = ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 build-asan: deps
@@ -98,6 +100,7 @@ build-asan: deps
 
 test-asan: build-asan
 	$(SANITIZER_OPTIONS) ctest --test-dir $(ASAN_BUILD) --output-on-failure
+	TORCHPLASTIC_CPU_ISA=generic $(SANITIZER_OPTIONS) ctest --test-dir $(ASAN_BUILD) --output-on-failure
 	@$(MAKE) --no-print-directory test-emulated-asan
 
 # The CUDA kernels' memory checker on the CPU: the emulated kernels built under the sanitizers
