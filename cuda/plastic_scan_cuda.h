@@ -34,8 +34,8 @@ struct Plan {
   // Test hooks for the benchmark's comparison (cuda/plan.cu): the prefetches go to L2 instead
   // of L1 (TORCHPLASTIC_CUDA_PREFETCH_L2=1), and `prefetch_ahead` rows ahead of each warp's
   // current one (TORCHPLASTIC_CUDA_PREFETCH_AHEAD=1..4). Where shared memory takes most of an
-  // SM's 256 KB, L1 is left with less than 16 warps' rows of the arrays prefetched: at the
-  // benchmark's size (B=32, N=256, clusters of 3) 201 KB of shared memory leave about 28 KB,
+  // SM's 256 KiB, L1 is left with less than 16 warps' rows of the arrays prefetched: at the
+  // benchmark's size (B=32, N=256, clusters of 3) 196 KiB of shared memory leave about 28 KiB,
   // against 48 KB of rows ahead (H_{t-1}, α and W) and as many being worked on.
   bool prefetch_to_l2 = false;
   int prefetch_ahead = 1;
