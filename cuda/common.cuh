@@ -154,40 +154,41 @@ struct BlockSlice {
 // (`ahead`), a step loads the next step's values of its thread's row into registers at its start
 // (load_ahead) and stores them after its cluster barrier (store_ahead), so that their latency
 // passes during the step; staged after the barrier (store_ahead otherwise), every warp waited
-// for them at the block barrier that follows.
+// for them at the block barrier that follows. It reads the block's rows and length from the
+// kernel's BlockSlice, which outlives it.
 template <int Threads, typename T>
 struct StagedInputs {
   const ScanParams<T>& P;
+  const BlockSlice& s;
   T *zbuf, *mbuf;
-  int64_t b, steps, r0, r1, z_offset, my_row;
+  int64_t z_offset, my_row;
   bool external, ahead;
   T z_next = 0, m_next = 0;
 
   __device__ StagedInputs(const ScanParams<T>& P, const BlockSlice& s, T* zbuf, T* mbuf,
                           int64_t z_offset, bool ahead)
       : P(P),
+        s(s),
         zbuf(zbuf),
         mbuf(mbuf),
-        b(s.b),
-        steps(s.steps),
-        r0(s.r0),
-        r1(s.r1),
         z_offset(z_offset),
         my_row(s.r0 + threadIdx.x),
         external(P.mod_source == ModSource::External),
         ahead(ahead) {}
-  __device__ T z_at(int64_t t, int64_t o) const { return P.z_row(t, b)[z_offset + o]; }
-  __device__ T m_at(int64_t t, int64_t o) const { return P.modulation[(t * P.B + b) * P.O + o]; }
+  __device__ T z_at(int64_t t, int64_t o) const { return P.z_row(t, s.b)[z_offset + o]; }
+  __device__ T m_at(int64_t t, int64_t o) const {
+    return P.modulation[(t * P.B + s.b) * P.O + o];
+  }
   // Step t's inputs of every row of the block, now.
   __device__ void stage(int64_t t) {
-    if (t >= steps) return;
-    for (int64_t o = r0 + threadIdx.x; o < r1; o += Threads) {
+    if (t >= s.steps) return;
+    for (int64_t o = s.r0 + threadIdx.x; o < s.r1; o += Threads) {
       zbuf[o] = z_at(t, o);
       if (external) mbuf[o] = m_at(t, o);
     }
   }
   __device__ void load_ahead(int64_t t) {
-    if (!ahead || t >= steps || my_row >= r1) return;
+    if (!ahead || t >= s.steps || my_row >= s.r1) return;
     z_next = z_at(t, my_row);
     if (external) m_next = m_at(t, my_row);
   }
@@ -197,7 +198,7 @@ struct StagedInputs {
       stage(t);
       return;
     }
-    if (t >= steps || my_row >= r1) return;
+    if (t >= s.steps || my_row >= s.r1) return;
     zbuf[my_row] = z_next;
     if (external) mbuf[my_row] = m_next;
   }
