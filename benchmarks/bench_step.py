@@ -11,7 +11,9 @@ Beside each time, the page faults per step of the fused and the reference episod
 bench_cpu.py). Also the least memory traffic a step can have here: the forward writes a new
 trace [B, H, H] (autograd keeps every step's), and the backward reads it back and writes dL/dH
 of the step before: three traces per step (six with rule retroactive's eligibility trace),
-against this machine's copy bandwidth measured in the same run.
+against this machine's copy bandwidth measured in the same run. And torch.nn.RNNCell of the same
+size, stepped and backpropagated the same way: the cost of a cell's step here before any
+plasticity, which with the memory floor bounds what a plastic step can cost.
 """
 
 import argparse
@@ -118,12 +120,25 @@ def main():
         print(f"  {name:17s} fused {fused_s / S * 1e3:6.3f} ms/step   reference "
               f"{ref_s / S * 1e3:6.3f} ms/step   {ratio:5.1f}x   page faults per step "
               f"{faults[0]:.0f} and {faults[1]:.0f}", flush=True)
+    # The same loop through torch's own cell of the same size, without plasticity: what a step
+    # costs here before any trace is read or written (the call, autograd, the two GEMMs).
+    plain = torch.nn.RNNCell(args.input, args.hidden)
+
+    def plain_step(u, h):
+        h = plain(u, h)
+        return h, h
+    fused_s, plain_s, _ = paired_best_of(lambda: episode(cell, inputs, True),
+                                         lambda: episode(plain_step, inputs, True), args.rounds)
+    print(f"  torch.nn.RNNCell({args.input}, {args.hidden}), no plasticity, forward+backward "
+          f"{plain_s / S * 1e3:.3f} ms/step (the fused cell {fused_s / plain_s:.1f}x that)")
     # The eligibility trace of rule retroactive doubles it.
     traces = 3 * (2 if tp.rules.rule_info(args.rule).eligibility else 1)
     trace_bytes = args.batch * args.hidden * args.hidden * 4
     rate = copy_bandwidth(S * trace_bytes)
+    floor_s = traces * trace_bytes / rate
     print(f"  memory floor: {traces} traces of {trace_bytes / 2**20:.2f} MiB per step at the copy "
-          f"rate of {rate / 1e9:.1f} GB/s = {traces * trace_bytes / rate * 1e3:.3f} ms/step")
+          f"rate of {rate / 1e9:.1f} GB/s = {floor_s * 1e3:.3f} ms/step; with torch.nn.RNNCell's "
+          f"step {(floor_s + plain_s / S) * 1e3:.3f} ms/step before any plastic arithmetic")
     print(f"  fused and reference outputs agree to {difference:.1e}")
 
 

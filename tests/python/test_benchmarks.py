@@ -75,3 +75,12 @@ def test_cpu_benchmark_reports_page_faults(tmp_path):
     for side in ("fused", "reference"):
         assert res[f"{side}_fwd_bwd_page_faults_per_step"] >= 0
         assert res[f"{side}_fwd_bwd_system_ms_per_step"] >= 0
+
+
+def test_step_benchmark_reports_the_plain_cell_and_the_floor():
+    script = os.path.join(ROOT, "benchmarks", "bench_step.py")
+    out = subprocess.run([sys.executable, script, "-B", "2", "-H", "8", "-S", "3", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "torch.nn.RNNCell(17, 8), no plasticity, forward+backward" in out.stdout
+    assert "memory floor: 3 traces" in out.stdout and "before any plastic arithmetic" in out.stdout
