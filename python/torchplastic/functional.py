@@ -333,16 +333,37 @@ def _state_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
 
 
-def _check_devices(a: SimpleNamespace):
+def _backward_inputs(op_name: str) -> Tuple[str, ...]:
+    """The tensors a backward op takes beside the scan's arguments: the output gradients and
+    what the forward kept."""
+    schema = getattr(torch.ops.torchplastic, op_name).default._schema
+    return tuple(a.name for a in schema.arguments
+                 if str(a.type) in ("Tensor", "Optional[Tensor]") and a.name not in SCAN_TENSOR_ARGUMENTS)
+
+
+_SCAN_BACKWARD_INPUTS = _backward_inputs("plastic_scan_backward")
+_LSTM_SCAN_BACKWARD_INPUTS = _backward_inputs("plastic_lstm_scan_backward")
+
+
+def _check_devices(a: SimpleNamespace, lstm: bool, backward_inputs: Tuple[str, ...] = ()):
     # Under the dispatcher a meta tensor among CPU ones selects these fake kernels, which must
-    # refuse the mix as the real kernels do.
+    # refuse the mix as the real kernels do (check_devices in csrc/ops/checks.cpp; the backward's
+    # own inputs in csrc/ops/scan.cpp), z missing included, before anything reads z's device.
+    op = "plastic_lstm_scan" if lstm else "plastic_scan"
+    if a.z is None:
+        raise ValueError(f"{op}: z: expected a tensor {'[T, B, 4H]' if lstm else '[T, B, O]'}, got None")
     for name in SCAN_TENSOR_ARGUMENTS:
         t = getattr(a, name)
         if name == "lengths" and t is not None and t.device.type == "cpu":
             continue  # lengths may stay on the CPU
         if t is not None and t.device != a.z.device:
-            raise ValueError(f"plastic_scan: {name}: expected a tensor on {a.z.device} (the device "
+            raise ValueError(f"{op}: {name}: expected a tensor on {a.z.device} (the device "
                              f"of z), got {t.device}")
+    for name in backward_inputs:
+        t = getattr(a, name)
+        if t is not None and t.device != a.z.device:
+            raise ValueError(f"{op}_backward: {name}: expected a tensor on {a.z.device} (the "
+                             f"device of z), got {t.device}")
 
 
 def _sizes(a: SimpleNamespace, lstm: bool):
@@ -370,7 +391,7 @@ def _fake_states(a: SimpleNamespace, lstm: bool = False):
 @torch.library.register_fake("torchplastic::plastic_scan")
 def _plastic_scan_fake(*args, **kwargs):
     a = _bind("plastic_scan", args, kwargs)
-    _check_devices(a)
+    _check_devices(a, lstm=False)
     return _fake_states(a)
 
 
@@ -389,7 +410,7 @@ def _checkpoint_count(T, checkpoint_every: Optional[int]):
 @torch.library.register_fake("torchplastic::plastic_lstm_scan")
 def _plastic_lstm_scan_fake(*args, **kwargs):
     a = _bind("plastic_lstm_scan", args, kwargs)
-    _check_devices(a)
+    _check_devices(a, lstm=True)
     return _fake_states(a, lstm=True)
 
 
@@ -405,7 +426,7 @@ def _fake_checkpoints(a: SimpleNamespace, lstm: bool, with_eligibility: bool):
 @torch.library.register_fake("torchplastic::plastic_scan_forward")
 def _plastic_scan_forward_fake(*args, **kwargs):
     a = _bind("plastic_scan_forward", args, kwargs)
-    _check_devices(a)
+    _check_devices(a, lstm=False)
     y, h, H, E, theta = _fake_states(a)
     return (y, h, H, E, theta) + _fake_checkpoints(a, False, E.dim() > 1)
 
@@ -413,7 +434,7 @@ def _plastic_scan_forward_fake(*args, **kwargs):
 @torch.library.register_fake("torchplastic::plastic_lstm_scan_forward")
 def _plastic_lstm_scan_forward_fake(*args, **kwargs):
     a = _bind("plastic_lstm_scan_forward", args, kwargs)
-    _check_devices(a)
+    _check_devices(a, lstm=True)
     y, h, H, E, theta, c = _fake_states(a, lstm=True)
     T, B, O, _ = _sizes(a, True)
     activations = a.z.new_empty(5, T, B, O, dtype=_state_dtype(a.z))
@@ -421,7 +442,7 @@ def _plastic_lstm_scan_forward_fake(*args, **kwargs):
 
 
 def _fake_records(a: SimpleNamespace, lstm: bool):
-    _check_devices(a)
+    _check_devices(a, lstm)
     T, B, O, I = _sizes(a, lstm)
     sd = _state_dtype(a.z)
     modulation = (a.z.new_empty(T, B, O, dtype=sd) if rule_info(a.rule).modulated
@@ -446,9 +467,13 @@ def _fake_gradients(a: SimpleNamespace):
 
 @torch.library.register_fake("torchplastic::plastic_scan_backward")
 def _plastic_scan_backward_fake(*args, **kwargs):
-    return _fake_gradients(_bind("plastic_scan_backward", args, kwargs))
+    a = _bind("plastic_scan_backward", args, kwargs)
+    _check_devices(a, lstm=False, backward_inputs=_SCAN_BACKWARD_INPUTS)
+    return _fake_gradients(a)
 
 
 @torch.library.register_fake("torchplastic::plastic_lstm_scan_backward")
 def _plastic_lstm_scan_backward_fake(*args, **kwargs):
-    return _fake_gradients(_bind("plastic_lstm_scan_backward", args, kwargs))
+    a = _bind("plastic_lstm_scan_backward", args, kwargs)
+    _check_devices(a, lstm=True, backward_inputs=_LSTM_SCAN_BACKWARD_INPUTS)
+    return _fake_gradients(a)

@@ -161,6 +161,39 @@ def test_backward_op_checks_its_own_inputs(lstm, name, bad):
         op(*inputs, *args)
 
 
+@pytest.mark.parametrize("lstm", [False, True], ids=["rnn", "lstm"])
+@pytest.mark.parametrize("which", ["scan", "forward", "record", "backward"])
+def test_meta_tensor_among_cpu_ones_is_refused_by_the_fake_kernels(lstm, which):
+    """A meta tensor among CPU ones sends a call to the ops' fake kernels (Python), which refuse
+    the mix as the C++ kernels do, z missing included (they had read z's device first and raised
+    AttributeError), and the backward's own inputs too (they had returned meta gradients)."""
+    ops = torch.ops.torchplastic
+    family = "plastic_lstm_scan" if lstm else "plastic_scan"
+    args, inputs = _backward_op_inputs(lstm)
+    names = [a.name for a in getattr(ops, family).default._schema.arguments]
+    alpha = args[names.index("alpha")]
+    args[names.index("alpha")] = alpha.to("meta")
+    if which == "backward":
+        op = getattr(ops, family + "_backward")
+        with pytest.raises(ValueError, match=rf"^{family}: alpha: expected a tensor on cpu"):
+            op(*inputs, *args)
+        args[names.index("alpha")] = alpha
+        inputs[2] = inputs[2].to("meta")  # grad_trace
+        with pytest.raises(ValueError, match=rf"^{family}_backward: grad_trace: expected a tensor on cpu"):
+            op(*inputs, *args)
+        return
+    if which == "record":
+        op = getattr(ops, family + "_record")
+        args = args + [1]  # every
+    else:
+        op = getattr(ops, family if which == "scan" else family + "_forward")
+    with pytest.raises(ValueError, match=rf"^{family}: alpha: expected a tensor on cpu"):
+        op(*args)
+    args[names.index("z")] = None
+    with pytest.raises(ValueError, match=rf"^{family}: z: expected a tensor \[T, B, (4H|O)\], got None"):
+        op(*args)
+
+
 def test_nan_and_inf_propagate_without_crash():
     kw = base(T=6)
     z = kw["z"].clone()
