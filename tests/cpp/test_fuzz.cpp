@@ -63,9 +63,11 @@ Call valid_call(Rng& r) {
   Call c;
   c.lstm = r.chance(0.3);
   const std::string rule = r.pick<std::string>({"hebb", "oja", "modulated", "retroactive", "abcd"});
-  const int64_t T = r.uniform(0, 4), B = r.uniform(0, 3), O = r.uniform(1, 5);
+  // Sizes from 0: an empty sequence or batch is valid, an empty trace (O or I = 0) refused.
+  const int64_t T = r.uniform(0, 4), B = r.uniform(0, 3);
+  const int64_t O = r.chance(0.05) ? 0 : r.uniform(1, 5);
   const bool recurrent = c.lstm || r.chance(0.5);
-  const int64_t I = recurrent ? O : r.uniform(1, 5);
+  const int64_t I = recurrent ? O : r.chance(0.05) ? 0 : r.uniform(1, 5);
   const auto options = torch::TensorOptions().dtype(r.chance(0.5) ? torch::kFloat : torch::kDouble);
   auto t = [&](std::vector<int64_t> shape, double scale = 1.0) {
     return scale * torch::randn(shape, options);

@@ -194,6 +194,32 @@ def test_meta_tensor_among_cpu_ones_is_refused_by_the_fake_kernels(lstm, which):
         op(*args)
 
 
+@pytest.mark.parametrize("kind", ["rnn", "feedforward", "lstm"])
+def test_empty_traces_are_refused_and_empty_batches_and_sequences_run(kind):
+    """O = 0 or I = 0 (a trace with no elements) is refused by name, as torch.nn.RNN refuses a
+    size of 0 (the feedforward kernels had crashed at I = 0, and an ATen error had come out of
+    the backward at O = 0); T = 0 and B = 0 run forward and backward."""
+    def call(T, B, O, I):
+        def t(*shape):
+            return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        if kind == "lstm":
+            return tp.functional.plastic_lstm_scan(t(T, B, 4 * O), t(4 * O, O), t(O, O), t(O, O), None)
+        if kind == "rnn":
+            return tp.functional.plastic_scan(t(T, B, O), t(O, O), t(O, O), None, weight=t(O, O))
+        return tp.functional.plastic_scan(t(T, B, O), t(O, I), t(O, I), None, x=t(T, B, I))
+
+    op = "plastic_lstm_scan" if kind == "lstm" else "plastic_scan"
+    with pytest.raises(ValueError, match=rf"^{op}: z: expected .* with {'H' if kind == 'lstm' else 'O'} >= 1"):
+        call(3, 2, 0, 0 if kind != "feedforward" else 3)
+    if kind == "feedforward":
+        with pytest.raises(ValueError, match=r"^plastic_scan: x: expected .* with I >= 1"):
+            call(3, 2, 3, 0)
+    for T, B in [(0, 2), (3, 0), (0, 0)]:
+        y, state = call(T, B, 3, 3)
+        (y.sum() + state.trace.sum()).backward()
+        assert y.shape[:2] == (T, B) and state.trace.shape == (B, 3, 3)
+
+
 def test_nan_and_inf_propagate_without_crash():
     kw = base(T=6)
     z = kw["z"].clone()
@@ -440,9 +466,10 @@ def _fuzz_base(r, device):
     """A valid call: (lstm, the op's keyword arguments in schema order)."""
     lstm = r.random() < 0.3
     rule = r.choice(sorted(tp.rules.RULES))
-    T, B, O = r.randint(0, 4), r.randint(0, 3), r.randint(1, 5)
+    # Sizes from 0: an empty sequence or batch is valid, an empty trace (O or I = 0) refused.
+    T, B, O = r.randint(0, 4), r.randint(0, 3), r.randint(0, 5) if r.random() < 0.05 else r.randint(1, 5)
     recurrent = lstm or r.random() < 0.5
-    I = O if recurrent else r.randint(1, 5)
+    I = O if recurrent else r.randint(0, 5) if r.random() < 0.05 else r.randint(1, 5)
     dtype = r.choice([torch.float32, torch.float64])
 
     def t(*shape, scale=1.0):
