@@ -19,6 +19,7 @@ run in C++ and are not recorded.
 """
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Dict, List, NamedTuple, Optional
 
 import torch
@@ -54,14 +55,17 @@ class Recording(NamedTuple):
     every: int
 
 
-class record:
+class record(Mapping):
     """Records every plastic module inside ``model`` (``model`` itself included) while the
     ``with`` block runs: ``rec[name]`` is the list of :class:`Recording` of the module of that
-    qualified name (``""`` for ``model``), one per call.
+    qualified name (``""`` for ``model``), one per call. ``rec`` is a read-only mapping from
+    those names (``keys()``, ``items()``, ``in``, ``len``).
 
     Args:
         model: an ``nn.Module`` holding :class:`~torchplastic.PlasticLinear`,
-            :class:`~torchplastic.PlasticRNN` or :class:`~torchplastic.PlasticRNNCell` modules.
+            :class:`~torchplastic.PlasticRNN`, :class:`~torchplastic.PlasticRNNCell`,
+            :class:`~torchplastic.PlasticLSTM` or :class:`~torchplastic.PlasticLSTMCell`
+            modules (those of ``torchplastic.cpp`` run in C++ and are not recorded).
         every: record the full trace every ``every`` steps (its norm is recorded at every
             step). An int ≥ 1.
 
@@ -83,8 +87,11 @@ class record:
         self.every = every
         self._modules = {name: m for name, m in model.named_modules() if isinstance(m, _PlasticBase)}
         if not self._modules:
+            in_cpp = any(type(m).__module__ == "torchplastic.cpp" for m in model.modules())
             raise ValueError(f"record: model: expected a module with plastic layers inside, got "
-                             f"{type(model).__name__} with none")
+                             f"{type(model).__name__} with none"
+                             + (" (the modules of torchplastic.cpp run in C++ and are not recorded)"
+                                if in_cpp else ""))
         self._records: Dict[str, List[Recording]] = defaultdict(list)
         self._handles = []
 
@@ -118,9 +125,12 @@ class record:
                            f"{sorted(self._modules)}")
         return self._records[name]
 
-    def keys(self):
+    def __iter__(self):
         """The qualified names of the recorded modules."""
-        return self._modules.keys()
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
 
 
 def plot(recording: Recording, path: str, sequence: int = 0, snapshots: int = 4,

@@ -90,6 +90,21 @@ def test_plot_writes_a_figure(tmp_path):
         assert os.path.getsize(path) > 1000
 
 
+def test_the_records_are_a_mapping_of_every_plastic_module_lstm_and_cells_included():
+    net = torch.nn.ModuleDict({"lstm": tp.PlasticLSTM(3, 4), "cell": tp.PlasticLSTMCell(3, 4),
+                               "rnn_cell": tp.PlasticRNNCell(3, 4), "plain": torch.nn.Linear(3, 3)})
+    with tp.inspect.record(net, every=2) as rec:
+        net["lstm"](torch.randn(5, 2, 3))
+        net["cell"](torch.randn(2, 3))
+        net["rnn_cell"](torch.randn(2, 3))
+        net["rnn_cell"](torch.randn(2, 3))
+    assert list(rec) == ["lstm", "cell", "rnn_cell"] and len(rec) == 3
+    assert "lstm" in rec and "plain" not in rec and rec.get("plain") is None
+    assert {name: len(calls) for name, calls in rec.items()} == {"lstm": 1, "cell": 1, "rnn_cell": 2}
+    assert rec["lstm"][0].trace.shape == (2, 2, 4, 4)
+    assert rec["cell"][0].trace.shape == (0, 2, 4, 4)  # one step, recorded every 2nd
+
+
 def test_bad_arguments_are_refused():
     net = Net()
     with pytest.raises(ValueError, match=r"record: every: expected an int >= 1 .*, got 0"):
@@ -98,6 +113,8 @@ def test_bad_arguments_are_refused():
         tp.inspect.record(net, every=2**64)
     with pytest.raises(ValueError, match="record: model: expected a module with plastic layers"):
         tp.inspect.record(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"got PlasticRNN with none \(the modules of torchplastic.cpp run in C\+\+"):
+        tp.inspect.record(tp.cpp.PlasticRNN(2, 2))
     with tp.inspect.record(net) as rec:
         net(torch.randn(4, 1, 3))
     with pytest.raises(KeyError, match="no plastic module named 'rn'"):
