@@ -467,9 +467,10 @@ def _fuzz_base(r, device):
     lstm = r.random() < 0.3
     rule = r.choice(sorted(tp.rules.RULES))
     # Sizes from 0: an empty sequence or batch is valid, an empty trace (O or I = 0) refused.
-    T, B, O = r.randint(0, 4), r.randint(0, 3), r.randint(0, 5) if r.random() < 0.05 else r.randint(1, 5)
+    T, B = r.randint(0, 4), r.randint(0, 3)
+    O = 0 if r.random() < 0.05 else r.randint(1, 5)
     recurrent = lstm or r.random() < 0.5
-    I = O if recurrent else r.randint(0, 5) if r.random() < 0.05 else r.randint(1, 5)
+    I = O if recurrent else 0 if r.random() < 0.05 else r.randint(1, 5)
     dtype = r.choice([torch.float32, torch.float64])
 
     def t(*shape, scale=1.0):
