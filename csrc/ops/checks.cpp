@@ -115,20 +115,18 @@ ScanConfig check_scan_args(const ScanArgs& a) {
     TORCH_CHECK_VALUE(c.O % 4 == 0, op, ": z: expected a 3-D tensor [T, B, 4H] (the gates i, f, "
                       "g, o), got shape ", a.z.sizes(), ", whose last size is not a multiple of 4");
     c.O /= 4;
-    TORCH_CHECK_VALUE(c.O >= 1, op, ": z: expected a 3-D tensor [T, B, 4H] with H >= 1 (as "
-                      "torch.nn.LSTM's hidden_size), got shape ", a.z.sizes());
     TORCH_CHECK_VALUE(c.recurrent, op, ": x: expected None (the plastic LSTM is recurrent), got a "
                       "tensor of shape ", a.x->sizes());
     TORCH_CHECK_VALUE(c.activation == Activation::Tanh, op, ": activation: expected 'tanh' (the "
                       "LSTM's cell candidate), got '", a.activation, "'");
   } else {
-    // As torch.nn.RNN's and the modules' sizes: an empty trace has no rows to plasticise (and
-    // α's and η's granularities could not be told apart by their shapes).
-    TORCH_CHECK_VALUE(c.O >= 1, op, ": z: expected a 3-D tensor [T, B, O] with O >= 1, got shape ",
-                      a.z.sizes());
     TORCH_CHECK_VALUE(!a.cell, op, ": cell: expected None (a cell state belongs to "
                       "plastic_lstm_scan), got a tensor of shape ", a.cell->sizes());
   }
+  // As torch.nn.RNN's and the modules' sizes: an empty trace has no rows to plasticise (and
+  // α's and η's granularities could not be told apart by their shapes).
+  TORCH_CHECK_VALUE(c.O >= 1, op, ": z: expected a 3-D tensor ", z_shape, " with ",
+                    a.lstm ? "H" : "O", " >= 1, got shape ", a.z.sizes());
 
   // Dtypes and devices: every tensor on z's device; inputs in z's dtype; the state traces in
   // the compute dtype (float32 for float16/bfloat16 inputs, whose traces accumulate in float32).

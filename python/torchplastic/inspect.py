@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional
+from .cpp import _CppModule
 from .nn import _PlasticBase
 
 __all__ = ["Recording", "record", "plot"]
@@ -87,7 +88,7 @@ class record(Mapping):
         self.every = every
         self._modules = {name: m for name, m in model.named_modules() if isinstance(m, _PlasticBase)}
         if not self._modules:
-            in_cpp = any(type(m).__module__ == "torchplastic.cpp" for m in model.modules())
+            in_cpp = any(isinstance(m, _CppModule) for m in model.modules())
             raise ValueError(f"record: model: expected a module with plastic layers inside, got "
                              f"{type(model).__name__} with none"
                              + (" (the modules of torchplastic.cpp run in C++ and are not recorded)"
